@@ -1,0 +1,1 @@
+"""lumbarjax.explain: integrated gradients and overlays."""
