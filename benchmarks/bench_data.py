@@ -1,0 +1,161 @@
+"""Data-path throughput on the synthetic demo cohort: index, preprocess (cold / cached), loader.
+
+    python benchmarks/bench_data.py --patients 160 --workdir /tmp/bench_data --out data.json
+
+Stages (wall clock, one run each on whatever machine runs it):
+  index        lumbarjax.data.index.index_cohort(root)           -> files/s (all files walked)
+  preprocess   preprocess_cohort, empty cache (decode + resample) -> examples/s (patients/s)
+  cached       preprocess_cohort again, same inputs (hash + stat)  -> examples/s
+  pipeline     make_loader(batch 8, shuffle, augmentation) over the cache -> batches/s, examples/s
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import time
+
+import numpy as np
+import pandas as pd
+
+from lumbarjax.data.pipeline import CachedExamples, make_loader
+from lumbarjax.data.preprocess import preprocess_cohort
+
+AUGMENT = {"flip_lr": 0.5, "intensity": 0.1, "shift_px": 4, "noise_std": 0.02}
+
+
+def records_from_manifest(manifest: pd.DataFrame, root: str) -> pd.DataFrame:
+    """Minimal ``build_cohort``-style records (paths only) straight from the manifest."""
+    from lumbarjax.data.index import resolve_paths
+
+    recs: dict[str, dict] = {}
+    roles = {"xray": "xray", "mri_t2_sag": "mri"}
+    for _, row in manifest.iterrows():
+        key = roles.get(row["role"])
+        if key is None:
+            continue
+        r = recs.setdefault(str(row["patient_id"]), {
+            "patient_id": str(row["patient_id"]), "xray_paths": "", "xray_source": "",
+            "mri_paths": "", "mri_source": ""})
+        r[f"{key}_paths"] = ";".join(os.path.abspath(p) for p in resolve_paths(row, root))
+        r[f"{key}_source"] = row.get("source", "dicom")
+    return pd.DataFrame(list(recs.values()))
+
+
+def _count_files(root: str) -> int:
+    return sum(len(fs) for _, _, fs in os.walk(root))
+
+
+def run(args) -> dict:
+    from lumbarjax.data.index import index_cohort
+    from lumbarjax.data.synthetic import make_cohort
+
+    root = os.path.join(args.workdir, "cohort")
+    cache = os.path.join(args.workdir, "cache")
+    if not os.path.exists(os.path.join(root, "clinical.csv")):
+        t = time.perf_counter()
+        make_cohort(root, args.patients, seed=args.seed)
+        print(f"wrote demo cohort ({args.patients} patients) in {time.perf_counter() - t:.1f} s")
+    shutil.rmtree(cache, ignore_errors=True)
+    config = {"mri": {"spacing": args.mri_spacing, "shape": args.mri_shape},
+              "xray": {"shape": args.xray_shape}}
+    results: dict = {"patients": args.patients, "config": config, "augment": AUGMENT,
+                     "batch_size": args.batch_size, "machine": platform.node(),
+                     "cpus": os.cpu_count(), "num_workers": args.num_workers}
+
+    n_files = _count_files(root)
+    t = time.perf_counter()
+    manifest = index_cohort(root)
+    dt = time.perf_counter() - t
+    results["index"] = {"seconds": dt, "files": n_files, "files_per_s": n_files / dt,
+                        "rows": len(manifest)}
+
+    records = records_from_manifest(manifest, root)
+    n = len(records)
+    t = time.perf_counter()
+    table = preprocess_cohort(records, config, cache, num_workers=args.num_workers)
+    dt = time.perf_counter() - t
+    results["preprocess_cold"] = {"seconds": dt, "examples": n, "examples_per_s": n / dt,
+                                  "images_decoded": table.attrs["n_decoded"],
+                                  "excluded": int(table["excluded"].sum())}
+    t = time.perf_counter()
+    table2 = preprocess_cohort(records, config, cache)
+    dt = time.perf_counter() - t
+    results["preprocess_cached"] = {"seconds": dt, "examples": n, "examples_per_s": n / dt,
+                                    "images_decoded": table2.attrs["n_decoded"]}
+
+    extras = {"labels": {"y": np.zeros(n, np.float32)}}
+    source = CachedExamples(table, extras)
+    it = make_loader(source, batch_size=args.batch_size, shuffle=True, seed=0, augment=AUGMENT,
+                     num_threads=args.threads, prefetch_buffer_size=max(args.threads * 2, 0))
+    next(it)  # warm-up (first file opens)
+    t = time.perf_counter()
+    for _ in range(args.batches):
+        b = next(it)
+    dt = time.perf_counter() - t
+    results["pipeline"] = {"seconds": dt, "batches": args.batches,
+                           "batches_per_s": args.batches / dt,
+                           "examples_per_s": args.batches * args.batch_size / dt,
+                           "threads": args.threads,
+                           "batch_mb": sum(v.nbytes for v in b.values()
+                                           if isinstance(v, np.ndarray)) / 2**20}
+    return results
+
+
+def print_table(r: dict) -> None:
+    rows = [
+        ("index", f"{r['index']['files']} files", f"{r['index']['seconds']:.2f}",
+         f"{r['index']['files_per_s']:.1f} files/s"),
+        ("preprocess cold", f"{r['preprocess_cold']['examples']} patients",
+         f"{r['preprocess_cold']['seconds']:.2f}",
+         f"{r['preprocess_cold']['examples_per_s']:.2f} examples/s"),
+        ("preprocess cached", f"{r['preprocess_cached']['examples']} patients",
+         f"{r['preprocess_cached']['seconds']:.3f}",
+         f"{r['preprocess_cached']['examples_per_s']:.1f} examples/s"),
+        ("pipeline (B=%d, aug)" % r["batch_size"], f"{r['pipeline']['batches']} batches",
+         f"{r['pipeline']['seconds']:.2f}",
+         f"{r['pipeline']['batches_per_s']:.2f} batches/s = "
+         f"{r['pipeline']['examples_per_s']:.1f} examples/s"),
+    ]
+    w = [max(len(x[i]) for x in rows + [("stage", "work", "seconds", "throughput")])
+         for i in range(4)]
+    for row in [("stage", "work", "seconds", "throughput")] + rows:
+        print("  ".join(c.ljust(w[i]) for i, c in enumerate(row)))
+
+
+def _ints(s):
+    return [int(v) for v in s.split(",")]
+
+
+def _floats(s):
+    return [float(v) for v in s.split(",")]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--patients", type=int, default=160)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workdir", default="/tmp/lumbarjax_bench_data")
+    p.add_argument("--out", default=None, help="write the results JSON here")
+    p.add_argument("--mri-spacing", type=_floats, default=[4.0, 2.0, 2.0])
+    p.add_argument("--mri-shape", type=_ints, default=[16, 128, 128])
+    p.add_argument("--xray-shape", type=_ints, default=[256, 256])
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batches", type=int, default=40)
+    p.add_argument("--threads", type=int, default=0, help="grain reader threads")
+    p.add_argument("--num-workers", type=int, default=0, help="preprocess decode threads")
+    args = p.parse_args(argv)
+    results = run(args)
+    print_table(results)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=2)
+        print(f"wrote {args.out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
