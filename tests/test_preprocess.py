@@ -218,3 +218,68 @@ def test_preprocessing_config_accepts_configdict():
     sub = pp.preprocessing_config(c)
     assert sub["mri"]["shape"] == [16, 64, 64] and sub["xray"]["norm_percentiles"] == [0.5, 99.5]
     assert pp.preprocessing_config(mc.FrozenConfigDict(c)) == sub
+
+
+def _write_sagittal_series(folder, dot_ijk, n_slices=6, rows=40, cols=32):
+    """A tiny sagittal MR series (shuffled file names); returns the world coordinate of the dot.
+
+    Rows run superior->inferior (-z), columns anterior->posterior (+y), slices left->right
+    (+x in LPS). 4 mm slices, 0.8 mm pixels.
+    """
+    from pydicom.dataset import FileMetaDataset, Dataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    series_uid, study_uid = generate_uid(), generate_uid()
+    row_dir, col_dir = np.array([0.0, 1.0, 0.0]), np.array([0.0, 0.0, -1.0])
+    normal = np.cross(row_dir, col_dir)  # +x
+    origin = np.array([-10.0, -15.0, 20.0])
+    ps, thick = 0.8, 4.0
+    order = np.random.default_rng(0).permutation(n_slices)
+    for k in range(n_slices):
+        img = (100 + 10 * np.arange(rows)[:, None] + np.zeros((1, cols))).astype(np.uint16)
+        if k == dot_ijk[0]:
+            img[dot_ijk[1] - 1:dot_ijk[1] + 2, dot_ijk[2] - 1:dot_ijk[2] + 2] = 3000
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID = meta.MediaStorageSOPClassUID
+        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+        ds.Modality = "MR"
+        ds.PatientID = "P9"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+        ds.SeriesDescription = "T2 SAG"
+        ds.ImageOrientationPatient = [*row_dir, *col_dir]
+        ds.ImagePositionPatient = list(origin + k * thick * normal)
+        ds.PixelSpacing = [ps, ps]
+        ds.SliceThickness = thick
+        ds.Rows, ds.Columns = rows, cols
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.PixelData = img.tobytes()
+        ds.save_as(os.path.join(folder, f"IM{order[k]:04d}"), enforce_file_format=True)
+    d, h, w = dot_ijk
+    # DICOM: pixel (r, c) at IPP + c * ps * row_dir + r * ps * col_dir
+    return origin + d * thick * normal + w * ps * row_dir + h * ps * col_dir
+
+
+def test_preprocess_real_dicom_series_keeps_geometry(tmp_path):
+    pytest.importorskip("lumbarjax.data.dicom")  # written in parallel; required once present
+    folder = tmp_path / "series"
+    folder.mkdir()
+    world = _write_sagittal_series(str(folder), (3, 22, 12))
+    paths = sorted(str(p) for p in folder.iterdir())
+    records = pd.DataFrame([{"patient_id": "P9", "mri_paths": ";".join(paths),
+                             "mri_source": "dicom", "xray_paths": "", "xray_source": ""}])
+    # full-range scaling: the 3x3 dot is far less than 1% of the voxels
+    cfg = {"mri": {"spacing": (4.0, 1.6, 1.6), "shape": (8, 24, 24),
+                   "norm_percentiles": (0, 100)}, "xray": {"shape": (8, 8)}}
+    df = pp.preprocess_cohort(records, cfg, str(tmp_path / "cache"))
+    assert df.loc[0, "errors"] == "", df.loc[0, "errors"]
+    vol = np.load(df.loc[0, "mri_file"])
+    affine = pp.load_affine(df.loc[0])
+    predicted = (np.linalg.inv(affine) @ np.r_[world, 1.0])[:3]
+    peak = np.array(np.unravel_index(np.argmax(vol), vol.shape))
+    assert np.all(np.abs(peak - predicted) <= 1.0), (peak, predicted)
