@@ -197,7 +197,8 @@ class CachedExamples:
 
 
 def _isna(x) -> bool:
-    return x is None or (isinstance(x, float) and np.isnan(x))
+    """Missing cache path: None / NaN / pd.NA / empty."""
+    return not isinstance(x, str)
 
 
 class _Subset:
