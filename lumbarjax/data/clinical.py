@@ -489,12 +489,13 @@ def validate_clinical(df: pd.DataFrame, config: Any = None) -> tuple[pd.DataFram
         n_distinct = as_text.drop_duplicates().groupby(idc, sort=True).size()
         identical = n_distinct[n_distinct == 1].index.tolist()
         conflicts = n_distinct[n_distinct > 1].index.tolist()
-        for pid in identical:
-            problems.append(pd.DataFrame([{"patient_id": pid, "column": idc, "value": pid,
-                                           "problem": f"duplicate patient_id: {n_rows[pid]} identical rows, one kept"}]))
+        def dup_problem(pid: str, what: str) -> pd.DataFrame:
+            return pd.DataFrame([{"patient_id": pid, "column": idc, "value": pid,
+                                  "problem": f"duplicate patient_id: {n_rows[pid]} {what}"}])
+
+        problems.extend(dup_problem(pid, "identical rows, one kept") for pid in identical)
+        problems.extend(dup_problem(pid, "conflicting rows, all dropped") for pid in conflicts)
         for pid in conflicts:
-            problems.append(pd.DataFrame([{"patient_id": pid, "column": idc, "value": pid,
-                                           "problem": f"duplicate patient_id: {n_rows[pid]} conflicting rows, all dropped"}]))
             logging.warning("duplicate clinical rows for patient_id %s: all dropped", pid)
         df = df[~df[idc].isin(conflicts)]
         df = df[~df[idc].duplicated(keep="first")]
