@@ -283,3 +283,22 @@ def test_preprocess_real_dicom_series_keeps_geometry(tmp_path):
     predicted = (np.linalg.inv(affine) @ np.r_[world, 1.0])[:3]
     peak = np.array(np.unravel_index(np.argmax(vol), vol.shape))
     assert np.all(np.abs(peak - predicted) <= 1.0), (peak, predicted)
+
+
+def test_preprocess_nifti_inputs(tmp_path):
+    nifti = pytest.importorskip("lumbarjax.data.nifti")  # written in parallel
+    A = _affine(spacing=(4.0, 0.8, 0.8))
+    mri = np.tile(np.linspace(0, 1, 20, dtype=np.float32)[None, :, None], (6, 1, 16))
+    nifti.write_nifti(mri, A, str(tmp_path / "mri.nii.gz"))
+    xr = np.tile(np.linspace(0, 1, 16, dtype=np.float32)[None, None, :], (1, 40, 1))
+    nifti.write_nifti(xr, _affine(spacing=(1.0, 0.2, 0.4)), str(tmp_path / "xr.nii.gz"))
+    records = pd.DataFrame([{"patient_id": "N1", "mri_paths": str(tmp_path / "mri.nii.gz"),
+                             "mri_source": "nifti", "xray_paths": str(tmp_path / "xr.nii.gz"),
+                             "xray_source": "nifti"}])
+    df = pp.preprocess_cohort(records, CFG, str(tmp_path / "cache"))
+    assert df.loc[0, "errors"] == "", df.loc[0, "errors"]
+    assert np.load(df.loc[0, "mri_file"]).shape == (4, 16, 16)
+    t = json.loads(df.loc[0, "xray_transform"])
+    assert t["input_shape"] == [40, 16]
+    # 40 x 0.2 mm = 8 mm tall, 16 x 0.4 mm = 6.4 mm wide -> physical aspect kept
+    assert t["scale"][1] == pytest.approx(2 * t["scale"][0])
