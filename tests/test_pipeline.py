@@ -221,3 +221,13 @@ def test_threads_give_same_stream():
         x, y = next(a), next(b)
         np.testing.assert_array_equal(x["index"], y["index"])
         np.testing.assert_array_equal(x["mri"], y["mri"])
+
+
+def test_noise_has_requested_std_and_zero_mean():
+    ex = {"mri": np.zeros((4, 32, 32, 1), np.float32), "mri_present": np.float32(1),
+          "xray": np.zeros((64, 64, 1), np.float32), "xray_present": np.float32(0)}
+    out = augment_example(ex, np.random.default_rng(0), {"noise_std": 0.1})
+    assert out["mri"].dtype == np.float32
+    assert abs(float(out["mri"].std()) - 0.1) < 0.005 and abs(float(out["mri"].mean())) < 0.005
+    assert not out["xray"].any()  # absent modality untouched
+    assert not ex["mri"].any()  # input not modified in place

@@ -264,7 +264,8 @@ def augment_example(ex: dict, rng: np.random.Generator, augment) -> dict:
       intensity: fraction f: x * (1 + U(-f, f)) + U(-f, f), per modality.
       shift_px:  max translation in pixels along (h, w), zero fill; same for both modalities
                  in pixels of their own grid, drawn independently.
-      noise_std: std of additive Gaussian noise (units of the normalised intensity ~[0, 1]).
+      noise_std: std of additive zero-mean noise (uniform, cheaper than Gaussian; units of
+                 the normalised intensity ~[0, 1]).
     The random draws are made in a fixed order regardless of presence, so the stream of
     draws for an example depends only on grain's seed and position.
     """
@@ -289,9 +290,14 @@ def augment_example(ex: dict, rng: np.random.Generator, augment) -> dict:
             x = x * np.float32(1.0 + scale) + np.float32(offset)
         if s > 0 and (dy or dx):
             x = _shift(x, int(dy), int(dx), axes=(x.ndim - 3, x.ndim - 2))
+        x = np.array(x, dtype=np.float32)  # own, contiguous copy; in place from here
         if sd > 0:
-            x = x + rng.normal(0.0, sd, size=x.shape).astype(np.float32)
-        ex[key] = np.ascontiguousarray(x, dtype=np.float32)
+            # zero-mean uniform noise with std ``sd``: 4x cheaper than Gaussian draws
+            noise = rng.random(x.shape, dtype=np.float32)
+            noise -= np.float32(0.5)
+            noise *= np.float32(sd * np.sqrt(12.0))
+            x += noise
+        ex[key] = x
     return ex
 
 
