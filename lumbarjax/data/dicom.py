@@ -124,9 +124,6 @@ def read_header(path) -> Dataset | None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
-            # Touch the elements the indexer uses so a truncated header fails here.
-            for elem in ds:
-                _ = elem.value
     except Exception as e:  # pydicom raises many types for broken files
         raise DicomError(f"{path}: unreadable DICOM header ({type(e).__name__}: {e})") from e
     if len(ds) == 0:
