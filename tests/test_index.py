@@ -265,3 +265,27 @@ def test_mri_series_with_duplicate_positions_rejected(tmp_path):
     assert len(df) == 0
     (m,) = [m for m in df.attrs["missing"] if m["role"] == "mri_t2_sag"]
     assert "inconsistent geometry (duplicate slice position" in m["reason"]
+    (m,) = [m for m in df.attrs["missing"] if m["role"] == "xray"]
+    assert m == {"patient_id": "P9", "role": "xray", "reason": "no CR/DX image"}
+
+
+def test_fallbacks_unknown_view_flexion_and_te_tr(tmp_path):
+    # PA: view unknown is used only because no lateral exists
+    write_xray_dcm(tmp_path / "a" / "1", _xr(), view=None, description="", patient_id="PA")
+    # PB: a neutral lateral beats a (larger) flexion lateral
+    write_xray_dcm(tmp_path / "b" / "1", _xr(64, 64), view="LL", description="LAT FLEXION",
+                   patient_id="PB")
+    neutral = write_xray_dcm(tmp_path / "b" / "2", _xr(), view="LL", patient_id="PB")
+    # PB MRI: no contrast words; TE/TR say T2; a coronal T2 is rejected
+    t2 = write_mr_series(tmp_path / "b" / "m1", _vol(6), patient_id="PB", description="SAG TSE",
+                         EchoTime=100.0, RepetitionTime=3000.0)
+    write_mr_series(tmp_path / "b" / "m2", _vol(8), patient_id="PB", description="COR T2",
+                    orientation="cor")
+    df = index.index_cohort(tmp_path).set_index(["patient_id", "role"])
+    assert "view unknown" in df.loc[("PA", "xray"), "reason"]
+    assert df.loc[("PB", "xray"), "paths"] == os.path.relpath(neutral, tmp_path)
+    assert "1 other eligible not chosen" in df.loc[("PB", "xray"), "reason"]
+    m = df.loc[("PB", "mri_t2_sag")]
+    assert m.paths == _rel(tmp_path, t2)
+    assert "sagittal T2 by TE=100 ms/TR=3000 ms" in m.reason
+    assert "rejected: coronal T2 (8 files)" in m.reason

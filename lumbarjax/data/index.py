@@ -257,9 +257,10 @@ def choose_xray(files: list[FileInfo]) -> tuple[FileInfo | None, str]:
             else:
                 candidates.append((rank, label, f))
     n_total = len(files)
+    if not files:
+        return None, "no CR/DX image"
     if not candidates:
-        why = _rejections(rejected) or "no CR/DX image"
-        return None, f"{_plural(n_total, 'CR/DX image')}; rejected: {why}"
+        return None, f"{_plural(n_total, 'CR/DX image')}; rejected: {_rejections(rejected)}"
     if any(rank >= 2 for rank, _, _ in candidates):
         unknown = [c for c in candidates if c[0] < 2]
         rejected += [("view unknown while a lateral exists", 1)] * len(unknown)
@@ -387,8 +388,10 @@ def choose_mri(series_list: list[SeriesInfo]) -> tuple[SeriesInfo | None, str]:
     eligible = sorted((s for s in series_list if s.eligible), key=lambda s: s.rank, reverse=True)
     rejected = [(s.label, len(s.files)) for s in series_list if not s.eligible]
     head = _plural(len(series_list), "MR series")
+    if not series_list:
+        return None, "no MR series"
     if not eligible:
-        return None, f"{head}; rejected: {_rejections(rejected) or 'none'}"
+        return None, f"{head}; rejected: {_rejections(rejected)}"
     best = eligible[0]
     reason = f"MR {best.label}; {head}"
     others = [(s.label.split(", ")[0], len(s.files)) for s in eligible[1:]]
