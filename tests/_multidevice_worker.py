@@ -2,7 +2,7 @@
 devices (``XLA_FLAGS=--xla_force_host_platform_device_count=N`` must be set before jax is
 imported, hence a separate process).
 
-    python _multidevice_worker.py OUT.json
+    python _multidevice_worker.py OUT.json WORKDIR
 """
 
 from __future__ import annotations
@@ -74,10 +74,10 @@ def toy_config(**train) -> ml_collections.ConfigDict:
     return cfg
 
 
-def run_worker(out_path: str) -> None:
+def run_worker(out_path: str, workdir: str) -> None:
     from lumbarjax.errors import ConfigError
     from lumbarjax.train import (create_train_state, make_mesh, make_train_step, predict,
-                                 shard_batch)
+                                 shard_batch, train_and_evaluate)
 
     mesh = make_mesh()
     model = ToyModel(use_bn=True, dropout=0.25)
@@ -102,12 +102,20 @@ def run_worker(out_path: str) -> None:
         shard_batch({"x": np.zeros((3, 2), np.float32)}, mesh)
     except ConfigError as e:
         error = str(e)
+    # The whole loop on this mesh, interrupted at step 2 and resumed (sharded restore).
+    loop_cfg = toy_config(num_steps=4, eval_every=2, log_every=2)
+    kw = dict(model=model, loss_fn=toy_loss, train_source=source, eval_source=eval_src)
+    train_and_evaluate(loop_cfg, workdir, stop_at=2, **kw)
+    res = train_and_evaluate(loop_cfg, workdir, **kw)
+    loop_params = [np.asarray(x).ravel().tolist()
+                   for x in jax.tree.leaves(res["last_state"].params)]
     with open(out_path, "w") as f:
         json.dump({"n_devices": jax.device_count(), "losses": losses,
                    "grad_norms": grad_norms, "params": params, "batch_stats": stats,
                    "pred_y": preds["y"].tolist(), "pred_index": preds["index"].tolist(),
-                   "sharding_error": error}, f)
+                   "sharding_error": error, "loop_params": loop_params,
+                   "loop_eval": res["history"]["eval"], "loop_last_step": res["last_step"]}, f)
 
 
 if __name__ == "__main__":
-    run_worker(sys.argv[1])
+    run_worker(sys.argv[1], sys.argv[2])

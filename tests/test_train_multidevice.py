@@ -15,18 +15,19 @@ import pytest
 WORKER = os.path.join(os.path.dirname(__file__), "_multidevice_worker.py")
 
 
-def _start(n_devices: int, out_path: str) -> subprocess.Popen:
+def _start(n_devices: int, out_path: str, workdir: str) -> subprocess.Popen:
     env = dict(os.environ)
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={n_devices}"
     env["JAX_PLATFORMS"] = "cpu"
-    return subprocess.Popen([sys.executable, WORKER, out_path], env=env,
+    return subprocess.Popen([sys.executable, WORKER, out_path, workdir], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     d = tmp_path_factory.mktemp("multidevice")
-    procs = {n: (_start(n, str(d / f"out{n}.json")), d / f"out{n}.json") for n in (1, 2)}
+    procs = {n: (_start(n, str(d / f"out{n}.json"), str(d / f"run{n}")), d / f"out{n}.json")
+             for n in (1, 2)}
     out = {}
     for n, (proc, path) in procs.items():
         _, err = proc.communicate(timeout=240)
@@ -64,3 +65,13 @@ def test_indivisible_batch_names_device_count(results):
     assert results[1]["sharding_error"] is None
     msg = results[2]["sharding_error"]
     assert msg is not None and "batch size 3" in msg and "devices 2" in msg
+
+
+def test_interrupted_loop_matches_across_device_counts(results):
+    one, two = results[1], results[2]
+    assert one["loop_last_step"] == two["loop_last_step"] == 4
+    assert [e["step"] for e in one["loop_eval"]] == [e["step"] for e in two["loop_eval"]] == [2, 4]
+    np.testing.assert_allclose([e["loss"] for e in one["loop_eval"]],
+                               [e["loss"] for e in two["loop_eval"]], atol=1e-5, rtol=0)
+    for a, b in zip(one["loop_params"], two["loop_params"]):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)

@@ -168,18 +168,6 @@ def _restore(mngr, step, state_like: TrainState, *, items=_ITEMS):
 
 # -- evaluation / prediction -------------------------------------------------------------
 
-_PREDICT_CACHE: dict = {}
-
-
-def _cached(kind, model, mesh, compute_dtype, build):
-    key = (kind, id(model), mesh, compute_dtype)
-    hit = _PREDICT_CACHE.get(key)
-    if hit is None or hit[0] is not model:
-        hit = (model, build())
-        _PREDICT_CACHE[key] = hit
-    return hit[1]
-
-
 def _pad_to(batches: Iterable[Mapping], n_batches: int | None):
     """Yield ``batches`` then all-padding batches (valid=0, index=-1) up to ``n_batches``
     (multi-host: every process must run the same number of steps)."""
@@ -216,9 +204,7 @@ def predict(state: TrainState, model, loader_or_batches: Iterable[Mapping], mesh
       (and so to ``patient_id``).
     """
     mesh = steps_lib.make_mesh() if mesh is None else mesh
-    step_fn = _cached("predict", model, mesh, compute_dtype,
-                      lambda: steps_lib.make_predict_step(model, mesh,
-                                                          compute_dtype=compute_dtype))
+    step_fn = steps_lib.make_predict_step(model, mesh, compute_dtype=compute_dtype)
     chunks, indices = [], []
     for batch in loader_or_batches:
         outputs, index, valid = step_fn(state, steps_lib.shard_batch(batch, mesh))
@@ -257,8 +243,9 @@ def evaluate_loss(state: TrainState, model, loss_fn, batches: Iterable[Mapping],
     """Eval-mode ``loss_fn`` (and its aux) over a finite stream of batches, each batch's
     value weighted by its number of valid rows. Returns ``{"loss": float, <aux>: float}``."""
     mesh = steps_lib.make_mesh() if mesh is None else mesh
-    step_fn = _cached(("loss", id(loss_fn)), model, mesh, compute_dtype,
-                      lambda: _make_loss_eval_step(model, loss_fn, mesh, compute_dtype))
+    step_fn = steps_lib.memoize(
+        "eval_loss_step", (model, loss_fn, mesh, compute_dtype),
+        lambda: _make_loss_eval_step(model, loss_fn, mesh, compute_dtype))
     totals: dict[str, float] = {}
     n_total = 0.0
     for batch in batches:

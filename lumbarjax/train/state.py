@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import functools
+
 import flax
 import jax
 import jax.numpy as jnp
@@ -106,12 +108,8 @@ def make_lr_schedule(config, num_steps: int) -> optax.Schedule:
         raise ConfigError(f"config.optim.warmup_steps={warmup} must be in [0, num_steps="
                           f"{num_steps})")
     return optax.warmup_cosine_decay_schedule(
-        init_value=0.0 if warmup > 0 else lr,
-        peak_value=lr,
-        warmup_steps=warmup,
-        decay_steps=num_steps,
-        end_value=lr * end_ratio,
-    )
+        init_value=0.0 if warmup > 0 else lr, peak_value=lr, warmup_steps=warmup,
+        decay_steps=num_steps, end_value=lr * end_ratio)
 
 
 def _decay_mask(params):
@@ -123,31 +121,43 @@ def make_optimizer(config, num_steps: int) -> tuple[optax.GradientTransformation
     """AdamW with global-norm clipping and warmup + cosine learning rate.
 
     Reads ``config.optim.{lr, weight_decay, warmup_steps, clip_norm, end_lr_ratio, b1, b2,
-    eps}`` (defaults in ``OPTIM_DEFAULTS``).
+    eps}`` (defaults in ``OPTIM_DEFAULTS``). Equal settings return the very same objects
+    (memoised), so train states built from equal configs have equal tree structures and a
+    jitted step compiled for one (e.g. fold 1 of a cross-validation) is reused by the next.
 
     Returns:
       ``(tx, schedule)``: the optax transformation and the learning-rate schedule.
     """
-    schedule = make_lr_schedule(config, num_steps)
+    make_lr_schedule(config, num_steps)  # validates lr / warmup / num_steps
     clip = _optim_value(config, "clip_norm")
     wd = float(_optim_value(config, "weight_decay"))
     if wd < 0:
         raise ConfigError(f"config.optim.weight_decay must be >= 0, got {wd}")
-    parts = []
-    if clip:
-        if float(clip) <= 0:
-            raise ConfigError(f"config.optim.clip_norm must be > 0 or None, got {clip}")
-        parts.append(optax.clip_by_global_norm(float(clip)))
-    parts.append(
-        optax.adamw(
-            learning_rate=schedule,
-            b1=float(_optim_value(config, "b1")),
-            b2=float(_optim_value(config, "b2")),
-            eps=float(_optim_value(config, "eps")),
-            weight_decay=wd,
-            mask=_decay_mask,
-        )
+    if clip and float(clip) <= 0:
+        raise ConfigError(f"config.optim.clip_norm must be > 0 or None, got {clip}")
+    spec = (
+        float(_optim_value(config, "lr")),
+        int(_optim_value(config, "warmup_steps")),
+        float(_optim_value(config, "end_lr_ratio")),
+        int(num_steps),
+        float(clip) if clip else None,
+        wd,
+        float(_optim_value(config, "b1")),
+        float(_optim_value(config, "b2")),
+        float(_optim_value(config, "eps")),
     )
+    return _optimizer_from_spec(spec)
+
+
+@functools.lru_cache(maxsize=32)
+def _optimizer_from_spec(spec):
+    lr, warmup, end_ratio, num_steps, clip, wd, b1, b2, eps = spec
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=0.0 if warmup > 0 else lr, peak_value=lr, warmup_steps=warmup,
+        decay_steps=num_steps, end_value=lr * end_ratio)
+    parts = [optax.clip_by_global_norm(clip)] if clip else []
+    parts.append(optax.adamw(learning_rate=schedule, b1=b1, b2=b2, eps=eps, weight_decay=wd,
+                             mask=_decay_mask))
     return optax.chain(*parts), schedule
 
 
@@ -175,7 +185,7 @@ def create_train_state(rng, model, sample_batch, config, *, num_steps: int | Non
     Returns:
       ``TrainState`` at step 0.
     """
-    from lumbarjax.train.steps import make_mesh, replicated_sharding
+    from lumbarjax.train.steps import make_mesh, memoize, replicated_sharding
 
     if num_steps is None:
         num_steps = cfg_get(config, "train.num_steps")
@@ -186,20 +196,26 @@ def create_train_state(rng, model, sample_batch, config, *, num_steps: int | Non
     key = _raw_key(rng)
     k_params, k_dropout, k_train = jax.random.split(key, 3)
     batch = jax.tree.map(np.asarray, sample_batch)
+    init = memoize("init_state", (model, tx, schedule, mesh),
+                   lambda: _build_init(model, tx, schedule, mesh))
+    # The same computation on every process (same rng) -> identical replicas.
+    return init(batch, k_params, k_dropout, k_train)
 
-    def init(k_params, k_dropout):
+
+def _build_init(model, tx, schedule, mesh):
+    from lumbarjax.train.steps import replicated_sharding
+
+    def init(batch, k_params, k_dropout, k_train):
         variables = model.init({"params": k_params, "dropout": k_dropout}, batch, train=False)
         params = variables["params"]
-        batch_stats = variables.get("batch_stats", {})
         return TrainState(
             step=jnp.zeros((), jnp.int32),
             params=params,
-            batch_stats=batch_stats,
+            batch_stats=variables.get("batch_stats", {}),
             opt_state=tx.init(params),
             rng=k_train,
             tx=tx,
             lr_fn=schedule,
         )
 
-    # The same computation on every process (same rng) -> identical replicas.
-    return jax.jit(init, out_shardings=replicated_sharding(mesh))(k_params, k_dropout)
+    return jax.jit(init, out_shardings=replicated_sharding(mesh))

@@ -10,6 +10,7 @@ one. The same code runs on one CPU, N forced CPU devices
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any, Callable
 
@@ -38,6 +39,39 @@ DATA_AXIS = "data"
 
 # Batch keys that are targets / bookkeeping and never cast to the compute dtype.
 _NO_CAST_KEYS = ("labels", "label_mask", "valid", "index")
+
+
+_MEMO: "OrderedDict[tuple, Any]" = OrderedDict()
+_MEMO_SIZE = 64
+
+
+def _key(obj) -> Any:
+    """``obj`` itself when hashable (flax modules hash by their fields), else its id."""
+    try:
+        hash(obj)
+        return obj
+    except TypeError:
+        return ("__id__", id(obj))
+
+
+def memoize(kind: str, parts: tuple, build: Callable[[], Any]) -> Any:
+    """Return the jitted function built for ``(kind, *parts)`` (LRU of 64).
+
+    Building the same step twice (cross-validation folds, a resumed run, repeated
+    ``predict`` calls) then reuses one ``jax.jit`` object and its compiled executables
+    instead of compiling again. ``parts`` are keyed by value when hashable (flax modules,
+    meshes, dtypes) and by identity otherwise (the objects are kept alive with the entry).
+    """
+    key = (kind,) + tuple(_key(p) for p in parts)
+    hit = _MEMO.get(key)
+    if hit is None:
+        hit = (parts, build())
+        _MEMO[key] = hit
+        while len(_MEMO) > _MEMO_SIZE:
+            _MEMO.popitem(last=False)
+    else:
+        _MEMO.move_to_end(key)
+    return hit[1]
 
 
 def make_mesh(devices=None) -> Mesh:
@@ -157,6 +191,11 @@ def make_train_step(model, loss_fn: Callable, mesh: Mesh, *, compute_dtype=None)
       flattened with "/"), ``grad_norm`` (global L2 norm before clipping) and ``lr`` (the
       learning rate of this update); replicated scalars.
     """
+    return memoize("train_step", (model, loss_fn, mesh, compute_dtype),
+                   lambda: _build_train_step(model, loss_fn, mesh, compute_dtype))
+
+
+def _build_train_step(model, loss_fn, mesh, compute_dtype):
     repl = replicated_sharding(mesh)
     data = batch_sharding(mesh)
 
@@ -183,7 +222,7 @@ def make_train_step(model, loss_fn: Callable, mesh: Mesh, *, compute_dtype=None)
                                        state.batch_stats)
         metrics = {k: jnp.asarray(v, jnp.float32) for k, v in _flatten_aux(aux).items()}
         metrics["loss"] = loss
-        metrics["grad_norm"] = optax.global_norm(grads)
+        metrics["grad_norm"] = optax.tree.norm(grads)
         if state.lr_fn is not None:
             metrics["lr"] = jnp.asarray(state.lr_fn(state.step), jnp.float32)
         new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
@@ -198,6 +237,11 @@ def make_eval_step(model, mesh: Mesh, *, compute_dtype=None):
     """Build the jitted ``eval_step(state, batch) -> outputs`` (eval mode: no dropout,
     BatchNorm running averages). ``outputs`` ({head: (B, …)} float32) are replicated so
     every process can read them whole."""
+    return memoize("eval_step", (model, mesh, compute_dtype),
+                   lambda: _build_eval_step(model, mesh, compute_dtype))
+
+
+def _build_eval_step(model, mesh, compute_dtype):
     repl = replicated_sharding(mesh)
     data = batch_sharding(mesh)
 
@@ -212,6 +256,11 @@ def make_eval_step(model, mesh: Mesh, *, compute_dtype=None):
 def make_predict_step(model, mesh: Mesh, *, compute_dtype=None):
     """Like ``make_eval_step`` but returns ``(outputs, index, valid)``, all replicated, so
     rows and their bookkeeping stay aligned across processes."""
+    return memoize("predict_step", (model, mesh, compute_dtype),
+                   lambda: _build_predict_step(model, mesh, compute_dtype))
+
+
+def _build_predict_step(model, mesh, compute_dtype):
     repl = replicated_sharding(mesh)
     data = batch_sharding(mesh)
 
