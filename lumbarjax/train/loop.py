@@ -160,10 +160,7 @@ def _restore(mngr, step, state_like: TrainState, *, items=_ITEMS):
     if "loop" in items:
         args["loop"] = ocp.args.JsonRestore()
     restored = mngr.restore(step, args=ocp.args.Composite(**args))
-    st = restored["state"]
-    if not isinstance(st, TrainState):  # orbax gave the leaves back in another container
-        st = jax.tree.unflatten(jax.tree.structure(state_like), jax.tree.leaves(st))
-    return st, restored
+    return restored["state"], restored
 
 
 # -- evaluation / prediction -------------------------------------------------------------
