@@ -1,0 +1,608 @@
+"""One self-contained HTML report (plus ``metrics.json``) for a cross-validated lumbarjax run.
+
+The HTML has no external resources: CSS is inline, every figure is a PNG drawn with matplotlib's
+Agg backend and embedded as a ``data:image/png;base64`` URI, there is no JavaScript. Patients are
+named only by ``patient_id``; dictionaries whose keys look like PHI (names, birth dates, …) are
+refused.
+
+``metrics.json`` holds every number shown (and more: bootstrap settings, calibration bins,
+decision curves, per-patient localisation results), strict JSON (``NaN`` → ``null``).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import io
+import json
+import os
+import re
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from lumbarjax.errors import LumbarjaxError
+from lumbarjax.eval import metrics as M
+
+BINARY_HEADS = ("zcq_success", "back_pain_improved50", "leg_pain_improved50")
+REGRESSION_HEADS = ("back_pain_post", "leg_pain_post")
+_PHI_KEY = re.compile(r"(patient_?name|birth|\bdob\b|address|phone|ssn|social_?security"
+                      r"|patientsname|othernames|mothers)", re.I)
+_COLORS = {"model": "#1f5fa8", "clinical logreg": "#d9822b", "clinical ridge": "#d9822b",
+           "clinical GBM": "#3a9a57", "clinical-only network": "#8e44ad"}
+
+
+# ----------------------------------------------------------------------------- helpers
+def _check_no_phi(obj, where: str) -> None:
+    if isinstance(obj, Mapping):
+        for k, v in obj.items():
+            if _PHI_KEY.search(str(k)):
+                raise LumbarjaxError(f"write_report: {where} has a key {k!r} that looks like "
+                                     "protected health information; reports name patients only "
+                                     "by patient_id")
+            _check_no_phi(v, f"{where}.{k}")
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            _check_no_phi(v, f"{where}[{i}]")
+
+
+def _fig_to_png(fig: Figure) -> bytes:
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
+    return buf.getvalue()
+
+
+def _data_uri(png: bytes) -> str:
+    mime = "image/png"
+    if png[:3] == b"\xff\xd8\xff":
+        mime = "image/jpeg"
+    elif png[:4] != b"\x89PNG":
+        raise LumbarjaxError("write_report: heat-map image is neither PNG nor JPEG")
+    return f"data:{mime};base64," + base64.b64encode(png).decode("ascii")
+
+
+def _img(png: bytes, alt: str, cls: str = "plot") -> str:
+    return f'<img class="{cls}" src="{_data_uri(png)}" alt="{html.escape(alt)}">'
+
+
+def _e(x) -> str:
+    return html.escape(str(x))
+
+
+def _fmt(v, digits: int = 3) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, (bool, np.bool_)):
+        return "yes" if v else "no"
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    if isinstance(v, (float, np.floating)):
+        return "–" if not np.isfinite(v) else f"{float(v):.{digits}f}"
+    return str(v)
+
+
+def _fmt_ci(d: Mapping | None, digits: int = 3) -> str:
+    """``0.781 (0.702–0.850)`` from a ``{point, lo, hi}`` dict."""
+    if not d:
+        return "–"
+    point = d.get("point", d.get("diff"))
+    s = _fmt(point, digits)
+    if d.get("lo") is not None and d.get("hi") is not None:
+        s += f' <span class="ci">({_fmt(d["lo"], digits)} to {_fmt(d["hi"], digits)})</span>'
+    return s
+
+
+def _fmt_p(d: Mapping) -> str:
+    """Bootstrap p-value; 0 is shown as ``< 1/n`` (n valid resamples)."""
+    p = d.get("p_value")
+    if p is None:
+        return "–"
+    n_valid = max(1, int(d.get("n_boot", 1)) - int(d.get("n_skipped", 0)))
+    return f"&lt; {1 / n_valid:.2g}" if p == 0 else _fmt(p)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], cls: str = "") -> str:
+    """Cells are already-escaped HTML strings."""
+    th = "".join(f"<th>{h}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+    return f'<table class="{cls}"><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _generic(obj, depth: int = 0) -> str:
+    """Render a JSON-like dict/list as nested tables (keys and values escaped)."""
+    if isinstance(obj, Mapping):
+        if not obj:
+            return '<span class="muted">none</span>'
+        vals = list(obj.values())
+        if all(isinstance(v, Mapping) for v in vals) and all(
+                not isinstance(x, (Mapping, list)) for v in vals for x in v.values()):
+            cols = []
+            for v in vals:
+                cols += [k for k in v if k not in cols]
+            rows = [[_e(k)] + [_e(_fmt(v.get(c))) for c in cols] for k, v in obj.items()]
+            return _table([""] + [_e(c) for c in cols], rows, "kv")
+        rows = [[_e(k), _generic(v, depth + 1)] for k, v in obj.items()]
+        return _table(["item", "value"], rows, "kv")
+    if isinstance(obj, (list, tuple)):
+        if obj and all(isinstance(v, Mapping) for v in obj):
+            cols = []
+            for v in obj:
+                cols += [k for k in v if k not in cols]
+            rows = [[_e(_fmt(v.get(c))) for c in cols] for v in obj]
+            return _table([_e(c) for c in cols], rows, "kv")
+        return _e(", ".join(_fmt(v) for v in obj))
+    return _e(_fmt(obj))
+
+
+def _label_pred(df: pd.DataFrame, head: str, where: str) -> tuple[np.ndarray, np.ndarray]:
+    for c in (f"label_{head}", f"pred_{head}"):
+        if c not in df.columns:
+            raise LumbarjaxError(f"write_report: {where} has no column '{c}'")
+    return (pd.to_numeric(df[f"label_{head}"], errors="coerce").to_numpy(float),
+            pd.to_numeric(df[f"pred_{head}"], errors="coerce").to_numpy(float))
+
+
+def _is_binary(head: str, y: np.ndarray) -> bool:
+    if head in BINARY_HEADS:
+        return True
+    if head in REGRESSION_HEADS:
+        return False
+    v = y[np.isfinite(y)]
+    return v.size > 0 and bool(np.all((v == 0) | (v == 1)))
+
+
+def _num_grades(df: pd.DataFrame) -> int:
+    probs = [c for c in df.columns if re.fullmatch(r"prob_grade_\d+", str(c))]
+    if probs:
+        return len(probs)
+    vals = pd.concat([df["label_grade"], df["pred_grade"]]).dropna()
+    return int(max(vals.max() + 1, 2)) if len(vals) else 2
+
+
+# ----------------------------------------------------------------------------- figures
+def _fig_roc(curves: dict) -> bytes:
+    heads = list(curves)
+    fig = Figure(figsize=(4.2 * len(heads), 4.0))
+    for i, head in enumerate(heads):
+        ax = fig.add_subplot(1, len(heads), i + 1)
+        ax.plot([0, 1], [0, 1], color="#bbbbbb", lw=1, ls="--")
+        for name, (y, p, a) in curves[head].items():
+            fpr, tpr = M.roc_curve(y, p)
+            ax.plot(fpr, tpr, lw=2 if name == "model" else 1.3, color=_COLORS.get(name),
+                    label=f"{name} (AUC {_fmt(a)})")
+        ax.set(title=head, xlabel="1 − specificity", ylabel="sensitivity", xlim=(0, 1),
+               ylim=(0, 1.01), aspect="equal")
+        ax.legend(loc="lower right", fontsize=7)
+    return _fig_to_png(fig)
+
+
+def _fig_calibration(cals: dict) -> bytes:
+    heads = list(cals)
+    fig = Figure(figsize=(4.2 * len(heads), 4.0))
+    for i, head in enumerate(heads):
+        ax = fig.add_subplot(1, len(heads), i + 1)
+        ax.plot([0, 1], [0, 1], color="#bbbbbb", lw=1, ls="--", label="ideal")
+        for name, cal in cals[head].items():
+            b = cal["bins"]
+            if not b["count"]:
+                continue
+            sizes = 15 + 60 * np.asarray(b["count"]) / max(b["count"])
+            ax.plot(b["mean_pred"], b["observed"], "-o", color=_COLORS.get(name), lw=1.3,
+                    ms=3, label=f"{name} (slope {_fmt(cal['slope'], 2)})")
+            ax.scatter(b["mean_pred"], b["observed"], s=sizes, color=_COLORS.get(name),
+                       alpha=0.4)
+        ax.set(title=head, xlabel="predicted probability", ylabel="observed frequency",
+               xlim=(0, 1), ylim=(0, 1.01), aspect="equal")
+        ax.legend(loc="upper left", fontsize=7)
+    return _fig_to_png(fig)
+
+
+def _fig_decision(dcs: dict) -> bytes:
+    heads = list(dcs)
+    fig = Figure(figsize=(4.2 * len(heads), 3.8))
+    for i, head in enumerate(heads):
+        ax = fig.add_subplot(1, len(heads), i + 1)
+        first = next(iter(dcs[head].values()))
+        t = np.asarray(first["thresholds"])
+        ax.plot(t, first["treat_all"], color="#999999", lw=1, label="treat all")
+        ax.plot(t, first["treat_none"], color="#333333", lw=1, ls=":", label="treat none")
+        lo = -0.05
+        for name, dc in dcs[head].items():
+            ax.plot(t, dc["model"], color=_COLORS.get(name), lw=2 if name == "model" else 1.3,
+                    label=name)
+        top = max(max(first["treat_all"]), max(max(d["model"]) for d in dcs[head].values()))
+        ax.set(title=head, xlabel="threshold probability", ylabel="net benefit",
+               ylim=(lo, max(top, 0.05) * 1.1 + 0.01))
+        ax.legend(loc="best", fontsize=7)
+    return _fig_to_png(fig)
+
+
+def _fig_confusion(cm: np.ndarray) -> bytes:
+    K = cm.shape[0]
+    fig = Figure(figsize=(1.0 + 0.75 * K, 0.8 + 0.7 * K))
+    ax = fig.add_subplot(1, 1, 1)
+    rows = cm.sum(axis=1, keepdims=True)
+    frac = np.divide(cm, rows, out=np.zeros_like(cm, dtype=float), where=rows > 0)
+    ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
+    for i in range(K):
+        for j in range(K):
+            ax.text(j, i, str(int(cm[i, j])), ha="center", va="center",
+                    color="white" if frac[i, j] > 0.6 else "black", fontsize=9)
+    ax.set(xticks=range(K), yticks=range(K), xlabel="predicted grade", ylabel="true grade",
+           title="grader confusion (row-normalised colour)")
+    return _fig_to_png(fig)
+
+
+def _fig_scatter(pairs: dict) -> bytes:
+    heads = list(pairs)
+    fig = Figure(figsize=(4.0 * len(heads), 4.0))
+    for i, head in enumerate(heads):
+        ax = fig.add_subplot(1, len(heads), i + 1)
+        y, p = pairs[head]
+        m = np.isfinite(y)
+        ax.plot([0, 100], [0, 100], color="#bbbbbb", lw=1, ls="--")
+        ax.scatter(y[m], p[m], s=10, color=_COLORS["model"], alpha=0.7)
+        ax.set(title=head, xlabel="observed VAS (0–100)", ylabel="predicted VAS (0–100)",
+               xlim=(0, 100), ylim=(0, 100), aspect="equal")
+    return _fig_to_png(fig)
+
+
+def _fig_hist(values: np.ndarray, xlabel: str, title: str) -> bytes:
+    fig = Figure(figsize=(5.5, 3.2))
+    ax = fig.add_subplot(1, 1, 1)
+    ax.hist(values, bins=min(30, max(5, values.size // 3)), color=_COLORS["model"],
+            edgecolor="white")
+    ax.set(xlabel=xlabel, ylabel="count", title=title)
+    return _fig_to_png(fig)
+
+
+# ----------------------------------------------------------------------------- sections
+def _comparators(outcome_oof, head, baseline_oof, clinical_only_oof, binary):
+    """{name: pred array aligned with outcome_oof rows} for the available comparators."""
+    out = {}
+    pid = outcome_oof["patient_id"].astype(str)
+    if baseline_oof and head in baseline_oof and baseline_oof[head] is not None:
+        b = baseline_oof[head].copy()
+        for c in ("patient_id", "pred_logreg", "pred_gbm"):
+            if c not in b.columns:
+                raise LumbarjaxError(f"write_report: baseline_oof['{head}'] has no column '{c}'")
+        b = b.assign(patient_id=b["patient_id"].astype(str)).drop_duplicates("patient_id")
+        b = b.set_index("patient_id").reindex(pid)
+        out["clinical logreg" if binary else "clinical ridge"] = b["pred_logreg"].to_numpy(float)
+        out["clinical GBM"] = b["pred_gbm"].to_numpy(float)
+    if clinical_only_oof is not None and f"pred_{head}" in clinical_only_oof.columns:
+        c = clinical_only_oof.assign(patient_id=clinical_only_oof["patient_id"].astype(str))
+        c = c.drop_duplicates("patient_id").set_index("patient_id").reindex(pid)
+        out["clinical-only network"] = pd.to_numeric(c[f"pred_{head}"],
+                                                     errors="coerce").to_numpy(float)
+    return out
+
+
+def _outcomes(outcome_oof, baseline_oof, clinical_only_oof, kw, threshold):
+    """Per-head metrics (+ comparators and paired differences) and the figure inputs."""
+    heads = [c[len("label_"):] for c in outcome_oof.columns
+             if str(c).startswith("label_") and f"pred_{c[len('label_'):]}" in outcome_oof.columns]
+    res, roc, cal, dcs, scatter = {}, {}, {}, {}, {}
+    for head in heads:
+        y, p = _label_pred(outcome_oof, head, "outcome_oof")
+        binary = _is_binary(head, y)
+        where = f"outcome_oof head '{head}'"
+        try:
+            rep = (M.binary_report(y, p, threshold=threshold, **kw) if binary
+                   else M.regression_report(y, p, **kw))
+        except LumbarjaxError as e:
+            raise LumbarjaxError(f"write_report: {where}: {e}") from e
+        entry = {"task": "binary" if binary else "regression", "model": rep, "comparators": {},
+                 "paired_difference": {}}
+        metric_fn, metric_name = (M.auc, "auc") if binary else (M.mae, "mae")
+        comps = _comparators(outcome_oof, head, baseline_oof, clinical_only_oof, binary)
+        lab = np.isfinite(y)
+        for name, q in comps.items():
+            both = lab & np.isfinite(q) & np.isfinite(p)
+            entry["comparators"][name] = (
+                M.binary_report(y[both], q[both], threshold=threshold, **kw) if binary
+                else M.regression_report(y[both], q[both], **kw))
+            d = M.paired_bootstrap_diff(metric_fn, y[both], p[both], q[both], **kw).as_dict()
+            d.update(metric=metric_name, definition=f"{metric_name}(model) − "
+                     f"{metric_name}({name}) on {int(both.sum())} patients with both")
+            entry["paired_difference"][name] = d
+        res[head] = entry
+        if binary and lab.any():
+            roc[head] = {"model": (y[lab], p[lab], rep["auc"]["point"])}
+            cal[head] = {"model": rep["calibration"]}
+            dcs[head] = {"model": rep["decision_curve"]}
+            for name, q in comps.items():
+                both = lab & np.isfinite(q)
+                if not both.any():
+                    continue
+                roc[head][name] = (y[both], q[both], entry["comparators"][name]["auc"]["point"])
+                dcs[head][name] = entry["comparators"][name]["decision_curve"]
+                if name.startswith("clinical logreg"):
+                    cal[head][name] = entry["comparators"][name]["calibration"]
+        elif not binary:
+            scatter[head] = (y, p)
+    return res, roc, cal, dcs, scatter
+
+
+def _bayes_value(bayes, head):
+    if not bayes or head not in bayes:
+        return None
+    v = bayes[head]
+    if isinstance(v, Mapping):
+        return v.get("auc")
+    return v
+
+
+def _heatmap_gallery(heatmaps) -> tuple[str, list]:
+    items = {"correct": [], "wrong": []}
+    meta = []
+    for i, h in enumerate(heatmaps):
+        for k in ("patient_id", "png"):
+            if k not in h:
+                raise LumbarjaxError(f"write_report: heatmaps[{i}] has no '{k}'")
+        png = h["png"]
+        if isinstance(png, (str, os.PathLike)):
+            try:
+                png = Path(png).read_bytes()
+            except OSError as e:
+                raise LumbarjaxError(f"write_report: heat map {h['png']} for patient "
+                                     f"{h['patient_id']}: {e}") from e
+        correct = bool(h.get("correct", False))
+        caption = str(h.get("caption", ""))
+        img = _img(bytes(png), f"heat map, patient {h['patient_id']}", "heat")
+        items["correct" if correct else "wrong"].append(
+            f'<figure class="heat">{img}'
+            f'<figcaption><b>{_e(h["patient_id"])}</b> — {_e(caption)}</figcaption></figure>')
+        meta.append({"patient_id": str(h["patient_id"]), "caption": caption, "correct": correct})
+    out = ""
+    for key, label in (("correct", "Correct predictions"), ("wrong", "Wrong predictions")):
+        body = "".join(items[key]) or '<p class="muted">none</p>'
+        out += f'<h3>{label} ({len(items[key])})</h3><div class="gallery">{body}</div>'
+    return out, meta
+
+
+_CSS = """
+:root { --fg:#1d2430; --muted:#6b7480; --line:#dfe3e8; --accent:#1f5fa8; --bg:#f7f8fa; }
+* { box-sizing: border-box; }
+body { font: 15px/1.5 -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif;
+       color: var(--fg); background: var(--bg); margin: 0; }
+main { max-width: 1180px; margin: 0 auto; padding: 24px 28px 60px; background: #fff;
+       min-height: 100vh; box-shadow: 0 0 12px rgba(0,0,0,.05); }
+h1 { font-size: 1.7em; margin: 0 0 4px; }
+h2 { font-size: 1.25em; margin: 36px 0 10px; padding-bottom: 4px;
+     border-bottom: 2px solid var(--accent); }
+h3 { font-size: 1.05em; margin: 20px 0 8px; }
+.sub, .muted { color: var(--muted); }
+nav { margin: 12px 0 8px; font-size: .92em; }
+nav a { color: var(--accent); margin-right: 14px; text-decoration: none; }
+table { border-collapse: collapse; margin: 8px 0 14px; font-size: .9em; }
+th, td { border-bottom: 1px solid var(--line); padding: 4px 10px; text-align: left;
+         vertical-align: top; }
+th { background: #eef2f7; font-weight: 600; }
+td table { margin: 0; }
+.ci { color: var(--muted); font-size: .92em; }
+img.plot { max-width: 100%; height: auto; display: block; margin: 6px 0 16px; }
+.gallery { display: flex; flex-wrap: wrap; gap: 14px; }
+figure.heat { margin: 0; width: 260px; border: 1px solid var(--line); padding: 6px;
+              border-radius: 4px; }
+img.heat { width: 100%; height: auto; display: block; }
+figcaption { font-size: .82em; color: var(--muted); margin-top: 4px; }
+.note { background: #f3f6fa; border-left: 3px solid var(--accent); padding: 6px 12px;
+        font-size: .9em; }
+"""
+
+
+# ----------------------------------------------------------------------------- main entry
+def write_report(out_dir, *, title: str, cohort_summary: dict, grader_oof: pd.DataFrame = None,
+                 outcome_oof: pd.DataFrame = None, baseline_oof: dict = None,
+                 clinical_only_oof: pd.DataFrame = None, bayes: dict = None,
+                 heatmaps: list = None, completeness=None, localisation: dict = None,
+                 extra: dict = None, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05,
+                 threshold: float = 0.5) -> tuple[str, str]:
+    """Write ``report.html`` and ``metrics.json`` into ``out_dir``.
+
+    Args:
+      title: report title.
+      cohort_summary: counts (e.g. ``data.cohort.cohort_summary``), incl. exclusions by reason.
+      grader_oof: OOF grader predictions ``patient_id, fold, label_grade, pred_grade,
+        prob_grade_0..K-1``.
+      outcome_oof: OOF outcome predictions ``patient_id, fold, label_<head>, pred_<head>``
+        (binary heads: probabilities; VAS heads: 0–100).
+      baseline_oof: head → :func:`lumbarjax.eval.baselines.clinical_baselines` output.
+      clinical_only_oof: OOF predictions of the network trained on clinical features only
+        (same columns as ``outcome_oof``).
+      bayes: demo only — head → Bayes-optimal AUC (a number, or a dict with ``auc``), e.g. the
+        AUC of the true outcome probabilities in ``ground_truth.csv``.
+      heatmaps: list of ``dict(patient_id, png (bytes or path), caption, correct)``.
+      completeness: ``(N,)`` IG completeness errors ``|Σ attr − (F(x) − F(x'))|``.
+      localisation: output of :func:`lumbarjax.eval.localisation.localisation_summary`.
+      extra: any further JSON-like numbers (shown as a table and stored in metrics.json).
+      n_boot, seed, alpha: patient bootstrap settings for every CI; threshold: the
+        probability cut-off for sensitivity / specificity.
+
+    Returns ``(html_path, metrics_json_path)`` as strings.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, obj in (("cohort_summary", cohort_summary), ("bayes", bayes), ("extra", extra),
+                      ("localisation", localisation)):
+        _check_no_phi(obj, name)
+    kw = dict(n_boot=n_boot, seed=seed, alpha=alpha)
+    level = f"{100 * (1 - alpha):.0f}%"
+    metrics: dict = {
+        "title": title,
+        "generated": _dt.datetime.now().isoformat(timespec="seconds"),
+        "bootstrap": {"n_boot": n_boot, "seed": seed, "alpha": alpha,
+                      "method": "percentile bootstrap over patients"},
+        "cohort": cohort_summary,
+    }
+    sections: list[tuple[str, str, str]] = []   # (id, heading, html)
+    headline: list[list[str]] = []
+
+    # -- cohort
+    sections.append(("cohort", "Cohort", _generic(cohort_summary or {})))
+
+    # -- grader
+    if grader_oof is not None:
+        for c in ("label_grade", "pred_grade"):
+            if c not in grader_oof.columns:
+                raise LumbarjaxError(f"write_report: grader_oof has no column '{c}'")
+        K = _num_grades(grader_oof)
+        y = pd.to_numeric(grader_oof["label_grade"], errors="coerce").to_numpy(float)
+        yh = pd.to_numeric(grader_oof["pred_grade"], errors="coerce").to_numpy(float)
+        try:
+            g = M.grader_report(y, yh, K, **kw)
+        except LumbarjaxError as e:
+            raise LumbarjaxError(f"write_report: grader_oof: {e}") from e
+        metrics["grader"] = g
+        rows = [[_e(m), _fmt_ci(g[m])] for m in ("qwk", "accuracy", "within_one", "mae")]
+        body = (f'<p>{g["n"]} patients with a grade ({g["n_missing_label"]} missing), '
+                f'{K} grades. Headline: quadratic weighted kappa.</p>'
+                + _table(["metric", f"value ({level} CI)"], rows)
+                + _img(_fig_confusion(np.asarray(g["confusion"])), "grader confusion matrix"))
+        sections.append(("grader", "Grader (X-ray degeneration grade)", body))
+        headline.append(["grader QWK", _fmt_ci(g["qwk"]), "–", "–"])
+
+    # -- outcomes
+    if outcome_oof is not None:
+        if "patient_id" not in outcome_oof.columns:
+            raise LumbarjaxError("write_report: outcome_oof has no column 'patient_id'")
+        res, roc, cal, dcs, scatter = _outcomes(outcome_oof, baseline_oof, clinical_only_oof,
+                                                kw, threshold)
+        metrics["outcomes"] = res
+        body = ""
+        for head, entry in res.items():
+            bin_ = entry["task"] == "binary"
+            names = ["model"] + list(entry["comparators"])
+            reps = [entry["model"]] + list(entry["comparators"].values())
+            mets = (["auc", "brier", "sensitivity", "specificity", "calibration_slope",
+                     "calibration_intercept"] if bin_ else ["mae", "rmse", "r2", "bias"])
+            digits = 3 if bin_ else 1
+            rows = [[_e(m)] + [_fmt_ci(r[m], 2 if m == "r2" else digits) for r in reps]
+                    for m in mets]
+            rows.append(["n"] + [_e(r["n"]) for r in reps])
+            bv = _bayes_value(bayes, head)
+            if bin_ and bv is not None:
+                rows.append(["Bayes-optimal AUC (demo truth)", _fmt(bv)] + ["" for _ in reps[1:]])
+            body += f'<h3 id="head-{_e(head)}">{_e(head)}</h3>'
+            extra_note = (f'prevalence {_fmt(entry["model"]["prevalence"])}, '
+                          if bin_ else "VAS 0–100, ")
+            body += (f'<p class="muted">{entry["model"]["n"]} patients with a label '
+                     f'({entry["model"]["n_missing_label"]} missing), {extra_note}'
+                     f'{level} bootstrap CIs.</p>')
+            body += _table(["metric"] + [_e(n) for n in names], rows, "metrics")
+            if entry["paired_difference"]:
+                prow = [[_e(n), _e(d["metric"]), _fmt_ci(d, digits), _fmt_p(d)]
+                        for n, d in entry["paired_difference"].items()]
+                better = "positive" if bin_ else "negative"
+                body += ("<p>Paired bootstrap difference, model − comparator (same resampled "
+                         f"patients; {better} = model better):</p>"
+                         + _table(["comparator", "metric", f"difference ({level} CI)",
+                                   "bootstrap p"], prow, "metrics"))
+            metric = "auc" if bin_ else "mae"
+            best = None
+            for n, r in entry["comparators"].items():
+                pt = r[metric]["point"]
+                if pt is not None and (best is None or (pt > best[1] if bin_ else pt < best[1])):
+                    best = (n, pt, r[metric])
+            headline.append([
+                f"{_e(head)} {metric.upper()}", _fmt_ci(entry["model"][metric], digits),
+                (f"{_fmt_ci(best[2], digits)} <span class='muted'>{_e(best[0])}</span>"
+                 if best else "–"),
+                _fmt(bv) if (bin_ and bv is not None) else "–"])
+        sections.append(("outcomes", "Outcome model vs clinical baselines", body))
+        if roc:
+            sections.append(("roc", "ROC curves", _img(_fig_roc(roc), "ROC curves")))
+            sections.append(("calibration", "Calibration",
+                             '<p class="note">Slope: logistic recalibration '
+                             "logit P(y) = a + b·logit(p), b = slope (1 ideal, &lt; 1 "
+                             "overconfident). Intercept: calibration-in-the-large (slope fixed "
+                             "at 1).</p>" + _img(_fig_calibration(cal), "calibration plots")))
+            sections.append(("decision", "Decision curves",
+                             _img(_fig_decision(dcs), "decision curves")))
+        if scatter:
+            sections.append(("regression", "Post-operative pain (VAS)",
+                             _img(_fig_scatter(scatter), "predicted vs observed VAS")))
+
+    # -- bayes
+    if bayes:
+        metrics["bayes_optimal"] = bayes
+        sections.append(("bayes", "Bayes-optimal performance (demo cohort)",
+                         '<p class="muted">Computed from the true outcome probabilities of the '
+                         "synthetic cohort: the best any model could do.</p>" + _generic(bayes)))
+
+    # -- heat maps
+    if heatmaps:
+        gallery, meta = _heatmap_gallery(heatmaps)
+        metrics["heatmaps"] = meta
+        sections.append(("heatmaps", "Heat maps (integrated gradients)", gallery))
+
+    # -- completeness
+    if completeness is not None:
+        c = np.asarray(completeness, dtype=np.float64).reshape(-1)
+        c = c[np.isfinite(c)]
+        a = np.abs(c)
+        summ = {"n": int(c.size),
+                "mean_abs": float(a.mean()) if c.size else None,
+                "median_abs": float(np.median(a)) if c.size else None,
+                "p95_abs": float(np.percentile(a, 95)) if c.size else None,
+                "max_abs": float(a.max()) if c.size else None}
+        metrics["completeness"] = {"summary": summ, "values": c.tolist()}
+        body = ('<p>Completeness error |Σ attributions − (F(input) − F(baseline))| per '
+                "explained prediction.</p>"
+                + _table(["n", "mean |error|", "median", "95th pct", "max"],
+                         [[_fmt(summ[k], 5) for k in summ]]))
+        if c.size:
+            body += _img(_fig_hist(a, "|completeness error|", "IG completeness error"),
+                         "completeness error histogram")
+        sections.append(("completeness", "Integrated-gradients completeness", body))
+
+    # -- localisation
+    if localisation:
+        metrics["localisation"] = localisation
+        rows = [["pointing-game hit rate", _fmt_ci(localisation.get("hit_rate"))],
+                ["positive-mass fraction in true level", _fmt_ci(localisation.get("mean_fraction"))],
+                ["chance level (fraction of volume in true level)",
+                 _fmt(localisation.get("chance_hit_rate"))],
+                ["patients", _fmt(localisation.get("n"))],
+                ["excluded", _fmt(localisation.get("n_excluded"))]]
+        body = _table(["measure", f"value ({level} CI)"], rows)
+        if localisation.get("exclusions"):
+            body += "<h3>Exclusions</h3>" + _generic(localisation["exclusions"])
+        if localisation.get("per_patient"):
+            body += "<h3>Per patient</h3>" + _generic(localisation["per_patient"])
+        sections.append(("localisation", "Does the heat map point at the stenotic level?", body))
+
+    # -- extra
+    if extra:
+        metrics["extra"] = extra
+        sections.append(("extra", "Further results", _generic(extra)))
+
+    # -- assemble
+    metrics = M.to_jsonable(metrics)
+    json_path = out / "metrics.json"
+    json_path.write_text(json.dumps(metrics, indent=2, allow_nan=False))
+
+    head_html = ""
+    if headline:
+        head_html = ('<section id="summary"><h2>Summary</h2>'
+                     + _table(["head", f"model ({level} CI)", "best clinical baseline",
+                               "Bayes-optimal (demo)"], headline, "metrics") + "</section>")
+    nav = "".join(f'<a href="#{sid}">{_e(h)}</a>' for sid, h, _ in sections)
+    body = "".join(f'<section id="{sid}"><h2>{_e(h)}</h2>{b}</section>' for sid, h, b in sections)
+    doc = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+           f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+           f"<title>{_e(title)}</title><style>{_CSS}</style></head><body><main>"
+           f"<h1>{_e(title)}</h1><p class=\"sub\">lumbarjax report · generated "
+           f"{_e(metrics['generated'])} · {n_boot} bootstrap resamples of patients, "
+           f"seed {seed}. Every number is in <code>metrics.json</code>.</p>"
+           f"<nav>{nav}</nav>{head_html}{body}</main></body></html>")
+    html_path = out / "report.html"
+    html_path.write_text(doc, encoding="utf-8")
+    return str(html_path), str(json_path)

@@ -1,0 +1,210 @@
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from lumbarjax.errors import LumbarjaxError
+from lumbarjax.eval.report import write_report
+
+N = 60
+FAKE_NAME = "Doe^Jane"
+
+
+def _png(color) -> bytes:
+    fig = Figure(figsize=(2, 2))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.imshow(np.random.default_rng(0).random((16, 16)), cmap=color)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def _inputs(tmp):
+    rng = np.random.default_rng(0)
+    pid = [f"P{i:03d}" for i in range(N)]
+    folds = np.arange(N) % 5
+    oof = pd.DataFrame({"patient_id": pid, "fold": folds, "PatientName": FAKE_NAME})
+    baselines = {}
+    for k, head in enumerate(["zcq_success", "back_pain_improved50", "leg_pain_improved50"]):
+        lp = rng.normal(0, 1.5, N)
+        y = (rng.random(N) < 1 / (1 + np.exp(-lp))).astype(float)
+        y[k] = np.nan
+        oof[f"label_{head}"] = y
+        oof[f"pred_{head}"] = 1 / (1 + np.exp(-lp))
+        baselines[head] = pd.DataFrame({
+            "patient_id": pid, "fold": folds, "label": y,
+            "pred_logreg": 1 / (1 + np.exp(-(0.5 * lp + rng.normal(0, 1, N)))),
+            "pred_gbm": rng.random(N)})
+    for head in ["back_pain_post", "leg_pain_post"]:
+        y = rng.uniform(0, 100, N)
+        oof[f"label_{head}"] = y
+        oof[f"pred_{head}"] = np.clip(y + rng.normal(0, 10, N), 0, 100)
+        baselines[head] = pd.DataFrame({
+            "patient_id": pid, "fold": folds, "label": y,
+            "pred_logreg": np.clip(y + rng.normal(0, 20, N), 0, 100),
+            "pred_gbm": np.full(N, 50.0)})
+    clinical_only = oof[["patient_id", "fold"]].copy()
+    for head in ["zcq_success", "back_pain_improved50", "leg_pain_improved50"]:
+        clinical_only[f"pred_{head}"] = rng.random(N)
+    g = rng.integers(0, 5, N)
+    gh = np.clip(g + rng.integers(-1, 2, N), 0, 4)
+    probs = rng.dirichlet(np.ones(5), N)
+    grader = pd.DataFrame({"patient_id": pid, "fold": folds, "label_grade": g.astype(float),
+                           "pred_grade": gh})
+    grader.loc[0, "label_grade"] = np.nan
+    for j in range(5):
+        grader[f"prob_grade_{j}"] = probs[:, j]
+    png_path = tmp / "hm_P001.png"
+    png_path.write_bytes(_png("magma"))
+    heatmaps = [
+        {"patient_id": "P001", "png": str(png_path), "caption": "L4/L5 stenosis, p=0.81",
+         "correct": True},
+        {"patient_id": "P002", "png": _png("viridis"), "caption": "no stenosis <b>x</b>",
+         "correct": False},
+        {"patient_id": "P003", "png": _png("gray"), "caption": "L3/L4", "correct": True},
+    ]
+    cohort = {"n_included": N, "n_excluded": 4,
+              "n_excluded_by_reason": {"no MRI series": 3, "duplicate patient_id": 1},
+              "modalities": {"xray_and_mri": 55, "xray_only": 5, "mri_only": 0, "neither": 0},
+              "class_balance": {"zcq_success": {"0": 25, "1": 34, "missing": 1}}}
+    localisation = {"n": 10, "n_excluded": 0, "exclusions": [],
+                    "hit_rate": {"point": 0.7, "lo": 0.4, "hi": 0.9},
+                    "mean_fraction": {"point": 0.55, "lo": 0.41, "hi": 0.68},
+                    "chance_hit_rate": 0.18, "per_patient": []}
+    return dict(title="Demo cross-validation", cohort_summary=cohort, grader_oof=grader,
+                outcome_oof=oof, baseline_oof=baselines, clinical_only_oof=clinical_only,
+                bayes={"zcq_success": 0.842, "back_pain_improved50": {"auc": 0.777}},
+                heatmaps=heatmaps, completeness=np.abs(rng.normal(0, 1e-3, 40)),
+                localisation=localisation, extra={"train_seconds": 12.5})
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("report")
+    html_path, json_path = write_report(tmp / "out", n_boot=100, **_inputs(tmp))
+    return tmp, html_path, json_path
+
+
+N_PLOTS = 6  # confusion, ROC, calibration, decision curves, VAS scatter, completeness
+N_HEATMAPS = 3
+
+
+def test_report_files_sections_and_numbers(report):
+    _, html_path, json_path = report
+    assert os.path.getsize(html_path) > 10_000
+    doc = open(html_path, encoding="utf-8").read()
+    metrics = json.loads(open(json_path).read())  # strict JSON
+    for sid in ["summary", "cohort", "grader", "outcomes", "roc", "calibration", "decision",
+                "regression", "bayes", "heatmaps", "completeness", "localisation", "extra"]:
+        assert f'<section id="{sid}">' in doc, sid
+    # numbers shown == numbers stored
+    qwk = metrics["grader"]["qwk"]
+    assert f"{qwk['point']:.3f}" in doc and f"{qwk['lo']:.3f}" in doc
+    assert metrics["grader"]["n_missing_label"] == 1
+    z = metrics["outcomes"]["zcq_success"]
+    assert f"{z['model']['auc']['point']:.3f}" in doc
+    assert f"{z['comparators']['clinical logreg']['auc']['point']:.3f}" in doc
+    d = z["paired_difference"]["clinical GBM"]
+    assert f"{d['diff']:.3f}" in doc and d["lo"] <= d["diff"] <= d["hi"]
+    assert set(z["comparators"]) == {"clinical logreg", "clinical GBM", "clinical-only network"}
+    assert z["model"]["n_missing_label"] == 1
+    vas = metrics["outcomes"]["back_pain_post"]
+    assert vas["task"] == "regression" and "clinical ridge" in vas["comparators"]
+    assert f"{vas['model']['mae']['point']:.1f}" in doc
+    assert "0.842" in doc and "0.777" in doc           # Bayes-optimal AUCs
+    assert "no MRI series" in doc and "duplicate patient_id" in doc  # exclusion reasons
+    assert "0.700" in doc and "0.180" in doc            # localisation hit rate, chance
+    assert metrics["completeness"]["summary"]["n"] == 40
+    assert metrics["extra"]["train_seconds"] == 12.5
+    assert "Correct predictions (2)" in doc and "Wrong predictions (1)" in doc
+    assert "no stenosis &lt;b&gt;x&lt;/b&gt;" in doc     # captions escaped
+
+
+def test_report_is_self_contained_and_phi_free(report):
+    _, html_path, json_path = report
+    doc = open(html_path, encoding="utf-8").read()
+    srcs = re.findall(r"<img\b[^>]*\bsrc=\"([^\"]*)\"", doc)
+    assert len(re.findall(r"<img\b", doc)) == len(srcs) == N_PLOTS + N_HEATMAPS
+    assert all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert not re.search(r"(src|href)=\"(https?:|//)", doc)
+    assert "<link" not in doc and "<script" not in doc and "@import" not in doc
+    assert "url(" not in doc
+    for text in (doc, open(json_path).read()):
+        assert FAKE_NAME not in text and "PatientName" not in text
+
+
+def test_report_refuses_phi_keys(tmp_path):
+    with pytest.raises(LumbarjaxError, match="PatientBirthDate"):
+        write_report(tmp_path, title="x", cohort_summary={"PatientBirthDate": "19500101"})
+
+
+def test_report_minimal_inputs(tmp_path):
+    html_path, json_path = write_report(tmp_path, title="Only cohort",
+                                        cohort_summary={"n_included": 3})
+    doc = open(html_path, encoding="utf-8").read()
+    assert "<h1>Only cohort</h1>" in doc and "<img" not in doc
+    assert json.load(open(json_path))["cohort"] == {"n_included": 3}
+
+
+def _chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    pytest.fail("Chromium is not installed: the report must be checked in a real browser. "
+                "Install it with `apt-get update && apt-get install -y chromium` "
+                "(Debian package; CI installs it).")
+
+
+CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--hide-scrollbars",
+                "--virtual-time-budget=10000"]
+
+COUNT_SCRIPT = """<script>window.addEventListener("load", function () {
+  var im = document.images, ok = 0;
+  for (var i = 0; i < im.length; i++) if (im[i].complete && im[i].naturalWidth > 0) ok++;
+  document.body.setAttribute("data-images-loaded", ok);
+  document.body.setAttribute("data-images-total", im.length);
+});</script>"""
+
+
+def test_report_renders_in_headless_chromium(report, tmp_path):
+    chrome = _chromium()
+    _, html_path, _ = report
+    doc = open(html_path, encoding="utf-8").read()
+    n_img = len(re.findall(r"<img\b", doc))
+    page = tmp_path / "check.html"       # the test's own copy, with the counting script
+    page.write_text(doc.replace("</body>", COUNT_SCRIPT + "</body>"), encoding="utf-8")
+    base = [chrome, *CHROME_FLAGS]
+    res = subprocess.run(base + [f"--user-data-dir={tmp_path / 'profile1'}", "--dump-dom",
+                                 page.as_uri()],
+                         capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0, res.stderr[-2000:]
+    loaded = re.search(r'data-images-loaded="(\d+)"', res.stdout)
+    total = re.search(r'data-images-total="(\d+)"', res.stdout)
+    assert loaded and total, "the load handler did not run: " + res.stdout[:500]
+    assert int(total.group(1)) == n_img == N_PLOTS + N_HEATMAPS
+    assert int(loaded.group(1)) == n_img
+
+    shot = tmp_path / "report.png"
+    res = subprocess.run(base + [f"--user-data-dir={tmp_path / 'profile2'}",
+                                 f"--screenshot={shot}", "--window-size=1280,1600",
+                                 f"file://{html_path}"],
+                         capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0, res.stderr[-2000:]
+    data = shot.read_bytes()
+    assert len(data) > 10_000 and data[:4] == b"\x89PNG"
+    import matplotlib.image as mpimg
+    pixels = mpimg.imread(str(shot))
+    assert pixels.shape[:2] == (1600, 1280)
+    assert pixels[..., :3].std() > 0.02     # not a blank page
