@@ -32,7 +32,7 @@ import numpy as np
 
 from lumbarjax.errors import CohortError, ConfigError
 
-__all__ = ["CachedExamples", "make_loader", "augment_example", "AUGMENT_KEYS"]
+__all__ = ["CachedExamples", "Subset", "make_loader", "augment_example", "AUGMENT_KEYS"]
 
 _IMAGE_KEYS = ("mri", "xray")
 _KNOWN_EXTRAS = {
@@ -201,7 +201,7 @@ def _isna(x) -> bool:
     return not isinstance(x, str)
 
 
-class _Subset:
+class Subset:
     """A fold: ``source`` restricted to ``indices`` (example ``index`` keys unchanged)."""
 
     def __init__(self, source, indices):
@@ -388,7 +388,7 @@ def make_loader(
     if num_epochs is not None and num_epochs < 1:
         raise ConfigError(f"make_loader: num_epochs must be None or >= 1, got {num_epochs}")
     if indices is not None:
-        source = _Subset(source, indices)
+        source = Subset(source, indices)
     if len(source) == 0:
         raise ConfigError("make_loader: the source (or the selected indices) is empty")
     ds = grain.MapDataset.source(source)

@@ -1,0 +1,38 @@
+"""lumbarjax launcher.
+
+    python launch.py --config=configs/demo.py --workdir=runs/demo
+    python launch.py --config=configs/outcome.py --config.data.cohort_dir=/data/cohort \
+        --workdir=runs/outcome --config.outcome.train.num_steps=800
+
+Modes (``--mode``, default ``config.mode``): ``index`` writes the editable manifest only;
+``crossval`` (and ``demo``) runs the whole job: index, cohort join, preprocessing, k-fold
+cross-validation of every task in ``config.tasks``, baselines, heat maps and the HTML report.
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "experiment config file (get_config())",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "output folder (manifest, cache, checkpoints, report)")
+flags.DEFINE_enum("mode", None, ["index", "crossval", "demo"], "stage(s) to run (default: config.mode)")
+flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() (multi-host)")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    del argv
+    from lumbarjax.train.loop import maybe_initialize_distributed
+    maybe_initialize_distributed(FLAGS.distributed)
+    from lumbarjax import workflow
+    config = FLAGS.config
+    mode = FLAGS.mode or config.mode
+    logging.info("config:\n%s", config)
+    results = workflow.run(config, FLAGS.workdir, "crossval" if mode == "demo" else mode)
+    if "report" in results:
+        print(f"report: {results['report']}\nmetrics: {results['metrics']}")
+
+
+if __name__ == "__main__":
+    app.run(main)

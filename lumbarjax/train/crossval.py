@@ -1,0 +1,282 @@
+"""Cross-validation driver: patient-level k folds, an inner validation split, out-of-fold predictions.
+
+For each outer fold ``f`` the patients of the other folds are split once more (stratified,
+seeded) into an inner training and an inner validation part. The model is trained on the inner
+training part; the inner validation part alone picks the best checkpoint. Fold ``f`` is then
+predicted once with that checkpoint: its labels never influence training or model selection, and
+the clinical features are standardised with statistics of the training patients only.
+
+Tasks:
+  ``grader``  — X-ray -> ordinal grade (CORN); label ``xray_grade`` (0..K-1), or one grade per
+                level (``xray_grade_L1L2`` …) when ``model.num_levels > 1``.
+  ``outcome`` — MRI (+ X-ray) + clinical -> ZCQ success, ≥50% back/leg improvement (binary) and
+                post-operative back/leg VAS (0–100 mm).
+
+Out-of-fold CSV columns: ``patient_id, fold``, ``label_<head>`` and ``pred_<head>``
+(probabilities for binary heads, VAS for regression heads); for the grader ``label_grade``,
+``pred_grade`` (int) and ``prob_grade_0 … prob_grade_{K-1}``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import pandas as pd
+from absl import logging
+
+from lumbarjax.data.cohort import check_no_leakage, make_folds
+from lumbarjax.data.pipeline import CachedExamples, Subset, make_loader
+from lumbarjax.errors import CohortError, ConfigError
+from lumbarjax.eval import metrics as metrics_lib
+from lumbarjax.models import ordinal
+from lumbarjax.models.fusion import (ClinicalEncoder, build_grader, build_outcome_model, outcome_loss,
+                                     positive_class_weights)
+from lumbarjax.models.resnet2d import grader_loss
+from lumbarjax.train.loop import predict, train_and_evaluate
+
+LEVELS = ("L1L2", "L2L3", "L3L4", "L4L5", "L5S1")
+
+
+@dataclasses.dataclass
+class TaskData:
+    """Everything a fold needs, for the eligible patients of one task (row i = patient i)."""
+    kind: str                       # "grader" | "outcome"
+    records: pd.DataFrame           # eligible records, reset index
+    cache: pd.DataFrame             # matching rows of the preprocess cache table
+    labels: dict                    # head -> (N,) or (N, L) float, NaN = missing
+    heads: tuple                    # output heads evaluated out of fold
+    folds: np.ndarray               # (N,) outer fold per patient
+
+
+def _run_config(config, task_cfg) -> ml_collections.ConfigDict:
+    """The flat config train_and_evaluate reads: seed, train, optim, augment."""
+    return ml_collections.ConfigDict(dict(seed=int(config.seed), train=task_cfg.train.to_dict(),
+                                          optim=task_cfg.optim.to_dict(),
+                                          augment=task_cfg.augment.to_dict()))
+
+
+def grade_columns(task_cfg) -> list[str]:
+    levels = int(task_cfg.model.num_levels)
+    if levels == 1:
+        return ["xray_grade"]
+    if levels != len(LEVELS):
+        raise ConfigError(f"grader.model.num_levels={levels}: use 1 (one grade per X-ray) or "
+                          f"{len(LEVELS)} (one per level {', '.join(LEVELS)})")
+    return [f"xray_grade_{lv}" for lv in LEVELS]
+
+
+def prepare_task(kind: str, config, records: pd.DataFrame, cache: pd.DataFrame) -> TaskData:
+    """Select the patients a task can use and make its labels and outer folds.
+
+    grader: patients with a decoded X-ray and at least one grade. outcome: patients with at least
+    one outcome label (a missing modality is masked by the model, not excluded).
+    """
+    task_cfg = config[kind]
+    if len(records) != len(cache) or not (records["patient_id"].to_numpy()
+                                         == cache["patient_id"].to_numpy()).all():
+        raise CohortError("records and the preprocess cache table are not aligned by patient_id")
+    ok = ~cache["excluded"].to_numpy(bool)
+    if kind == "grader":
+        cols = grade_columns(task_cfg)
+        missing = [c for c in cols if c not in records.columns]
+        if missing:
+            raise CohortError(f"grader: clinical table has no grade column(s) {missing}")
+        grades = records[cols].to_numpy(float)
+        has_xray = cache["xray_file"].fillna("").astype(str).str.len().to_numpy() > 0
+        ok &= has_xray & np.isfinite(grades).any(axis=1)
+        labels = {"grade": grades[ok] if len(cols) > 1 else grades[ok, 0]}
+        heads = ("grade",)
+    elif kind == "outcome":
+        mc = task_cfg.model
+        heads = tuple(mc.binary_heads) + tuple(mc.regression_heads)
+        missing = [h for h in heads if h not in records.columns]
+        if missing:
+            raise CohortError(f"outcome: no column for head(s) {missing} in the cohort records")
+        y = records[list(heads)].to_numpy(float)
+        ok &= np.isfinite(y).any(axis=1)
+        labels = {h: y[ok, j] for j, h in enumerate(heads)}
+    else:
+        raise ConfigError(f"unknown task {kind!r}: expected 'grader' or 'outcome'")
+    n_dropped = int((~ok).sum())
+    if n_dropped:
+        logging.info("%s: %d of %d patients have no usable label/image for this task", kind,
+                     n_dropped, len(records))
+    recs = records.loc[ok].reset_index(drop=True)
+    cache = cache.loc[ok].reset_index(drop=True)
+    strat = task_cfg.cv.stratify_on
+    folds = make_folds(recs, k=int(task_cfg.cv.num_folds), seed=int(config.seed),
+                       stratify_on=list(strat) if isinstance(strat, (list, tuple)) else strat)
+    check_no_leakage(folds, recs)
+    return TaskData(kind, recs, cache, labels, heads, folds)
+
+
+def inner_split(records: pd.DataFrame, train_idx: np.ndarray, fraction: float, seed: int,
+                stratify_on) -> tuple[np.ndarray, np.ndarray]:
+    """Split the outer training patients into (inner train, inner validation) index arrays."""
+    k = max(2, int(round(1.0 / fraction)))
+    sub = records.iloc[train_idx]
+    inner = make_folds(sub, k=k, seed=seed + 1, stratify_on=stratify_on)
+    return train_idx[inner != 0], train_idx[inner == 0]
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightedOutcomeLoss:
+    """``outcome_loss`` with training-fold positive-class weights; hashable by value so that the
+    jitted train step is reused whenever two folds have equal weights."""
+    class_weights: tuple  # ((head, n_neg / n_pos), ...)
+
+    def __call__(self, outputs, batch):
+        return outcome_loss(outputs, batch, class_weights=dict(self.class_weights))
+
+
+def _model_and_loss(kind: str, task_cfg, train_labels: Mapping, train_masks: Mapping,
+                    clinical_only: bool = False):
+    if kind == "grader":
+        return build_grader(task_cfg.model), grader_loss
+    mc = ml_collections.ConfigDict(task_cfg.model.to_dict())
+    if clinical_only:
+        mc.mri.enabled = False
+        mc.xray.enabled = False
+    weights = positive_class_weights(train_labels, train_masks, tuple(mc.binary_heads))
+    return build_outcome_model(mc), WeightedOutcomeLoss(tuple(sorted(weights.items())))
+
+
+def _predictions(kind: str, outputs: Mapping, heads: Sequence[str], binary: Sequence[str]) -> dict:
+    """Model outputs -> per-patient prediction columns."""
+    if kind == "grader":
+        logits = np.asarray(outputs["grade"])                 # (N, L, K-1)
+        probs = np.asarray(ordinal.corn_probs(logits))        # (N, L, K)
+        pred = np.asarray(ordinal.corn_predict(logits))       # (N, L)
+        cols = {}
+        if logits.shape[1] == 1:
+            cols["pred_grade"] = pred[:, 0]
+            for k in range(probs.shape[-1]):
+                cols[f"prob_grade_{k}"] = probs[:, 0, k]
+        else:
+            for j, lv in enumerate(LEVELS):
+                cols[f"pred_grade_{lv}"] = pred[:, j]
+            cols["pred_grade"] = pred.max(axis=1)
+        return cols
+    cols = {}
+    for h in heads:
+        v = np.asarray(outputs[h], np.float64)
+        cols[f"pred_{h}"] = 1.0 / (1.0 + np.exp(-v)) if h in binary else v
+    return cols
+
+
+def _selection_metric(kind: str, preds: dict, labels: Mapping, idx: np.ndarray, num_grades: int):
+    """Inner-validation metric used to pick the best checkpoint (higher is better)."""
+    if kind == "grader":
+        y = np.asarray(labels["grade"])[idx]
+        yhat = preds["pred_grade"]
+        if y.ndim > 1:
+            y = np.nanmax(y, axis=1)
+        keep = np.isfinite(y)
+        q = metrics_lib.qwk(y[keep].astype(int), yhat[keep].astype(int), num_grades) \
+            if keep.sum() > 1 else float("nan")
+        return {"qwk": q if np.isfinite(q) else 0.0}
+    y = np.asarray(labels["zcq_success"])[idx]
+    p = preds["pred_zcq_success"]
+    keep = np.isfinite(y)
+    a = metrics_lib.auc(y[keep], p[keep]) if keep.sum() > 1 and len(set(y[keep])) == 2 else 0.5
+    return {"auc_zcq_success": a}
+
+
+def run_fold(td: TaskData, fold: int, config, workdir: str, *, clinical_only: bool = False,
+             after_fold: Callable | None = None) -> pd.DataFrame:
+    """Train on the other folds (inner split for selection) and predict fold ``fold``."""
+    kind = td.kind
+    task_cfg = config[kind]
+    seed = int(config.seed)
+    n = len(td.records)
+    test_idx = np.flatnonzero(td.folds == fold)
+    train_idx = np.flatnonzero(td.folds != fold)
+    strat = task_cfg.cv.stratify_on
+    strat = list(strat) if isinstance(strat, (list, tuple)) else strat
+    inner_train, inner_val = inner_split(td.records, train_idx, float(task_cfg.cv.inner_val_fraction),
+                                         seed + fold, strat)
+
+    # Clinical features: statistics from the inner training patients only.
+    extras: dict[str, Any] = {"labels": td.labels}
+    enc = None
+    if kind == "outcome":
+        numeric = [c for c in task_cfg.features.numeric if c in td.records.columns]
+        categorical = [c for c in task_cfg.features.categorical if c in td.records.columns]
+        enc = ClinicalEncoder.fit(td.records.iloc[inner_train], numeric=numeric, categorical=categorical)
+        extras["clinical"] = enc.transform(td.records)
+    run_cfg = _run_config(config, task_cfg)
+    d, h, w = config.mri.shape
+    source = CachedExamples(td.cache, extras, mri_shape=(d, h, w), xray_shape=tuple(config.xray.shape))
+    masks = {k: np.isfinite(v).astype(np.float32) for k, v in td.labels.items()}
+    train_labels = {k: v[inner_train] for k, v in td.labels.items()}
+    train_masks = {k: v[inner_train] for k, v in masks.items()}
+    model, loss_fn = _model_and_loss(kind, task_cfg, train_labels, train_masks, clinical_only)
+    bs = int(task_cfg.train.batch_size)
+    binary = tuple(task_cfg.model.binary_heads) if kind == "outcome" else ()
+    num_grades = int(task_cfg.model.num_grades) if kind == "grader" else 0
+
+    def loader(idx):
+        return make_loader(source, batch_size=bs, shuffle=False, seed=seed, num_epochs=1, indices=idx)
+
+    def eval_fn(state):
+        out = predict(state, model, loader(inner_val))
+        order = np.argsort(out["index"])  # stream order == index order, but be explicit
+        out = {k: np.asarray(v)[order] for k, v in out.items()}
+        return _selection_metric(kind, _predictions(kind, out, td.heads, binary), td.labels,
+                                 inner_val, num_grades)
+
+    fold_dir = os.path.join(workdir, f"fold_{fold}")
+    os.makedirs(fold_dir, exist_ok=True)
+    with open(os.path.join(fold_dir, "split.json"), "w") as f:
+        json.dump({"test": td.records["patient_id"].iloc[test_idx].tolist(),
+                   "inner_train": td.records["patient_id"].iloc[inner_train].tolist(),
+                   "inner_val": td.records["patient_id"].iloc[inner_val].tolist()}, f)
+    if enc is not None:
+        with open(os.path.join(fold_dir, "clinical_encoder.json"), "w") as f:
+            json.dump(enc.to_dict(), f)
+    logging.info("%s fold %d: %d train, %d inner-val, %d test patients", kind, fold,
+                 len(inner_train), len(inner_val), len(test_idx))
+    result = train_and_evaluate(run_cfg, fold_dir, model=model, loss_fn=loss_fn,
+                                train_source=Subset(source, inner_train), eval_fn=eval_fn)
+    state = result["state"]
+    out = predict(state, model, loader(test_idx))
+    idx = np.asarray(out["index"])
+    cols = _predictions(kind, out, td.heads, binary)
+    oof = pd.DataFrame({"patient_id": td.records["patient_id"].to_numpy()[idx], "fold": fold,
+                        "row": idx})
+    for hname, lab in td.labels.items():
+        lab = np.asarray(lab)
+        if lab.ndim == 1:
+            oof[f"label_{hname}"] = lab[idx]
+        else:
+            for j, lv in enumerate(LEVELS):
+                oof[f"label_{hname}_{lv}"] = lab[idx, j]
+            oof[f"label_{hname}"] = np.nanmax(lab[idx], axis=1)
+    for c, v in cols.items():
+        oof[c] = v
+    oof["best_step"] = result["best"]["step"]
+    if after_fold is not None:
+        after_fold(fold=fold, state=state, model=model, source=source, test_idx=test_idx,
+                   encoder=enc, task=td)
+    return oof
+
+
+def run_crossval(td: TaskData, config, workdir: str, *, clinical_only: bool = False,
+                 after_fold: Callable | None = None) -> pd.DataFrame:
+    """All outer folds of one task; writes and returns the out-of-fold table (``oof.csv``)."""
+    os.makedirs(workdir, exist_ok=True)
+    parts = [run_fold(td, f, config, workdir, clinical_only=clinical_only, after_fold=after_fold)
+             for f in range(int(config[td.kind].cv.num_folds))]
+    oof = pd.concat(parts, ignore_index=True).sort_values("row").drop(columns="row")
+    oof = oof.reset_index(drop=True)
+    if oof["patient_id"].duplicated().any():
+        raise CohortError("cross-validation predicted a patient twice (fold leakage)")
+    oof.to_csv(os.path.join(workdir, "oof.csv"), index=False)
+    return oof

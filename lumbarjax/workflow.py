@@ -1,0 +1,277 @@
+"""The job's stages, each a function of ``(config, workdir)``:
+
+    index -> cohort -> preprocess -> cross-validate (grader, outcome, clinical-only twin)
+          -> baselines -> heat maps -> report
+
+``launch.py`` picks the stages from ``--mode``. Everything written under ``workdir`` is keyed by
+the pseudonymous ``patient_id``; no DICOM PHI leaves the readers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+from absl import logging
+
+from lumbarjax.data import clinical as clinical_lib
+from lumbarjax.data import cohort as cohort_lib
+from lumbarjax.data import index as index_lib
+from lumbarjax.data import preprocess as preprocess_lib
+from lumbarjax.errors import ConfigError
+from lumbarjax.train import crossval
+
+
+def _dump(obj, path):
+    from lumbarjax.eval.metrics import to_jsonable
+    with open(path, "w") as f:
+        json.dump(to_jsonable(obj), f, indent=2, sort_keys=True)
+
+
+# -- cohort -------------------------------------------------------------------------------
+
+def cohort_dir(config, workdir: str) -> str:
+    """The cohort folder; writes the synthetic demo cohort there first when asked and absent."""
+    root = config.data.cohort_dir or os.path.join(workdir, "demo_cohort")
+    has_table = any(os.path.exists(os.path.join(root, f)) for f in ("clinical.csv", "clinical.xlsx"))
+    if not has_table:
+        if not config.data.make_demo:
+            raise ConfigError(f"config.data.cohort_dir={root!r} holds no clinical.csv / "
+                              "clinical.xlsx (set data.make_demo=True for the synthetic demo)")
+        from lumbarjax.data.synthetic import make_cohort
+        logging.info("writing the synthetic demo cohort (%d patients) to %s",
+                     config.data.demo_patients, root)
+        make_cohort(root, n_patients=int(config.data.demo_patients), seed=int(config.seed),
+                    overwrite=True)
+    return root
+
+
+def clinical_path(config, root: str) -> str:
+    if config.data.clinical_file:
+        return config.data.clinical_file
+    for f in ("clinical.csv", "clinical.xlsx"):
+        if os.path.exists(os.path.join(root, f)):
+            return os.path.join(root, f)
+    raise ConfigError(f"no clinical.csv or clinical.xlsx in {root}")
+
+
+def stage_index(config, workdir: str) -> pd.DataFrame:
+    """Manifest of the chosen series per patient. An existing ``manifest.csv`` (perhaps edited
+    by hand) is used as it is; delete it to index again."""
+    root = cohort_dir(config, workdir)
+    path = config.data.manifest or os.path.join(workdir, "manifest.csv")
+    if os.path.exists(path):
+        logging.info("using the existing manifest %s (delete it to re-index)", path)
+        manifest = index_lib.read_manifest(path, root=root)
+    else:
+        manifest = index_lib.index_cohort(root)
+        index_lib.write_manifest(manifest, path)
+        _dump({"skipped_files": manifest.attrs.get("skipped", {}),
+               "missing_series": manifest.attrs.get("missing", [])},
+              os.path.join(workdir, "index_report.json"))
+    manifest.attrs["root"] = root
+    return manifest
+
+
+@dataclasses.dataclass
+class Cohort:
+    records: pd.DataFrame        # included patients (cohort.build_cohort)
+    cache: pd.DataFrame          # preprocess cache table aligned with records
+    exclusions: pd.DataFrame     # patient_id, reason, detail
+    summary: dict
+
+
+def stage_cohort(config, workdir: str, manifest: pd.DataFrame) -> Cohort:
+    """Join the manifest with the clinical table and decode/resample all images (cached)."""
+    root = manifest.attrs.get("root") or cohort_dir(config, workdir)
+    table = clinical_lib.read_clinical(clinical_path(config, root),
+                                       column_map=dict(config.clinical.column_map) or None)
+    records, exclusions = cohort_lib.build_cohort(manifest, table, config.clinical, root=root)
+    problems = pd.DataFrame(records.attrs.get("validation_problems", []))
+    if len(problems):
+        problems.to_csv(os.path.join(workdir, "validation_problems.csv"), index=False)
+    cache_dir = config.data.cache_dir or os.path.join(workdir, "cache")
+    cache = preprocess_lib.preprocess_cohort(records, config, cache_dir)
+    extra_excl = cache.attrs.get("exclusions")
+    if extra_excl is not None and len(extra_excl):
+        exclusions = pd.concat([exclusions, extra_excl], ignore_index=True)
+    exclusions.to_csv(os.path.join(workdir, "exclusions.csv"), index=False)
+    summary = cohort_lib.cohort_summary(records, exclusions)
+    summary["validation_problems"] = int(len(problems))
+    summary["images_decoded_this_run"] = int(cache.attrs.get("n_decoded", 0))
+    _dump(summary, os.path.join(workdir, "cohort_summary.json"))
+    return Cohort(records, cache, exclusions, summary)
+
+
+# -- heat maps ----------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class HeadFn:
+    """``(inputs, static) -> (B,)``: one output head of a model in eval mode, for IG.
+
+    ``inputs`` = {"mri", "clinical"} (attributed); ``static`` = {"variables", "mri_present",
+    "xray", "xray_present"} (not attributed). Hashable, so the compiled IG is reused."""
+    model: Any
+    head: str
+
+    def __call__(self, inputs, static):
+        batch = {"mri": inputs["mri"], "clinical": inputs["clinical"],
+                 "mri_present": static["mri_present"], "xray": static["xray"],
+                 "xray_present": static["xray_present"]}
+        return self.model.apply(static["variables"], batch, train=False)[self.head]
+
+
+class HeatmapCollector:
+    """``after_fold`` hook of the outcome CV: integrated gradients for test-fold patients."""
+
+    def __init__(self, config, out_dir: str):
+        self.cfg = config.explain
+        self.num_folds = int(config.outcome.cv.num_folds)
+        self.out_dir = out_dir
+        self.items: list[dict] = []
+        os.makedirs(out_dir, exist_ok=True)
+
+    def __call__(self, *, fold, state, model, source, test_idx, encoder, task):
+        from lumbarjax.explain import integrated_gradients
+        per_fold = int(np.ceil(int(self.cfg.max_patients) / self.num_folds))
+        rows = [int(i) for i in test_idx if task.cache["mri_file"].iloc[int(i)]][:per_fold]
+        fn = HeadFn(model, self.cfg.head)
+        for i in rows:
+            ex = source[i]
+            inputs = {"mri": jnp.asarray(ex["mri"])[None], "clinical": jnp.asarray(ex["clinical"])[None]}
+            static = {"variables": state.variables, "mri_present": jnp.ones((1,), jnp.float32),
+                      "xray": jnp.asarray(ex["xray"])[None],
+                      "xray_present": jnp.asarray(ex["xray_present"])[None]}
+            attrs, delta = integrated_gradients(fn, inputs, None, steps=int(self.cfg.steps),
+                                                method=self.cfg.method,
+                                                chunk_size=int(self.cfg.chunk_size) or None,
+                                                static=static)
+            logit = float(fn(inputs, static)[0])
+            base = float(fn(jax.tree.map(jnp.zeros_like, inputs), static)[0])
+            label = float(task.labels[self.cfg.head][i])
+            self.items.append(dict(
+                patient_id=str(task.records["patient_id"].iloc[i]), fold=fold, row=i,
+                mri=np.asarray(ex["mri"])[..., 0], attr=np.asarray(attrs["mri"])[0, ..., 0],
+                clinical_attr=np.asarray(attrs["clinical"])[0], feature_names=encoder.feature_names,
+                delta=float(delta[0]), relative_delta=float(abs(delta[0]) / max(abs(logit - base), 1e-6)),
+                prob=float(1 / (1 + np.exp(-logit))), label=label,
+                affine=np.asarray(json.loads(task.cache["mri_affine"].iloc[i]), float)))
+
+    def gallery(self, n: int) -> list[dict]:
+        """Overlay PNGs (+ attribution NIfTI) for up to ``n`` patients, right and wrong mixed."""
+        from lumbarjax.explain import overlays
+        labelled = [it for it in self.items if np.isfinite(it["label"])]
+        right = [it for it in labelled if (it["prob"] > 0.5) == (it["label"] > 0.5)]
+        wrong = [it for it in labelled if (it["prob"] > 0.5) != (it["label"] > 0.5)]
+        chosen = right[: (n + 1) // 2] + wrong[: n // 2]
+        out = []
+        for it in chosen:
+            pid = it["patient_id"]
+            png = overlays.save_mri_overlay_png(
+                it["mri"], it["attr"], os.path.join(self.out_dir, f"{pid}_mri_ig.png"),
+                spacing=np.linalg.norm(it["affine"][:3, :3], axis=0), title=f"{pid}: IG of {self.cfg.head}")
+            overlays.save_attribution_nifti(it["attr"], it["affine"],
+                                            os.path.join(self.out_dir, f"{pid}_mri_ig.nii.gz"))
+            bar = overlays.save_clinical_bar_png(it["clinical_attr"], it["feature_names"],
+                                                 os.path.join(self.out_dir, f"{pid}_clinical_ig.png"),
+                                                 top_k=10, title=f"{pid}: clinical features")
+            correct = (it["prob"] > 0.5) == (it["label"] > 0.5)
+            caption = (f"{pid}: P({self.cfg.head})={it['prob']:.2f}, observed {int(it['label'])} — "
+                       f"{'right' if correct else 'wrong'}; completeness error {it['delta']:+.2e}")
+            out.append(dict(patient_id=pid, png=png, caption=caption, correct=bool(correct)))
+            out.append(dict(patient_id=pid, png=bar, caption=f"{pid}: clinical-feature attributions",
+                            correct=bool(correct)))
+        return out
+
+
+# -- the whole job ------------------------------------------------------------------------
+
+def stage_crossval(config, workdir: str, cohort: Cohort) -> dict:
+    """Cross-validate every task in ``config.tasks``; returns OOF tables and heat-map items."""
+    results: dict[str, Any] = {"timing_s": {}}
+    for kind in config.tasks:
+        td = crossval.prepare_task(kind, config, cohort.records, cohort.cache)
+        results[f"{kind}_task"] = td
+        hook = HeatmapCollector(config, os.path.join(workdir, "heatmaps")) \
+            if kind == "outcome" and config[kind].model.mri.enabled and config.explain.max_patients else None
+        t0 = time.perf_counter()
+        results[kind] = crossval.run_crossval(td, config, os.path.join(workdir, kind), after_fold=hook)
+        results["timing_s"][kind] = time.perf_counter() - t0
+        results[f"{kind}_heatmaps"] = hook
+        if kind == "outcome" and config.outcome.clinical_only:
+            t0 = time.perf_counter()
+            results["clinical_only"] = crossval.run_crossval(
+                td, config, os.path.join(workdir, "outcome_clinical_only"), clinical_only=True)
+            results["timing_s"]["clinical_only"] = time.perf_counter() - t0
+    return results
+
+
+def stage_baselines(config, workdir: str, td: crossval.TaskData) -> dict:
+    """scikit-learn clinical-only baselines on the outcome task's own folds."""
+    from lumbarjax.eval.baselines import clinical_baselines
+    feats = list(config.outcome.features.numeric) + list(config.outcome.features.categorical)
+    out = {}
+    for head in td.heads:
+        df = clinical_baselines(td.records, td.folds, head, features=feats, seed=int(config.seed))
+        df.to_csv(os.path.join(workdir, f"baseline_{head}.csv"), index=False)
+        out[head] = df
+    return out
+
+
+def stage_report(config, workdir: str, cohort: Cohort, results: dict, root: str) -> tuple[str, str]:
+    from lumbarjax.eval.report import write_report
+    bayes, localisation, heatmaps, completeness = None, None, None, None
+    gt_path = os.path.join(root, "ground_truth_summary.json")
+    if os.path.exists(gt_path):
+        with open(gt_path) as f:
+            b = json.load(f)["bayes_auc"]
+        names = {"zcq_success": "zcq_success", "back_pain_improved50": "back_improved50",
+                 "leg_pain_improved50": "leg_improved50"}
+        bayes = {head: b[src]["population"] for head, src in names.items() if src in b}
+    hm = results.get("outcome_heatmaps")
+    if hm is not None and hm.items:
+        completeness = np.array([it["delta"] for it in hm.items])
+        heatmaps = hm.gallery(int(config.explain.gallery))
+        gt_csv = os.path.join(root, "ground_truth.csv")
+        if os.path.exists(gt_csv):
+            from lumbarjax.eval.localisation import localisation_summary
+            gt = pd.read_csv(gt_csv, dtype={"patient_id": str}).set_index("patient_id")
+            items = [it for it in hm.items if it["patient_id"] in gt.index]
+            rows = gt.loc[[it["patient_id"] for it in items]].reset_index()
+            localisation = localisation_summary([it["attr"] for it in items],
+                                                [it["affine"] for it in items], rows,
+                                                n_boot=int(config.eval.n_boot), seed=int(config.seed))
+    extra = {"timing_s": results.get("timing_s", {})}
+    return write_report(
+        workdir, title="lumbarjax cross-validated report", cohort_summary=cohort.summary,
+        grader_oof=results.get("grader"), outcome_oof=results.get("outcome"),
+        baseline_oof=results.get("baselines"), clinical_only_oof=results.get("clinical_only"),
+        bayes=bayes, heatmaps=heatmaps, completeness=completeness, localisation=localisation,
+        extra=extra, n_boot=int(config.eval.n_boot), seed=int(config.seed),
+        threshold=float(config.eval.threshold))
+
+
+def run(config, workdir: str, mode: str) -> dict:
+    """Run ``mode``: ``index`` | ``crossval`` (= the whole job incl. report) | ``demo``."""
+    os.makedirs(workdir, exist_ok=True)
+    t0 = time.perf_counter()
+    manifest = stage_index(config, workdir)
+    if mode == "index":
+        return {"manifest": manifest}
+    cohort = stage_cohort(config, workdir, manifest)
+    results = stage_crossval(config, workdir, cohort)
+    if "outcome" in config.tasks:
+        results["baselines"] = stage_baselines(config, workdir, results["outcome_task"])
+    results["timing_s"]["total_before_report"] = time.perf_counter() - t0
+    html, metrics = stage_report(config, workdir, cohort, results, manifest.attrs["root"])
+    results["report"] = html
+    results["metrics"] = metrics
+    logging.info("report: %s (%.0f s in all)", html, time.perf_counter() - t0)
+    return results
