@@ -63,6 +63,8 @@ def test_bad_method_and_steps_raise():
         integrated_gradients(lin_fn, X, steps=1, method="riemann_trapezoid")
     with pytest.raises(LumbarjaxError, match="one scalar per example"):
         integrated_gradients(lambda x: x, X)
+    with pytest.raises(ConfigError, match="chunk_loop"):
+        integrated_gradients(lin_fn, X, chunk_size=1, chunk_loop="while")
     with pytest.raises(LumbarjaxError, match="baseline shape"):
         integrated_gradients(lin_fn, X, XB[:, :2])
 
@@ -154,12 +156,13 @@ def test_pytree_attributions_keep_structure_and_complete():
     np.testing.assert_allclose(attr["clinical"], jnp.sin(x["clinical"]), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("chunk", [1, 5, 16, 100])
-def test_chunking_matches_unchunked(chunk):
+@pytest.mark.parametrize("chunk,loop", [(1, "scan"), (5, "scan"), (5, "python"),
+                                        (16, "python"), (100, "auto")])
+def test_chunking_matches_unchunked(chunk, loop):
     x = _tree_inputs()
     ref, dref = integrated_gradients(_tree_fn, x, steps=16, method="riemann_middle")
     got, dgot = integrated_gradients(_tree_fn, x, steps=16, method="riemann_middle",
-                                     chunk_size=chunk)
+                                     chunk_size=chunk, chunk_loop=loop)
     for k in x:
         np.testing.assert_allclose(got[k], ref[k], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(dgot, dref, atol=1e-5)

@@ -31,6 +31,8 @@ One call evaluates ``steps`` forward+backward passes of the whole batch, vectori
 nodes are evaluated at once (memory ~ ``steps`` x one fwd+bwd); with ``chunk_size=c`` the nodes are
 processed ``c`` at a time in a ``jax.lax.scan`` that accumulates the weighted gradient sum, so the
 peak memory is ~ ``c`` x one fwd+bwd whatever ``steps`` is (256 steps on a full volume fit).
+On the CPU backend the chunks are iterated by a host loop over a jitted chunk step instead of
+``lax.scan`` by default (``chunk_loop``), because XLA:CPU runs loop bodies several times slower.
 Compiled functions are cached per ``fn`` object (keep passing the same ``fn``); inside that,
 ``jax.jit`` compiles once per (input shapes/dtypes, steps, chunk_size) — the quadrature nodes and
 weights are runtime arguments, so switching ``method`` does not recompile.
@@ -38,7 +40,7 @@ weights are runtime arguments, so switching ``method`` does not recompile.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -124,17 +126,23 @@ def _chunked_nodes(method: str, steps: int, chunk_size: int | None):
     return alphas.astype(np.float32), weights.astype(np.float32)
 
 
+class _Programs(NamedTuple):
+    run: Callable         # (inputs, baselines, static, alphas, weights) -> (attributions, delta)
+    accumulate: Callable  # (acc, inputs, baselines, static, alphas_c, weights_c) -> acc
+    finish: Callable      # (avg_grad, inputs, baselines, static) -> (attributions, delta)
+
+
 @functools.lru_cache(maxsize=64)
-def _compiled(fn: Callable, has_static: bool):
-    """The jitted IG function for one ``fn``. Nodes and weights are arguments, so every method
+def _compiled(fn: Callable, has_static: bool) -> _Programs:
+    """The jitted IG programs for one ``fn``. Nodes and weights are arguments, so every method
     with the same (steps, chunk_size) and input shapes shares one compiled program; ``jax.jit``
     caches per shape (i.e. per steps, chunk_size and input shapes)."""
 
     def call(x, static):
         return fn(x, static) if has_static else fn(x)
 
-    def run(inputs, baselines, static, alphas, weights):
-        # alphas, weights: (n_chunks, chunk)
+    def weighted_sum(inputs, baselines, static, alphas_c, weights_c):
+        """sum_k w_k grad F(x' + a_k (x - x')) over one chunk of nodes; leaves like inputs."""
         diff = jax.tree_util.tree_map(lambda x, b: x - b, inputs, baselines)
         grad_fn = jax.grad(lambda x: jnp.sum(call(x, static)))
 
@@ -143,28 +151,36 @@ def _compiled(fn: Callable, has_static: bool):
                                            baselines, diff)
             return grad_fn(point)
 
-        def weighted_sum(alphas_c, weights_c):
-            grads = jax.vmap(grad_at)(alphas_c)   # leaves (chunk, B, ...)
-            return jax.tree_util.tree_map(
-                lambda g: jnp.tensordot(weights_c.astype(g.dtype), g, axes=1), grads)
+        grads = jax.vmap(grad_at)(alphas_c)   # leaves (chunk, B, ...)
+        return jax.tree_util.tree_map(
+            lambda g: jnp.tensordot(weights_c.astype(g.dtype), g, axes=1), grads)
 
-        if alphas.shape[0] == 1:
-            avg_grad = weighted_sum(alphas[0], weights[0])
-        else:
-            init = jax.tree_util.tree_map(jnp.zeros_like, inputs)
-
-            def body(acc, aw):
-                part = weighted_sum(*aw)
-                return jax.tree_util.tree_map(jnp.add, acc, part), None
-
-            avg_grad, _ = jax.lax.scan(body, init, (alphas, weights))
-        attributions = jax.tree_util.tree_map(lambda d, g: d * g, diff, avg_grad)
+    def finish(avg_grad, inputs, baselines, static):
+        attributions = jax.tree_util.tree_map(lambda x, b, g: (x - b) * g,
+                                              inputs, baselines, avg_grad)
         total = sum(jnp.sum(a.reshape(a.shape[0], -1), axis=1)
                     for a in jax.tree_util.tree_leaves(attributions))
         delta = total - (call(inputs, static) - call(baselines, static))
         return attributions, delta
 
-    return jax.jit(run)
+    def run(inputs, baselines, static, alphas, weights):
+        # alphas, weights: (n_chunks, chunk)
+        if alphas.shape[0] == 1:
+            avg_grad = weighted_sum(inputs, baselines, static, alphas[0], weights[0])
+        else:
+            def body(acc, aw):
+                part = weighted_sum(inputs, baselines, static, *aw)
+                return jax.tree_util.tree_map(jnp.add, acc, part), None
+
+            init = jax.tree_util.tree_map(jnp.zeros_like, inputs)
+            avg_grad, _ = jax.lax.scan(body, init, (alphas, weights))
+        return finish(avg_grad, inputs, baselines, static)
+
+    def accumulate(acc, inputs, baselines, static, alphas_c, weights_c):
+        part = weighted_sum(inputs, baselines, static, alphas_c, weights_c)
+        return jax.tree_util.tree_map(jnp.add, acc, part)
+
+    return _Programs(jax.jit(run), jax.jit(accumulate, donate_argnums=0), jax.jit(finish))
 
 
 def clear_cache() -> None:
@@ -175,7 +191,8 @@ def clear_cache() -> None:
 def integrated_gradients(fn: Callable, inputs: PyTree, baselines: PyTree | None = None, *,
                          steps: int = 64, method: str = "gausslegendre",
                          chunk_size: int | None = None,
-                         static: PyTree | None = None) -> tuple[PyTree, jax.Array]:
+                         static: PyTree | None = None,
+                         chunk_loop: str = "auto") -> tuple[PyTree, jax.Array]:
     """Integrated gradients of ``fn`` at ``inputs`` relative to ``baselines``.
 
     Args:
@@ -195,6 +212,12 @@ def integrated_gradients(fn: Callable, inputs: PyTree, baselines: PyTree | None 
         result equals the unchunked one up to float summation order.
       static: optional pytree passed unchanged as ``fn``'s second argument and not attributed
         (presence flags, masks, parameters).
+      chunk_loop: how chunks are iterated when ``chunk_size < steps``: ``"scan"`` — one jitted
+        program with a ``jax.lax.scan`` over chunks; ``"python"`` — a host loop calling a jitted
+        chunk step (accumulator donated) and a jitted finish; ``"auto"`` (default) — "python"
+        on the CPU backend, "scan" elsewhere. Both bound memory to ~one chunk; they differ in
+        speed only: XLA:CPU runs the convolutions inside a while-loop body 3–4x slower than the
+        same code outside a loop (measured in benchmarks/bench_ig.py), GPUs/TPUs do not.
 
     Returns:
       ``(attributions, delta)``: ``attributions`` has the structure and shapes of ``inputs``;
@@ -240,10 +263,20 @@ def integrated_gradients(fn: Callable, inputs: PyTree, baselines: PyTree | None 
         raise LumbarjaxError(
             f"integrated_gradients: fn must return one scalar per example, shape ({batch},); "
             f"got {getattr(out, 'shape', type(out).__name__)}")
+    if chunk_loop not in ("auto", "scan", "python"):
+        raise ConfigError(
+            f"integrated_gradients: chunk_loop must be 'auto', 'scan' or 'python', got {chunk_loop!r}")
     try:
-        run = _compiled(fn, static is not None)
+        programs = _compiled(fn, static is not None)
     except TypeError as e:  # unhashable fn
         raise LumbarjaxError(f"integrated_gradients: fn must be hashable: {e}") from e
     alphas, weights = _chunked_nodes(method, int(steps),
                                      None if chunk_size is None else int(chunk_size))
-    return run(inputs, baselines, static, alphas, weights)
+    if chunk_loop == "auto":
+        chunk_loop = "python" if jax.default_backend() == "cpu" else "scan"
+    if alphas.shape[0] == 1 or chunk_loop == "scan":
+        return programs.run(inputs, baselines, static, alphas, weights)
+    acc = jax.tree_util.tree_map(jnp.zeros_like, inputs)
+    for alphas_c, weights_c in zip(alphas, weights):
+        acc = programs.accumulate(acc, inputs, baselines, static, alphas_c, weights_c)
+    return programs.finish(acc, inputs, baselines, static)
