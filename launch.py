@@ -12,6 +12,8 @@ cross-validation of every task in ``config.tasks``, baselines, heat maps and the
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from lumbarjax.errors import LumbarjaxError
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "experiment config file (get_config())",
                                 lock_config=True)
@@ -21,15 +23,26 @@ flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() (mult
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+class _QuietLibraries:
+    """Drops INFO chatter of orbax (tens of lines per checkpoint) from the absl log."""
+
+    def filter(self, record):
+        return record.levelno >= 30 or "orbax" not in record.pathname
+
+
 def main(argv):
     del argv
+    logging.get_absl_handler().addFilter(_QuietLibraries())
     from lumbarjax.train.loop import maybe_initialize_distributed
     maybe_initialize_distributed(FLAGS.distributed)
     from lumbarjax import workflow
     config = FLAGS.config
     mode = FLAGS.mode or config.mode
     logging.info("config:\n%s", config)
-    results = workflow.run(config, FLAGS.workdir, "crossval" if mode == "demo" else mode)
+    try:
+        results = workflow.run(config, FLAGS.workdir, "crossval" if mode == "demo" else mode)
+    except LumbarjaxError as e:  # bad input or config: the message says what and where
+        raise app.UsageError(f"{type(e).__name__}: {e}") from None
     if "report" in results:
         print(f"report: {results['report']}\nmetrics: {results['metrics']}")
 

@@ -112,12 +112,13 @@ def stage_cohort(config, workdir: str, manifest: pd.DataFrame) -> Cohort:
 
 # -- heat maps ----------------------------------------------------------------------------
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class HeadFn:
     """``(inputs, static) -> (B,)``: one output head of a model in eval mode, for IG.
 
     ``inputs`` = {"mri", "clinical"} (attributed); ``static`` = {"variables", "mri_present",
-    "xray", "xray_present"} (not attributed). Hashable, so the compiled IG is reused."""
+    "xray", "xray_present"} (not attributed). Hashed by identity: keep one per model
+    architecture so the compiled IG is reused across folds (the weights travel in ``static``)."""
     model: Any
     head: str
 
@@ -136,13 +137,16 @@ class HeatmapCollector:
         self.num_folds = int(config.outcome.cv.num_folds)
         self.out_dir = out_dir
         self.items: list[dict] = []
+        self.fn: HeadFn | None = None
         os.makedirs(out_dir, exist_ok=True)
 
     def __call__(self, *, fold, state, model, source, test_idx, encoder, task):
         from lumbarjax.explain import integrated_gradients
         per_fold = int(np.ceil(int(self.cfg.max_patients) / self.num_folds))
         rows = [int(i) for i in test_idx if task.cache["mri_file"].iloc[int(i)]][:per_fold]
-        fn = HeadFn(model, self.cfg.head)
+        if self.fn is None:  # every fold builds the same architecture from the same config
+            self.fn = HeadFn(model, self.cfg.head)
+        fn = self.fn
         for i in rows:
             ex = source[i]
             inputs = {"mri": jnp.asarray(ex["mri"])[None], "clinical": jnp.asarray(ex["clinical"])[None]}
