@@ -120,7 +120,10 @@ def prepare_task(kind: str, config, records: pd.DataFrame, cache: pd.DataFrame) 
 def inner_split(records: pd.DataFrame, train_idx: np.ndarray, fraction: float, seed: int,
                 stratify_on) -> tuple[np.ndarray, np.ndarray]:
     """Split the outer training patients into (inner train, inner validation) index arrays."""
-    k = max(2, int(round(1.0 / fraction)))
+    if len(train_idx) < 4:
+        raise CohortError(f"only {len(train_idx)} training patients in a fold: too few for an "
+                          "inner validation split (use fewer folds or more patients)")
+    k = max(2, min(int(round(1.0 / fraction)), len(train_idx) // 2))
     sub = records.iloc[train_idx]
     inner = make_folds(sub, k=k, seed=seed + 1, stratify_on=stratify_on)
     return train_idx[inner != 0], train_idx[inner == 0]

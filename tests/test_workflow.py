@@ -1,0 +1,134 @@
+"""End to end: a tiny synthetic cohort through index -> cohort -> CV -> heat maps -> report,
+and the launcher's command-line overrides."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pydicom
+import pytest
+
+from configs import demo as demo_config
+from lumbarjax import workflow
+from lumbarjax.data.synthetic import make_cohort
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(cohort_dir):
+    c = demo_config.get_config()
+    c.data.cohort_dir = cohort_dir
+    c.mri.shape = (4, 32, 32)
+    c.mri.spacing = (4.0, 8.0, 8.0)
+    c.xray.shape = (32, 32)
+    for t in (c.grader, c.outcome):
+        t.train.num_steps = 3
+        t.train.eval_every = 3
+        t.train.batch_size = 4
+        t.train.progress_bar = False
+        t.optim.warmup_steps = 1
+        t.cv.num_folds = 2
+    c.grader.model.width = 4
+    c.grader.model.stage_sizes = (1, 1)
+    c.outcome.model.mri.width = 4
+    c.outcome.model.mri.stage_sizes = (1, 1)
+    c.explain.max_patients = 2
+    c.explain.steps = 4
+    c.explain.chunk_size = 2
+    c.eval.n_boot = 20
+    return c
+
+
+@pytest.fixture(scope="module")
+def tiny_cohort(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("cohort"))
+    make_cohort(root, n_patients=16, seed=3, xray_size=(96, 80), mri_size=(48, 48), n_mc=2000)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_cohort, tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("run"))
+    results = workflow.run(tiny_config(tiny_cohort), workdir, "crossval")
+    return workdir, results
+
+
+def test_whole_job_writes_report_and_out_of_fold_predictions(tiny_run):
+    workdir, results = tiny_run
+    for f in ("manifest.csv", "cohort_summary.json", "exclusions.csv", "report.html", "metrics.json",
+              "grader/oof.csv", "outcome/oof.csv", "outcome_clinical_only/oof.csv"):
+        assert os.path.exists(os.path.join(workdir, f)), f
+    summary = json.load(open(os.path.join(workdir, "cohort_summary.json")))
+    excl = pd.read_csv(os.path.join(workdir, "exclusions.csv"))
+    assert summary["n_excluded"] == len(excl) > 0          # edge cases: no images / no clinical row
+    assert set(excl["reason"]) >= {"no images", "no clinical row"}
+    oof = pd.read_csv(os.path.join(workdir, "outcome/oof.csv"), dtype={"patient_id": str})
+    td = results["outcome_task"]
+    assert sorted(oof["patient_id"]) == sorted(td.records["patient_id"])   # each patient once
+    assert set(oof["fold"]) == {0, 1}
+    assert oof["pred_zcq_success"].between(0, 1).all()
+    assert oof["pred_back_pain_post"].notna().all()
+    g = pd.read_csv(os.path.join(workdir, "grader/oof.csv"))
+    assert set(g["pred_grade"]).issubset(range(5))
+    probs = g[[f"prob_grade_{k}" for k in range(5)]].sum(axis=1)
+    assert ((probs - 1).abs() < 1e-4).all()
+    metrics = json.load(open(os.path.join(workdir, "metrics.json")))
+    assert metrics["completeness"] is not None
+    assert len(results["outcome_heatmaps"].items) == 2
+
+
+def test_outer_test_patients_never_train_or_select(tiny_run):
+    workdir, _ = tiny_run
+    for task in ("grader", "outcome"):
+        for fold_dir in glob.glob(os.path.join(workdir, task, "fold_*")):
+            split = json.load(open(os.path.join(fold_dir, "split.json")))
+            test = set(split["test"])
+            assert test and not test & set(split["inner_train"])
+            assert not test & set(split["inner_val"])
+            assert not set(split["inner_train"]) & set(split["inner_val"])
+
+
+def test_nothing_written_contains_dicom_phi(tiny_cohort, tiny_run):
+    workdir, _ = tiny_run
+    phi = set()
+    for path in glob.glob(os.path.join(tiny_cohort, "export", "**", "*"), recursive=True):
+        if os.path.isfile(path) and not path.endswith((".txt", ".jpg")):
+            try:
+                ds = pydicom.dcmread(path, stop_before_pixels=True)
+            except Exception:
+                continue
+            for key in ("PatientName", "PatientBirthDate", "InstitutionName", "ReferringPhysicianName"):
+                v = str(ds.get(key, "") or "")
+                if len(v) >= 4:
+                    phi.add(v)
+                    phi.update(p for p in v.split("^") if len(p) >= 4)
+    assert phi, "the demo cohort should carry fake PHI in its headers"
+    checked = 0
+    for path in glob.glob(os.path.join(workdir, "**", "*"), recursive=True):
+        if not os.path.isfile(path) or path.endswith(".npy"):
+            continue
+        text = open(path, "rb").read().decode("latin-1")
+        checked += 1
+        leaked = [p for p in phi if p in text]
+        assert not leaked, f"{path} contains PHI {leaked[:3]}"
+    assert checked > 20
+
+
+def test_launcher_overrides_and_index_mode(tiny_cohort, tmp_path):
+    out = subprocess.run(
+        [sys.executable, "launch.py", "--config=configs/demo.py", f"--workdir={tmp_path}",
+         "--mode=index", f"--config.data.cohort_dir={tiny_cohort}", "--config.seed=7"],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    manifest = pd.read_csv(tmp_path / "manifest.csv", dtype=str)
+    assert set(manifest["role"]) == {"xray", "mri_t2_sag"}
+    bad = subprocess.run(
+        [sys.executable, "launch.py", "--config=configs/demo.py", f"--workdir={tmp_path}/x",
+         "--mode=index", f"--config.data.cohort_dir={tmp_path}/nowhere", "--config.data.make_demo=False"],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0
+    assert "holds no clinical.csv" in bad.stderr
+    assert "Traceback" not in bad.stderr
