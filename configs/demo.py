@@ -10,11 +10,16 @@ def get_config():
     c.mode = "demo"
     c.data.make_demo = True
     c.data.demo_patients = 160
-    c.mri.spacing = (4.0, 2.0, 2.0)
-    c.mri.shape = (16, 128, 128)
-    c.xray.shape = (256, 256)
+    # Sized for a 2-core CPU (benchmarks/ENCODER_DESIGNS.md): the 8 mid-sagittal slices (32 mm
+    # around the canal) at 2.5 mm in-plane, 240 mm superior-inferior x 160 mm anterior-posterior;
+    # the lateral X-ray at 160 x 160.
+    c.mri.spacing = (4.0, 2.5, 2.5)
+    c.mri.shape = (8, 96, 64)
+    c.xray.shape = (160, 160)
+    c.grader.model.width = 16
+    c.outcome.model.mri.width = 16
     for t in (c.grader, c.outcome):
-        t.train.num_steps = 300
+        t.train.num_steps = 250
         t.train.eval_every = 50
         t.train.batch_size = 16
     c.explain.max_patients = 40

@@ -167,6 +167,30 @@ class HeatmapCollector:
                 delta=float(delta[0]), relative_delta=float(abs(delta[0]) / max(abs(logit - base), 1e-6)),
                 prob=float(1 / (1 + np.exp(-logit))), label=label,
                 affine=np.asarray(json.loads(task.cache["mri_affine"].iloc[i]), float)))
+            self.save(self.items[-1])
+
+    def save(self, item: dict) -> None:
+        """``<patient_id>_ig.npz``: arrays and scalars of one patient's attribution."""
+        arrays = {k: np.asarray(v) for k, v in item.items()}
+        np.savez_compressed(os.path.join(self.out_dir, f"{item['patient_id']}_ig.npz"), **arrays)
+
+    @classmethod
+    def load(cls, config, out_dir: str) -> "HeatmapCollector":
+        """The collector of an earlier run, from its saved ``*_ig.npz`` files."""
+        import glob
+        col = cls(config, out_dir)
+        for path in sorted(glob.glob(os.path.join(out_dir, "*_ig.npz"))):
+            with np.load(path, allow_pickle=False) as z:
+                item = {k: z[k] for k in z.files}
+            for k in ("patient_id",):
+                item[k] = str(item[k])
+            for k in ("fold", "row"):
+                item[k] = int(item[k])
+            for k in ("delta", "relative_delta", "prob", "label"):
+                item[k] = float(item[k])
+            item["feature_names"] = [str(x) for x in item["feature_names"]]
+            col.items.append(item)
+        return col
 
     def gallery(self, n: int) -> list[dict]:
         """Overlay PNGs (+ attribution NIfTI) for up to ``n`` patients, right and wrong mixed."""
@@ -265,6 +289,8 @@ def stage_report(config, workdir: str, cohort: Cohort, results: dict, root: str)
 def run(config, workdir: str, mode: str) -> dict:
     """Run ``mode``: ``index`` | ``crossval`` (= the whole job incl. report) | ``demo``."""
     os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
     t0 = time.perf_counter()
     manifest = stage_index(config, workdir)
     if mode == "index":
