@@ -193,12 +193,13 @@ def _draw_baselines(inputs, baseline_samples, n_samples, key):
 def expected_gradients(fn: Callable, inputs: PyTree, baseline_samples: PyTree, *,
                        n_samples: int | None = None, key: jax.Array | None = None,
                        steps: int = 64, method: str = "gausslegendre",
-                       chunk_size: int | None = None, static: PyTree | None = None):
+                       chunk_size: int | None = None, static: PyTree | None = None,
+                       chunk_loop: str = "scan"):
     """IG averaged over several baselines (expected gradients, Erion et al. 2021, with the path
     integral done by quadrature instead of a random alpha; or SmoothGrad-style noisy baselines).
 
     Args:
-      fn, steps, method, chunk_size, static: as in :func:`integrated_gradients`.
+      fn, steps, method, chunk_size, static, chunk_loop: as in :func:`integrated_gradients`.
       inputs: pytree of batched arrays ``(B, ...)``.
       baseline_samples: either
         * a reference set: every leaf ``(N, *example_shape)`` (e.g. N training examples);
@@ -220,7 +221,8 @@ def expected_gradients(fn: Callable, inputs: PyTree, baseline_samples: PyTree, *
     acc, delta_acc = None, None
     for base in draws:
         attr, delta = integrated_gradients(fn, inputs, base, steps=steps, method=method,
-                                           chunk_size=chunk_size, static=static)
+                                           chunk_size=chunk_size, static=static,
+                                           chunk_loop=chunk_loop)
         acc = attr if acc is None else jax.tree_util.tree_map(jnp.add, acc, attr)
         delta_acc = delta if delta_acc is None else delta_acc + delta
     s = len(draws)

@@ -31,8 +31,8 @@ One call evaluates ``steps`` forward+backward passes of the whole batch, vectori
 nodes are evaluated at once (memory ~ ``steps`` x one fwd+bwd); with ``chunk_size=c`` the nodes are
 processed ``c`` at a time in a ``jax.lax.scan`` that accumulates the weighted gradient sum, so the
 peak memory is ~ ``c`` x one fwd+bwd whatever ``steps`` is (256 steps on a full volume fit).
-On the CPU backend the chunks are iterated by a host loop over a jitted chunk step instead of
-``lax.scan`` by default (``chunk_loop``), because XLA:CPU runs loop bodies several times slower.
+``chunk_loop="python"`` iterates the chunks in a host loop over a jitted chunk step instead (same
+result and memory; faster on XLA:CPU for some models, slower for others — see ``chunk_loop``).
 Compiled functions are cached per ``fn`` object (keep passing the same ``fn``); inside that,
 ``jax.jit`` compiles once per (input shapes/dtypes, steps, chunk_size) — the quadrature nodes and
 weights are runtime arguments, so switching ``method`` does not recompile.
@@ -192,7 +192,7 @@ def integrated_gradients(fn: Callable, inputs: PyTree, baselines: PyTree | None 
                          steps: int = 64, method: str = "gausslegendre",
                          chunk_size: int | None = None,
                          static: PyTree | None = None,
-                         chunk_loop: str = "auto") -> tuple[PyTree, jax.Array]:
+                         chunk_loop: str = "scan") -> tuple[PyTree, jax.Array]:
     """Integrated gradients of ``fn`` at ``inputs`` relative to ``baselines``.
 
     Args:
@@ -212,13 +212,13 @@ def integrated_gradients(fn: Callable, inputs: PyTree, baselines: PyTree | None 
         result equals the unchunked one up to float summation order.
       static: optional pytree passed unchanged as ``fn``'s second argument and not attributed
         (presence flags, masks, parameters).
-      chunk_loop: how chunks are iterated when ``chunk_size < steps``: ``"scan"`` — one jitted
-        program with a ``jax.lax.scan`` over chunks; ``"python"`` — a host loop calling a jitted
-        chunk step (accumulator donated) and a jitted finish; ``"auto"`` (default) — "python"
-        on the CPU backend, "scan" elsewhere. Both bound memory to ~one chunk; they differ in
-        speed only: XLA:CPU runs the convolutions inside a while-loop body 3–4x slower than the
-        same code outside a loop (measured in benchmarks/bench_ig.py), GPUs/TPUs do not.
-
+      chunk_loop: how chunks are iterated when ``chunk_size < steps``: ``"scan"`` (default) —
+        one jitted program with a ``jax.lax.scan`` over chunks; ``"python"`` — a host loop
+        calling a jitted chunk step (accumulator donated) and a jitted finish. Both bound memory
+        to ~one chunk and give the same result; only speed differs, and on XLA:CPU it depends on
+        the model (benchmarks/bench_ig.py, 64 steps, 16x64x64): MRIEncoder (slice2d) "python"
+        1.9 s vs "scan" 7.0 s; a small 3D-conv CNN "scan" 0.4 s vs "python" 26 s (XLA:CPU picks
+        very different convolution code inside and outside loop bodies). Measure your model.
     Returns:
       ``(attributions, delta)``: ``attributions`` has the structure and shapes of ``inputs``;
       ``delta`` (B,) = sum over all leaves and elements of the attributions minus
@@ -263,17 +263,15 @@ def integrated_gradients(fn: Callable, inputs: PyTree, baselines: PyTree | None 
         raise LumbarjaxError(
             f"integrated_gradients: fn must return one scalar per example, shape ({batch},); "
             f"got {getattr(out, 'shape', type(out).__name__)}")
-    if chunk_loop not in ("auto", "scan", "python"):
+    if chunk_loop not in ("scan", "python"):
         raise ConfigError(
-            f"integrated_gradients: chunk_loop must be 'auto', 'scan' or 'python', got {chunk_loop!r}")
+            f"integrated_gradients: chunk_loop must be 'scan' or 'python', got {chunk_loop!r}")
     try:
         programs = _compiled(fn, static is not None)
     except TypeError as e:  # unhashable fn
         raise LumbarjaxError(f"integrated_gradients: fn must be hashable: {e}") from e
     alphas, weights = _chunked_nodes(method, int(steps),
                                      None if chunk_size is None else int(chunk_size))
-    if chunk_loop == "auto":
-        chunk_loop = "python" if jax.default_backend() == "cpu" else "scan"
     if alphas.shape[0] == 1 or chunk_loop == "scan":
         return programs.run(inputs, baselines, static, alphas, weights)
     acc = jax.tree_util.tree_map(jnp.zeros_like, inputs)
