@@ -279,6 +279,24 @@ def test_best_checkpoint_restored_and_early_stopping(tmp_path):
     assert sorted(seen) == [2, 4, 6, 8]
 
 
+def test_tied_best_metric_keeps_the_earliest_best_checkpoint(tmp_path):
+    # A metric stuck at one value (e.g. QWK 0 while a grader predicts one class): the loop calls
+    # the first evaluation best, and orbax must keep exactly that checkpoint to restore it.
+    seen = {}
+
+    def eval_fn(state):
+        seen[int(state.step)] = jax.device_get(state.params)
+        return {"qwk": 0.0}
+
+    cfg = toy_config(num_steps=8, eval_every=2, checkpoint_every=100, log_every=2,
+                     best_metric="qwk", best_metric_mode="max", max_to_keep=1)
+    out = _run(tmp_path, cfg, eval_fn=eval_fn)
+    assert out["best"]["step"] == 2 and int(out["state"].step) == 2
+    _assert_trees_equal(out["state"].params, seen[2])
+    kept = sorted(int(p) for p in os.listdir(tmp_path / "checkpoints") if p.isdigit())
+    assert kept == [2, 8]
+
+
 def test_metrics_jsonl_and_tensorboard(tmp_path):
     cfg = toy_config(num_steps=10, eval_every=5, log_every=2, checkpoint_every=0)
     out = _run(tmp_path, cfg, eval_source=toy_source(n=10, seed=2),

@@ -118,7 +118,10 @@ def make_checkpoint_manager(directory, *, best_metric: str = "loss", best_mode: 
     items: ``state`` (StandardSave), ``data_iter`` and ``loop`` (JSON)."""
 
     def best_fn(metrics):
-        return float(metrics[best_metric])
+        # Ties go to the earliest step, as in the loop's own strict-improvement bookkeeping,
+        # so orbax never deletes the checkpoint the loop calls best (e.g. a QWK stuck at 0).
+        tie = 1e-12 * float(metrics.get("_step", 0))
+        return float(metrics[best_metric]) + (tie if best_mode == "min" else -tie)
 
     policy = ocp.checkpoint_managers.AnyPreservationPolicy([
         ocp.checkpoint_managers.LatestN(n=max_to_keep),
@@ -395,7 +398,7 @@ def train_and_evaluate(
             state=ocp.args.StandardSave(state),
             data_iter=ocp.args.JsonSave(_iter_state_to_json(train_iter.get_state())),
             loop=ocp.args.JsonSave(loop),
-        ), metrics=eval_metrics, force=True)
+        ), metrics=None if eval_metrics is None else {**eval_metrics, "_step": step}, force=True)
 
     show_bar = bool(tc["progress_bar"]) and pi == 0 and sys.stderr.isatty()
     pbar = tqdm(total=num_steps, initial=step, disable=not show_bar, desc="train",
