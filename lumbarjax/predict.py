@@ -108,6 +108,17 @@ def check_run_config(config, workdir: str) -> list[str]:
 
 # -- fold models --------------------------------------------------------------------------
 
+_MEMO: dict = {}
+
+
+def _memo(key, make):
+    """One object per key for this process: equal configs give the very same model, jitted
+    forward and IG head function, so a second prediction compiles nothing."""
+    if key not in _MEMO:
+        _MEMO[key] = make()
+    return _MEMO[key]
+
+
 def _sample_batch(config, num_features: int) -> dict:
     """A one-example batch of the run's input shapes (for model init / abstract state)."""
     d, h, w = (int(v) for v in config.mri.shape)
@@ -186,14 +197,12 @@ def load_fold_models(config, workdir: str, task: str) -> list[FoldModel]:
     if missing:
         raise CohortError(f"{task_dir}: no checkpoints for fold(s) {missing} of {k}: not a finished "
                           f"{task} cross-validation (run --mode=crossval first)")
-    if kind == "grader":
-        model = build_grader(task_cfg.model)
-    else:
-        mc = ml_collections.ConfigDict(task_cfg.model.to_dict())
-        if clinical_only:
-            mc.mri.enabled = False
-            mc.xray.enabled = False
-        model = build_outcome_model(mc)
+    mc = ml_collections.ConfigDict(task_cfg.model.to_dict())
+    if clinical_only:
+        mc.mri.enabled = False
+        mc.xray.enabled = False
+    key = ("model", kind, json.dumps(_plain(mc), sort_keys=True))
+    model = _memo(key, lambda: build_grader(mc) if kind == "grader" else build_outcome_model(mc))
     run_cfg = crossval._run_config(config, task_cfg)
     tc = train_config(run_cfg)
     out = []
@@ -354,11 +363,12 @@ def _predict_outcome(config, workdir, records, cache, ex_mri_present, out_dir, p
     mc = config.outcome.model
     binary = tuple(mc.binary_heads)
     heads = binary + tuple(mc.regression_heads)
-    fwd = jax.jit(lambda v, b: folds[0].model.apply(v, b, train=False))
+    model = folds[0].model
+    fwd = _memo(("fwd", id(model)), lambda: jax.jit(lambda v, b: model.apply(v, b, train=False)))
     per_fold, ig_parts = [], []
     ig_head = str(config.explain.head)
     do_ig = task == "outcome" and ig_head in heads
-    head_fn = HeadFn(folds[0].model, ig_head) if do_ig else None
+    head_fn = _memo(("head_fn", id(model), ig_head), lambda: HeadFn(model, ig_head)) if do_ig else None
     batch0 = None
     for fm in folds:
         batch = _example(config, cache, _feature_frame(config, records, fm.encoder))
@@ -436,9 +446,11 @@ def _predict_grader(config, workdir, cache, out_dir, pid):
     folds = load_fold_models(config, workdir, "grader")
     head = str(config.grader.model.head)
     _, probs_fn, predict_fn = ordinal.ordinal_fns(head)
-    fwd = jax.jit(lambda v, b: folds[0].model.apply(v, b, train=False)["grade"])
+    model = folds[0].model
+    fwd = _memo(("fwd_grade", id(model)),
+                lambda: jax.jit(lambda v, b: model.apply(v, b, train=False)["grade"]))
     batch = _example(config, cache, None)
-    fn = ExpectedGradeFn(folds[0].model, head)
+    fn = _memo(("grade_fn", id(model), head), lambda: ExpectedGradeFn(model, head))
     probs, per_fold, attrs, deltas, vals, bases = [], [], [], [], [], []
     for fm in folds:
         logits = fwd(fm.state.variables, batch)
