@@ -6,7 +6,12 @@
 
 Modes (``--mode``, default ``config.mode``): ``index`` writes the editable manifest only;
 ``crossval`` (and ``demo``) runs the whole job: index, cohort join, preprocessing, k-fold
-cross-validation of every task in ``config.tasks``, baselines, heat maps and the HTML report.
+cross-validation of every task in ``config.tasks``, baselines, heat maps and the HTML report;
+``report`` re-draws report.html / metrics.json of a finished run from its saved artefacts;
+``predict --patient_dir=FOLDER`` predicts one new patient with the run's fold models.
+
+    python launch.py --config=configs/demo.py --workdir=runs/demo --mode=predict \
+        --patient_dir=/data/new/patient_0421 [--clinical=/data/new/clinical.csv]
 """
 
 from absl import app, flags, logging
@@ -18,7 +23,13 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "experiment config file (get_config())",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "output folder (manifest, cache, checkpoints, report)")
-flags.DEFINE_enum("mode", None, ["index", "crossval", "demo"], "stage(s) to run (default: config.mode)")
+flags.DEFINE_enum("mode", None, ["index", "crossval", "demo", "report", "predict"],
+                  "stage(s) to run (default: config.mode)")
+flags.DEFINE_string("patient_dir", None, "--mode=predict: one new patient's DICOM folder "
+                    "(optionally with its one-row clinical.csv)")
+flags.DEFINE_string("clinical", None, "--mode=predict: clinical table holding the patient's row")
+flags.DEFINE_string("out_dir", None, "--mode=predict: output folder "
+                    "(default <workdir>/predictions/<patient_id>)")
 flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() (multi-host)")
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -35,11 +46,22 @@ def main(argv):
     logging.get_absl_handler().addFilter(_QuietLibraries())
     from lumbarjax.train.loop import maybe_initialize_distributed
     maybe_initialize_distributed(FLAGS.distributed)
-    from lumbarjax import workflow
+    from lumbarjax import predict, workflow
     config = FLAGS.config
     mode = FLAGS.mode or config.mode
     logging.info("config:\n%s", config)
     try:
+        if mode == "report":
+            html, metrics = predict.report_from_workdir(config, FLAGS.workdir)
+            print(f"report: {html}\nmetrics: {metrics}")
+            return
+        if mode == "predict":
+            if not FLAGS.patient_dir:
+                raise app.UsageError("--mode=predict needs --patient_dir=FOLDER")
+            res = predict.predict_patient(config, FLAGS.workdir, FLAGS.patient_dir,
+                                          out_dir=FLAGS.out_dir, clinical=FLAGS.clinical)
+            print(f"prediction: {res['html']}\njson: {res['json']}")
+            return
         results = workflow.run(config, FLAGS.workdir, "crossval" if mode == "demo" else mode)
     except LumbarjaxError as e:  # bad input or config: the message says what and where
         raise app.UsageError(f"{type(e).__name__}: {e}") from None

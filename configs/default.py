@@ -61,7 +61,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.outcome = task_config("outcome")
 
     c.explain = ml_collections.ConfigDict(dict(
-        head="zcq_success", steps=32, method="gausslegendre", chunk_size=8, baseline="zeros",
+        head="zcq_success", steps=32, method="gausslegendre", chunk_size=8,
+        chunk_loop="python",       # "python": a host loop over jitted chunks (fastest on CPU); "scan"
+        baseline="blurred",        # "blurred" (MRI) | "zeros"; clinical features: training mean
+        blur_sigma_vox=(1.0, 4.0, 4.0),  # (slices, rows, cols)
         max_patients=40, gallery=8))
     c.eval = ml_collections.ConfigDict(dict(n_boot=1000, threshold=0.5))
     return c

@@ -129,6 +129,19 @@ class HeadFn:
         return self.model.apply(static["variables"], batch, train=False)[self.head]
 
 
+def ig_baseline(inputs: dict, cfg) -> dict:
+    """IG baseline: the MRI blurred (``cfg.baseline="blurred"``, sigma ``cfg.blur_sigma_vox``) or
+    black (``"zeros"``); the clinical vector at zeros, i.e. the training-fold mean (features are
+    standardised). A black volume is a poor baseline for GroupNorm encoders: they are nearly
+    scale-invariant, so F jumps right next to alpha=0 and the completeness error is large."""
+    from lumbarjax.explain import baselines
+    if cfg.baseline == "zeros":
+        return baselines.zeros_like(inputs)
+    if cfg.baseline == "blurred":
+        return baselines.blurred(inputs, {"mri": tuple(cfg.blur_sigma_vox)}, vector="zeros")
+    raise ConfigError(f"config.explain.baseline={cfg.baseline!r}: expected 'blurred' or 'zeros'")
+
+
 class HeatmapCollector:
     """``after_fold`` hook of the outcome CV: integrated gradients for test-fold patients."""
 
@@ -153,12 +166,13 @@ class HeatmapCollector:
             static = {"variables": state.variables, "mri_present": jnp.ones((1,), jnp.float32),
                       "xray": jnp.asarray(ex["xray"])[None],
                       "xray_present": jnp.asarray(ex["xray_present"])[None]}
-            attrs, delta = integrated_gradients(fn, inputs, None, steps=int(self.cfg.steps),
+            base_inputs = ig_baseline(inputs, self.cfg)
+            attrs, delta = integrated_gradients(fn, inputs, base_inputs, steps=int(self.cfg.steps),
                                                 method=self.cfg.method,
                                                 chunk_size=int(self.cfg.chunk_size) or None,
-                                                static=static)
+                                                static=static, chunk_loop=self.cfg.chunk_loop)
             logit = float(fn(inputs, static)[0])
-            base = float(fn(jax.tree.map(jnp.zeros_like, inputs), static)[0])
+            base = float(fn(base_inputs, static)[0])
             label = float(task.labels[self.cfg.head][i])
             self.items.append(dict(
                 patient_id=str(task.records["patient_id"].iloc[i]), fold=fold, row=i,
@@ -190,6 +204,7 @@ class HeatmapCollector:
                 item[k] = float(item[k])
             item["feature_names"] = [str(x) for x in item["feature_names"]]
             col.items.append(item)
+        col.items.sort(key=lambda it: (it["fold"], it["row"]))  # the run's order: same bootstrap CIs
         return col
 
     def gallery(self, n: int) -> list[dict]:
@@ -253,8 +268,13 @@ def stage_baselines(config, workdir: str, td: crossval.TaskData) -> dict:
     return out
 
 
-def stage_report(config, workdir: str, cohort: Cohort, results: dict, root: str) -> tuple[str, str]:
+def stage_report(config, workdir: str, cohort: Cohort | dict, results: dict,
+                 root: str) -> tuple[str, str]:
+    """report.html + metrics.json from the results of ``stage_crossval`` (+ ``baselines``).
+    ``cohort``: this run's Cohort, or only its summary dict (``predict.report_from_workdir``
+    re-draws a finished run's report from its saved artefacts)."""
     from lumbarjax.eval.report import write_report
+    summary = cohort.summary if isinstance(cohort, Cohort) else dict(cohort)
     bayes, localisation, heatmaps, completeness = None, None, None, None
     gt_path = os.path.join(root, "ground_truth_summary.json")
     if os.path.exists(gt_path):
@@ -278,7 +298,7 @@ def stage_report(config, workdir: str, cohort: Cohort, results: dict, root: str)
                                                 n_boot=int(config.eval.n_boot), seed=int(config.seed))
     extra = {"timing_s": results.get("timing_s", {})}
     return write_report(
-        workdir, title="lumbarjax cross-validated report", cohort_summary=cohort.summary,
+        workdir, title="lumbarjax cross-validated report", cohort_summary=summary,
         grader_oof=results.get("grader"), outcome_oof=results.get("outcome"),
         baseline_oof=results.get("baselines"), clinical_only_oof=results.get("clinical_only"),
         bayes=bayes, heatmaps=heatmaps, completeness=completeness, localisation=localisation,
@@ -289,12 +309,13 @@ def stage_report(config, workdir: str, cohort: Cohort, results: dict, root: str)
 def run(config, workdir: str, mode: str) -> dict:
     """Run ``mode``: ``index`` | ``crossval`` (= the whole job incl. report) | ``demo``."""
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
     t0 = time.perf_counter()
     manifest = stage_index(config, workdir)
     if mode == "index":
         return {"manifest": manifest}
+    # The config of the models in this workdir: predict / report check against it.
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
     cohort = stage_cohort(config, workdir, manifest)
     results = stage_crossval(config, workdir, cohort)
     if "outcome" in config.tasks:
