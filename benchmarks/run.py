@@ -512,7 +512,7 @@ def section_ig(ctx) -> dict:
         twin = tm.ZcqLogit(tm.TorchOutcomeModel(width=mw, n_clinical=N_CLINICAL)).to(dev).eval()
         tb = torch_batch(torch, nb)
         tx = tb["mri"].to(dev)
-        tbase = torch.from_numpy(np.asarray(base["mri"])).permute(0, 4, 1, 2, 3).contiguous().to(dev)
+        tbase = torch.from_numpy(np.array(base["mri"])).permute(0, 4, 1, 2, 3).contiguous().to(dev)
         extra = (tb["clinical"].to(dev), tb["mri_present"].to(dev))
         ig_twin = IG(twin)
 
@@ -521,7 +521,7 @@ def section_ig(ctx) -> dict:
                               method="gausslegendre")
             torch_sync(torch)
         fns["captum IG 64 (pytorch twin)"] = captum_twin
-        txf = torch.from_numpy(np.asarray(xf)).permute(0, 4, 1, 2, 3).contiguous().to(dev)
+        txf = torch.from_numpy(np.array(xf)).permute(0, 4, 1, 2, 3).contiguous().to(dev)
         extra64 = tuple(e.repeat(steps, *([1] * (e.ndim - 1))) for e in extra)
 
         def torch_floor():
@@ -603,8 +603,8 @@ def section_profile(ctx) -> dict:
             fns[f"lumbarjax {name}"] = (lambda gc=gc, p=params, v=x: jax.block_until_ready(gc(p, v)))
             if tmk is not None:
                 tmod = tmk()
-                tx_ = torch.from_numpy(np.asarray(x)).permute(0, 3, 1, 2).contiguous()
-                tct = torch.from_numpy(np.asarray(ct)).permute(0, 3, 1, 2).contiguous()
+                tx_ = torch.from_numpy(np.array(x)).permute(0, 3, 1, 2).contiguous()
+                tct = torch.from_numpy(np.array(ct)).permute(0, 3, 1, 2).contiguous()
 
                 def tf(m=tmod, v=tx_, c_=tct):
                     v = v.clone().requires_grad_(True)
