@@ -19,8 +19,14 @@ def get_config():
     c.grader.model.width = 16
     c.outcome.model.mri.width = 16
     for t in (c.grader, c.outcome):
-        t.train.num_steps = 250
         t.train.eval_every = 50
         t.train.batch_size = 16
+    # Measured on fold 0 (README): the grader only starts to rank grades after ~150-300 steps at
+    # lr 3e-3; intensity/noise augmentation kept it at QWK 0 within this budget.
+    c.grader.train.num_steps = 400
+    c.grader.optim.lr = 3e-3
+    c.grader.augment.intensity = 0.0
+    c.grader.augment.noise_std = 0.0
+    c.outcome.train.num_steps = 300
     c.explain.max_patients = 40
     return c

@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import glob
-import html as _html
 import json
 import os
 from typing import Any, NamedTuple
@@ -33,7 +32,7 @@ import numpy as np
 import pandas as pd
 from absl import logging
 
-from lumbarjax.errors import CohortError, ConfigError, LumbarjaxError
+from lumbarjax.errors import CohortError, ConfigError
 
 __all__ = ["FoldModel", "TASKS", "saved_config", "check_run_config", "load_fold_models",
            "predict_patient", "report_from_workdir"]

@@ -15,7 +15,6 @@ import os
 import time
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd

@@ -1,5 +1,56 @@
+import json
 import os
 import sys
 
+import pytest
+
 # The repository root (configs/, launch.py) importable from tests.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def tiny_config(cohort_dir):
+    """The demo config shrunk to seconds: 2 folds, 3 steps, 32-pixel images."""
+    from configs import demo as demo_config
+    c = demo_config.get_config()
+    c.data.cohort_dir = cohort_dir
+    c.mri.shape = (4, 32, 32)
+    c.mri.spacing = (4.0, 8.0, 8.0)
+    c.xray.shape = (32, 32)
+    for t in (c.grader, c.outcome):
+        t.train.num_steps = 3
+        t.train.eval_every = 3
+        t.train.batch_size = 4
+        t.train.progress_bar = False
+        t.optim.warmup_steps = 1
+        t.cv.num_folds = 2
+    c.grader.model.width = 4
+    c.grader.model.stage_sizes = (1, 1)
+    c.outcome.model.mri.width = 4
+    c.outcome.model.mri.stage_sizes = (1, 1)
+    c.explain.max_patients = 2
+    c.explain.steps = 4
+    c.explain.chunk_size = 2
+    c.eval.n_boot = 20
+    return c
+
+
+@pytest.fixture(scope="session")
+def tiny_cohort(tmp_path_factory):
+    from lumbarjax.data.synthetic import make_cohort
+    root = str(tmp_path_factory.mktemp("cohort"))
+    make_cohort(root, n_patients=16, seed=3, xray_size=(96, 80), mri_size=(48, 48), n_mc=2000)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_cohort, tmp_path_factory):
+    """One tiny cross-validated run of the whole job, shared by the tests that read its outputs."""
+    from lumbarjax import workflow
+    workdir = str(tmp_path_factory.mktemp("run"))
+    config = tiny_config(tiny_cohort)
+    results = workflow.run(config, workdir, "crossval")
+    with open(os.path.join(workdir, "metrics.json")) as f:
+        metrics = json.load(f)   # before anything re-draws the report
+    return dict(root=tiny_cohort, workdir=workdir, config=config, results=results, metrics=metrics)
+
+

@@ -13,25 +13,17 @@ import pandas as pd
 import pydicom
 import pytest
 
-from lumbarjax import predict, workflow
-from lumbarjax.data.synthetic import make_cohort
+from lumbarjax import predict
+from conftest import tiny_config
 from lumbarjax.errors import CohortError, ConfigError
-from test_workflow import tiny_config
 
 BINARY = ("zcq_success", "back_pain_improved50", "leg_pain_improved50")
 REGRESSION = ("back_pain_post", "leg_pain_post")
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("cohort"))
-    make_cohort(root, n_patients=16, seed=3, xray_size=(96, 80), mri_size=(48, 48), n_mc=2000)
-    workdir = str(tmp_path_factory.mktemp("run"))
-    config = tiny_config(root)
-    workflow.run(config, workdir, "crossval")
-    with open(os.path.join(workdir, "metrics.json")) as f:
-        metrics = json.load(f)   # before report_from_workdir rewrites it
-    return dict(root=root, workdir=workdir, config=config, metrics=metrics)
+def run(tiny_run):
+    return tiny_run
 
 
 def _patient_folder(run, pid, dest, *, clinical_row=True):

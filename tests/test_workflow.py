@@ -9,55 +9,13 @@ import sys
 
 import pandas as pd
 import pydicom
-import pytest
 
-from configs import demo as demo_config
-from lumbarjax import workflow
-from lumbarjax.data.synthetic import make_cohort
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def tiny_config(cohort_dir):
-    c = demo_config.get_config()
-    c.data.cohort_dir = cohort_dir
-    c.mri.shape = (4, 32, 32)
-    c.mri.spacing = (4.0, 8.0, 8.0)
-    c.xray.shape = (32, 32)
-    for t in (c.grader, c.outcome):
-        t.train.num_steps = 3
-        t.train.eval_every = 3
-        t.train.batch_size = 4
-        t.train.progress_bar = False
-        t.optim.warmup_steps = 1
-        t.cv.num_folds = 2
-    c.grader.model.width = 4
-    c.grader.model.stage_sizes = (1, 1)
-    c.outcome.model.mri.width = 4
-    c.outcome.model.mri.stage_sizes = (1, 1)
-    c.explain.max_patients = 2
-    c.explain.steps = 4
-    c.explain.chunk_size = 2
-    c.eval.n_boot = 20
-    return c
-
-
-@pytest.fixture(scope="module")
-def tiny_cohort(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("cohort"))
-    make_cohort(root, n_patients=16, seed=3, xray_size=(96, 80), mri_size=(48, 48), n_mc=2000)
-    return root
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tiny_cohort, tmp_path_factory):
-    workdir = str(tmp_path_factory.mktemp("run"))
-    results = workflow.run(tiny_config(tiny_cohort), workdir, "crossval")
-    return workdir, results
-
-
 def test_whole_job_writes_report_and_out_of_fold_predictions(tiny_run):
-    workdir, results = tiny_run
+    workdir, results = tiny_run["workdir"], tiny_run["results"]
     for f in ("manifest.csv", "cohort_summary.json", "exclusions.csv", "report.html", "metrics.json",
               "grader/oof.csv", "outcome/oof.csv", "outcome_clinical_only/oof.csv"):
         assert os.path.exists(os.path.join(workdir, f)), f
@@ -75,13 +33,12 @@ def test_whole_job_writes_report_and_out_of_fold_predictions(tiny_run):
     assert set(g["pred_grade"]).issubset(range(5))
     probs = g[[f"prob_grade_{k}" for k in range(5)]].sum(axis=1)
     assert ((probs - 1).abs() < 1e-4).all()
-    metrics = json.load(open(os.path.join(workdir, "metrics.json")))
-    assert metrics["completeness"] is not None
+    assert tiny_run["metrics"]["completeness"] is not None
     assert len(results["outcome_heatmaps"].items) == 2
 
 
 def test_outer_test_patients_never_train_or_select(tiny_run):
-    workdir, _ = tiny_run
+    workdir = tiny_run["workdir"]
     for task in ("grader", "outcome"):
         for fold_dir in glob.glob(os.path.join(workdir, task, "fold_*")):
             split = json.load(open(os.path.join(fold_dir, "split.json")))
@@ -92,7 +49,7 @@ def test_outer_test_patients_never_train_or_select(tiny_run):
 
 
 def test_nothing_written_contains_dicom_phi(tiny_cohort, tiny_run):
-    workdir, _ = tiny_run
+    workdir = tiny_run["workdir"]
     phi = set()
     for path in glob.glob(os.path.join(tiny_cohort, "export", "**", "*"), recursive=True):
         if os.path.isfile(path) and not path.endswith((".txt", ".jpg")):

@@ -25,7 +25,6 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import jax
 import ml_collections
 import numpy as np
 import pandas as pd
@@ -198,7 +197,6 @@ def run_fold(td: TaskData, fold: int, config, workdir: str, *, clinical_only: bo
     kind = td.kind
     task_cfg = config[kind]
     seed = int(config.seed)
-    n = len(td.records)
     test_idx = np.flatnonzero(td.folds == fold)
     train_idx = np.flatnonzero(td.folds != fold)
     strat = task_cfg.cv.stratify_on
