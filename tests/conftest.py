@@ -8,6 +8,27 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+def phi_strings(folder) -> set:
+    """Fake-PHI strings (names, birth dates, institution …) found in the DICOM headers below
+    ``folder``: nothing lumbarjax writes may contain any of them."""
+    import glob
+    import pydicom
+    phi = set()
+    for path in glob.glob(os.path.join(folder, "**", "*"), recursive=True):
+        if not os.path.isfile(path) or path.endswith((".txt", ".jpg")):
+            continue
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception:  # not DICOM: nothing to collect
+            continue
+        for key in ("PatientName", "PatientBirthDate", "InstitutionName", "ReferringPhysicianName"):
+            v = str(ds.get(key, "") or "")
+            if len(v) >= 4:
+                phi.add(v)
+                phi.update(p for p in v.split("^") if len(p) >= 4)
+    return phi
+
+
 def tiny_config(cohort_dir):
     """The demo config shrunk to seconds: 2 folds, 3 steps, 32-pixel images."""
     from configs import demo as demo_config

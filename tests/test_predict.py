@@ -14,7 +14,7 @@ import pydicom
 import pytest
 
 from lumbarjax import predict
-from conftest import tiny_config
+from conftest import phi_strings, tiny_config
 from lumbarjax.errors import CohortError, ConfigError
 
 BINARY = ("zcq_success", "back_pain_improved50", "leg_pain_improved50")
@@ -38,23 +38,6 @@ def _patient_folder(run, pid, dest, *, clinical_row=True):
     return str(dest)
 
 
-def _phi_strings(folder):
-    phi = set()
-    for path in glob.glob(os.path.join(folder, "**", "*"), recursive=True):
-        if not os.path.isfile(path):
-            continue
-        try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-        except Exception:
-            continue
-        for key in ("PatientName", "PatientBirthDate", "InstitutionName", "ReferringPhysicianName"):
-            v = str(ds.get(key, "") or "")
-            if len(v) >= 4:
-                phi.add(v)
-                phi.update(p for p in v.split("^") if len(p) >= 4)
-    return phi
-
-
 @pytest.fixture(scope="module")
 def patient(run, tmp_path_factory):
     oof = pd.read_csv(os.path.join(run["workdir"], "outcome", "oof.csv"), dtype={"patient_id": str})
@@ -64,7 +47,7 @@ def patient(run, tmp_path_factory):
     row = oof[oof["patient_id"].isin(with_mri & with_xray)].iloc[0]
     pid = row["patient_id"]
     folder = _patient_folder(run, pid, tmp_path_factory.mktemp("new") / "export_of_one_patient")
-    phi = _phi_strings(folder)
+    phi = phi_strings(folder)
     out_dir = str(tmp_path_factory.mktemp("pred"))
     result = predict.predict_patient(run["config"], run["workdir"], folder, out_dir=out_dir)
     return dict(pid=pid, oof_row=row, folder=folder, phi=phi, out_dir=out_dir, result=result)
