@@ -184,7 +184,7 @@ def load_fold_models(config, workdir: str, task: str) -> list[FoldModel]:
     """
     from lumbarjax.models.fusion import ClinicalEncoder, build_grader, build_outcome_model
     from lumbarjax.train import crossval
-    from lumbarjax.train.loop import _restore, make_checkpoint_manager, train_config
+    from lumbarjax.train.loop import restore_checkpoint, make_checkpoint_manager, train_config
 
     if task not in TASKS:
         raise ConfigError(f"load_fold_models: unknown task {task!r}; expected one of {sorted(TASKS)}")
@@ -202,7 +202,7 @@ def load_fold_models(config, workdir: str, task: str) -> list[FoldModel]:
         mc.xray.enabled = False
     key = ("model", kind, json.dumps(_plain(mc), sort_keys=True))
     model = _memo(key, lambda: build_grader(mc) if kind == "grader" else build_outcome_model(mc))
-    run_cfg = crossval._run_config(config, task_cfg)
+    run_cfg = crossval.run_config(config, task_cfg)
     tc = train_config(run_cfg)
     out = []
     for f in range(k):
@@ -224,7 +224,7 @@ def load_fold_models(config, workdir: str, task: str) -> list[FoldModel]:
         try:
             step, how = _choose_step(mngr, fold_dir)
             try:
-                state, _ = _restore(mngr, step, like, items=("state",))
+                state, _ = restore_checkpoint(mngr, step, like, items=("state",))
             except Exception as e:  # noqa: BLE001 - orbax errors say little about why
                 raise CohortError(f"{fold_dir}/checkpoints/{step}: cannot restore into the model "
                                   f"built from config.{kind}.model ({type(e).__name__}: {e}); was "
@@ -299,7 +299,7 @@ def _patient_records(config, patient_dir: str, clinical: str | None) -> tuple[pd
     if table_path is not None:
         table = clinical_lib.read_clinical(table_path, column_map=dict(config.clinical.column_map) or None)
         clin, _problems = clinical_lib.validate_clinical(table, ccfg)
-        pid = str(cohort_lib._id_translation(pd.Series([found[0]]), clin, ccfg).iloc[0])
+        pid = str(cohort_lib.translate_ids(pd.Series([found[0]]), clin, ccfg).iloc[0])
         derived = clinical_lib.derive_outcomes(clin, ccfg)
         match = derived[derived[idc].astype(str) == pid]
         if len(match) == 1:
@@ -583,7 +583,7 @@ def _prediction_html(pred: dict, figs: list) -> str:
     rows = [["MRI (sagittal T2)", "present" if inp.get("mri_present") else "<b>missing (masked)</b>"],
             ["X-ray (lateral)", "present" if inp.get("xray_present") else "<b>missing (masked)</b>"],
             ["clinical row", "found" if inp.get("clinical_row_found") else "<b>missing (all features missing)</b>"]]
-    parts += ["<h2>Inputs</h2>", report_lib._table(["input", "status"], rows)]
+    parts += ["<h2>Inputs</h2>", report_lib.html_table(["input", "status"], rows)]
     if pred.get("notes"):
         parts.append("<ul>" + "".join(f"<li>{e(n)}</li>" for n in pred["notes"]) + "</ul>")
     if "outcome" in pred:
@@ -595,7 +595,7 @@ def _prediction_html(pred: dict, figs: list) -> str:
                          f"{f3(v['min'], d)} – {f3(v['max'], d)}",
                          " ".join(f3(fd[h], d) for fd in o["folds"])])
         parts += ["<h2>Outcome</h2>",
-                  report_lib._table(["head", "unit", "mean of folds", "SD", "min – max",
+                  report_lib.html_table(["head", "unit", "mean of folds", "SD", "min – max",
                                      "per fold"], rows, "metrics")]
         hm = o.get("heatmap")
         if hm:
@@ -612,20 +612,20 @@ def _prediction_html(pred: dict, figs: list) -> str:
                   f"<p>Predicted grade <b>{g['grade']}</b>; expected grade {f3(eg['mean'], 2)} "
                   f"(SD {f3(eg['sd'], 2)}, range {f3(eg['min'], 2)} – {f3(eg['max'], 2)} across "
                   f"{eg['n_folds']} folds).</p>",
-                  report_lib._table(["grade", "probability (mean of folds)", "SD"], rows, "metrics")]
+                  report_lib.html_table(["grade", "probability (mean of folds)", "SD"], rows, "metrics")]
     if figs:
         parts.append("<h2>Heat maps</h2><div class='gallery'>")
         for path, caption in figs:
             with open(path, "rb") as fh:
                 png = fh.read()
             parts.append(f"<figure class='heat' style='width:420px'>"
-                         f"<img class='heat' src='{report_lib._data_uri(png)}' alt='{e(caption)}'>"
+                         f"<img class='heat' src='{report_lib.data_uri(png)}' alt='{e(caption)}'>"
                          f"<figcaption>{e(caption)}</figcaption></figure>")
         parts.append("</div>")
     body = "\n".join(parts)
     return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
             f"<title>lumbarjax prediction {e(pred['patient_id'])}</title>"
-            f"<style>{report_lib._CSS}</style></head><body><main>{body}</main></body></html>")
+            f"<style>{report_lib.CSS}</style></head><body><main>{body}</main></body></html>")
 
 
 # -- report of a finished run -----------------------------------------------------------------

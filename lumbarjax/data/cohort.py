@@ -50,7 +50,7 @@ def _resolve(paths: Any, root: str) -> str:
     return ";".join(os.path.normpath(p if os.path.isabs(p) else os.path.join(root, p)) for p in parts)
 
 
-def _id_translation(manifest_ids: pd.Series, clin: pd.DataFrame, cfg) -> pd.Series:
+def translate_ids(manifest_ids: pd.Series, clin: pd.DataFrame, cfg) -> pd.Series:
     """DICOM PatientID → patient_id via ``cfg.id_map`` and/or the ``cfg.id_map_column`` column."""
     mapping = {str(k): str(v) for k, v in cfg.id_map.items()}
     if cfg.id_map_column:
@@ -127,7 +127,7 @@ def build_cohort(
     dup_ids = set(clin.attrs.get("conflicting_duplicate_ids", []))
 
     man = manifest.copy()
-    man["patient_id"] = _id_translation(man["patient_id"].map(_str_id), clin, cfg)
+    man["patient_id"] = translate_ids(man["patient_id"].map(_str_id), clin, cfg)
     unknown_roles = man.loc[~man["role"].isin(list(ROLES)), "role"]
     if len(unknown_roles):
         logging.info("build_cohort: ignoring %d manifest row(s) with roles %s",

@@ -58,7 +58,7 @@ def _fig_to_png(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
-def _data_uri(png: bytes) -> str:
+def data_uri(png: bytes) -> str:
     mime = "image/png"
     if png[:3] == b"\xff\xd8\xff":
         mime = "image/jpeg"
@@ -68,7 +68,7 @@ def _data_uri(png: bytes) -> str:
 
 
 def _img(png: bytes, alt: str, cls: str = "plot") -> str:
-    return f'<img class="{cls}" src="{_data_uri(png)}" alt="{html.escape(alt)}">'
+    return f'<img class="{cls}" src="{data_uri(png)}" alt="{html.escape(alt)}">'
 
 
 def _e(x) -> str:
@@ -107,7 +107,7 @@ def _fmt_p(d: Mapping) -> str:
     return f"&lt; {1 / n_valid:.2g}" if p == 0 else _fmt(p)
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]], cls: str = "") -> str:
+def html_table(header: Sequence[str], rows: Sequence[Sequence[str]], cls: str = "") -> str:
     """Cells are already-escaped HTML strings."""
     th = "".join(f"<th>{h}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
@@ -126,16 +126,16 @@ def _generic(obj, depth: int = 0) -> str:
             for v in vals:
                 cols += [k for k in v if k not in cols]
             rows = [[_e(k)] + [_e(_fmt(v.get(c))) for c in cols] for k, v in obj.items()]
-            return _table([""] + [_e(c) for c in cols], rows, "kv")
+            return html_table([""] + [_e(c) for c in cols], rows, "kv")
         rows = [[_e(k), _generic(v, depth + 1)] for k, v in obj.items()]
-        return _table(["item", "value"], rows, "kv")
+        return html_table(["item", "value"], rows, "kv")
     if isinstance(obj, (list, tuple)):
         if obj and all(isinstance(v, Mapping) for v in obj):
             cols = []
             for v in obj:
                 cols += [k for k in v if k not in cols]
             rows = [[_e(_fmt(v.get(c))) for c in cols] for v in obj]
-            return _table([_e(c) for c in cols], rows, "kv")
+            return html_table([_e(c) for c in cols], rows, "kv")
         return _e(", ".join(_fmt(v) for v in obj))
     return _e(_fmt(obj))
 
@@ -367,7 +367,7 @@ def _heatmap_gallery(heatmaps) -> tuple[str, list]:
     return out, meta
 
 
-_CSS = """
+CSS = """
 :root { --fg:#1d2430; --muted:#6b7480; --line:#dfe3e8; --accent:#1f5fa8; --bg:#f7f8fa; }
 * { box-sizing: border-box; }
 body { font: 15px/1.5 -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif;
@@ -464,7 +464,7 @@ def write_report(out_dir, *, title: str, cohort_summary: dict, grader_oof: pd.Da
         rows = [[_e(m), _fmt_ci(g[m])] for m in ("qwk", "accuracy", "within_one", "mae")]
         body = (f'<p>{g["n"]} patients with a grade ({g["n_missing_label"]} missing), '
                 f'{K} grades. Headline: quadratic weighted kappa.</p>'
-                + _table(["metric", f"value ({level} CI)"], rows)
+                + html_table(["metric", f"value ({level} CI)"], rows)
                 + _img(_fig_confusion(np.asarray(g["confusion"])), "grader confusion matrix"))
         sections.append(("grader", "Grader (X-ray degeneration grade)", body))
         headline.append(["grader QWK", _fmt_ci(g["qwk"]), "–", "–"])
@@ -496,14 +496,14 @@ def write_report(out_dir, *, title: str, cohort_summary: dict, grader_oof: pd.Da
             body += (f'<p class="muted">{entry["model"]["n"]} patients with a label '
                      f'({entry["model"]["n_missing_label"]} missing), {extra_note}'
                      f'{level} bootstrap CIs.</p>')
-            body += _table(["metric"] + [_e(n) for n in names], rows, "metrics")
+            body += html_table(["metric"] + [_e(n) for n in names], rows, "metrics")
             if entry["paired_difference"]:
                 prow = [[_e(n), _e(d["metric"]), _fmt_ci(d, digits), _fmt_p(d)]
                         for n, d in entry["paired_difference"].items()]
                 better = "positive" if bin_ else "negative"
                 body += ("<p>Paired bootstrap difference, model − comparator (same resampled "
                          f"patients; {better} = model better):</p>"
-                         + _table(["comparator", "metric", f"difference ({level} CI)",
+                         + html_table(["comparator", "metric", f"difference ({level} CI)",
                                    "bootstrap p"], prow, "metrics"))
             metric = "auc" if bin_ else "mae"
             best = None
@@ -556,7 +556,7 @@ def write_report(out_dir, *, title: str, cohort_summary: dict, grader_oof: pd.Da
         metrics["completeness"] = {"summary": summ, "values": c.tolist()}
         body = ('<p>Completeness error |Σ attributions − (F(input) − F(baseline))| per '
                 "explained prediction.</p>"
-                + _table(["n", "mean |error|", "median", "95th pct", "max"],
+                + html_table(["n", "mean |error|", "median", "95th pct", "max"],
                          [[_fmt(summ[k], 5) for k in summ]]))
         if c.size:
             body += _img(_fig_hist(a, "|completeness error|", "IG completeness error"),
@@ -572,7 +572,7 @@ def write_report(out_dir, *, title: str, cohort_summary: dict, grader_oof: pd.Da
                  _fmt(localisation.get("chance_hit_rate"))],
                 ["patients", _fmt(localisation.get("n"))],
                 ["excluded", _fmt(localisation.get("n_excluded"))]]
-        body = _table(["measure", f"value ({level} CI)"], rows)
+        body = html_table(["measure", f"value ({level} CI)"], rows)
         if localisation.get("exclusions"):
             body += "<h3>Exclusions</h3>" + _generic(localisation["exclusions"])
         if localisation.get("per_patient"):
@@ -592,13 +592,13 @@ def write_report(out_dir, *, title: str, cohort_summary: dict, grader_oof: pd.Da
     head_html = ""
     if headline:
         head_html = ('<section id="summary"><h2>Summary</h2>'
-                     + _table(["head", f"model ({level} CI)", "best clinical baseline",
+                     + html_table(["head", f"model ({level} CI)", "best clinical baseline",
                                "Bayes-optimal (demo)"], headline, "metrics") + "</section>")
     nav = "".join(f'<a href="#{sid}">{_e(h)}</a>' for sid, h, _ in sections)
     body = "".join(f'<section id="{sid}"><h2>{_e(h)}</h2>{b}</section>' for sid, h, b in sections)
     doc = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-           f"<title>{_e(title)}</title><style>{_CSS}</style></head><body><main>"
+           f"<title>{_e(title)}</title><style>{CSS}</style></head><body><main>"
            f"<h1>{_e(title)}</h1><p class=\"sub\">lumbarjax report · generated "
            f"{_e(metrics['generated'])} · {n_boot} bootstrap resamples of patients, "
            f"seed {seed}. Every number is in <code>metrics.json</code>.</p>"

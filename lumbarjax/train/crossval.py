@@ -54,7 +54,7 @@ class TaskData:
     folds: np.ndarray               # (N,) outer fold per patient
 
 
-def _run_config(config, task_cfg) -> ml_collections.ConfigDict:
+def run_config(config, task_cfg) -> ml_collections.ConfigDict:
     """The flat config train_and_evaluate reads: seed, train, optim, augment."""
     return ml_collections.ConfigDict(dict(seed=int(config.seed), train=task_cfg.train.to_dict(),
                                           optim=task_cfg.optim.to_dict(),
@@ -212,7 +212,7 @@ def run_fold(td: TaskData, fold: int, config, workdir: str, *, clinical_only: bo
         categorical = [c for c in task_cfg.features.categorical if c in td.records.columns]
         enc = ClinicalEncoder.fit(td.records.iloc[inner_train], numeric=numeric, categorical=categorical)
         extras["clinical"] = enc.transform(td.records)
-    run_cfg = _run_config(config, task_cfg)
+    run_cfg = run_config(config, task_cfg)
     d, h, w = config.mri.shape
     source = CachedExamples(td.cache, extras, mri_shape=(d, h, w), xray_shape=tuple(config.xray.shape))
     masks = {k: np.isfinite(v).astype(np.float32) for k, v in td.labels.items()}

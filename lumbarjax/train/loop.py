@@ -33,6 +33,7 @@ __all__ = [
     "train_config",
     "maybe_initialize_distributed",
     "make_checkpoint_manager",
+    "restore_checkpoint",
     "evaluate_loss",
     "predict",
     "train_and_evaluate",
@@ -156,7 +157,9 @@ def _iter_state_from_json(s):
     return s
 
 
-def _restore(mngr, step, state_like: TrainState, *, items=_ITEMS):
+def restore_checkpoint(mngr, step, state_like: TrainState, *, items=_ITEMS):
+    """Restore ``items`` of checkpoint ``step`` into the shapes/shardings of ``state_like``;
+    returns ``(state, {item: restored})``."""
     args = {"state": ocp.args.StandardRestore(_abstract(state_like))}
     if "data_iter" in items:
         args["data_iter"] = ocp.args.JsonRestore()
@@ -373,7 +376,7 @@ def train_and_evaluate(
             "stopped_early": False, "history": {"train": [], "eval": []}}
     latest = mngr.latest_step()
     if latest is not None:
-        state, restored = _restore(mngr, latest, state)
+        state, restored = restore_checkpoint(mngr, latest, state)
         train_iter.set_state(_iter_state_from_json(restored["data_iter"]))
         loop = dict(restored["loop"])
     step = int(jax.device_get(state.step))
@@ -444,7 +447,7 @@ def train_and_evaluate(
         last_state = state
         best_step = loop["best_step"]
         if best_step is not None and best_step != step:
-            best_state, _ = _restore(mngr, best_step, state, items=("state",))
+            best_state, _ = restore_checkpoint(mngr, best_step, state, items=("state",))
         else:
             best_state = state
     finally:

@@ -185,7 +185,7 @@ def create_train_state(rng, model, sample_batch, config, *, num_steps: int | Non
     Returns:
       ``TrainState`` at step 0.
     """
-    from lumbarjax.train.steps import make_mesh, memoize, replicated_sharding
+    from lumbarjax.train.steps import make_mesh, memoize
 
     if num_steps is None:
         num_steps = cfg_get(config, "train.num_steps")

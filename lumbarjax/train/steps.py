@@ -238,35 +238,23 @@ def make_eval_step(model, mesh: Mesh, *, compute_dtype=None):
     BatchNorm running averages). ``outputs`` ({head: (B, …)} float32) are replicated so
     every process can read them whole."""
     return memoize("eval_step", (model, mesh, compute_dtype),
-                   lambda: _build_eval_step(model, mesh, compute_dtype))
-
-
-def _build_eval_step(model, mesh, compute_dtype):
-    repl = replicated_sharding(mesh)
-    data = batch_sharding(mesh)
-
-    def eval_step(state: TrainState, batch):
-        outputs, _ = _forward(model, state.variables, batch, train=False,
-                              compute_dtype=compute_dtype)
-        return outputs
-
-    return jax.jit(eval_step, in_shardings=(repl, data), out_shardings=repl)
+                   lambda: _build_eval_step(model, mesh, compute_dtype, with_rows=False))
 
 
 def make_predict_step(model, mesh: Mesh, *, compute_dtype=None):
     """Like ``make_eval_step`` but returns ``(outputs, index, valid)``, all replicated, so
     rows and their bookkeeping stay aligned across processes."""
     return memoize("predict_step", (model, mesh, compute_dtype),
-                   lambda: _build_predict_step(model, mesh, compute_dtype))
+                   lambda: _build_eval_step(model, mesh, compute_dtype, with_rows=True))
 
 
-def _build_predict_step(model, mesh, compute_dtype):
+def _build_eval_step(model, mesh, compute_dtype, *, with_rows: bool):
     repl = replicated_sharding(mesh)
     data = batch_sharding(mesh)
 
-    def predict_step(state: TrainState, batch):
+    def eval_step(state: TrainState, batch):
         outputs, _ = _forward(model, state.variables, batch, train=False,
                               compute_dtype=compute_dtype)
-        return outputs, batch["index"], batch["valid"]
+        return (outputs, batch["index"], batch["valid"]) if with_rows else outputs
 
-    return jax.jit(predict_step, in_shardings=(repl, data), out_shardings=repl)
+    return jax.jit(eval_step, in_shardings=(repl, data), out_shardings=repl)
