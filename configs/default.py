@@ -19,7 +19,7 @@ def task_config(kind: str) -> ml_collections.ConfigDict:
     t = ml_collections.ConfigDict()
     t.model = default_grader_model_config() if kind == "grader" else default_outcome_model_config()
     t.optim = ml_collections.ConfigDict(dict(lr=2e-3, weight_decay=1e-4, warmup_steps=20,
-                                             clip_norm=1.0, end_lr_ratio=0.02))
+                                             clip_norm=1.0, end_lr_ratio=0.02, frozen=()))
     t.train = ml_collections.ConfigDict(dict(
         batch_size=16, num_steps=400, log_every=25, eval_every=50, checkpoint_every=100,
         best_metric="qwk" if kind == "grader" else "auc_zcq_success", best_metric_mode="max",
@@ -59,6 +59,22 @@ def get_config() -> ml_collections.ConfigDict:
 
     c.grader = task_config("grader")
     c.outcome = task_config("outcome")
+
+    # Transfer learning for the outcome model's MRI encoder (lumbarjax.train.pretrain): pretrain it
+    # on a separate cohort with radiologist stenosis grades (e.g. RSNA 2024 lumbar spine), then
+    # start the outcome model from it with the encoder frozen (outcome.optim.frozen).
+    c.pretrain = ml_collections.ConfigDict(dict(
+        enabled=False,
+        cohort_dir="",             # cohort folder (DICOM/NIfTI below it); must not share patients
+        labels="",                 # CSV/Excel with patient_id + label_column; default <cohort_dir>/stenosis_labels.csv
+        label_column="stenosis_grade", num_grades=3,
+        make_demo=False,           # write the synthetic pretraining cohort when no labels table exists
+        demo_patients=240,
+        train=dict(batch_size=16, num_steps=600, log_every=50, eval_every=100, checkpoint_every=200,
+                   best_metric="qwk", best_metric_mode="max", early_stopping_patience=0,
+                   progress_bar=True, compute_dtype=None, async_checkpointing=False),
+        optim=dict(lr=2e-3, weight_decay=1e-4, warmup_steps=20, clip_norm=1.0, end_lr_ratio=0.02),
+    ))
 
     c.explain = ml_collections.ConfigDict(dict(
         head="zcq_success", steps=32, method="gausslegendre", chunk_size=8,

@@ -28,6 +28,18 @@ def get_config():
     c.grader.optim.lr = 3e-3
     c.grader.augment.intensity = 0.0
     c.grader.augment.noise_std = 0.0
-    c.outcome.train.num_steps = 300
+    # The outcome model's MRI branch: the small full-resolution "lesion2d" encoder, pretrained on
+    # a separate synthetic cohort with radiologist-style stenosis grades (standing in for a public
+    # labelled set such as RSNA 2024) and frozen. Trained on ~125 patients' outcomes alone, no
+    # encoder learned the stenosis (README, "What the demo shows").
+    c.outcome.model.mri.arch = "lesion2d"
+    c.outcome.augment.shift_px = 12
+    c.outcome.model.freeze_mri = True
+    c.outcome.train.num_steps = 200   # with the encoder fixed the heads converge by ~50-200 steps
+    c.pretrain.enabled = True
+    c.pretrain.make_demo = True
+    c.pretrain.demo_patients = 600
+    c.pretrain.train.num_steps = 800
+    c.pretrain.train.eval_every = 200
     c.explain.max_patients = 40
     return c

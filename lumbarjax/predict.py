@@ -683,6 +683,10 @@ def report_from_workdir(config, workdir: str) -> tuple[str, str]:
                 results["timing_s"] = (json.load(f).get("extra") or {}).get("timing_s", {})
         except ValueError:
             pass
+    pre_summary = os.path.join(workdir, "pretrain", "pretrain_summary.json")
+    if config.pretrain.enabled and os.path.exists(pre_summary):
+        with open(pre_summary) as f:
+            results["pretrain"] = json.load(f)
     excl_path = os.path.join(workdir, "exclusions.csv")
     excl = pd.read_csv(excl_path, dtype={"patient_id": str}) if os.path.exists(excl_path) \
         else pd.DataFrame(columns=["patient_id", "reason", "detail"])

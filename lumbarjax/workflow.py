@@ -18,13 +18,14 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
+import ml_collections
 from absl import logging
 
 from lumbarjax.data import clinical as clinical_lib
 from lumbarjax.data import cohort as cohort_lib
 from lumbarjax.data import index as index_lib
 from lumbarjax.data import preprocess as preprocess_lib
-from lumbarjax.errors import ConfigError
+from lumbarjax.errors import CohortError, ConfigError
 from lumbarjax.train import crossval
 
 
@@ -39,7 +40,8 @@ def _dump(obj, path):
 def cohort_dir(config, workdir: str) -> str:
     """The cohort folder; writes the synthetic demo cohort there first when asked and absent."""
     root = config.data.cohort_dir or os.path.join(workdir, "demo_cohort")
-    has_table = any(os.path.exists(os.path.join(root, f)) for f in ("clinical.csv", "clinical.xlsx"))
+    has_table = bool(config.data.clinical_file and os.path.exists(config.data.clinical_file)) or any(
+        os.path.exists(os.path.join(root, f)) for f in ("clinical.csv", "clinical.xlsx"))
     if not has_table:
         if not config.data.make_demo:
             raise ConfigError(f"config.data.cohort_dir={root!r} holds no clinical.csv / "
@@ -235,6 +237,45 @@ class HeatmapCollector:
 
 # -- the whole job ------------------------------------------------------------------------
 
+def stage_pretrain(config, workdir: str, outcome_ids=()):
+    """Pretrain the outcome model's MRI encoder on ``config.pretrain``'s labelled cohort.
+
+    Returns ``(encoder_params, summary)``, or None when ``pretrain.enabled`` is False. The
+    cohort is ``pretrain.cohort_dir`` with the labels table ``pretrain.labels`` (default
+    ``<cohort_dir>/stenosis_labels.csv``); with ``pretrain.make_demo`` and no labels table there,
+    the synthetic pretraining cohort is written first (``synthetic.make_pretraining_cohort``).
+    Everything goes to ``<workdir>/pretrain``. A patient id present in both cohorts is an error:
+    the outcome cohort's images must not teach the encoder.
+    """
+    pc = config.pretrain
+    if not pc.enabled:
+        return None
+    from lumbarjax.train.pretrain import pretrain_encoder
+
+    pdir = os.path.join(workdir, "pretrain")
+    os.makedirs(pdir, exist_ok=True)
+    root = pc.cohort_dir or os.path.join(workdir, "pretrain_cohort")
+    labels = pc.labels or os.path.join(root, "stenosis_labels.csv")
+    if not os.path.exists(labels):
+        if not pc.make_demo:
+            raise ConfigError(f"config.pretrain: no labels table {labels!r} (set pretrain.labels, or "
+                              "pretrain.make_demo=True for the synthetic pretraining cohort)")
+        from lumbarjax.data.synthetic import make_pretraining_cohort
+        logging.info("writing the synthetic pretraining cohort (%d patients) to %s", pc.demo_patients, root)
+        make_pretraining_cohort(root, n_patients=int(pc.demo_patients), seed=int(config.seed) + 1)
+    sub = ml_collections.ConfigDict(config.to_dict())
+    sub.data.cohort_dir, sub.data.clinical_file = root, labels
+    sub.data.manifest, sub.data.cache_dir, sub.data.make_demo = "", "", False
+    sub.clinical.mri_label_columns = (pc.label_column,)
+    manifest = stage_index(sub, pdir)
+    cohort = stage_cohort(sub, pdir, manifest)
+    shared = sorted(set(cohort.records["patient_id"]) & set(outcome_ids))
+    if shared:
+        raise CohortError(f"pretraining and outcome cohorts share {len(shared)} patient id(s), e.g. "
+                          f"{shared[:5]}: pretrain on other patients")
+    return pretrain_encoder(config, pdir, cohort.records, cohort.cache)
+
+
 def stage_crossval(config, workdir: str, cohort: Cohort) -> dict:
     """Cross-validate every task in ``config.tasks``; returns OOF tables and heat-map items."""
     results: dict[str, Any] = {"timing_s": {}}
@@ -244,7 +285,13 @@ def stage_crossval(config, workdir: str, cohort: Cohort) -> dict:
         hook = HeatmapCollector(config, os.path.join(workdir, "heatmaps")) \
             if kind == "outcome" and config[kind].model.mri.enabled and config.explain.max_patients else None
         t0 = time.perf_counter()
-        results[kind] = crossval.run_crossval(td, config, os.path.join(workdir, kind), after_fold=hook)
+        encoder = None
+        if kind == "outcome" and config.pretrain.enabled and config.outcome.model.mri.enabled:
+            encoder, results["pretrain"] = stage_pretrain(config, workdir, cohort.records["patient_id"])
+            results["timing_s"]["pretrain"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+        results[kind] = crossval.run_crossval(td, config, os.path.join(workdir, kind), after_fold=hook,
+                                              encoder_params=encoder)
         results["timing_s"][kind] = time.perf_counter() - t0
         results[f"{kind}_heatmaps"] = hook
         if kind == "outcome" and config.outcome.clinical_only:
@@ -296,6 +343,8 @@ def stage_report(config, workdir: str, cohort: Cohort | dict, results: dict,
                                                 [it["affine"] for it in items], rows,
                                                 n_boot=int(config.eval.n_boot), seed=int(config.seed))
     extra = {"timing_s": results.get("timing_s", {})}
+    if results.get("pretrain"):
+        extra["pretrained_mri_encoder"] = {k: v for k, v in results["pretrain"].items() if k != "signature"}
     return write_report(
         workdir, title="lumbarjax cross-validated report", cohort_summary=summary,
         grader_oof=results.get("grader"), outcome_oof=results.get("outcome"),

@@ -52,6 +52,9 @@ def tiny_config(cohort_dir):
     c.explain.steps = 4
     c.explain.chunk_size = 2
     c.eval.n_boot = 20
+    c.pretrain.enabled = False   # tiny_run turns it on with a tiny pretraining cohort
+    c.pretrain.train.update(num_steps=3, eval_every=3, checkpoint_every=3, batch_size=4, progress_bar=False)
+    c.pretrain.optim.warmup_steps = 1
     return c
 
 
@@ -64,11 +67,22 @@ def tiny_cohort(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def tiny_run(tiny_cohort, tmp_path_factory):
-    """One tiny cross-validated run of the whole job, shared by the tests that read its outputs."""
+def tiny_pretrain_cohort(tmp_path_factory):
+    from lumbarjax.data.synthetic import make_pretraining_cohort
+    root = str(tmp_path_factory.mktemp("pretrain_cohort"))
+    make_pretraining_cohort(root, n_patients=12, seed=4, mri_size=(48, 48))
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_cohort, tiny_pretrain_cohort, tmp_path_factory):
+    """One tiny cross-validated run of the whole job (with a pretrained, frozen MRI encoder),
+    shared by the tests that read its outputs."""
     from lumbarjax import workflow
     workdir = str(tmp_path_factory.mktemp("run"))
     config = tiny_config(tiny_cohort)
+    config.pretrain.enabled = True
+    config.pretrain.cohort_dir = tiny_pretrain_cohort
     results = workflow.run(config, workdir, "crossval")
     with open(os.path.join(workdir, "metrics.json")) as f:
         metrics = json.load(f)   # before anything re-draws the report

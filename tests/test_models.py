@@ -187,6 +187,7 @@ TINY_ARCH = {
     "patch3d": dict(width=8, stage_sizes=(1, 1, 1)),
     "vit": dict(vit_dim=24, vit_depth=1, vit_heads=2, patch=8, depth_patch=2),
     "resnet3d_naive": dict(width=8, stage_sizes=(1, 1)),
+    "lesion2d": dict(width=4),
 }
 
 
@@ -204,6 +205,19 @@ def test_mri_encoder_shapes_and_dtypes(arch, dtype):
         # examples are independent (no norm mixes the batch): example 0 alone gives the same features
         y0 = m.apply(v, x[:1], train=True)
         np.testing.assert_allclose(np.asarray(y0[0]), np.asarray(y[0]), rtol=1e-4, atol=1e-5)
+
+
+def test_lesion2d_shape_and_translation_along_the_canal():
+    """lesion2d: (B, 2 * 2w) features; its max-pooled half does not care where along H a local
+    finding sits (shift by a multiple of the total stride 2 * 2 * 2 = 8 rows)."""
+    m = encoder3d.MRIEncoder(arch="lesion2d", width=4)
+    x = np.zeros((1, 4, 160, 32, 1), np.float32)   # far from the borders (receptive field ~ 40 rows)
+    x[0, 1:3, 50:54, 12:16] = 1.0
+    v = m.init(KEY, jnp.asarray(x))
+    y = np.asarray(m.apply(v, jnp.asarray(x)))
+    assert y.shape == (1, 16)
+    y_shift = np.asarray(m.apply(v, jnp.asarray(np.roll(x, 56, axis=2))))
+    np.testing.assert_allclose(y_shift[0, :8], y[0, :8], rtol=1e-4, atol=1e-5)  # the max half
 
 
 def test_mri_encoder_unknown_arch_and_rank():

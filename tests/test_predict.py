@@ -96,7 +96,10 @@ def test_held_out_fold_reproduces_out_of_fold_prediction(run, patient):
     row = patient["oof_row"]
     fold = pred["outcome"]["folds"][int(row["fold"])]
     for head in BINARY + REGRESSION:
-        assert fold[head] == pytest.approx(float(row[f"pred_{head}"]), abs=1e-5 * max(1, abs(fold[head]))), head
+        # float32 round-off: 1e-5 of a probability; 1e-6 of the 0-100 mm VAS range (batch 1 vs a
+        # batch of 16 may pick different conv kernels)
+        tol = 1e-5 if head in BINARY else 1e-4
+        assert fold[head] == pytest.approx(float(row[f"pred_{head}"]), abs=tol), head
     g = pd.read_csv(os.path.join(run["workdir"], "grader", "oof.csv"), dtype={"patient_id": str})
     grow = g[g["patient_id"] == patient["pid"]].iloc[0]
     gf = pred["grader"]["folds"][int(grow["fold"])]

@@ -331,3 +331,27 @@ def test_steps_are_memoised_across_runs(mesh):
     assert a is b and a is not c
     assert make_optimizer(toy_config(), 10)[0] is make_optimizer(toy_config(), 10)[0]
     assert make_optimizer(toy_config(), 10)[0] is not make_optimizer(toy_config(), 11)[0]
+
+
+def test_init_params_and_frozen_subtree_stay_fixed(tmp_path):
+    """init_params puts given weights in; optim.frozen keeps that subtree bit-identical through
+    training (no gradient step, no weight decay) while the rest learns."""
+    cfg = toy_config(num_steps=6, eval_every=0, checkpoint_every=100, log_every=3)
+    fresh = _run(str(tmp_path / "fresh"), cfg, model=ToyModel())
+    first = next(iter(fresh["state"].params))        # "Dense_0": the first layer
+    given = jax.tree.map(lambda a: np.full(np.shape(a), 0.25, np.float32),
+                         jax.device_get(fresh["state"].params[first]))
+
+    cfg.optim.frozen = (first,)
+    res = _run(str(tmp_path / "frozen"), cfg, model=ToyModel(),
+               init_params=lambda p: {**p, first: given})
+    _assert_trees_equal(res["last_state"].params[first], given)
+    others = [k for k in res["last_state"].params if k != first]
+    init = create_train_state(jax.random.PRNGKey(0), ToyModel(), _batch(), cfg, num_steps=6)
+    moved = [np.abs(np.asarray(a) - np.asarray(b)).max() for k in others
+             for a, b in zip(jax.tree.leaves(jax.device_get(res["last_state"].params[k])),
+                             jax.tree.leaves(jax.device_get(init.params[k])))]
+    assert max(moved) > 1e-3
+
+    with pytest.raises(ConfigError, match="tree structure"):
+        _run(str(tmp_path / "bad"), cfg, model=ToyModel(), init_params=lambda p: {first: given})

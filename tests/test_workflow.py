@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import jax
+import numpy as np
 import pandas as pd
 
 from conftest import phi_strings
@@ -36,6 +38,21 @@ def test_whole_job_writes_report_and_out_of_fold_predictions(tiny_run):
     assert ((probs - 1).abs() < 1e-4).all()
     assert tiny_run["metrics"]["completeness"] is not None
     assert len(results["outcome_heatmaps"].items) == 2
+
+
+def test_outcome_model_starts_from_the_pretrained_frozen_encoder(tiny_run):
+    """The MRI encoder pretrained on the (PT…) stenosis cohort is the outcome fold models'
+    encoder, unchanged by the outcome training (optim.frozen); the rest of the model trained."""
+    from lumbarjax.predict import load_fold_models
+    from lumbarjax.train.pretrain import load_encoder
+    workdir = tiny_run["workdir"]
+    encoder, summary = load_encoder(os.path.join(workdir, "pretrain"))
+    assert summary["patients_train"] + summary["patients_val"] == 12
+    assert tiny_run["metrics"]["extra"]["pretrained_mri_encoder"]["patients_train"] == summary["patients_train"]
+    for fm in load_fold_models(tiny_run["config"], workdir, "outcome"):
+        params = jax.device_get(fm.state.params)
+        for a, b in zip(jax.tree.leaves(params["mri_encoder"]), jax.tree.leaves(encoder)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_outer_test_patients_never_train_or_select(tiny_run):

@@ -113,6 +113,8 @@ def default_outcome_config() -> ml_collections.ConfigDict:
       id_column: the patient identifier column after renaming ("patient_id").
       required_columns: columns that must exist (error lists close matches otherwise).
       grade_columns: X-ray grade columns validated when present; num_grades: K (grades 0..K−1).
+      mri_label_columns: other label columns read on the MRI (e.g. a pretraining cohort's
+        "stenosis_grade"): a patient with an MRI and one of them is usable (default none).
       sex_map: accepted spellings of sex (lower-cased) → "M" / "F". Numeric codes (1/2, 0/1)
         are NOT accepted by default because conventions differ between hospitals; declare
         them here (e.g. {"1": "M", "2": "F"} for ISO 5218) if your table uses them.
@@ -133,6 +135,7 @@ def default_outcome_config() -> ml_collections.ConfigDict:
     cfg.required_columns = ("patient_id",)
     cfg.grade_columns = DEFAULT_GRADE_COLUMNS
     cfg.num_grades = 5
+    cfg.mri_label_columns = ()
     cfg.sex_map = ml_collections.ConfigDict(
         {"m": "M", "male": "M", "f": "F", "female": "F"}, allow_dotted_keys=True
     )

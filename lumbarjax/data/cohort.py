@@ -69,12 +69,16 @@ def translate_ids(manifest_ids: pd.Series, clin: pd.DataFrame, cfg) -> pd.Series
     return manifest_ids.map(lambda v: mapping.get(v, v))
 
 
-def _usable(df: pd.DataFrame, grade_cols: Sequence[str], has_xray: pd.Series) -> pd.Series:
-    labels = [c for c in BINARY_LABELS + CONTINUOUS_LABELS if c in df.columns]
-    any_label = df[labels].notna().any(axis=1) if labels else pd.Series(False, index=df.index)
-    grades = [c for c in grade_cols if c in df.columns]
-    any_grade = df[grades].notna().any(axis=1) if grades else pd.Series(False, index=df.index)
-    return any_label | (any_grade & has_xray)
+def _usable(df: pd.DataFrame, grade_cols: Sequence[str], has_xray: pd.Series,
+            mri_label_cols: Sequence[str] = (), has_mri: pd.Series | None = None) -> pd.Series:
+    def any_of(cols):
+        cols = [c for c in cols if c in df.columns]
+        return df[cols].notna().any(axis=1) if cols else pd.Series(False, index=df.index)
+
+    usable = any_of(BINARY_LABELS + CONTINUOUS_LABELS) | (any_of(grade_cols) & has_xray)
+    if has_mri is not None:
+        usable |= any_of(mri_label_cols) & has_mri
+    return usable
 
 
 def build_cohort(
@@ -162,7 +166,8 @@ def build_cohort(
         merged[f"{prefix}_paths"] = merged[f"{prefix}_paths"].fillna("").astype(object)
         merged[f"{prefix}_source"] = merged[f"{prefix}_source"].fillna("").astype(object)
         merged[f"has_{prefix}"] = merged[f"has_{prefix}"].fillna(False).astype(bool)
-    usable = _usable(merged, cfg.grade_columns, merged["has_xray"])
+    usable = _usable(merged, cfg.grade_columns, merged["has_xray"],
+                     tuple(cfg.get("mri_label_columns", ()) or ()), merged["has_mri"])
 
     pid = merged["patient_id"]
     conditions = [
@@ -179,7 +184,8 @@ def build_cohort(
         "ambiguous images": "more than one manifest row for the same role",
         "no clinical row": "images in the manifest but no row in the clinical table",
         "no images": "clinical row but no X-ray and no MRI in the manifest",
-        "no usable label": "no outcome label and no X-ray grade usable with an X-ray",
+        "no usable label": "no outcome label, no X-ray grade usable with an X-ray (and no MRI label "
+                           "usable with an MRI)",
     }
     reason = np.select(conditions, reasons, default="")
     keep = reason == ""

@@ -1219,7 +1219,8 @@ def _dir_bytes(root: str) -> int:
 
 def make_cohort(out_dir: str | os.PathLike, n_patients: int = 160, seed: int = 0, *,
                 xray_size: Sequence[int] = (384, 320), mri_size: Sequence[int] = (176, 176),
-                edge_cases: bool = True, overwrite: bool = False, n_mc: int = 200_000) -> dict:
+                edge_cases: bool = True, overwrite: bool = False, n_mc: int = 200_000,
+                id_prefix: str = "LJ") -> dict:
     """Write a complete synthetic cohort to ``out_dir`` (see module docstring); return a summary.
 
     Args:
@@ -1232,6 +1233,8 @@ def make_cohort(out_dir: str | os.PathLike, n_patients: int = 160, seed: int = 0
         2/3 and the localizer 1/2 of it (at least 32).
       edge_cases: include the EDGE_CASES_PER_160 patients.
       n_mc: Monte Carlo draws for the population Bayes AUC.
+      id_prefix: two letters before the patient number (``LJ0001``); another prefix keeps a
+        second cohort's ids (e.g. a pretraining cohort, ``PT0001``) apart from the demo's.
 
     Returns a dict: paths (``out_dir, export_dir, clinical_csv, ground_truth_csv,
     summary_json``), counts, edge cases (name → patient ids), ``bayes_auc``, ``seconds``,
@@ -1252,6 +1255,11 @@ def make_cohort(out_dir: str | os.PathLike, n_patients: int = 160, seed: int = 0
         shutil.rmtree(export)
     os.makedirs(export, exist_ok=True)
     clinical, truth_df = sample_patients(n_patients, seed, edge_cases=edge_cases)
+    if id_prefix != "LJ":
+        if not (isinstance(id_prefix, str) and len(id_prefix) == 2 and id_prefix.isalpha()):
+            raise ConfigError(f"make_cohort: id_prefix must be two letters, got {id_prefix!r}")
+        for df in (clinical, truth_df):
+            df["patient_id"] = id_prefix + df["patient_id"].str[2:]
     truths = truth_df.to_dict("records")
     files: list[str] = []
     non_dicom: dict[str, int] = {"README.txt": 1, "DICOMDIR": 1, "thumbnail_jpg": 0, "empty_file": 0}
@@ -1308,6 +1316,48 @@ def make_cohort(out_dir: str | os.PathLike, n_patients: int = 160, seed: int = 0
             "ground_truth_csv": gt_csv, "summary_json": summary_json, "files": files, **counts,
             "edge_cases": edges, "bayes_auc": aucs, "seconds": round(time.perf_counter() - t0, 2),
             "bytes": _dir_bytes(out_dir)}
+
+
+# Radiologist-style canal stenosis grade of a pretraining cohort (RSNA 2024 lumbar spine style):
+# the canal's narrowing 0.85 * s below 1/3 -> 0 (normal/mild), below 2/3 -> 1 (moderate), else 2
+# (severe); the reader is off by one grade with this probability.
+STENOSIS_GRADE_CUTS = (1.0 / 3.0, 2.0 / 3.0)
+STENOSIS_READER_ERROR = 0.1
+
+
+def stenosis_grades(truth: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """``patient_id, stenosis_grade`` (0/1/2, a reader's grade of the primary stenosis) from the
+    ground truth; patients without an MRI get no grade."""
+    rng = _rng(seed, 2**31 - 5)
+    narrowing = STENOSIS_NARROWING * truth["stenosis_severity"].to_numpy(float)
+    grade = np.digitize(narrowing, STENOSIS_GRADE_CUTS).astype(float)
+    flip = rng.random(len(grade)) < STENOSIS_READER_ERROR
+    step = np.where(rng.random(len(grade)) < 0.5, 1.0, -1.0)
+    moved = grade + step
+    moved = np.where((moved < 0) | (moved > 2), grade - step, moved)
+    grade = np.where(flip, moved, grade)
+    grade[~truth["has_mri"].astype(bool).to_numpy()] = np.nan
+    return pd.DataFrame({"patient_id": truth["patient_id"], "stenosis_grade": grade})
+
+
+def make_pretraining_cohort(out_dir: str | os.PathLike, n_patients: int = 240, seed: int = 1, *,
+                            mri_size: Sequence[int] = (176, 176)) -> dict:
+    """A second synthetic cohort, disjoint from the demo, with radiologist-style stenosis grades.
+
+    It stands in for a public labelled set (such as RSNA 2024 lumbar spine degenerative
+    classification) on which ``lumbarjax.train.pretrain`` teaches the MRI encoder what a
+    narrowed canal looks like. Same generative model as ``make_cohort`` (another seed, no edge
+    cases, ids ``PT0001…``, small X-rays that nothing reads) plus ``stenosis_labels.csv``
+    (``patient_id, stenosis_grade``; see STENOSIS_GRADE_CUTS). Outcomes stay in
+    ground_truth.csv only: the labels table carries the grade and nothing else.
+    """
+    summary = make_cohort(out_dir, n_patients=n_patients, seed=seed, xray_size=(64, 64), mri_size=mri_size,
+                          edge_cases=False, overwrite=True, n_mc=1000, id_prefix="PT")
+    os.remove(summary["clinical_csv"])  # the pretraining table is the labels table
+    truth = pd.read_csv(summary["ground_truth_csv"], dtype={"patient_id": str})
+    labels_csv = os.path.join(os.fspath(out_dir), "stenosis_labels.csv")
+    stenosis_grades(truth, seed).to_csv(labels_csv, index=False)
+    return {**summary, "labels_csv": labels_csv, "clinical_csv": None}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

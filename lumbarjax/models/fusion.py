@@ -185,12 +185,16 @@ class OutcomeModel(nn.Module):
     fusion_hidden: Sequence[int] = (64,)
     dropout: float = 0.1
     modality_dropout: float = 0.25
+    freeze_mri: bool = False
     binary_heads: Sequence[str] = BINARY_HEADS
     regression_heads: Sequence[str] = REGRESSION_HEADS
     dtype: Dtype = jnp.float32
 
-    def _branch(self, encoder: nn.Module, image: jax.Array, present: jax.Array, train: bool, name: str):
+    def _branch(self, encoder: nn.Module, image: jax.Array, present: jax.Array, train: bool, name: str,
+                frozen: bool = False):
         feats = encoder(image, train)
+        if frozen and train:  # a fixed encoder: skip its backward pass (eval/IG keep the gradient)
+            feats = jax.lax.stop_gradient(feats)
         feats = nn.LayerNorm(dtype=jnp.float32, name=f"{name}_ln")(feats.astype(jnp.float32))
         present = jnp.asarray(present, jnp.float32).reshape(-1)
         if train and self.modality_dropout > 0:
@@ -203,7 +207,7 @@ class OutcomeModel(nn.Module):
         parts = []
         if self.mri is not None:
             enc = MRIEncoder(**dict(self.mri), dtype=self.dtype, name="mri_encoder")
-            parts += self._branch(enc, batch["mri"], batch["mri_present"], train, "mri")
+            parts += self._branch(enc, batch["mri"], batch["mri_present"], train, "mri", self.freeze_mri)
         if self.xray is not None:
             enc = ResNet2D(**dict(self.xray), dtype=self.dtype, name="xray_encoder")
             parts += self._branch(enc, batch["xray"], batch["xray_present"], train, "xray")
@@ -316,6 +320,8 @@ def default_outcome_model_config() -> ml_collections.ConfigDict:
     xray.enabled=False and ResNet2D kwargs: stage_sizes=(1,1,1,1), width=16, stem="patchify",
       patch=4, norm="group", pool="avg".
     clinical_hidden=(32,), fusion_hidden=(64,), dropout=0.1, modality_dropout=0.25,
+    freeze_mri=False: keep a (pretrained) MRI encoder fixed — no gradient flows into it in training
+      (faster steps) and train.crossval adds "mri_encoder" to optim.frozen.
     binary_heads, regression_heads (names of labels), dtype="float32".
     Clinical-only baseline: mri.enabled=False, xray.enabled=False.
     """
@@ -324,7 +330,7 @@ def default_outcome_model_config() -> ml_collections.ConfigDict:
                  norm="group", pool="avgmax", vit_dim=128, vit_depth=4, vit_heads=4),
         xray=dict(enabled=False, stage_sizes=(1, 1, 1, 1), width=16, stem="patchify", patch=4,
                   norm="group", pool="avg"),
-        clinical_hidden=(32,), fusion_hidden=(64,), dropout=0.1, modality_dropout=0.25,
+        clinical_hidden=(32,), fusion_hidden=(64,), dropout=0.1, modality_dropout=0.25, freeze_mri=False,
         binary_heads=BINARY_HEADS, regression_heads=REGRESSION_HEADS, dtype="float32"))
 
 
@@ -384,7 +390,7 @@ def build_outcome_model(model_config) -> OutcomeModel:
         xray=_branch_kwargs(c["xray"], xray_fields, "xray"),
         clinical_hidden=tuple(c["clinical_hidden"]), fusion_hidden=tuple(c["fusion_hidden"]),
         dropout=float(c["dropout"]), modality_dropout=float(c["modality_dropout"]),
-        binary_heads=tuple(c["binary_heads"]), regression_heads=tuple(c["regression_heads"]),
+        freeze_mri=bool(c["freeze_mri"]), binary_heads=tuple(c["binary_heads"]), regression_heads=tuple(c["regression_heads"]),
         dtype=_dtype(c["dtype"]))
 
 

@@ -55,10 +55,13 @@ class TaskData:
 
 
 def run_config(config, task_cfg) -> ml_collections.ConfigDict:
-    """The flat config train_and_evaluate reads: seed, train, optim, augment."""
+    """The flat config train_and_evaluate reads: seed, train, optim, augment. An outcome model
+    with ``model.freeze_mri`` gets "mri_encoder" added to ``optim.frozen``."""
+    optim = task_cfg.optim.to_dict()
+    if task_cfg.model.get("freeze_mri", False):
+        optim["frozen"] = tuple(sorted(set(optim.get("frozen", ()) or ()) | {"mri_encoder"}))
     return ml_collections.ConfigDict(dict(seed=int(config.seed), train=task_cfg.train.to_dict(),
-                                          optim=task_cfg.optim.to_dict(),
-                                          augment=task_cfg.augment.to_dict()))
+                                          optim=optim, augment=task_cfg.augment.to_dict()))
 
 
 def grade_columns(task_cfg) -> list[str]:
@@ -192,8 +195,12 @@ def _selection_metric(kind: str, preds: dict, labels: Mapping, idx: np.ndarray, 
 
 
 def run_fold(td: TaskData, fold: int, config, workdir: str, *, clinical_only: bool = False,
-             after_fold: Callable | None = None) -> pd.DataFrame:
-    """Train on the other folds (inner split for selection) and predict fold ``fold``."""
+             after_fold: Callable | None = None, encoder_params=None) -> pd.DataFrame:
+    """Train on the other folds (inner split for selection) and predict fold ``fold``.
+
+    encoder_params: a pretrained MRI encoder (``train.pretrain``) that replaces the outcome
+    model's initial ``mri_encoder`` parameters (ignored for the clinical-only model).
+    """
     kind = td.kind
     task_cfg = config[kind]
     seed = int(config.seed)
@@ -244,8 +251,13 @@ def run_fold(td: TaskData, fold: int, config, workdir: str, *, clinical_only: bo
             json.dump(enc.to_dict(), f)
     logging.info("%s fold %d: %d train, %d inner-val, %d test patients", kind, fold,
                  len(inner_train), len(inner_val), len(test_idx))
+    init = None
+    if encoder_params is not None and kind == "outcome" and not clinical_only:
+        from lumbarjax.train.pretrain import with_encoder
+        init = with_encoder(encoder_params)
     result = train_and_evaluate(run_cfg, fold_dir, model=model, loss_fn=loss_fn,
-                                train_source=Subset(source, inner_train), eval_fn=eval_fn)
+                                train_source=Subset(source, inner_train), eval_fn=eval_fn,
+                                init_params=init)
     state = result["state"]
     out = predict(state, model, loader(test_idx))
     idx = np.asarray(out["index"])
@@ -270,10 +282,11 @@ def run_fold(td: TaskData, fold: int, config, workdir: str, *, clinical_only: bo
 
 
 def run_crossval(td: TaskData, config, workdir: str, *, clinical_only: bool = False,
-                 after_fold: Callable | None = None) -> pd.DataFrame:
+                 after_fold: Callable | None = None, encoder_params=None) -> pd.DataFrame:
     """All outer folds of one task; writes and returns the out-of-fold table (``oof.csv``)."""
     os.makedirs(workdir, exist_ok=True)
-    parts = [run_fold(td, f, config, workdir, clinical_only=clinical_only, after_fold=after_fold)
+    parts = [run_fold(td, f, config, workdir, clinical_only=clinical_only, after_fold=after_fold,
+                      encoder_params=encoder_params)
              for f in range(int(config[td.kind].cv.num_folds))]
     oof = pd.concat(parts, ignore_index=True).sort_values("row").drop(columns="row")
     oof = oof.reset_index(drop=True)

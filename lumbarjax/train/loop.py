@@ -306,6 +306,7 @@ def train_and_evaluate(
     sample_batch: Mapping | None = None,
     mesh=None,
     stop_at: int | None = None,
+    init_params: Callable[[Any], Any] | None = None,
 ) -> dict:
     """Train ``model`` on ``train_source``; evaluate, checkpoint, log; resume if possible.
 
@@ -329,6 +330,8 @@ def train_and_evaluate(
       stop_at: stop (after checkpointing) once this step is reached without ending the run
         (for jobs with a wall-clock limit; the next call resumes). The schedule still runs
         to ``config.train.num_steps``.
+      init_params: optional ``params -> params`` applied to the freshly initialised params
+        (e.g. copying a pretrained encoder in); ignored when resuming from a checkpoint.
 
     Returns:
       ``{"state": best TrainState (the last one when nothing was evaluated),
@@ -365,6 +368,12 @@ def train_and_evaluate(
                                         seed=seed, num_epochs=1))
     state = create_train_state(jax.random.PRNGKey(seed), model, sample_batch, config,
                                num_steps=num_steps, mesh=mesh)
+    if init_params is not None:
+        new = init_params(jax.device_get(state.params))
+        if jax.tree.structure(new) != jax.tree.structure(state.params):
+            raise ConfigError("train_and_evaluate: init_params changed the parameter tree structure")
+        state = state.replace(params=jax.tree.map(
+            lambda old, v: jax.device_put(jnp.asarray(v, old.dtype), old.sharding), state.params, new))
     cdt = tc["compute_dtype"]
     train_step = steps_lib.make_train_step(model, loss_fn, mesh, compute_dtype=cdt)
 

@@ -36,6 +36,7 @@ OPTIM_DEFAULTS = {
     "warmup_steps": 0,      # linear warmup 0 -> lr over this many steps
     "end_lr_ratio": 0.0,    # cosine decays to lr * end_lr_ratio at num_steps
     "clip_norm": 1.0,       # global-norm gradient clipping; None / 0 = off
+    "frozen": (),           # top-level parameter names (e.g. "mri_encoder") kept fixed
     "b1": 0.9,
     "b2": 0.999,
     "eps": 1e-8,
@@ -117,11 +118,20 @@ def _decay_mask(params):
     return jax.tree.map(lambda p: np.ndim(p) > 1, params)
 
 
+def _frozen_mask(frozen: tuple):
+    """Params under the top-level names ``frozen`` -> True (their updates are set to zero)."""
+    def mask(params):
+        return {k: jax.tree.map(lambda _: k in frozen, v) for k, v in params.items()}
+    return mask
+
+
 def make_optimizer(config, num_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """AdamW with global-norm clipping and warmup + cosine learning rate.
 
     Reads ``config.optim.{lr, weight_decay, warmup_steps, clip_norm, end_lr_ratio, b1, b2,
-    eps}`` (defaults in ``OPTIM_DEFAULTS``). Equal settings return the very same objects
+    eps, frozen}`` (defaults in ``OPTIM_DEFAULTS``). ``frozen`` names top-level parameter
+    subtrees (e.g. ``("mri_encoder",)`` for a pretrained encoder) that get zero gradients and
+    zero updates (no weight decay), so they stay exactly as initialised. Equal settings return the very same objects
     (memoised), so train states built from equal configs have equal tree structures and a
     jitted step compiled for one (e.g. fold 1 of a cross-validation) is reused by the next.
 
@@ -145,20 +155,22 @@ def make_optimizer(config, num_steps: int) -> tuple[optax.GradientTransformation
         float(_optim_value(config, "b1")),
         float(_optim_value(config, "b2")),
         float(_optim_value(config, "eps")),
+        tuple(str(k) for k in (_optim_value(config, "frozen") or ())),
     )
     return _optimizer_from_spec(spec)
 
 
 @functools.lru_cache(maxsize=32)
 def _optimizer_from_spec(spec):
-    lr, warmup, end_ratio, num_steps, clip, wd, b1, b2, eps = spec
+    lr, warmup, end_ratio, num_steps, clip, wd, b1, b2, eps, frozen = spec
     schedule = optax.warmup_cosine_decay_schedule(
         init_value=0.0 if warmup > 0 else lr, peak_value=lr, warmup_steps=warmup,
         decay_steps=num_steps, end_value=lr * end_ratio)
-    parts = [optax.clip_by_global_norm(clip)] if clip else []
+    freeze = [optax.masked(optax.set_to_zero(), _frozen_mask(frozen))] if frozen else []
+    parts = freeze + ([optax.clip_by_global_norm(clip)] if clip else [])
     parts.append(optax.adamw(learning_rate=schedule, b1=b1, b2=b2, eps=eps, weight_decay=wd,
                              mask=_decay_mask))
-    return optax.chain(*parts), schedule
+    return optax.chain(*(parts + freeze)), schedule
 
 
 def _raw_key(rng) -> jax.Array:

@@ -1,0 +1,109 @@
+"""Pretraining the MRI encoder on a labelled stenosis cohort and transferring it (train.pretrain)."""
+
+import glob
+import json
+import os
+
+import jax
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+
+from conftest import tiny_config
+from lumbarjax import workflow
+from lumbarjax.data.synthetic import STENOSIS_GRADE_CUTS, STENOSIS_NARROWING, stenosis_grades
+from lumbarjax.errors import CohortError, ConfigError
+from lumbarjax.train import pretrain
+
+
+def test_stenosis_grades_follow_the_cuts_with_reader_noise():
+    s = np.linspace(0.3, 1.0, 400)
+    truth = pd.DataFrame({"patient_id": [f"PT{i:04d}" for i in range(400)], "stenosis_severity": s,
+                          "has_mri": [i != 7 for i in range(400)]})
+    g = stenosis_grades(truth, seed=0)
+    exact = np.digitize(STENOSIS_NARROWING * s, STENOSIS_GRADE_CUTS).astype(float)
+    assert np.isnan(g["stenosis_grade"][7])
+    keep = np.arange(400) != 7
+    diff = np.abs(g["stenosis_grade"].to_numpy()[keep] - exact[keep])
+    assert diff.max() == 1 and 0.85 < (diff == 0).mean() < 0.95   # ~10 % reader error
+    assert set(np.unique(g["stenosis_grade"].dropna())) == {0.0, 1.0, 2.0}
+    pd.testing.assert_frame_equal(g, stenosis_grades(truth, seed=0))
+
+
+def test_pretraining_cohort_has_its_own_ids_and_only_a_labels_table(tiny_pretrain_cohort):
+    labels = pd.read_csv(os.path.join(tiny_pretrain_cohort, "stenosis_labels.csv"))
+    assert list(labels.columns) == ["patient_id", "stenosis_grade"] and len(labels) == 12
+    assert labels["patient_id"].str.match(r"^PT\d{4}$").all()
+    assert not os.path.exists(os.path.join(tiny_pretrain_cohort, "clinical.csv"))
+    ids = set()
+    for f in glob.glob(os.path.join(tiny_pretrain_cohort, "export", "*", "*", "*", "*", "*")):
+        try:
+            ids.add(str(pydicom.dcmread(f, stop_before_pixels=True).PatientID))
+        except Exception:  # thumbnails, empty file
+            continue
+    assert ids == set(labels["patient_id"])
+
+
+@pytest.fixture(scope="module")
+def pre(tiny_pretrain_cohort, tmp_path_factory):
+    """The tiny pretraining cohort indexed and preprocessed at the tiny config's sizes."""
+    workdir = str(tmp_path_factory.mktemp("pre"))
+    cfg = tiny_config(tiny_pretrain_cohort)
+    cfg.data.clinical_file = os.path.join(tiny_pretrain_cohort, "stenosis_labels.csv")
+    cfg.clinical.mri_label_columns = ("stenosis_grade",)
+    cohort = workflow.stage_cohort(cfg, workdir, workflow.stage_index(cfg, workdir))
+    return cfg, cohort
+
+
+def test_pretrain_saves_a_drop_in_encoder_and_reuses_it(pre, tmp_path):
+    cfg, cohort = pre
+    params, summary = pretrain.pretrain_encoder(cfg, str(tmp_path), cohort.records, cohort.cache)
+    assert summary["patients_train"] + summary["patients_val"] == 12 and summary["patients_not_used"] == 0
+    assert sum(summary["grade_counts"]) == 12 and -1.0 <= summary["val_qwk"] <= 1.0
+    assert os.path.exists(tmp_path / "mri_encoder.msgpack")
+    n_lines = len(open(tmp_path / "metrics.jsonl").read().splitlines())
+
+    # the outcome model of the same config accepts it as its mri_encoder
+    from lumbarjax.models.fusion import build_outcome_model
+    model = build_outcome_model(cfg.outcome.model)
+    d, h, w = cfg.mri.shape
+    batch = {"mri": np.zeros((2, d, h, w, 1), np.float32), "mri_present": np.ones(2, np.float32),
+             "clinical": np.zeros((2, 3), np.float32)}
+    outcome_params = model.init(jax.random.PRNGKey(0), batch)["params"]
+    swapped = pretrain.with_encoder(params)(outcome_params)
+    for a, b in zip(jax.tree.leaves(swapped["mri_encoder"]), jax.tree.leaves(params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+    # a second call with the same settings loads the saved encoder (no training)
+    again, summary2 = pretrain.pretrain_encoder(cfg, str(tmp_path), cohort.records, cohort.cache)
+    assert summary2 == json.loads(json.dumps(summary))
+    assert len(open(tmp_path / "metrics.jsonl").read().splitlines()) == n_lines
+
+    # a different encoder width does not fit
+    cfg2 = tiny_config(cfg.data.cohort_dir)
+    cfg2.outcome.model.mri.width = 8
+    with pytest.raises(ConfigError, match="does not match"):
+        pretrain.with_encoder(params)(build_outcome_model(cfg2.outcome.model).init(
+            jax.random.PRNGKey(0), batch)["params"])
+
+
+def test_pretrain_rejects_bad_grades_naming_the_patient(pre, tmp_path):
+    cfg, cohort = pre
+    recs = cohort.records.copy()
+    recs.loc[3, "stenosis_grade"] = 5
+    with pytest.raises(CohortError, match=recs.loc[3, "patient_id"]):
+        pretrain.pretrain_encoder(cfg, str(tmp_path), recs, cohort.cache)
+    with pytest.raises(CohortError, match="no column 'grade_x'"):
+        cfg.pretrain.label_column = "grade_x"
+        pretrain.pretrain_encoder(cfg, str(tmp_path), cohort.records, cohort.cache)
+
+
+def test_stage_pretrain_refuses_shared_patients(tiny_pretrain_cohort, tmp_path):
+    cfg = tiny_config(tiny_pretrain_cohort)
+    cfg.pretrain.enabled, cfg.pretrain.cohort_dir = True, tiny_pretrain_cohort
+    with pytest.raises(CohortError, match="share 1 patient id"):
+        workflow.stage_pretrain(cfg, str(tmp_path), outcome_ids=["PT0003", "LJ0001"])
+    cfg.pretrain.cohort_dir, cfg.pretrain.make_demo = str(tmp_path / "none"), False
+    with pytest.raises(ConfigError, match="no labels table"):
+        workflow.stage_pretrain(cfg, str(tmp_path), outcome_ids=[])
