@@ -126,9 +126,13 @@ def cost_flops(compiled) -> float | None:
 
 # ============================================================================ lumbarjax side
 def demo_config(quick: bool = False):
-    """configs/demo.py; ``quick``: tiny shapes for a smoke test."""
+    """configs/demo.py with the library-default trainable ``slice2d`` MRI encoder (the one the
+    PyTorch twin mirrors; the demo itself uses a pretrained, frozen ``lesion2d``);
+    ``quick``: tiny shapes for a smoke test."""
     from configs import demo
     cfg = demo.get_config()
+    cfg.outcome.model.mri.arch = "slice2d"
+    cfg.outcome.model.freeze_mri = False
     if quick:
         cfg.xray.shape, cfg.mri.shape = (64, 64), (4, 32, 32)
         for t in (cfg.grader, cfg.outcome):
