@@ -278,10 +278,10 @@ def torch_grader_step(torch, nb, width):
                      lambda out, y: tm.corn_loss(out, y))
 
 
-def torch_outcome_step(torch, nb, width):
+def torch_outcome_step(torch, nb, width, arch="slice2d"):
     import torch_models as tm
     tb = torch_batch(torch, nb)
-    model = tm.TorchOutcomeModel(width=width, n_clinical=nb["clinical"].shape[1])
+    model = tm.TorchOutcomeModel(width=width, n_clinical=nb["clinical"].shape[1], arch=arch)
     return TorchStep(torch, model, [tb["mri"], tb["clinical"], tb["mri_present"]], tb["labels"],
                      tm.outcome_loss)
 
@@ -333,6 +333,9 @@ def section_train(ctx) -> dict:
     out = {"sizes": {}, "notes": []}
     gw, mw = int(cfg.grader.model.width), int(cfg.outcome.model.mri.width)
     grader, outcome = lj_models(cfg)
+    lesion_cfg = demo_config(ctx.quick)  # the demo's lesion2d encoder, trainable here
+    lesion_cfg.outcome.model.mri.arch = "lesion2d"
+    _, outcome_lesion = lj_models(lesion_cfg)
     matmul = Matmul()
     for label, b, xs, ms in sizes:
         bx, bm = (b, b) if b else (4, 1)
@@ -340,12 +343,13 @@ def section_train(ctx) -> dict:
         nbx, nbm = make_batch(bx, xray=xs), make_batch(bm, mri=ms)
         fns, meta = {}, {}
         for name, kind, model, nb in (("lumbarjax grader", "grader", grader, nbx),
-                                      ("lumbarjax mri", "outcome", outcome, nbm)):
+                                      ("lumbarjax mri", "outcome", outcome, nbm),
+                                      ("lumbarjax mri lesion2d", "outcome", outcome_lesion, nbm)):
             s = LJStep(kind, model, nb, cfg=cfg)
             fns[name] = s
             meta[name] = {"params": s.n_params, "flops": s.flops, "compile_s": s.compile_s,
                           "examples": s.examples}
-            if gpu:
+            if gpu and "lesion2d" not in name:
                 gm, om = lj_models(cfg, "float32")
                 import jax.numpy as jnp
                 s16 = LJStep(kind, gm if kind == "grader" else om, nb, cfg=cfg,
@@ -355,7 +359,9 @@ def section_train(ctx) -> dict:
                                         "compile_s": s16.compile_s, "examples": s16.examples}
         if torch is not None:
             for name, f in (("pytorch twin grader", lambda: torch_grader_step(torch, nbx, gw)),
-                            ("pytorch twin mri", lambda: torch_outcome_step(torch, nbm, mw))):
+                            ("pytorch twin mri", lambda: torch_outcome_step(torch, nbm, mw)),
+                            ("pytorch twin mri lesion2d",
+                             lambda: torch_outcome_step(torch, nbm, mw, "lesion2d"))):
                 s = f()
                 fns[name] = s
                 meta[name] = {"params": s.n_params, "examples": s.examples if hasattr(s, "examples") else None}
@@ -369,7 +375,7 @@ def section_train(ctx) -> dict:
             meta["pytorch matmul 2048"] = {"flops": 2.0 * MATMUL_N ** 3}
         fns["xla matmul 2048"] = matmul
         meta["xla matmul 2048"] = {"flops": matmul.flops, "compile_s": 0.0}
-        for k in ("grader", "mri"):
+        for k in ("grader", "mri", "mri lesion2d"):
             lj, tw = meta[f"lumbarjax {k}"], meta.get(f"pytorch twin {k}")
             if tw:
                 match = lj["params"] == tw["params"]
@@ -382,7 +388,7 @@ def section_train(ctx) -> dict:
         res = alternate(fns, ctx.rounds)
         for n, r in res.items():
             r.update(meta.get(n, {}))
-        for k in ("grader", "mri"):
+        for k in ("grader", "mri", "mri lesion2d"):
             lj = res[f"lumbarjax {k}"]["median_s"]
             for peer in (f"pytorch twin {k}", f"monai resnet18 2d grader" if k == "grader"
                          else "monai resnet18 3d mri"):

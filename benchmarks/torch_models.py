@@ -125,13 +125,47 @@ class TorchSliceEncoder(nn.Module):
         return torch.cat([fmap.mean(dim=(2, 3)), fmap.amax(dim=(2, 3))], dim=-1)
 
 
+class TorchLesionCNN(nn.Module):
+    """MRIEncoder(arch="lesion2d") twin: per slice, 2x2 patchify (lumbarjax space_to_depth: the
+    4 pixels of a patch become channels, row-major), then 3x3 convs (no bias) of channels
+    (w, w, 2w, 2w), every second one stride 2, each + GroupNorm(groups of 4) + relu; max + mean
+    over slices and positions -> (B, 2 * 2w)."""
+
+    def __init__(self, width: int = 16, patch: int = 2):
+        super().__init__()
+        self.patch = patch
+        chans, layers, cin = (width, width, 2 * width, 2 * width), [], patch * patch
+        for i, c in enumerate(chans):
+            # lumbarjax "SAME" with stride 2 pads (0, 1): pad explicitly, conv without padding
+            layers.append(nn.Conv2d(cin, c, 3, 2 if i % 2 else 1, padding=0 if i % 2 else 1, bias=False))
+            layers.append(nn.GroupNorm(c // 4 if c % 4 == 0 else c, c, eps=1e-6))
+            cin = c
+        self.layers = nn.ModuleList(layers)
+        self.out_features = 2 * chans[-1]
+
+    def forward(self, x):
+        b, c_in, d, h, w = x.shape
+        p = self.patch
+        y = x.permute(0, 2, 1, 3, 4).reshape(b * d, c_in, h, w)
+        y = F.pixel_unshuffle(y, p) if p > 1 else y
+        for i in range(0, len(self.layers), 2):
+            conv, norm = self.layers[i], self.layers[i + 1]
+            if conv.stride[0] == 2:
+                y = F.pad(y, (0, 1, 0, 1))
+            y = F.relu(norm(conv(y)))
+        y = y.reshape(b, d, *y.shape[1:])                    # (B, D, C, h, w)
+        return torch.cat([y.amax(dim=(1, 3, 4)), y.mean(dim=(1, 3, 4))], dim=-1)
+
+
 class TorchOutcomeModel(nn.Module):
-    """OutcomeModel twin (MRI branch + clinical MLP): -> {head: (B,)} (VAS heads in 0–100)."""
+    """OutcomeModel twin (MRI branch + clinical MLP): -> {head: (B,)} (VAS heads in 0–100).
+    ``arch``: "slice2d" (TorchSliceEncoder) or "lesion2d" (TorchLesionCNN)."""
 
     def __init__(self, width: int = 16, n_clinical: int = 20, clinical_hidden: int = 32,
-                 fusion_hidden: int = 64, dropout: float = 0.1, modality_dropout: float = 0.25):
+                 fusion_hidden: int = 64, dropout: float = 0.1, modality_dropout: float = 0.25,
+                 arch: str = "slice2d"):
         super().__init__()
-        self.mri_encoder = TorchSliceEncoder(width)
+        self.mri_encoder = TorchSliceEncoder(width) if arch == "slice2d" else TorchLesionCNN(width)
         f = self.mri_encoder.out_features
         self.mri_ln = nn.LayerNorm(f, eps=1e-6)
         self.clinical = nn.Linear(n_clinical, clinical_hidden)
