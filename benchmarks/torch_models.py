@@ -138,7 +138,7 @@ class TorchLesionCNN(nn.Module):
         for i, c in enumerate(chans):
             # lumbarjax "SAME" with stride 2 pads (0, 1): pad explicitly, conv without padding
             layers.append(nn.Conv2d(cin, c, 3, 2 if i % 2 else 1, padding=0 if i % 2 else 1, bias=False))
-            layers.append(nn.GroupNorm(c // 4 if c % 4 == 0 else c, c, eps=1e-6))
+            layers.append(nn.GroupNorm(c // 4 if c % 4 == 0 else math.gcd(c, 8), c, eps=1e-6))
             cin = c
         self.layers = nn.ModuleList(layers)
         self.out_features = 2 * chans[-1]

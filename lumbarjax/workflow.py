@@ -16,9 +16,9 @@ import time
 from typing import Any
 
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pandas as pd
-import ml_collections
 from absl import logging
 
 from lumbarjax.data import clinical as clinical_lib
@@ -27,6 +27,7 @@ from lumbarjax.data import index as index_lib
 from lumbarjax.data import preprocess as preprocess_lib
 from lumbarjax.errors import CohortError, ConfigError
 from lumbarjax.train import crossval
+from lumbarjax.train.pretrain import pretrain_encoder
 
 
 def _dump(obj, path):
@@ -250,8 +251,6 @@ def stage_pretrain(config, workdir: str, outcome_ids=()):
     pc = config.pretrain
     if not pc.enabled:
         return None
-    from lumbarjax.train.pretrain import pretrain_encoder
-
     pdir = os.path.join(workdir, "pretrain")
     os.makedirs(pdir, exist_ok=True)
     root = pc.cohort_dir or os.path.join(workdir, "pretrain_cohort")

@@ -5,6 +5,7 @@ import json
 import os
 
 import jax
+import ml_collections
 import numpy as np
 import pandas as pd
 import pydicom
@@ -94,9 +95,10 @@ def test_pretrain_rejects_bad_grades_naming_the_patient(pre, tmp_path):
     recs.loc[3, "stenosis_grade"] = 5
     with pytest.raises(CohortError, match=recs.loc[3, "patient_id"]):
         pretrain.pretrain_encoder(cfg, str(tmp_path), recs, cohort.cache)
+    other = ml_collections.ConfigDict(cfg.to_dict())   # the module fixture's config stays as it is
+    other.pretrain.label_column = "grade_x"
     with pytest.raises(CohortError, match="no column 'grade_x'"):
-        cfg.pretrain.label_column = "grade_x"
-        pretrain.pretrain_encoder(cfg, str(tmp_path), cohort.records, cohort.cache)
+        pretrain.pretrain_encoder(other, str(tmp_path), cohort.records, cohort.cache)
 
 
 def test_stage_pretrain_refuses_shared_patients(tiny_pretrain_cohort, tmp_path):

@@ -69,16 +69,14 @@ def translate_ids(manifest_ids: pd.Series, clin: pd.DataFrame, cfg) -> pd.Series
     return manifest_ids.map(lambda v: mapping.get(v, v))
 
 
-def _usable(df: pd.DataFrame, grade_cols: Sequence[str], has_xray: pd.Series,
-            mri_label_cols: Sequence[str] = (), has_mri: pd.Series | None = None) -> pd.Series:
+def _usable(df: pd.DataFrame, grade_cols: Sequence[str], mri_label_cols: Sequence[str]) -> pd.Series:
+    """An outcome label, or an X-ray grade with an X-ray, or an MRI label with an MRI."""
     def any_of(cols):
         cols = [c for c in cols if c in df.columns]
         return df[cols].notna().any(axis=1) if cols else pd.Series(False, index=df.index)
 
-    usable = any_of(BINARY_LABELS + CONTINUOUS_LABELS) | (any_of(grade_cols) & has_xray)
-    if has_mri is not None:
-        usable |= any_of(mri_label_cols) & has_mri
-    return usable
+    return (any_of(BINARY_LABELS + CONTINUOUS_LABELS) | (any_of(grade_cols) & df["has_xray"])
+            | (any_of(mri_label_cols) & df["has_mri"]))
 
 
 def build_cohort(
@@ -166,8 +164,7 @@ def build_cohort(
         merged[f"{prefix}_paths"] = merged[f"{prefix}_paths"].fillna("").astype(object)
         merged[f"{prefix}_source"] = merged[f"{prefix}_source"].fillna("").astype(object)
         merged[f"has_{prefix}"] = merged[f"has_{prefix}"].fillna(False).astype(bool)
-    usable = _usable(merged, cfg.grade_columns, merged["has_xray"],
-                     tuple(cfg.get("mri_label_columns", ()) or ()), merged["has_mri"])
+    usable = _usable(merged, cfg.grade_columns, tuple(cfg.mri_label_columns))
 
     pid = merged["patient_id"]
     conditions = [

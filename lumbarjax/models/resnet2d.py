@@ -26,16 +26,21 @@ Dtype = Any
 
 # ----------------------------------------------------------------------------- shared layers
 def norm_layer(kind: str, channels: int, train: bool, dtype: Dtype, name: str | None = None,
-               zero_init: bool = False) -> nn.Module:
+               zero_init: bool = False, group_size: int | None = None) -> nn.Module:
     """Channel-last normalisation.
 
     kind: "group" (GroupNorm, up to 8 groups; does not mix examples, so padded valid=0 examples and
     batch size 1 are harmless — the default), "batch" (BatchNorm, collection "batch_stats";
     padded examples DO enter the batch statistics), "layer" (LayerNorm over channels only).
     zero_init: scale initialised to 0 (last norm of a residual branch -> block starts as identity).
+    group_size: "group" only — channels per group instead of the default gcd(C, 8) groups
+      (ignored when it does not divide C).
     """
     scale_init = nn.initializers.zeros if zero_init else nn.initializers.ones
     if kind == "group":
+        if group_size and channels % group_size == 0:
+            return nn.GroupNorm(num_groups=None, group_size=group_size, dtype=dtype, scale_init=scale_init,
+                                name=name)
         return nn.GroupNorm(num_groups=math.gcd(channels, 8), dtype=dtype, scale_init=scale_init, name=name)
     if kind == "batch":
         return nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=dtype,

@@ -39,6 +39,7 @@ from lumbarjax.models.fusion import (ClinicalEncoder, build_grader, build_outcom
                                      positive_class_weights)
 from lumbarjax.models.resnet2d import grader_loss
 from lumbarjax.train.loop import predict, train_and_evaluate
+from lumbarjax.train.pretrain import with_encoder
 
 LEVELS = ("L1L2", "L2L3", "L3L4", "L4L5", "L5S1")
 
@@ -253,7 +254,6 @@ def run_fold(td: TaskData, fold: int, config, workdir: str, *, clinical_only: bo
                  len(inner_train), len(inner_val), len(test_idx))
     init = None
     if encoder_params is not None and kind == "outcome" and not clinical_only:
-        from lumbarjax.train.pretrain import with_encoder
         init = with_encoder(encoder_params)
     result = train_and_evaluate(run_cfg, fold_dir, model=model, loss_fn=loss_fn,
                                 train_source=Subset(source, inner_train), eval_fn=eval_fn,

@@ -38,7 +38,7 @@ from lumbarjax.errors import CohortError, ConfigError
 from lumbarjax.eval import metrics as metrics_lib
 from lumbarjax.models import ordinal
 from lumbarjax.models.encoder3d import MRIEncoder
-from lumbarjax.models.fusion import _branch_kwargs
+from lumbarjax.models.fusion import build_outcome_model
 from lumbarjax.models.resnet2d import grader_loss
 from lumbarjax.train.loop import predict, train_and_evaluate
 
@@ -65,14 +65,11 @@ class StenosisGrader(nn.Module):
 
 
 def encoder_kwargs(config) -> dict:
-    """The outcome model's MRIEncoder kwargs (config.outcome.model.mri), defaults filled in."""
-    from lumbarjax.models.fusion import default_outcome_model_config
-
-    merged = default_outcome_model_config().mri.to_dict()
-    merged.update(config.outcome.model.mri.to_dict())
-    merged["enabled"] = True
-    fields = [f for f in MRIEncoder.__dataclass_fields__ if f not in ("dtype", "parent", "name")]
-    return _branch_kwargs(merged, fields, "mri")
+    """The outcome model's MRIEncoder kwargs (config.outcome.model.mri, defaults filled in) — as
+    ``build_outcome_model`` resolves them, so the pretrained parameters drop in."""
+    mc = ml_collections.ConfigDict(config.outcome.model.to_dict())
+    mc.mri.enabled = True
+    return dict(build_outcome_model(mc).mri)
 
 
 def _signature(config) -> dict:

@@ -131,8 +131,8 @@ def make_optimizer(config, num_steps: int) -> tuple[optax.GradientTransformation
     Reads ``config.optim.{lr, weight_decay, warmup_steps, clip_norm, end_lr_ratio, b1, b2,
     eps, frozen}`` (defaults in ``OPTIM_DEFAULTS``). ``frozen`` names top-level parameter
     subtrees (e.g. ``("mri_encoder",)`` for a pretrained encoder) that get zero gradients and
-    zero updates (no weight decay), so they stay exactly as initialised. Equal settings return the very same objects
-    (memoised), so train states built from equal configs have equal tree structures and a
+    zero updates (no weight decay), so they stay exactly as initialised. Equal settings return
+    the very same objects (memoised), so train states built from equal configs have equal tree structures and a
     jitted step compiled for one (e.g. fold 1 of a cross-validation) is reused by the next.
 
     Returns:
