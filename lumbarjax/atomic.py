@@ -1,0 +1,95 @@
+"""Crash-safe writes: a file appears complete under its final name or not at all.
+
+Every artefact that a later stage trusts (cohorts, manifest, cache entries, encoder files,
+CSV/JSON outputs) is written to a temporary name in the same folder and renamed into place
+(``os.replace`` is atomic on POSIX). A folder written in several steps (a generated cohort)
+gets a completion marker last: no marker, the folder is incomplete and is rewritten.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+
+MARKER = ".complete.json"
+
+
+@contextlib.contextmanager
+def atomic_path(path: str) -> Iterator[str]:
+    """Yields a temporary path beside ``path``; renamed onto ``path`` if the block succeeds,
+    removed if it raises. Suffixes are kept (``x.tmp-…​.csv``) so writers that look at the
+    extension still work."""
+    path = os.fspath(path)
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    base = os.path.basename(path)
+    stem, ext = base, ""
+    for e in (".nii.gz", ".tar.gz"):
+        if base.endswith(e):
+            stem, ext = base[: -len(e)], e
+            break
+    else:
+        stem, ext = os.path.splitext(base)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{stem}.tmp-", suffix=ext)
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_bytes(path: str, data: bytes) -> str:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+    return path
+
+
+def write_text(path: str, text: str) -> str:
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str, obj, **kwargs) -> str:
+    kwargs.setdefault("indent", 2)
+    kwargs.setdefault("sort_keys", True)
+    return write_text(path, json.dumps(obj, **kwargs))
+
+
+def write_csv(df, path: str, **kwargs) -> str:
+    """``DataFrame.to_csv`` through a temporary file (``index=False`` unless given)."""
+    kwargs.setdefault("index", False)
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, **kwargs)
+    return path
+
+
+def mark_complete(folder: str, info: Mapping | None = None) -> str:
+    """Write the completion marker of a folder written in several steps (call it last)."""
+    return write_json(os.path.join(folder, MARKER), dict(info or {}))
+
+
+def is_complete(folder: str, info: Mapping | None = None) -> bool:
+    """True when ``folder`` has its completion marker (and, if ``info`` is given, the marker
+    records the same settings: a cohort written with other settings counts as incomplete)."""
+    path = os.path.join(folder, MARKER)
+    if not os.path.isfile(path):
+        return False
+    if info is None:
+        return True
+    try:
+        with open(path) as f:
+            return json.load(f) == json.loads(json.dumps(dict(info)))
+    except (OSError, ValueError):
+        return False
+
+
+def clear_incomplete(folder: str) -> None:
+    """Remove a folder that lacks its completion marker, so it can be written afresh."""
+    if os.path.isdir(folder) and not is_complete(folder):
+        shutil.rmtree(folder)
