@@ -86,6 +86,8 @@ def cohort(tmp_path_factory):
     write_xray_dcm(root / "noid", _xr(), patient_id="")
     ct = pydicom.dcmread(get_testdata_file("CT_small.dcm"))  # other modality, same patient
     ct.PatientID = "P001"
+    ct.PatientName, ct.PatientBirthDate = "Doe^Jane", "19500101"  # same person (identity check)
+    del ct.PatientSex
     ct.save_as(root / "export" / "P001" / "ct")
     return root, exp
 

@@ -112,14 +112,14 @@ def fake_cohort(tmp_path, monkeypatch):
     calls = {"mri": 0, "xray": 0}
     rng = np.random.default_rng(0)
 
-    def load_mri(paths, source):
+    def load_mri(paths, source, limits=None):
         calls["mri"] += 1
         if any("broken" in p for p in paths):
             raise ValueError(f"{paths[0]}: truncated pixel data")
         return types.SimpleNamespace(array=rng.random((6, 30, 30)).astype(np.float32) * 500,
                                      affine=_affine((4.0, 1.0, 1.0)))
 
-    def load_xray(paths, source):
+    def load_xray(paths, source, limits=None):
         calls["xray"] += 1
         return rng.random((40, 20)).astype(np.float32) * 4000, (0.2, 0.2)
 

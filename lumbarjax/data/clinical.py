@@ -244,6 +244,45 @@ def _sniff_delimiter(text: str) -> str:
     return best
 
 
+def _duplicated(names: Sequence) -> list[str]:
+    names = [str(c).strip() for c in names]
+    return sorted({c for c in names if names.count(c) > 1})
+
+
+def check_field_counts(text: str, sep: str, source: str) -> None:
+    """ClinicalError when a row has more fields than the header, or the header repeats a name.
+
+    More fields than headers is what unquoted decimal commas in a comma-separated file look
+    like ("61,5" read as two fields): pandas would shift every column by one (or take the first
+    column as an index) and ``patient_id`` would hold ages. Trailing empty fields are allowed
+    (spreadsheets pad rows with separators). Row numbers are the file's line numbers (header = 1).
+    """
+    reader = csv.reader(io.StringIO(text), delimiter=sep, skipinitialspace=True)
+    header = next(reader, [])
+    n = len(header)
+    dupes = _duplicated(header)
+    if dupes:
+        raise ClinicalError(f"{source}: column header(s) {dupes} appear more than once; the "
+                            "table must name each column once")
+    bad: list[int] = []
+    widest = n
+    for row in reader:
+        if not row:
+            continue
+        width = len(row)
+        while width > n and not row[width - 1].strip():
+            width -= 1
+        if width > n:
+            bad.append(reader.line_num)
+            widest = max(widest, width)
+    if bad:
+        shown = ", ".join(str(b) for b in bad[:10]) + (f" … ({len(bad)} rows)" if len(bad) > 10 else "")
+        raise ClinicalError(
+            f"{source}: row(s) {shown} have more fields (up to {widest}) than the header ({n}, "
+            f"delimiter {sep!r}); the columns would shift. Decimal commas? Save as "
+            "semicolon-separated or quote the numbers")
+
+
 def _read_csv(path: str) -> tuple[pd.DataFrame, str]:
     try:
         with open(path, "rb") as f:
@@ -259,6 +298,7 @@ def _read_csv(path: str) -> tuple[pd.DataFrame, str]:
     if not text.strip():
         raise ClinicalError(f"{path}: clinical table is empty")
     sep = _sniff_delimiter(text)
+    check_field_counts(text, sep, path)
     try:
         df = pd.read_csv(
             io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, na_values=[""],
@@ -272,7 +312,14 @@ def _read_csv(path: str) -> tuple[pd.DataFrame, str]:
 def _read_excel(path: str) -> pd.DataFrame:
     engine = "openpyxl" if path.lower().endswith((".xlsx", ".xlsm")) else None
     try:
+        header = pd.read_excel(path, header=None, nrows=1, dtype=object, engine=engine)
+        dupes = _duplicated(v for v in header.iloc[0].tolist() if pd.notna(v)) if len(header) else []
+        if dupes:
+            raise ClinicalError(f"{path}: column header(s) {dupes} appear more than once; the "
+                                "table must name each column once")
         return pd.read_excel(path, dtype=object, keep_default_na=False, na_values=[""], engine=engine)
+    except ClinicalError:
+        raise
     except ImportError as e:
         raise ClinicalError(
             f"{path}: reading this Excel format needs an extra package ({e}); "

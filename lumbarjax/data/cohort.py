@@ -4,6 +4,9 @@
 excluded with a counted reason (one row of ``exclusions``). Reasons, checked in this order
 (a patient gets the first that applies):
 
+* ``"conflicting identities"`` (or any other reason the indexer gave in
+  ``manifest.attrs["excluded"]``) — the DICOM headers under the patient's PatientID disagree on
+  PatientName / PatientBirthDate / PatientSex, so the images may belong to two people;
 * ``"duplicate clinical rows"`` — the clinical table has conflicting rows for the id (see
   :func:`lumbarjax.data.clinical.validate_clinical`; identical duplicate rows keep one row and
   are not excluded);
@@ -166,15 +169,18 @@ def build_cohort(
         merged[f"has_{prefix}"] = merged[f"has_{prefix}"].fillna(False).astype(bool)
     usable = _usable(merged, cfg.grade_columns, tuple(cfg.mri_label_columns))
 
+    index_excl = {translate_ids(pd.Series([_str_id(e["patient_id"])]), clin, cfg).iloc[0]: e
+                  for e in manifest.attrs.get("excluded", [])}
     pid = merged["patient_id"]
     conditions = [
+        pid.isin(list(index_excl)).to_numpy(),
         pid.isin(dup_ids).to_numpy(),
         pid.isin(list(ambiguous)).to_numpy(),
         (merged["_merge"] == "left_only").to_numpy(),
         ~(merged["has_xray"] | merged["has_mri"]).to_numpy(),
         ~usable.to_numpy(),
     ]
-    reasons = ["duplicate clinical rows", "ambiguous images", "no clinical row", "no images",
+    reasons = ["excluded by the indexer", "duplicate clinical rows", "ambiguous images", "no clinical row", "no images",
                "no usable label"]
     details = {
         "duplicate clinical rows": "conflicting rows for this patient_id in the clinical table",
@@ -188,7 +194,11 @@ def build_cohort(
     keep = reason == ""
     excl = [{"patient_id": p, "reason": r,
              "detail": details[r] + (f" {ambiguous[p]}" if r == "ambiguous images" else "")}
+            if r != "excluded by the indexer" else
+            {"patient_id": p, "reason": index_excl[p]["reason"], "detail": index_excl[p]["detail"]}
             for p, r in zip(pid[~keep], reason[~keep])]
+    for p in sorted(set(index_excl) - set(pid)):
+        excl.append({"patient_id": p, **{k: index_excl[p][k] for k in ("reason", "detail")}})
     for p in sorted(dup_ids - set(pid)):
         excl.append({"patient_id": p, "reason": "duplicate clinical rows",
                      "detail": "conflicting rows for this patient_id in the clinical table"})
@@ -204,6 +214,25 @@ def build_cohort(
     exclusions = exclusions.sort_values(["reason", "patient_id"], kind="stable").reset_index(drop=True)
     logging.info("cohort: %d included, %d excluded", len(records), len(exclusions))
     return records, exclusions
+
+
+def check_not_empty(records: pd.DataFrame, exclusions: pd.DataFrame, clinical_df: pd.DataFrame,
+                    manifest: pd.DataFrame, clinical_source: str | None = None) -> None:
+    """CohortError naming the clinical table when the join kept no patient, with the exclusion
+    counts and a sample of ids on both sides (shifted columns or another id format show here)."""
+    if len(records):
+        return
+    source = clinical_source or clinical_df.attrs.get("source", "the clinical table")
+    by_reason = exclusions["reason"].value_counts().to_dict() if len(exclusions) else {}
+    by_reason = {str(k): int(v) for k, v in by_reason.items()}
+    table_ids = [str(v) for v in clinical_df.get("patient_id", pd.Series(dtype=object)).dropna()[:3]]
+    image_ids = sorted({str(v) for v in manifest.get("patient_id", pd.Series(dtype=object)).dropna()})[:3]
+    raise CohortError(
+        f"{source}: 0 patients left after joining it with the images ({len(clinical_df)} table "
+        f"rows, {manifest['patient_id'].nunique() if 'patient_id' in manifest else 0} patients "
+        f"with images; excluded by reason: {by_reason or 'none'}). patient_id in the table looks "
+        f"like {table_ids}, the DICOM PatientID like {image_ids}: check the table's columns "
+        "and delimiter, or map the ids with clinical.id_map / id_map_column")
 
 
 # ----------------------------------------------------------------------------- folds

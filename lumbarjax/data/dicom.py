@@ -33,6 +33,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
+from lumbarjax.data import sanity
 from lumbarjax.errors import DicomError
 
 XRAY_MODALITIES = ("CR", "DX")
@@ -226,6 +227,24 @@ def _floats(value, n: int, what: str, path: str) -> np.ndarray:
     return out
 
 
+def _check_rescale(ds: Dataset, path: str) -> None:
+    """RescaleSlope / RescaleIntercept must be finite numbers when present (a "NaN" or text slope
+    would make every pixel NaN): DicomError with reason "non-finite image" otherwise."""
+    for key in ("RescaleSlope", "RescaleIntercept"):
+        if key not in ds:
+            continue
+        raw = ds[key].value
+        try:
+            ok = raw in (None, "") or np.isfinite(float(raw))
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            err = DicomError(f"{path}: {key} {raw!r} is not a finite number; the image would be "
+                             "all NaN")
+            err.reason = sanity.REASON_NON_FINITE
+            raise err
+
+
 def _spacing_2d(ds: Dataset, path: str) -> tuple[tuple[float, float], str]:
     for key in ("PixelSpacing", "ImagerPixelSpacing"):
         if key in ds and ds[key].value:
@@ -250,8 +269,12 @@ def _display_range(ds: Dataset) -> tuple[float, float]:
     return float(np.min(mapped)), float(np.max(mapped))
 
 
-def read_xray(path) -> XRayImage:
-    """Read a CR/DX radiograph: display-ready (H, W) float32 pixels, higher = brighter."""
+def read_xray(path, *, limits=None) -> XRayImage:
+    """Read a CR/DX radiograph: display-ready (H, W) float32 pixels, higher = brighter.
+
+    DicomError when the pixel spacing is outside ``limits["xray"]`` mm (default
+    :data:`lumbarjax.data.sanity.XRAY_PIXEL_MM`) or any pixel is not finite.
+    """
     path = os.fspath(path)
     ds = _read_full(path)
     _check_single_frame_image(ds, path)
@@ -262,6 +285,8 @@ def read_xray(path) -> XRayImage:
             f"(expected one of {', '.join(XRAY_MODALITIES)})"
         )
     spacing, source = _spacing_2d(ds, path)
+    sanity.check_xray_spacing(spacing, f"{path} ({source})", DicomError, limits)
+    _check_rescale(ds, path)
     stored = _decode(ds, path)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
@@ -277,8 +302,10 @@ def read_xray(path) -> XRayImage:
         raise
     except Exception as e:
         raise DicomError(f"{path}: bad Modality/VOI LUT ({type(e).__name__}: {e})") from e
+    pixels = np.asarray(pixels, dtype=np.float32)
+    sanity.check_finite(pixels, path, DicomError)
     return XRayImage(
-        pixels=np.asarray(pixels, dtype=np.float32),
+        pixels=pixels,
         spacing=spacing,
         spacing_source=source,
         modality=modality,
@@ -296,6 +323,7 @@ def read_pixels(path) -> np.ndarray:
     path = os.fspath(path)
     ds = _read_full(path)
     _check_single_frame_image(ds, path)
+    _check_rescale(ds, path)
     stored = _decode(ds, path)
     try:
         return np.asarray(apply_modality_lut(stored, ds), dtype=np.float32)
@@ -423,13 +451,15 @@ def _fallback_step(ds: Dataset) -> float | None:
     return None
 
 
-def read_series(paths: str | os.PathLike | Iterable) -> Volume:
+def read_series(paths: str | os.PathLike | Iterable, *, limits=None) -> Volume:
     """Read one DICOM series into a Volume (D, H, W) float32 after RescaleSlope/Intercept.
 
     ``paths``: the files of one series in any order (or a single file path). Slices are sorted
     along the slice normal. DicomError (naming the files) for unreadable or non-image files,
     multi-frame files, files from several series, mixed sizes / orientations, missing
-    ImageOrientationPatient / ImagePositionPatient, duplicate positions, non-uniform spacing.
+    ImageOrientationPatient / ImagePositionPatient, duplicate positions, non-uniform spacing,
+    spacing outside ``limits`` (mm; default :func:`lumbarjax.data.sanity.default_limits`) and
+    non-finite voxels (``err.reason`` says which, for the exclusion count).
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
@@ -448,16 +478,21 @@ def read_series(paths: str | os.PathLike | Iterable) -> Volume:
     name = f"series {uids[0] or '(no SeriesInstanceUID)'} ({len(paths)} files, first {paths[0]})"
     geoms = [slice_geometry(ds, p) for ds, p in zip(datasets, paths)]
     geom = series_geometry(geoms, name, _fallback_step(datasets[0]))
+    between = geom.spacing[0] if len(paths) > 1 else None  # one slice: no measured step
+    sanity.check_volume_spacing([between, *geom.spacing[1:]], name, DicomError, limits)
     slices = []
     for i in geom.order:
+        _check_rescale(datasets[i], paths[i])
         stored = _decode(datasets[i], paths[i])
         try:
             slices.append(np.asarray(apply_modality_lut(stored, datasets[i]), dtype=np.float32))
         except Exception as e:
             raise DicomError(f"{paths[i]}: bad Modality LUT ({type(e).__name__}: {e})") from e
     first = datasets[geom.order[0]]
+    array = np.stack(slices)
+    sanity.check_finite(array, name, DicomError)
     return Volume(
-        array=np.stack(slices),
+        array=array,
         spacing=geom.spacing,
         affine=geom.affine,
         paths=[paths[i] for i in geom.order],

@@ -28,16 +28,20 @@ for it and are listed in ``df.attrs["missing"]`` (and logged). Skipped files are
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import multiprocessing
 import os
 import re
 from collections import Counter, defaultdict
 from collections.abc import Mapping
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
+from lumbarjax import atomic
 from lumbarjax.data.dicom import (
     SeriesGeometry,
     SliceGeometry,
@@ -106,6 +110,7 @@ class FileInfo:
     echo_time: float | None
     repetition_time: float | None
     study_date: str
+    identity: tuple[str, str, str] = ("", "", "")  # hashes of PatientName, BirthDate, Sex
 
 
 def _num(value, cast=float):
@@ -113,6 +118,28 @@ def _num(value, cast=float):
         return cast(value) if value not in (None, "") else None
     except (TypeError, ValueError):
         return None
+
+
+IDENTITY_FIELDS = ("PatientName", "PatientBirthDate", "PatientSex")
+REASON_CONFLICTING_IDENTITIES = "conflicting identities"
+
+
+def _identity(ds) -> tuple[str, str, str]:
+    """Salted hashes of the normalised PatientName / PatientBirthDate / PatientSex ("" when
+    empty): enough to tell two people apart under one PatientID, never the values themselves."""
+    out = []
+    for key in IDENTITY_FIELDS:
+        v = ds.get(key, "")
+        text = re.sub(r"[\s^]+", " ", "" if v is None else str(v)).strip().upper()
+        out.append(hashlib.sha256(f"lumbarjax-identity\x1f{key}\x1f{text}".encode()).hexdigest()[:16]
+                   if text else "")
+    return tuple(out)
+
+
+def identity_conflict(files: list[FileInfo]) -> list[str]:
+    """The identity fields on which one patient's files disagree (empty values ignored)."""
+    return [key for i, key in enumerate(IDENTITY_FIELDS)
+            if len({f.identity[i] for f in files if f.identity[i]}) > 1]
 
 
 def _file_info(ds, relpath: str) -> FileInfo:
@@ -161,11 +188,55 @@ def _file_info(ds, relpath: str) -> FileInfo:
         echo_time=_num(ds.get("EchoTime")),
         repetition_time=_num(ds.get("RepetitionTime")),
         study_date=s("StudyDate"),
+        identity=_identity(ds),
     )
 
 
-def scan_files(root, *, progress: bool = False) -> tuple[list[FileInfo], Counter]:
-    """Header facts of every image file below ``root`` and counts of skipped files by reason."""
+def _scan_one(path: str, root: str, skipped: Counter) -> FileInfo | None:
+    """Header facts of one file, or None (and ``skipped`` counts why)."""
+    rel = os.path.relpath(path, root)
+    try:
+        ds = read_header(path)
+    except DicomError as e:
+        log.warning("skipping %s", e)
+        skipped[SKIP_UNREADABLE] += 1
+        return None
+    if ds is None:
+        skipped[SKIP_NOT_DICOM] += 1
+        return None
+    problem = header_problem(ds)
+    if problem == "truncated":
+        log.warning("skipping %s: image SOP class without Rows/Columns (truncated?)", rel)
+        skipped[SKIP_UNREADABLE] += 1
+        return None
+    if problem is not None:
+        skipped[SKIP_NON_IMAGE] += 1
+        return None
+    try:
+        info = _file_info(ds, rel)
+    except Exception as e:  # malformed values in an otherwise parsable header
+        log.warning("skipping %s: unreadable header values (%s: %s)", rel, type(e).__name__, e)
+        skipped[SKIP_UNREADABLE] += 1
+        return None
+    if not info.patient_id:
+        skipped[SKIP_NO_PATIENT] += 1
+        return None
+    return info
+
+
+def _scan_chunk(paths: list[str], root: str) -> tuple[list[FileInfo], Counter]:
+    skipped: Counter = Counter()
+    infos = [info for p in paths if (info := _scan_one(p, root, skipped)) is not None]
+    return infos, skipped
+
+
+def scan_files(root, *, progress: bool = False, num_workers: int = 0,
+               chunk_size: int = 256) -> tuple[list[FileInfo], Counter]:
+    """Header facts of every image file below ``root`` and counts of skipped files by reason.
+
+    ``num_workers`` > 0 reads the headers in that many worker processes, ``chunk_size`` files
+    at a time; the result (file order included) is the same as a serial scan.
+    """
     root = os.fspath(root)
     if not os.path.isdir(root):
         raise CohortError(f"{root}: cohort folder not found")
@@ -173,42 +244,31 @@ def scan_files(root, *, progress: bool = False) -> tuple[list[FileInfo], Counter
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         files.extend(os.path.join(dirpath, f) for f in sorted(filenames))
-    if progress:
-        from tqdm import tqdm
-
-        files = tqdm(files, desc="index", unit="file")
-    infos, skipped = [], Counter({SKIP_NOT_DICOM: 0, SKIP_NON_IMAGE: 0, SKIP_UNREADABLE: 0})
-    for path in files:
-        rel = os.path.relpath(path, root)
-        try:
-            ds = read_header(path)
-        except DicomError as e:
-            log.warning("skipping %s", e)
-            skipped[SKIP_UNREADABLE] += 1
-            continue
-        if ds is None:
-            skipped[SKIP_NOT_DICOM] += 1
-            continue
-        problem = header_problem(ds)
-        if problem == "truncated":
-            log.warning("skipping %s: image SOP class without Rows/Columns (truncated?)", rel)
-            skipped[SKIP_UNREADABLE] += 1
-            continue
-        if problem is not None:
-            skipped[SKIP_NON_IMAGE] += 1
-            continue
-        try:
-            info = _file_info(ds, rel)
-        except Exception as e:  # malformed values in an otherwise parsable header
-            log.warning("skipping %s: unreadable header values (%s: %s)", rel,
-                        type(e).__name__, e)
-            skipped[SKIP_UNREADABLE] += 1
-            continue
-        if not info.patient_id:
-            skipped[SKIP_NO_PATIENT] += 1
-            continue
-        infos.append(info)
+    chunks = [files[i:i + chunk_size] for i in range(0, len(files), chunk_size)]
+    skipped = Counter({SKIP_NOT_DICOM: 0, SKIP_NON_IMAGE: 0, SKIP_UNREADABLE: 0})
+    infos: list[FileInfo] = []
+    if num_workers > 0 and len(chunks) > 1:
+        # spawn, not fork: the parent may hold JAX's threads.
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(min(num_workers, len(chunks)), mp_context=ctx) as pool:
+            parts = pool.map(_scan_chunk, chunks, [root] * len(chunks))
+            parts = _progress(parts, len(chunks), progress, "chunk")
+            for part_infos, part_skipped in parts:
+                infos.extend(part_infos)
+                skipped.update(part_skipped)
+    else:
+        for path in _progress(files, len(files), progress, "file"):
+            info = _scan_one(path, root, skipped)
+            if info is not None:
+                infos.append(info)
     return infos, skipped
+
+
+def _progress(it, total: int, enabled: bool, unit: str):
+    if not enabled:
+        return it
+    from tqdm import tqdm
+    return tqdm(it, total=total, desc="index", unit=unit)
 
 
 # --------------------------------------------------------------------------- X-ray choice
@@ -412,21 +472,33 @@ def _fmt(values) -> str:
     return ";".join(f"{float(v):.6g}" for v in values)
 
 
-def index_cohort(root, *, progress: bool = False) -> pd.DataFrame:
+def index_cohort(root, *, progress: bool = False, num_workers: int = 0) -> pd.DataFrame:
     """The manifest of a cohort folder (see module docstring and docs/CONTRACTS.md).
 
     Returns a DataFrame with :data:`COLUMNS`, one row per (patient_id, role) found, sorted by
     patient_id then role; ``attrs["skipped"]`` (reason -> count), ``attrs["missing"]`` (list of
-    {patient_id, role, reason}), ``attrs["n_files"]`` (files walked).
+    {patient_id, role, reason}), ``attrs["excluded"]`` (list of {patient_id, reason, detail}:
+    patients whose headers disagree on PatientName / PatientBirthDate / PatientSex get no rows,
+    reason "conflicting identities"; the values are compared as hashes and never written),
+    ``attrs["n_files"]`` (files walked).
     """
     root = os.fspath(root)
-    infos, skipped = scan_files(root, progress=progress)
+    infos, skipped = scan_files(root, progress=progress, num_workers=num_workers)
     by_patient: dict[str, list[FileInfo]] = defaultdict(list)
     for f in infos:
         by_patient[f.patient_id].append(f)
-    rows, missing = [], []
+    rows, missing, excluded = [], [], []
     for pid in sorted(by_patient):
         files = by_patient[pid]
+        fields = identity_conflict(files)
+        if fields:
+            n_studies = len({f.study_uid for f in files})
+            excluded.append({"patient_id": pid, "reason": REASON_CONFLICTING_IDENTITIES,
+                             "detail": f"DICOM headers under this PatientID disagree on "
+                                       f"{', '.join(fields)} ({len(files)} files, {n_studies} "
+                                       "studies): two people? No series used"})
+            log.warning("patient %s excluded: DICOM headers disagree on %s", pid, ", ".join(fields))
+            continue
         xrays = [f for f in files if f.modality in XRAY_MODALITIES]
         best, reason = choose_xray(xrays)
         if best is None:
@@ -466,6 +538,7 @@ def index_cohort(root, *, progress: bool = False) -> pd.DataFrame:
     df["n_files"] = df["n_files"].astype("int64")
     df.attrs["skipped"] = dict(skipped)
     df.attrs["missing"] = missing
+    df.attrs["excluded"] = excluded
     df.attrs["n_files"] = len(infos) + sum(skipped.values())
     log.info("indexed %s: %d files, %d manifest rows, skipped %s", root, df.attrs["n_files"],
              len(df), dict(skipped))
@@ -479,8 +552,7 @@ def write_manifest(df: pd.DataFrame, path) -> str:
     if missing:
         raise CohortError(f"{path}: manifest to write lacks columns {missing}")
     cols = [c for c in COLUMNS if c in df.columns] + [c for c in df.columns if c not in COLUMNS]
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    df[cols].to_csv(path, index=False)
+    atomic.write_csv(df[cols], path)  # temp + rename: a crash never leaves half a manifest
     return path
 
 

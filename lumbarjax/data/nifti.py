@@ -18,6 +18,7 @@ import os
 import nibabel as nib
 import numpy as np
 
+from lumbarjax.data import sanity
 from lumbarjax.data.dicom import Volume
 from lumbarjax.errors import NiftiError
 
@@ -41,7 +42,9 @@ def read_nifti(path) -> Volume:
     """Read a 3-D NIfTI-1/2 file (.nii / .nii.gz) into a Volume (D, H, W) float32, LPS affine.
 
     Scaling (scl_slope / scl_inter) is applied. A 4-D image is accepted only when its 4th
-    dimension is 1. NiftiError naming the file for anything else that is wrong.
+    dimension is 1. NiftiError naming the file for anything else that is wrong, including
+    NaN / infinite voxels (``err.reason`` = "non-finite image"). Spacing is checked by the
+    caller, who knows whether the file is an MRI or an X-ray (``lumbarjax.data.sanity``).
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -68,6 +71,7 @@ def read_nifti(path) -> Volume:
         raise NiftiError(f"{path}: cannot read the voxel data ({type(e).__name__}: {e})") from e
     if squeeze:
         data = data[..., 0]
+    sanity.check_finite(data, path, NiftiError)
     affine_ras = np.asarray(img.affine, dtype=np.float64)
     if not np.all(np.isfinite(affine_ras)) or abs(np.linalg.det(affine_ras[:3, :3])) < 1e-12:
         raise NiftiError(f"{path}: singular or non-finite affine {affine_ras.tolist()}")

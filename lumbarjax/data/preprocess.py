@@ -14,20 +14,23 @@ resize (padding = 0 = the low percentile).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from lumbarjax.errors import CohortError, ConfigError, LumbarjaxError
+from lumbarjax import atomic
+from lumbarjax.data import sanity
+from lumbarjax.errors import CohortError, ConfigError, LumbarjaxError, NiftiError
 
 __all__ = [
     "CODE_VERSION",
@@ -44,6 +47,8 @@ log = logging.getLogger(__name__)
 
 #: Bump when the preprocessing code changes its output: invalidates every cache entry.
 CODE_VERSION = "preprocess-2"
+#: Exclusion reason of a patient whose image fails to decode (other reasons: lumbarjax.data.sanity).
+REASON_DECODE = "image_decode_failed"
 
 
 # -- geometry --------------------------------------------------------------------------
@@ -224,7 +229,10 @@ def preprocessing_config(config) -> dict:
 
     Keys read: ``mri.spacing`` (3 mm), ``mri.shape`` (3), ``mri.norm_percentiles`` (default
     (1, 99)), ``xray.shape`` (2), ``xray.norm_percentiles`` (default (1, 99)),
-    ``xray.keep_physical_aspect`` (default True: use the pixel spacing).
+    ``xray.keep_physical_aspect`` (default True: use the pixel spacing), and the plausible
+    input spacing ``mri.plausible_spacing_mm`` / ``xray.plausible_spacing_mm`` (see
+    ``lumbarjax.data.sanity.spacing_limits``; under ``"limits"``, outside the cache key: they
+    decide which inputs are refused, not what a cached array holds).
     """
     try:
         sub = {
@@ -248,32 +256,40 @@ def preprocessing_config(config) -> dict:
             or len(sub["xray"]["shape"]) != 2:
         raise ConfigError(f"preprocess config: mri.spacing / mri.shape need 3 values and "
                           f"xray.shape 2, got {sub}")
+    try:
+        sub["limits"] = {k: [float(v) for v in lh] for k, lh in sanity.spacing_limits(config).items()}
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"plausible_spacing_mm must be (lowest, highest) mm pairs: {e}") from e
+    if any(len(lh) != 2 or not 0 < lh[0] < lh[1] for lh in sub["limits"].values()):
+        raise ConfigError(f"plausible_spacing_mm: need 0 < lowest < highest mm, got {sub['limits']}")
     return sub
 
 
 # -- decoding hooks (monkeypatched in tests) -------------------------------------------
 
-def _load_mri(paths: list[str], source: str):
-    """Decode an MRI series -> Volume."""
+def _load_mri(paths: list[str], source: str, limits=None):
+    """Decode an MRI series -> Volume (spacing checked against ``limits``, see sanity)."""
     if source == "nifti":
         if len(paths) != 1:
             raise CohortError(f"nifti MRI must be one file, got {len(paths)}: {paths[:3]}")
         from lumbarjax.data import nifti
-        return nifti.read_nifti(paths[0])
+        vol = nifti.read_nifti(paths[0])
+        sanity.check_volume_spacing(vol.spacing, paths[0], NiftiError, limits)
+        return vol
     if source == "dicom":
         from lumbarjax.data import dicom
-        return dicom.read_series(paths)
+        return dicom.read_series(paths, limits=limits)
     raise CohortError(f"unknown mri_source {source!r} (expected 'dicom' or 'nifti')")
 
 
-def _load_xray(paths: list[str], source: str) -> tuple[np.ndarray, Any]:
+def _load_xray(paths: list[str], source: str, limits=None) -> tuple[np.ndarray, Any]:
     """Decode an X-ray -> (pixels (H, W), spacing (2,) mm or None)."""
     if len(paths) > 1:
         log.warning("X-ray: %d files given, using the first (sorted): %s", len(paths), paths[0])
     path = paths[0]
     if source == "dicom":
         from lumbarjax.data import dicom
-        img = dicom.read_xray(path)
+        img = dicom.read_xray(path, limits=limits)
         return img.pixels, img.spacing
     if source == "nifti":
         from lumbarjax.data import nifti
@@ -284,6 +300,7 @@ def _load_xray(paths: list[str], source: str) -> tuple[np.ndarray, Any]:
         if arr.ndim != 3 or len(keep) != 2:
             raise CohortError(f"{path}: X-ray NIfTI must be 2D (one singleton axis), "
                               f"got array shape {arr.shape}")
+        sanity.check_xray_spacing(sp[keep], path, NiftiError, limits)
         return arr.reshape([arr.shape[i] for i in keep]), sp[keep]
     raise CohortError(f"unknown xray_source {source!r} (expected 'dicom' or 'nifti')")
 
@@ -310,21 +327,9 @@ def _cache_key(modality: str, source: str, paths: list[str], sub: dict) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
-def _atomic_write(path: str, write) -> None:
-    d = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.splitext(path)[1])
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _process_mri(paths, source, sub) -> tuple[np.ndarray, dict]:
-    vol = _load_mri(paths, source)
+    vol = _load_mri(paths, source, sub["limits"])
+    sanity.check_finite(np.asarray(vol.array), f"MRI {paths[0]}", CohortError)
     lo, hi = sub["mri"]["norm_percentiles"]
     arr = normalize_intensity(vol.array, lo, hi)
     out, affine = resample_volume((arr, vol.affine), sub["mri"]["spacing"], sub["mri"]["shape"])
@@ -334,7 +339,8 @@ def _process_mri(paths, source, sub) -> tuple[np.ndarray, dict]:
 
 
 def _process_xray(paths, source, sub) -> tuple[np.ndarray, dict]:
-    pixels, spacing = _load_xray(paths, source)
+    pixels, spacing = _load_xray(paths, source, sub["limits"])
+    sanity.check_finite(np.asarray(pixels), f"X-ray {paths[0]}", CohortError)
     lo, hi = sub["xray"]["norm_percentiles"]
     pixels = normalize_intensity(pixels, lo, hi)
     if not sub["xray"]["keep_physical_aspect"]:
@@ -357,17 +363,17 @@ def _cached_or_build(modality, paths, source, sub, cache_dir) -> tuple[str, dict
             return npy, json.load(f), False
     arr, meta = _PROCESSORS[modality](paths, source, sub)
     os.makedirs(sub_dir, exist_ok=True)
-    _atomic_write(npy, lambda f: np.save(f, np.ascontiguousarray(arr, np.float32)))
-    # meta last: its presence marks a complete entry
-    _atomic_write(meta_path, lambda f: f.write(json.dumps(meta).encode()))
+    with atomic.atomic_path(npy) as tmp:
+        np.save(tmp, np.ascontiguousarray(arr, np.float32))
+    atomic.write_json(meta_path, meta, sort_keys=False, indent=None)  # meta last: its presence marks a complete entry
     return npy, meta, True
 
 
 def _one_patient(row: Mapping, sub: dict, cache_dir: str) -> dict:
     pid = str(row["patient_id"])
     out = {"patient_id": pid, "mri_file": "", "xray_file": "", "mri_affine": "",
-           "xray_transform": "", "errors": "", "n_decoded": 0}
-    errors = []
+           "xray_transform": "", "errors": "", "reason": "", "n_decoded": 0}
+    errors, reasons = [], []
     for modality in ("mri", "xray"):
         paths = _split_paths(row.get(f"{modality}_paths", ""))
         if not paths:
@@ -378,6 +384,7 @@ def _one_patient(row: Mapping, sub: dict, cache_dir: str) -> dict:
         except Exception as e:  # noqa: BLE001 - counted, reasoned exclusion per patient
             msg = f"{modality}: {type(e).__name__}: {e}"
             errors.append(msg)
+            reasons.append(getattr(e, "reason", REASON_DECODE))
             log.warning("patient %s: %s preprocessing failed (%s); excluded", pid, modality, msg)
             continue
         out[f"{modality}_file"] = npy
@@ -387,6 +394,7 @@ def _one_patient(row: Mapping, sub: dict, cache_dir: str) -> dict:
         else:
             out["xray_transform"] = json.dumps(meta["transform"])
     out["errors"] = "; ".join(errors)
+    out["reason"] = reasons[0] if reasons else ""
     return out
 
 
@@ -399,19 +407,23 @@ def preprocess_cohort(records: pd.DataFrame, config, cache_dir: str, *, progress
         mri_source`` (";"-joined absolute paths, "" when missing; source "dicom"|"nifti").
       config: ConfigDict / dict with ``mri.spacing``, ``mri.shape``, ``xray.shape`` (see
         ``preprocessing_config``).
-      cache_dir: folder for ``mri/<sha256>.npy`` and ``xray/<sha256>.npy`` (+ ``.json`` meta).
+      cache_dir: folder for ``mri/<sha256>.npy`` and ``xray/<sha256>.npy`` (+ ``.json`` meta,
+        written last, each file atomically: an entry is complete or absent after a crash).
         The key hashes the sorted input paths, their sizes and mtimes, the config subset and
         ``CODE_VERSION``: a second call with unchanged inputs decodes nothing.
       progress: show a tqdm bar.
-      num_workers: >0 decodes patients in that many threads (0 = serial).
+      num_workers: >0 decodes patients in that many worker processes (0 = serial, in this
+        process). Patients stream through: at most one patient's images per worker are in
+        memory, and the result does not depend on the number of workers.
 
     Returns:
       DataFrame aligned with ``records`` (same order, one row per patient): ``patient_id,
       mri_file, xray_file`` (cached ``.npy`` paths, "" when missing or failed), ``mri_affine``
       (JSON 4x4 of the resampled grid), ``xray_transform`` (JSON, see
-      ``resize_xray_with_transform``), ``errors`` ("" when fine), ``excluded`` (bool: a
-      decode failed). ``df.attrs["exclusions"]`` is a DataFrame ``patient_id, reason,
-      detail`` for those patients; ``df.attrs["n_decoded"]`` counts images decoded now.
+      ``resize_xray_with_transform``), ``errors`` ("" when fine), ``excluded`` (bool: an image
+      was refused). ``df.attrs["exclusions"]`` is a DataFrame ``patient_id, reason, detail`` for
+      those patients (reason "image_decode_failed", "non-finite image" or "implausible
+      spacing"); ``df.attrs["n_decoded"]`` counts images decoded now.
     """
     missing = [c for c in ("patient_id", "mri_paths", "xray_paths") if c not in records.columns]
     if missing:
@@ -419,27 +431,26 @@ def preprocess_cohort(records: pd.DataFrame, config, cache_dir: str, *, progress
     sub = preprocessing_config(config)
     os.makedirs(cache_dir, exist_ok=True)
     rows = records.to_dict("records")
-
-    def work(r):
-        return _one_patient(r, sub, cache_dir)
-
-    if num_workers > 0:
-        with ThreadPoolExecutor(num_workers) as pool:
-            it = pool.map(work, rows)
-            results = list(_progress(it, len(rows), progress))
+    work = functools.partial(_one_patient, sub=sub, cache_dir=cache_dir)
+    if num_workers > 0 and len(rows) > 1:
+        # spawn, not fork: the parent may hold JAX's threads, which fork would copy half-alive.
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(min(num_workers, len(rows)), mp_context=ctx) as pool:
+            results = list(_progress(pool.map(work, rows, chunksize=4), len(rows), progress))
     else:
         results = [work(r) for r in _progress(rows, len(rows), progress)]
     df = pd.DataFrame(results, columns=["patient_id", "mri_file", "xray_file", "mri_affine",
-                                        "xray_transform", "errors", "n_decoded"])
+                                        "xray_transform", "errors", "reason", "n_decoded"])
     df["excluded"] = df["errors"] != ""
     n_decoded = int(df.pop("n_decoded").sum())
+    reasons = df.pop("reason")
     excl = df.loc[df["excluded"], ["patient_id", "errors"]].rename(columns={"errors": "detail"})
-    excl.insert(1, "reason", "image_decode_failed")
+    excl.insert(1, "reason", reasons[df["excluded"]].to_numpy())
     df.attrs["exclusions"] = excl.reset_index(drop=True)
     df.attrs["n_decoded"] = n_decoded
     if len(excl):
-        log.warning("preprocess_cohort: %d of %d patients excluded (image decode failed)",
-                    len(excl), len(df))
+        log.warning("preprocess_cohort: %d of %d patients excluded (%s)", len(excl), len(df),
+                    {k: int(v) for k, v in excl["reason"].value_counts().items()})
     return df
 
 

@@ -66,6 +66,7 @@ Coordinates in ``ground_truth.csv``: ``disc_LEVEL_{x,y,z}_mm`` are DICOM patient
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -86,6 +87,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element
 from pydicom.uid import ExplicitVRLittleEndian
 
+from lumbarjax import atomic
 from lumbarjax.errors import ConfigError
 
 # ----------------------------------------------------------------------------- constants
@@ -158,6 +160,8 @@ _FIRST_M = ["JOHN", "PETER", "JAMES", "HANS", "PAUL", "MARK", "LUCA", "DAVID", "
 _LAST = ["DOE", "SMITH", "MUSTER", "ROSSI", "MEIER", "JOHNSON", "MARTIN", "NOVAK", "SCHMID",
          "GARCIA", "BROWN", "KELLER", "WEBER", "MOREAU", "LEHMANN"]
 _INSTITUTIONS = ["SPINE CENTRE DEMO", "ST. EXAMPLE HOSPITAL", "KANTONSSPITAL MUSTERSTADT"]
+_STREETS = ["EXAMPLE STREET", "MUSTERGASSE", "VIA ESEMPIO", "SAMPLE ROAD"]
+_TOWNS = ["MUSTERSTADT", "SAMPLETON", "EXAMPLEVILLE"]
 _PHYSICIANS = ["HOUSE^GREGORY", "GREY^MEREDITH", "KILDARE^JAMES", "QUINN^MICHAELA"]
 
 
@@ -879,6 +883,8 @@ def _dataset(phi: dict, modality: str, study_uid: str, series_uid: str, series_n
     ds.PatientID = phi["patient_id"]
     ds.PatientBirthDate = phi["birth_date"]
     ds.PatientSex = phi["sex"]
+    ds.PatientAddress = phi["address"]
+    ds.OtherPatientIDs = phi["mrn"]
     ds.PatientAge = f"{phi['age']:03d}Y"
     ds.BodyPartExamined = "LSPINE"
     ds.StudyInstanceUID = study_uid
@@ -976,7 +982,11 @@ def _phi(rng: np.random.Generator, pid: str, truth: dict) -> dict:
             "study_time": f"{int(rng.integers(7, 18)):02d}{int(rng.integers(0, 60)):02d}00",
             "accession": f"A{int(rng.integers(10**8, 10**9))}",
             "institution": _INSTITUTIONS[int(rng.integers(len(_INSTITUTIONS)))],
-            "referrer": _PHYSICIANS[int(rng.integers(len(_PHYSICIANS)))]}
+            "referrer": _PHYSICIANS[int(rng.integers(len(_PHYSICIANS)))],
+            # the hospital's own record number (the export's PatientID is already pseudonymous)
+            "mrn": f"MRN{int(rng.integers(10**7, 10**8))}",
+            "address": f"{int(rng.integers(1, 200))} {_STREETS[int(rng.integers(len(_STREETS)))]}"
+                       f"^{_TOWNS[int(rng.integers(len(_TOWNS)))]}"}
 
 
 def _hexname(rng, n=8):
@@ -1217,10 +1227,21 @@ def _dir_bytes(root: str) -> int:
     return total
 
 
+SYNTHETIC_TAG = ".lumbarjax-synthetic.json"
+
+
+def is_synthetic_incomplete(folder: str | os.PathLike) -> bool:
+    """True for a folder that :func:`make_cohort` / :func:`make_pretraining_cohort` began to
+    write but did not finish (tag present, completion marker absent): rewrite it. A folder
+    without the tag (a hospital's export) is never called incomplete."""
+    folder = os.fspath(folder)
+    return os.path.exists(os.path.join(folder, SYNTHETIC_TAG)) and not atomic.is_complete(folder)
+
+
 def make_cohort(out_dir: str | os.PathLike, n_patients: int = 160, seed: int = 0, *,
                 xray_size: Sequence[int] = (384, 320), mri_size: Sequence[int] = (176, 176),
                 edge_cases: bool = True, overwrite: bool = False, n_mc: int = 200_000,
-                id_prefix: str = "LJ") -> dict:
+                id_prefix: str = "LJ", mark_complete: bool = True) -> dict:
     """Write a complete synthetic cohort to ``out_dir`` (see module docstring); return a summary.
 
     Args:
@@ -1235,6 +1256,10 @@ def make_cohort(out_dir: str | os.PathLike, n_patients: int = 160, seed: int = 0
       n_mc: Monte Carlo draws for the population Bayes AUC.
       id_prefix: two letters before the patient number (``LJ0001``); another prefix keeps a
         second cohort's ids (e.g. a pretraining cohort, ``PT0001``) apart from the demo's.
+      mark_complete: write the completion marker (``lumbarjax.atomic.MARKER``) last. Until it
+        exists the folder is an interrupted write (:func:`is_synthetic_incomplete`): the
+        first thing written is the tag file ``SYNTHETIC_TAG``, and every table goes through a
+        temporary name, so a crash leaves no half-written CSV under its final name.
 
     Returns a dict: paths (``out_dir, export_dir, clinical_csv, ground_truth_csv,
     summary_json``), counts, edge cases (name → patient ids), ``bayes_auc``, ``seconds``,
@@ -1249,9 +1274,13 @@ def make_cohort(out_dir: str | os.PathLike, n_patients: int = 160, seed: int = 0
     if len(mri_size) != 2 or min(mri_size) < 48:
         raise ConfigError(f"make_cohort: mri_size must be (rows, cols) ≥ 48, got {mri_size}")
     export = os.path.join(out_dir, "export")
+    if os.path.exists(export) and not overwrite:
+        raise ConfigError(f"make_cohort: {export} already exists; pass overwrite=True to replace it")
+    os.makedirs(out_dir, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):  # from now on the folder is incomplete
+        os.remove(os.path.join(out_dir, atomic.MARKER))
+    atomic.write_json(os.path.join(out_dir, SYNTHETIC_TAG), {"writer": "lumbarjax.data.synthetic"})
     if os.path.exists(export):
-        if not overwrite:
-            raise ConfigError(f"make_cohort: {export} already exists; pass overwrite=True to replace it")
         shutil.rmtree(export)
     os.makedirs(export, exist_ok=True)
     clinical, truth_df = sample_patients(n_patients, seed, edge_cases=edge_cases)
@@ -1292,8 +1321,8 @@ def make_cohort(out_dir: str | os.PathLike, n_patients: int = 160, seed: int = 0
     truth = pd.DataFrame(truths)[GROUND_TRUTH_COLUMNS]
     clinical_csv = os.path.join(out_dir, "clinical.csv")
     gt_csv = os.path.join(out_dir, "ground_truth.csv")
-    clinical.to_csv(clinical_csv, index=False)
-    truth.to_csv(gt_csv, index=False)
+    atomic.write_csv(clinical, clinical_csv)
+    atomic.write_csv(truth, gt_csv)
     aucs = bayes_auc(truth, n_mc=n_mc, seed=seed)
     edges = {k: sorted(truth.loc[truth["edge_case"] == k, "patient_id"].tolist()) for k in EDGE_CASES_PER_160}
     counts = {
@@ -1309,9 +1338,11 @@ def make_cohort(out_dir: str | os.PathLike, n_patients: int = 160, seed: int = 0
              "stenosis_levels": dict(zip(STENOSIS_LEVELS, STENOSIS_LEVEL_PROBS)),
              "secondary_stenosis_rate": SECONDARY_STENOSIS_RATE,
              "grade_drop_probs": _GRADE_DROP_PROBS, "xray_size": xray_size, "mri_size": mri_size}
-    with open(summary_json, "w") as fh:
-        json.dump({"seed": int(seed), "counts": counts, "edge_cases": edges, "bayes_auc": aucs,
-                   "generative_model": model}, fh, indent=2, sort_keys=True)
+    atomic.write_json(summary_json, {"seed": int(seed), "counts": counts, "edge_cases": edges,
+                                     "bayes_auc": aucs, "generative_model": model})
+    if mark_complete:
+        atomic.mark_complete(out_dir, {"n_patients": int(n_patients), "seed": int(seed),
+                                       "id_prefix": id_prefix})
     return {"out_dir": out_dir, "export_dir": export, "clinical_csv": clinical_csv,
             "ground_truth_csv": gt_csv, "summary_json": summary_json, "files": files, **counts,
             "edge_cases": edges, "bayes_auc": aucs, "seconds": round(time.perf_counter() - t0, 2),
@@ -1352,11 +1383,13 @@ def make_pretraining_cohort(out_dir: str | os.PathLike, n_patients: int = 240, s
     ground_truth.csv only: the labels table carries the grade and nothing else.
     """
     summary = make_cohort(out_dir, n_patients=n_patients, seed=seed, xray_size=(64, 64), mri_size=mri_size,
-                          edge_cases=False, overwrite=True, n_mc=1000, id_prefix="PT")
+                          edge_cases=False, overwrite=True, n_mc=1000, id_prefix="PT",
+                          mark_complete=False)
     os.remove(summary["clinical_csv"])  # the pretraining table is the labels table
     truth = pd.read_csv(summary["ground_truth_csv"], dtype={"patient_id": str})
     labels_csv = os.path.join(os.fspath(out_dir), "stenosis_labels.csv")
-    stenosis_grades(truth, seed).to_csv(labels_csv, index=False)
+    atomic.write_csv(stenosis_grades(truth, seed), labels_csv)
+    atomic.mark_complete(out_dir, {"n_patients": int(n_patients), "seed": int(seed), "id_prefix": "PT"})
     return {**summary, "labels_csv": labels_csv, "clinical_csv": None}
 
 
