@@ -249,13 +249,14 @@ def _duplicated(names: Sequence) -> list[str]:
     return sorted({c for c in names if names.count(c) > 1})
 
 
-def check_field_counts(text: str, sep: str, source: str) -> None:
+def check_field_counts(text: str, sep: str, source: str) -> int:
     """ClinicalError when a row has more fields than the header, or the header repeats a name.
 
     More fields than headers is what unquoted decimal commas in a comma-separated file look
     like ("61,5" read as two fields): pandas would shift every column by one (or take the first
     column as an index) and ``patient_id`` would hold ages. Trailing empty fields are allowed
     (spreadsheets pad rows with separators). Row numbers are the file's line numbers (header = 1).
+    Returns the number of header fields.
     """
     reader = csv.reader(io.StringIO(text), delimiter=sep, skipinitialspace=True)
     header = next(reader, [])
@@ -281,6 +282,7 @@ def check_field_counts(text: str, sep: str, source: str) -> None:
             f"{source}: row(s) {shown} have more fields (up to {widest}) than the header ({n}, "
             f"delimiter {sep!r}); the columns would shift. Decimal commas? Save as "
             "semicolon-separated or quote the numbers")
+    return n
 
 
 def _read_csv(path: str) -> tuple[pd.DataFrame, str]:
@@ -298,11 +300,11 @@ def _read_csv(path: str) -> tuple[pd.DataFrame, str]:
     if not text.strip():
         raise ClinicalError(f"{path}: clinical table is empty")
     sep = _sniff_delimiter(text)
-    check_field_counts(text, sep, path)
+    n_fields = check_field_counts(text, sep, path)
     try:
-        df = pd.read_csv(
+        df = pd.read_csv(  # index_col=False + usecols: never an implicit index, never a shift
             io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, na_values=[""],
-            skipinitialspace=True,
+            skipinitialspace=True, index_col=False, usecols=range(n_fields),
         )
     except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as e:
         raise ClinicalError(f"{path}: cannot parse clinical CSV (delimiter {sep!r}): {e}") from e

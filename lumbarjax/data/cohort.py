@@ -151,9 +151,10 @@ def build_cohort(
     }
     man = man[~dup_img]
 
-    img = pd.DataFrame({"patient_id": sorted(set(man["patient_id"]) | set(ambiguous))})
+    img = pd.DataFrame({"patient_id": pd.Series(sorted(set(man["patient_id"]) | set(ambiguous)),
+                                                dtype=object)})
     for role, prefix in ROLES.items():
-        sub = man.loc[man["role"] == role, ["patient_id", "abs_paths", "source"]]
+        sub = man.loc[man["role"] == role, ["patient_id", "abs_paths", "source"]].astype(object)
         sub = sub.rename(columns={"abs_paths": f"{prefix}_paths", "source": f"{prefix}_source"})
         img = img.merge(sub, on="patient_id", how="left")
         img[f"{prefix}_paths"] = img[f"{prefix}_paths"].fillna("").astype(object)
