@@ -2,6 +2,12 @@
 
     python benchmarks/bench_data.py --patients 160 --workdir /tmp/bench_data --out data.json
 
+Scale mode (issue 10): index + cold preprocessing of N generated patients with W worker
+processes, in a fresh interpreter per N, reporting seconds and peak RSS per patient:
+
+    nice -n 10 python benchmarks/bench_data.py --scale 160,1000 --num-workers 2 \
+        --workdir /tmp/lj_scale --cohort-mri-size 96,96 --cohort-xray-size 192,160
+
 Stages (wall clock, one run each on whatever machine runs it):
   index        lumbarjax.data.index.index_cohort(root)           -> files/s (all files walked)
   preprocess   preprocess_cohort, empty cache (decode + resample) -> examples/s (patients/s)
@@ -21,7 +27,6 @@ import time
 import numpy as np
 import pandas as pd
 
-from lumbarjax.data.pipeline import CachedExamples, make_loader
 from lumbarjax.data.preprocess import preprocess_cohort
 
 AUGMENT = {"flip_lr": 0.5, "intensity": 0.1, "shift_px": 4, "noise_std": 0.02}
@@ -87,6 +92,8 @@ def run(args) -> dict:
     results["preprocess_cached"] = {"seconds": dt, "examples": n, "examples_per_s": n / dt,
                                     "images_decoded": table2.attrs["n_decoded"]}
 
+    from lumbarjax.data.pipeline import CachedExamples, make_loader  # grain: slow to import
+
     extras = {"labels": {"y": np.zeros(n, np.float32)}}
     source = CachedExamples(table, extras)
     it = make_loader(source, batch_size=args.batch_size, shuffle=True, seed=0, augment=AUGMENT,
@@ -103,6 +110,75 @@ def run(args) -> dict:
                            "batch_mb": sum(v.nbytes for v in b.values()
                                            if isinstance(v, np.ndarray)) / 2**20}
     return results
+
+
+def _peak_rss_mb() -> dict:
+    """Peak resident memory (MiB) of this process and of its largest finished child."""
+    import resource
+    kb = 1024.0  # ru_maxrss is in KiB on Linux
+    return {"self_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / kb,
+            "max_child_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / kb}
+
+
+def scale_one(args) -> dict:
+    """Index + cold preprocessing of ``args.patients`` generated patients (cohort written first,
+    outside the timing). Run it in a fresh interpreter: the peak RSS is the process's own."""
+    from lumbarjax.data.index import index_cohort
+    from lumbarjax.data.synthetic import make_cohort
+
+    root = os.path.join(args.workdir, f"cohort_{args.patients}")
+    cache = os.path.join(args.workdir, f"cache_{args.patients}")
+    if not os.path.exists(os.path.join(root, ".complete.json")):
+        t = time.perf_counter()
+        make_cohort(root, args.patients, seed=args.seed, overwrite=True, n_mc=2000,
+                    mri_size=args.cohort_mri_size, xray_size=args.cohort_xray_size)
+        print(f"wrote cohort ({args.patients} patients) in {time.perf_counter() - t:.0f} s",
+              flush=True)
+    rss_before = _peak_rss_mb()["self_mb"]
+    shutil.rmtree(cache, ignore_errors=True)
+    config = {"mri": {"spacing": args.mri_spacing, "shape": args.mri_shape},
+              "xray": {"shape": args.xray_shape}}
+    t = time.perf_counter()
+    manifest = index_cohort(root, num_workers=args.num_workers)
+    t_index = time.perf_counter() - t
+    records = records_from_manifest(manifest, root)
+    t = time.perf_counter()
+    table = preprocess_cohort(records, config, cache, num_workers=args.num_workers)
+    t_pre = time.perf_counter() - t
+    n = len(records)
+    rss = _peak_rss_mb()
+    return {"patients": args.patients, "patients_indexed": n, "files": _count_files(root),
+            "num_workers": args.num_workers, "index_s": t_index, "preprocess_s": t_pre,
+            "s_per_patient": (t_index + t_pre) / n, "excluded": int(table["excluded"].sum()),
+            "peak_rss_mb": rss, "rss_before_mb": rss_before,
+            "peak_rss_kb_per_patient": 1024.0 * max(rss["self_mb"], rss["max_child_mb"]) / n,
+            "cohort_mri_size": args.cohort_mri_size, "cohort_xray_size": args.cohort_xray_size,
+            "load_avg": os.getloadavg()}
+
+
+def scale(args) -> list[dict]:
+    """``scale_one`` for each N of ``--scale`` in its own subprocess."""
+    import subprocess
+    import sys
+    out = []
+    for n in args.scale:
+        cmd = [sys.executable, os.path.abspath(__file__), "--scale-one", "--patients", str(n),
+               "--num-workers", str(args.num_workers), "--workdir", args.workdir,
+               "--cohort-mri-size", ",".join(map(str, args.cohort_mri_size)),
+               "--cohort-xray-size", ",".join(map(str, args.cohort_xray_size)),
+               "--mri-shape", ",".join(map(str, args.mri_shape)),
+               "--mri-spacing", ",".join(map(str, args.mri_spacing)),
+               "--xray-shape", ",".join(map(str, args.xray_shape))]
+        res = subprocess.run(cmd, check=True, capture_output=True, text=True)
+        out.append(json.loads(res.stdout.strip().splitlines()[-1]))
+        r = out[-1]
+        print(f"{n:5d} patients, {r['files']} files, {r['num_workers']} workers: index "
+              f"{r['index_s']:.1f} s + preprocess {r['preprocess_s']:.1f} s = "
+              f"{r['s_per_patient'] * 1e3:.0f} ms/patient; peak RSS {r['peak_rss_mb']['self_mb']:.0f} "
+              f"MiB (largest worker {r['peak_rss_mb']['max_child_mb']:.0f} MiB) = "
+              f"{r['peak_rss_kb_per_patient']:.0f} KiB/patient; load {r['load_avg'][0]:.1f}",
+              flush=True)
+    return out
 
 
 def print_table(r: dict) -> None:
@@ -146,8 +222,25 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--batches", type=int, default=40)
     p.add_argument("--threads", type=int, default=0, help="grain reader threads")
-    p.add_argument("--num-workers", type=int, default=0, help="preprocess decode threads")
+    p.add_argument("--num-workers", type=int, default=0,
+                   help="worker processes for indexing and preprocessing (0 = serial)")
+    p.add_argument("--scale", type=_ints, default=None,
+                   help="scale mode: comma-separated patient counts, each in a fresh process")
+    p.add_argument("--scale-one", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--cohort-mri-size", type=_ints, default=[176, 176],
+                   help="scale mode: rows,cols of the generated MR slices")
+    p.add_argument("--cohort-xray-size", type=_ints, default=[384, 320],
+                   help="scale mode: rows,cols of the generated X-rays")
     args = p.parse_args(argv)
+    if args.scale_one:
+        print(json.dumps(scale_one(args)))
+        return None
+    if args.scale:
+        results = scale(args)
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump(results, f, indent=2)
+        return results
     results = run(args)
     print_table(results)
     if args.out:

@@ -302,3 +302,30 @@ def test_preprocess_nifti_inputs(tmp_path):
     assert t["input_shape"] == [40, 16]
     # 40 x 0.2 mm = 8 mm tall, 16 x 0.4 mm = 6.4 mm wide -> physical aspect kept
     assert t["scale"][1] == pytest.approx(2 * t["scale"][0])
+
+
+def test_worker_processes_give_the_serial_result(tmp_path, monkeypatch):
+    """index_cohort / preprocess_cohort with 2 worker processes == serial, bit for bit."""
+    from malformed_corpus import PREPROCESS, valid_export
+
+    from lumbarjax.data import index
+    root = valid_export(str(tmp_path / "export"), ("P1", "P2", "P3"))
+    monkeypatch.setattr(index, "MIN_FILES_FOR_WORKERS", 0)
+    monkeypatch.setattr(pp, "MIN_PATIENTS_FOR_WORKERS", 0)
+    serial = index.index_cohort(root)
+    infos_serial, _ = index.scan_files(root)
+    infos_pool, _ = index.scan_files(root, num_workers=2, chunk_size=4)
+    assert [f.path for f in infos_pool] == [f.path for f in infos_serial]
+    pd.testing.assert_frame_equal(index.index_cohort(root, num_workers=2), serial)
+    from lumbarjax.data import clinical, cohort
+    records, _ = cohort.build_cohort(serial, clinical.read_clinical(os.path.join(root, "clinical.csv")),
+                                     root=root)
+    a = pp.preprocess_cohort(records, PREPROCESS, str(tmp_path / "c0"))
+    b = pp.preprocess_cohort(records, PREPROCESS, str(tmp_path / "c2"), num_workers=2)
+    assert a.attrs["n_decoded"] == b.attrs["n_decoded"] == 6
+    for col in ("mri_file", "xray_file"):
+        for fa, fb in zip(a[col], b[col]):
+            assert os.path.basename(fa) == os.path.basename(fb)  # same cache key
+            np.testing.assert_array_equal(np.load(fa), np.load(fb))
+    pd.testing.assert_frame_equal(a[["patient_id", "mri_affine", "xray_transform", "errors"]],
+                                  b[["patient_id", "mri_affine", "xray_transform", "errors"]])

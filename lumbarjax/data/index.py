@@ -230,12 +230,17 @@ def _scan_chunk(paths: list[str], root: str) -> tuple[list[FileInfo], Counter]:
     return infos, skipped
 
 
+# Below this many files a serial scan beats starting worker processes (~2-10 s of imports).
+MIN_FILES_FOR_WORKERS = 2000
+
+
 def scan_files(root, *, progress: bool = False, num_workers: int = 0,
                chunk_size: int = 256) -> tuple[list[FileInfo], Counter]:
     """Header facts of every image file below ``root`` and counts of skipped files by reason.
 
     ``num_workers`` > 0 reads the headers in that many worker processes, ``chunk_size`` files
-    at a time; the result (file order included) is the same as a serial scan.
+    at a time, when there are at least ``MIN_FILES_FOR_WORKERS`` files; the result (file order
+    included) is the same as a serial scan.
     """
     root = os.fspath(root)
     if not os.path.isdir(root):
@@ -247,7 +252,7 @@ def scan_files(root, *, progress: bool = False, num_workers: int = 0,
     chunks = [files[i:i + chunk_size] for i in range(0, len(files), chunk_size)]
     skipped = Counter({SKIP_NOT_DICOM: 0, SKIP_NON_IMAGE: 0, SKIP_UNREADABLE: 0})
     infos: list[FileInfo] = []
-    if num_workers > 0 and len(chunks) > 1:
+    if num_workers > 0 and len(chunks) > 1 and len(files) >= MIN_FILES_FOR_WORKERS:
         # spawn, not fork: the parent may hold JAX's threads.
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(min(num_workers, len(chunks)), mp_context=ctx) as pool:

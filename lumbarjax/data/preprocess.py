@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 
 #: Bump when the preprocessing code changes its output: invalidates every cache entry.
 CODE_VERSION = "preprocess-2"
+#: Below this many patients a serial run beats starting worker processes (~2-10 s of imports).
+MIN_PATIENTS_FOR_WORKERS = 24
 #: Exclusion reason of a patient whose image fails to decode (other reasons: lumbarjax.data.sanity).
 REASON_DECODE = "image_decode_failed"
 
@@ -412,8 +414,8 @@ def preprocess_cohort(records: pd.DataFrame, config, cache_dir: str, *, progress
         The key hashes the sorted input paths, their sizes and mtimes, the config subset and
         ``CODE_VERSION``: a second call with unchanged inputs decodes nothing.
       progress: show a tqdm bar.
-      num_workers: >0 decodes patients in that many worker processes (0 = serial, in this
-        process). Patients stream through: at most one patient's images per worker are in
+      num_workers: >0 decodes patients in that many worker processes when there are at least
+        ``MIN_PATIENTS_FOR_WORKERS`` of them (0 = serial, in this process). Patients stream through: at most one patient's images per worker are in
         memory, and the result does not depend on the number of workers.
 
     Returns:
@@ -432,7 +434,7 @@ def preprocess_cohort(records: pd.DataFrame, config, cache_dir: str, *, progress
     os.makedirs(cache_dir, exist_ok=True)
     rows = records.to_dict("records")
     work = functools.partial(_one_patient, sub=sub, cache_dir=cache_dir)
-    if num_workers > 0 and len(rows) > 1:
+    if num_workers > 0 and len(rows) >= MIN_PATIENTS_FOR_WORKERS:
         # spawn, not fork: the parent may hold JAX's threads, which fork would copy half-alive.
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(min(num_workers, len(rows)), mp_context=ctx) as pool:
