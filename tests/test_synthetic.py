@@ -341,6 +341,7 @@ def test_phi_in_headers_only(cohort, datasets, truth):
         assert str(ds.PatientName) and "^" in str(ds.PatientName)
         assert re.fullmatch(r"\d{8}", ds.PatientBirthDate)
         assert ds.InstitutionName and ds.AccessionNumber and str(ds.ReferringPhysicianName)
+        assert "^" in str(ds.PatientAddress) and re.fullmatch(r"MRN\d{8}", str(ds.OtherPatientIDs))
         assert ds.PatientID in set(truth.patient_id)
         names.add(str(ds.PatientName))
     written = "".join(open(os.path.join(root, f), encoding="utf-8").read()
@@ -401,6 +402,28 @@ def test_too_small_or_existing_export_raises(tmp_path, cohort):
         synthetic.make_cohort(cohort[0], 12, 3, **SMALL)
     s = synthetic.make_cohort(tmp_path / "y", 3, 1, edge_cases=False, **SMALL)
     assert s["n_with_mri"] == 3 and s["n_clinical_rows"] == 3
+
+
+def test_completion_marker_written_last(tmp_path, monkeypatch, cohort):
+    """A cohort whose writing died part-way is recognisably incomplete; a hospital export
+    (no synthetic tag) never is."""
+    from lumbarjax import atomic
+    assert atomic.is_complete(cohort[0]) and not synthetic.is_synthetic_incomplete(cohort[0])
+
+    def crash(*a, **k):
+        raise KeyboardInterrupt("killed")
+    monkeypatch.setattr(synthetic, "bayes_auc", crash)  # after the tables, before the summary
+    with pytest.raises(KeyboardInterrupt):
+        synthetic.make_cohort(tmp_path / "c", 3, 1, edge_cases=False, **SMALL)
+    assert (tmp_path / "c" / "clinical.csv").exists()
+    assert synthetic.is_synthetic_incomplete(tmp_path / "c")
+    assert not list((tmp_path / "c").glob(".*tmp-*"))  # no temporary file left behind
+    monkeypatch.undo()
+    synthetic.make_cohort(tmp_path / "c", 3, 1, edge_cases=False, overwrite=True, **SMALL)
+    assert not synthetic.is_synthetic_incomplete(tmp_path / "c")
+    (tmp_path / "hospital").mkdir()
+    (tmp_path / "hospital" / "clinical.csv").write_text("patient_id\nP1\n")
+    assert not synthetic.is_synthetic_incomplete(tmp_path / "hospital")
 
 
 # ----------------------------------------------------------------------------- Bayes AUC

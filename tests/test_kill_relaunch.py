@@ -1,0 +1,158 @@
+"""Crash safety: the whole job, SIGKILLed at random moments in every stage and relaunched with
+the same --workdir each time, ends with the outputs of an uninterrupted run.
+
+    bash scripts/test.sh -m slow -k kill      # or: python -m pytest -m slow tests/test_kill_relaunch.py -s
+
+The stage a run is in is read from the work directory (the first artefact of STAGES still
+missing); the uninterrupted reference run measures each stage's duration, and each kill lands
+at a uniformly random moment within one stage's duration after the relaunched process reached it
+(every stage is targeted at least once, in turn). Prints "kills survived N, max |delta| D".
+"""
+
+import glob
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(REPO, "tests", "kill_config.py")
+
+# (stage, artefact whose appearance ends it), in the order the job writes them.
+STAGES = [
+    ("cohort writing", "demo_cohort/.complete.json"),
+    ("indexing", "manifest.csv"),
+    ("preprocessing", "cohort_summary.json"),
+    ("grader CV", "grader/oof.csv"),
+    ("pretraining cohort writing", "pretrain_cohort/.complete.json"),
+    ("pretraining", "pretrain/mri_encoder.msgpack"),
+    ("outcome CV + heat maps", "outcome/oof.csv"),
+    ("clinical-only CV", "outcome_clinical_only/oof.csv"),
+    ("baselines", "baseline_leg_pain_post.csv"),
+    ("report", "metrics.json"),
+]
+# metrics.json values that describe the run rather than its results
+RUN_DEPENDENT = ("timing_s", "images_decoded_this_run", "seconds")
+
+
+def stage_of(workdir: str) -> str:
+    for name, artefact in STAGES:
+        if not os.path.exists(os.path.join(workdir, artefact)):
+            return name
+    return "done"
+
+
+def launch(workdir: str, log) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
+    return subprocess.Popen([sys.executable, "launch.py", f"--config={CONFIG}", f"--workdir={workdir}"],
+                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def watch(proc, workdir, *, poll=0.05):
+    """Run to the end; returns {stage: seconds spent in it} and the time to the first stage."""
+    t0 = time.monotonic()
+    times, current, since = {}, None, None
+    while proc.poll() is None:
+        s = stage_of(workdir)
+        if s != current:
+            now = time.monotonic()
+            if current is not None:
+                times[current] = now - since
+            current, since = s, now
+        time.sleep(poll)
+    times[current] = time.monotonic() - since
+    return times, t0
+
+
+def numbers(obj, prefix=""):
+    """{dotted key: float} of every number in a JSON tree, run-dependent keys left out."""
+    out = {}
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if k in RUN_DEPENDENT:
+                continue
+            out.update(numbers(v, f"{prefix}{k}."))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            out.update(numbers(v, f"{prefix}{i}."))
+    elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
+        out[prefix[:-1]] = float(obj)
+    return out
+
+
+def outputs(workdir):
+    """Out-of-fold / baseline tables and metrics.json numbers of a finished run."""
+    tables = {os.path.relpath(p, workdir): pd.read_csv(p, dtype={"patient_id": str})
+              for p in sorted(glob.glob(os.path.join(workdir, "*", "oof.csv"))
+                              + glob.glob(os.path.join(workdir, "baseline_*.csv")))}
+    with open(os.path.join(workdir, "metrics.json")) as f:
+        return tables, numbers(json.load(f))
+
+
+def max_delta(ref, got) -> float:
+    ref_t, ref_m = ref
+    got_t, got_m = got
+    assert sorted(got_t) == sorted(ref_t)
+    assert sorted(got_m) == sorted(ref_m)
+    worst = 0.0
+    for name, a in ref_t.items():
+        b = got_t[name]
+        assert list(a.columns) == list(b.columns) and list(a["patient_id"]) == list(b["patient_id"]), name
+        num = a.select_dtypes("number").columns
+        d = np.abs(a[num].to_numpy(float) - b[num].to_numpy(float))
+        assert np.array_equal(np.isnan(a[num].to_numpy(float)), np.isnan(b[num].to_numpy(float))), name
+        worst = max(worst, float(np.nanmax(d, initial=0.0)))
+    for k, v in ref_m.items():
+        w = got_m[k]
+        assert np.isnan(v) == np.isnan(w), k
+        if not np.isnan(v):
+            worst = max(worst, abs(v - w))
+    return worst
+
+
+@pytest.mark.slow
+def test_sigkill_anywhere_then_relaunch_gives_the_uninterrupted_outputs(tmp_path):
+    rng = random.Random(20261201)
+    ref_dir, dir_ = str(tmp_path / "reference"), str(tmp_path / "killed")
+    with open(tmp_path / "reference.log", "w") as log:
+        proc = launch(ref_dir, log)
+        durations, _ = watch(proc, ref_dir)
+    assert proc.returncode == 0, open(tmp_path / "reference.log").read()[-3000:]
+    reference = outputs(ref_dir)
+    stages = [s for s, _ in STAGES]
+    assert set(stages) <= set(durations), durations
+
+    targets = stages + rng.sample(stages, 2)  # every stage once, two at random again
+    kills, log_path = [], tmp_path / "killed.log"
+    for target in targets:
+        if stage_of(dir_) == "done":
+            break
+        if stages.index(target) < stages.index(stage_of(dir_)):
+            continue  # already past it
+        with open(log_path, "a") as log:
+            proc = launch(dir_, log)
+            while proc.poll() is None and stage_of(dir_) != target:
+                time.sleep(0.05)
+            time.sleep(rng.uniform(0.0, max(durations[target], 0.2)))
+            if proc.poll() is None:
+                where = stage_of(dir_)
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                kills.append((target, where))
+    with open(log_path, "a") as log:  # the last relaunch runs to the end
+        proc = launch(dir_, log)
+        proc.wait()
+    assert proc.returncode == 0, open(log_path).read()[-3000:]
+    delta = max_delta(reference, outputs(dir_))
+    killed_in = sorted({w for _, w in kills})
+    print(f"\nkills survived {len(kills)}, max |delta| {delta:g}; stages killed in: {killed_in}")
+    assert len(kills) >= 10, kills
+    assert len(killed_in) >= len(stages) - 1, kills
+    assert delta == 0.0
