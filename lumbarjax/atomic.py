@@ -18,6 +18,16 @@ from collections.abc import Iterator, Mapping
 MARKER = ".complete.json"
 
 
+def _default_mode() -> int:
+    """0o666 minus the process umask: what ``open(path, "w")`` would give (mkstemp gives 0o600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_MODE = _default_mode()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str) -> Iterator[str]:
     """Yields a temporary path beside ``path``; renamed onto ``path`` if the block succeeds,
@@ -38,6 +48,7 @@ def atomic_path(path: str) -> Iterator[str]:
     os.close(fd)
     try:
         yield tmp
+        os.chmod(tmp, _MODE)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
