@@ -113,11 +113,47 @@ def run(args) -> dict:
 
 
 def _peak_rss_mb() -> dict:
-    """Peak resident memory (MiB) of this process and of its largest finished child."""
+    """Peak resident memory (MiB) of this process."""
     import resource
-    kb = 1024.0  # ru_maxrss is in KiB on Linux
-    return {"self_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / kb,
-            "max_child_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / kb}
+    return {"self_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}  # KiB on Linux
+
+
+class ChildMemory:
+    """Samples the resident memory of this process's children (the worker processes) from
+    /proc every ``period`` s: ``peak_mb`` is the largest VmHWM seen. (getrusage's
+    RUSAGE_CHILDREN is no use here: a spawned child inherits the parent's RSS at fork.)"""
+
+    def __init__(self, period: float = 0.2):
+        import threading
+        self.period, self.peak_mb, self.n_children = period, 0.0, 0
+        self._seen: set[int] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self):
+        me = str(os.getpid())
+        while not self._stop.wait(self.period):
+            for pid in os.listdir("/proc"):
+                if not pid.isdigit():
+                    continue
+                try:
+                    with open(f"/proc/{pid}/status") as f:
+                        fields = dict(line.split(":", 1) for line in f if ":" in line)
+                except OSError:
+                    continue
+                if fields.get("PPid", "").strip() != me or "VmHWM" not in fields:
+                    continue
+                self._seen.add(int(pid))
+                self.n_children = len(self._seen)
+                self.peak_mb = max(self.peak_mb, int(fields["VmHWM"].split()[0]) / 1024.0)
 
 
 def scale_one(args) -> dict:
@@ -138,15 +174,17 @@ def scale_one(args) -> dict:
     shutil.rmtree(cache, ignore_errors=True)
     config = {"mri": {"spacing": args.mri_spacing, "shape": args.mri_shape},
               "xray": {"shape": args.xray_shape}}
-    t = time.perf_counter()
-    manifest = index_cohort(root, num_workers=args.num_workers)
-    t_index = time.perf_counter() - t
-    records = records_from_manifest(manifest, root)
-    t = time.perf_counter()
-    table = preprocess_cohort(records, config, cache, num_workers=args.num_workers)
-    t_pre = time.perf_counter() - t
+    with ChildMemory() as children:
+        t = time.perf_counter()
+        manifest = index_cohort(root, num_workers=args.num_workers)
+        t_index = time.perf_counter() - t
+        records = records_from_manifest(manifest, root)
+        t = time.perf_counter()
+        table = preprocess_cohort(records, config, cache, num_workers=args.num_workers)
+        t_pre = time.perf_counter() - t
     n = len(records)
-    rss = _peak_rss_mb()
+    rss = {"self_mb": _peak_rss_mb()["self_mb"], "max_child_mb": children.peak_mb,
+           "children": children.n_children}
     return {"patients": args.patients, "patients_indexed": n, "files": _count_files(root),
             "num_workers": args.num_workers, "index_s": t_index, "preprocess_s": t_pre,
             "s_per_patient": (t_index + t_pre) / n, "excluded": int(table["excluded"].sum()),
@@ -175,7 +213,8 @@ def scale(args) -> list[dict]:
         print(f"{n:5d} patients, {r['files']} files, {r['num_workers']} workers: index "
               f"{r['index_s']:.1f} s + preprocess {r['preprocess_s']:.1f} s = "
               f"{r['s_per_patient'] * 1e3:.0f} ms/patient; peak RSS {r['peak_rss_mb']['self_mb']:.0f} "
-              f"MiB (largest worker {r['peak_rss_mb']['max_child_mb']:.0f} MiB) = "
+              f"MiB (largest of {r['peak_rss_mb']['children']} workers "
+              f"{r['peak_rss_mb']['max_child_mb']:.0f} MiB) = "
               f"{r['peak_rss_kb_per_patient']:.0f} KiB/patient; load {r['load_avg'][0]:.1f}",
               flush=True)
     return out

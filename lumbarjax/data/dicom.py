@@ -334,7 +334,7 @@ def read_pixels(path) -> np.ndarray:
 # --------------------------------------------------------------------------- series geometry
 
 
-@dataclass
+@dataclass(slots=True)
 class SliceGeometry:
     """Header geometry of one slice (what sorting and the affine need)."""
 
