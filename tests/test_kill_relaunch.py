@@ -49,8 +49,12 @@ def stage_of(workdir: str) -> str:
     return "done"
 
 
-def launch(workdir: str, log) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
+def launch(workdir: str, log, jax_cache: str) -> subprocess.Popen:
+    # The persistent compilation cache spares each relaunch the compiles (same executables:
+    # same numbers); it lives outside the work directory the kills are about.
+    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=jax_cache,
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
     return subprocess.Popen([sys.executable, "launch.py", f"--config={CONFIG}", f"--workdir={workdir}"],
                             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
 
@@ -121,11 +125,13 @@ def max_delta(ref, got) -> float:
 def test_sigkill_anywhere_then_relaunch_gives_the_uninterrupted_outputs(tmp_path):
     rng = random.Random(20261201)
     ref_dir, dir_ = str(tmp_path / "reference"), str(tmp_path / "killed")
+    cache = str(tmp_path / "jax_cache")
     with open(tmp_path / "reference.log", "w") as log:
-        proc = launch(ref_dir, log)
+        proc = launch(ref_dir, log, cache)
         durations, _ = watch(proc, ref_dir)
     assert proc.returncode == 0, open(tmp_path / "reference.log").read()[-3000:]
     reference = outputs(ref_dir)
+    print("\nreference run, seconds per stage:", {k: round(v, 1) for k, v in durations.items()})
     stages = [s for s, _ in STAGES]
     assert set(stages) <= set(durations), durations
 
@@ -137,7 +143,7 @@ def test_sigkill_anywhere_then_relaunch_gives_the_uninterrupted_outputs(tmp_path
         if stages.index(target) < stages.index(stage_of(dir_)):
             continue  # already past it
         with open(log_path, "a") as log:
-            proc = launch(dir_, log)
+            proc = launch(dir_, log, cache)
             while proc.poll() is None and stage_of(dir_) != target:
                 time.sleep(0.05)
             time.sleep(rng.uniform(0.0, max(durations[target], 0.2)))
@@ -146,8 +152,10 @@ def test_sigkill_anywhere_then_relaunch_gives_the_uninterrupted_outputs(tmp_path
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
                 kills.append((target, where))
+            else:  # it ended on its own: it must have finished cleanly
+                assert proc.returncode == 0, open(log_path).read()[-3000:]
     with open(log_path, "a") as log:  # the last relaunch runs to the end
-        proc = launch(dir_, log)
+        proc = launch(dir_, log, cache)
         proc.wait()
     assert proc.returncode == 0, open(log_path).read()[-3000:]
     delta = max_delta(reference, outputs(dir_))
