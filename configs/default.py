@@ -148,10 +148,15 @@ def get_config() -> ml_collections.ConfigDict:
         cache_dir="",              # default: <workdir>/cache
         make_demo=False,           # write the synthetic demo cohort when cohort_dir is empty
         demo_patients=160,
+        num_workers=2,             # worker processes for indexing / preprocessing (0 = serial)
     ))
     c.clinical = clinical_config()
     c.mri = ml_collections.ConfigDict(dict(spacing=(4.0, 2.0, 2.0), shape=(16, 128, 128)))
     c.xray = ml_collections.ConfigDict(dict(shape=(256, 256)))
+    # Inputs outside these spacings (mm) are refused as "implausible spacing" (data.sanity).
+    c.mri.plausible_spacing_mm = ml_collections.ConfigDict(dict(in_plane=(0.05, 10.0),
+                                                                between_slices=(0.5, 20.0)))
+    c.xray.plausible_spacing_mm = (0.02, 10.0)
 
     c.grader = task_config("grader")
     c.outcome = task_config("outcome")

@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 from absl import logging
 
+from lumbarjax import atomic
 from lumbarjax.atomic import atomic_path
 from lumbarjax.data.preprocess import load_affine
 from lumbarjax.errors import CohortError, ConfigError
@@ -263,7 +264,8 @@ def _patient_records(config, patient_dir: str, clinical: str | None) -> tuple[pd
     manifest = index_lib.index_cohort(patient_dir)
     found = sorted(set(manifest["patient_id"].astype(str)))
     if not found:
-        why = "; ".join(f"{m['role']}: {m['reason']}" for m in manifest.attrs.get("missing", []))
+        why = "; ".join([f"{m['role']}: {m['reason']}" for m in manifest.attrs.get("missing", [])]
+                        + [f"{e['reason']}: {e['detail']}" for e in manifest.attrs.get("excluded", [])])
         raise CohortError(f"{patient_dir}: no lateral X-ray and no sagittal T2 series found"
                           + (f" ({why})" if why else ""))
     if len(found) > 1:
@@ -542,11 +544,9 @@ def predict_patient(config, workdir: str, patient_dir: str, *, out_dir: str | No
             notes.append("grader: no X-ray, no grade predicted")
     json_path = os.path.join(out_dir, "prediction.json")
     from lumbarjax.eval.metrics import to_jsonable
-    with open(json_path, "w") as fh:
-        json.dump(to_jsonable(pred), fh, indent=2, sort_keys=True)
+    atomic.write_json(json_path, to_jsonable(pred))
     html_path = os.path.join(out_dir, "prediction.html")
-    with open(html_path, "w") as fh:
-        fh.write(_prediction_html(pred, figs))
+    atomic.write_text(html_path, _prediction_html(pred, figs))
     logging.info("prediction for %s: %s", pid, html_path)
     return {**pred, "html": html_path, "json": json_path}
 

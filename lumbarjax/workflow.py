@@ -20,10 +20,12 @@ import numpy as np
 import pandas as pd
 from absl import logging
 
+from lumbarjax import atomic
 from lumbarjax.data import clinical as clinical_lib
 from lumbarjax.data import cohort as cohort_lib
 from lumbarjax.data import index as index_lib
 from lumbarjax.data import preprocess as preprocess_lib
+from lumbarjax.data import synthetic
 from lumbarjax.errors import CohortError, ConfigError
 from lumbarjax.explain.heatmaps import HeatmapCollector
 from lumbarjax.train import crossval
@@ -33,26 +35,29 @@ from lumbarjax.train.tasks import get_task
 
 def _dump(obj, path):
     from lumbarjax.eval.metrics import to_jsonable
-    with open(path, "w") as f:
-        json.dump(to_jsonable(obj), f, indent=2, sort_keys=True)
+    atomic.write_json(path, to_jsonable(obj))
 
 
 # -- cohort -------------------------------------------------------------------------------
 
 def cohort_dir(config, workdir: str) -> str:
-    """The cohort folder; writes the synthetic demo cohort there first when asked and absent."""
+    """The cohort folder; writes the synthetic demo cohort there first when asked and absent, or
+    again when an earlier write was interrupted (no completion marker: a table alone proves
+    nothing, the rest of the folder may be missing)."""
     root = config.data.cohort_dir or os.path.join(workdir, "demo_cohort")
     has_table = bool(config.data.clinical_file and os.path.exists(config.data.clinical_file)) or any(
         os.path.exists(os.path.join(root, f)) for f in ("clinical.csv", "clinical.xlsx"))
-    if not has_table:
+    if not has_table or synthetic.is_synthetic_incomplete(root):
         if not config.data.make_demo:
             raise ConfigError(f"config.data.cohort_dir={root!r} holds no clinical.csv / "
-                              "clinical.xlsx (set data.make_demo=True for the synthetic demo)")
-        from lumbarjax.data.synthetic import make_cohort
+                              "clinical.xlsx (set data.make_demo=True for the synthetic demo)"
+                              if not has_table else f"{root}: the synthetic cohort there was not "
+                              "written to the end (no completion marker); set data.make_demo=True "
+                              "to write it again")
         logging.info("writing the synthetic demo cohort (%d patients) to %s",
                      config.data.demo_patients, root)
-        make_cohort(root, n_patients=int(config.data.demo_patients), seed=int(config.seed),
-                    overwrite=True)
+        synthetic.make_cohort(root, n_patients=int(config.data.demo_patients), seed=int(config.seed),
+                              overwrite=True)
     return root
 
 
@@ -70,15 +75,20 @@ def stage_index(config, workdir: str) -> pd.DataFrame:
     by hand) is used as it is; delete it to index again."""
     root = cohort_dir(config, workdir)
     path = config.data.manifest or os.path.join(workdir, "manifest.csv")
+    report = os.path.join(workdir, "index_report.json")
     if os.path.exists(path):
         logging.info("using the existing manifest %s (delete it to re-index)", path)
         manifest = index_lib.read_manifest(path, root=root)
+        if os.path.exists(report):  # patients the indexer excluded (conflicting identities)
+            with open(report) as f:
+                manifest.attrs["excluded"] = json.load(f).get("excluded_patients", [])
     else:
-        manifest = index_lib.index_cohort(root)
-        index_lib.write_manifest(manifest, path)
+        manifest = index_lib.index_cohort(root, num_workers=int(config.data.num_workers))
+        # the report first, the manifest (whose presence means "indexed") last
         _dump({"skipped_files": manifest.attrs.get("skipped", {}),
-               "missing_series": manifest.attrs.get("missing", [])},
-              os.path.join(workdir, "index_report.json"))
+               "missing_series": manifest.attrs.get("missing", []),
+               "excluded_patients": manifest.attrs.get("excluded", [])}, report)
+        index_lib.write_manifest(manifest, path)
     manifest.attrs["root"] = root
     return manifest
 
@@ -97,15 +107,17 @@ def stage_cohort(config, workdir: str, manifest: pd.DataFrame) -> Cohort:
     table = clinical_lib.read_clinical(clinical_path(config, root),
                                        column_map=dict(config.clinical.column_map) or None)
     records, exclusions = cohort_lib.build_cohort(manifest, table, config.clinical, root=root)
+    cohort_lib.check_not_empty(records, exclusions, table, manifest)
     problems = pd.DataFrame(records.attrs.get("validation_problems", []))
     if len(problems):
-        problems.to_csv(os.path.join(workdir, "validation_problems.csv"), index=False)
+        atomic.write_csv(problems, os.path.join(workdir, "validation_problems.csv"))
     cache_dir = config.data.cache_dir or os.path.join(workdir, "cache")
-    cache = preprocess_lib.preprocess_cohort(records, config, cache_dir)
+    cache = preprocess_lib.preprocess_cohort(records, config, cache_dir,
+                                             num_workers=int(config.data.num_workers))
     extra_excl = cache.attrs.get("exclusions")
     if extra_excl is not None and len(extra_excl):
         exclusions = pd.concat([exclusions, extra_excl], ignore_index=True)
-    exclusions.to_csv(os.path.join(workdir, "exclusions.csv"), index=False)
+    atomic.write_csv(exclusions, os.path.join(workdir, "exclusions.csv"))
     summary = cohort_lib.cohort_summary(records, exclusions)
     summary["validation_problems"] = int(len(problems))
     summary["images_decoded_this_run"] = int(cache.attrs.get("n_decoded", 0))
@@ -132,13 +144,12 @@ def stage_pretrain(config, workdir: str, outcome_ids=()):
     os.makedirs(pdir, exist_ok=True)
     root = pc.cohort_dir or os.path.join(workdir, "pretrain_cohort")
     labels = pc.labels or os.path.join(root, "stenosis_labels.csv")
-    if not os.path.exists(labels):
+    if not os.path.exists(labels) or (not pc.labels and synthetic.is_synthetic_incomplete(root)):
         if not pc.make_demo:
             raise ConfigError(f"config.pretrain: no labels table {labels!r} (set pretrain.labels, or "
                               "pretrain.make_demo=True for the synthetic pretraining cohort)")
-        from lumbarjax.data.synthetic import make_pretraining_cohort
         logging.info("writing the synthetic pretraining cohort (%d patients) to %s", pc.demo_patients, root)
-        make_pretraining_cohort(root, n_patients=int(pc.demo_patients), seed=int(config.seed) + 1)
+        synthetic.make_pretraining_cohort(root, n_patients=int(pc.demo_patients), seed=int(config.seed) + 1)
     sub = ml_collections.ConfigDict(config.to_dict())
     sub.data.cohort_dir, sub.data.clinical_file = root, labels
     sub.data.manifest, sub.data.cache_dir, sub.data.make_demo = "", "", False
@@ -183,7 +194,7 @@ def stage_baselines(config, workdir: str, td: crossval.TaskData) -> dict:
     out = {}
     for head in td.heads:
         df = clinical_baselines(td.records, td.folds, head, features=feats, seed=int(config.seed))
-        df.to_csv(os.path.join(workdir, f"baseline_{head}.csv"), index=False)
+        atomic.write_csv(df, os.path.join(workdir, f"baseline_{head}.csv"))
         out[head] = df
     return out
 
@@ -236,8 +247,8 @@ def run(config, workdir: str, mode: str) -> dict:
     if mode == "index":
         return {"manifest": manifest}
     # The config of the models in this workdir: predict / report check against it.
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    atomic.write_text(os.path.join(workdir, "config.json"),
+                      config.to_json_best_effort(indent=2, sort_keys=True))
     cohort = stage_cohort(config, workdir, manifest)
     results = stage_crossval(config, workdir, cohort)
     if "outcome" in config.tasks:

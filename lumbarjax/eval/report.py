@@ -26,6 +26,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from lumbarjax import atomic
 from lumbarjax.errors import LumbarjaxError
 from lumbarjax.eval import metrics as M
 
@@ -587,7 +588,7 @@ def write_report(out_dir, *, title: str, cohort_summary: dict, grader_oof: pd.Da
     # -- assemble
     metrics = M.to_jsonable(metrics)
     json_path = out / "metrics.json"
-    json_path.write_text(json.dumps(metrics, indent=2, allow_nan=False))
+    atomic.write_text(json_path, json.dumps(metrics, indent=2, allow_nan=False))
 
     head_html = ""
     if headline:
@@ -604,5 +605,5 @@ def write_report(out_dir, *, title: str, cohort_summary: dict, grader_oof: pd.Da
            f"seed {seed}. Every number is in <code>metrics.json</code>.</p>"
            f"<nav>{nav}</nav>{head_html}{body}</main></body></html>")
     html_path = out / "report.html"
-    html_path.write_text(doc, encoding="utf-8")
+    atomic.write_text(html_path, doc)
     return str(html_path), str(json_path)

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lumbarjax import atomic
 from lumbarjax.data.preprocess import load_affine
 from lumbarjax.errors import ConfigError
 from lumbarjax.explain import ig_baselines
@@ -114,7 +115,8 @@ class HeatmapCollector:
     def save(self, item: dict) -> None:
         """``<patient_id>_ig.npz``: arrays and scalars of one patient's attribution."""
         arrays = {k: np.asarray(v) for k, v in item.items()}
-        np.savez_compressed(os.path.join(self.out_dir, f"{item['patient_id']}_ig.npz"), **arrays)
+        with atomic.atomic_path(os.path.join(self.out_dir, f"{item['patient_id']}_ig.npz")) as tmp:
+            np.savez_compressed(tmp, **arrays)
 
     @classmethod
     def load(cls, config, out_dir: str) -> "HeatmapCollector":

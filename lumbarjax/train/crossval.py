@@ -20,7 +20,6 @@ Out-of-fold CSV columns: ``patient_id, fold``, ``label_<head>`` and ``pred_<head
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Callable
 from typing import Any
@@ -30,6 +29,7 @@ import numpy as np
 import pandas as pd
 from absl import logging
 
+from lumbarjax import atomic
 from lumbarjax.data.cohort import check_no_leakage, make_folds
 from lumbarjax.data.pipeline import CachedExamples, Subset, make_loader
 from lumbarjax.errors import CohortError
@@ -142,13 +142,14 @@ def run_fold(td: TaskData, fold: int, config, workdir: str, *, clinical_only: bo
 
     fold_dir = os.path.join(workdir, f"fold_{fold}")
     os.makedirs(fold_dir, exist_ok=True)
-    with open(os.path.join(fold_dir, "split.json"), "w") as f:
-        json.dump({"test": td.records["patient_id"].iloc[test_idx].tolist(),
-                   "inner_train": td.records["patient_id"].iloc[inner_train].tolist(),
-                   "inner_val": td.records["patient_id"].iloc[inner_val].tolist()}, f)
+    atomic.write_json(os.path.join(fold_dir, "split.json"),
+                      {"test": td.records["patient_id"].iloc[test_idx].tolist(),
+                       "inner_train": td.records["patient_id"].iloc[inner_train].tolist(),
+                       "inner_val": td.records["patient_id"].iloc[inner_val].tolist()},
+                      indent=None, sort_keys=False)
     if enc is not None:
-        with open(os.path.join(fold_dir, "clinical_encoder.json"), "w") as f:
-            json.dump(enc.to_dict(), f)
+        atomic.write_json(os.path.join(fold_dir, "clinical_encoder.json"), enc.to_dict(),
+                          indent=None, sort_keys=False)
     logging.info("%s fold %d: %d train, %d inner-val, %d test patients", kind, fold,
                  len(inner_train), len(inner_val), len(test_idx))
     init = None
@@ -191,5 +192,5 @@ def run_crossval(td: TaskData, config, workdir: str, *, clinical_only: bool = Fa
     oof = oof.reset_index(drop=True)
     if oof["patient_id"].duplicated().any():
         raise CohortError("cross-validation predicted a patient twice (fold leakage)")
-    oof.to_csv(os.path.join(workdir, "oof.csv"), index=False)
+    atomic.write_csv(oof, os.path.join(workdir, "oof.csv"))
     return oof

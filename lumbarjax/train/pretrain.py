@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 from absl import logging
 
+from lumbarjax import atomic
 from lumbarjax.data.cohort import make_folds
 from lumbarjax.data.pipeline import CachedExamples, Subset, make_loader
 from lumbarjax.errors import CohortError, ConfigError
@@ -125,15 +126,13 @@ def pretrain_encoder(config, workdir: str, records: pd.DataFrame, cache: pd.Data
                                 train_source=Subset(source, train_idx), eval_fn=eval_fn,
                                 row_ids=recs["patient_id"].to_numpy())
     params = jax.device_get(result["state"].params["mri_encoder"])
-    with open(os.path.join(workdir, ENCODER_FILE), "wb") as f:
-        f.write(flax.serialization.msgpack_serialize(params))
+    atomic.write_bytes(os.path.join(workdir, ENCODER_FILE), flax.serialization.msgpack_serialize(params))
     summary = {"patients_train": int(len(train_idx)), "patients_val": int(len(val_idx)),
                "patients_not_used": n_skipped, "best_step": int(result["best"]["step"] or 0),
                "val_qwk": float((result["best"]["metrics"] or {}).get("qwk", float("nan"))),
                "grade_counts": np.bincount(labels["grade"].astype(int), minlength=k).tolist(),
                "signature": sig}
-    with open(summary_path, "w") as f:
-        json.dump(summary, f, indent=1)
+    atomic.write_json(summary_path, summary, indent=1, sort_keys=False)  # last: marks the encoder complete
     return params, summary
 
 
