@@ -78,24 +78,30 @@ SPIDER_GRADING_COLUMNS = ["Patient", "IVD label", "Modic", "UP endplate", "LOW e
                           "Pfirrman grade"]
 
 
-def spider_volume(shape=(5, 40, 24), n_vert=6):
-    """(image, mask) numpy arrays in SimpleITK order (z, y, x) = (slices, rows, cols) of a tiny
-    sagittal spine: vertebrae 1..n_vert stacked from the bottom rows up with a disc (200 + n)
-    above vertebra n, the canal (100) in the posterior columns."""
-    d, h, w = shape
-    mask = np.zeros(shape, np.uint8)
-    rows_per = h // (n_vert + 1)
+SPIDER_SPACING = (3.5, 0.6, 0.7)      # SimpleITK (i, j, k) = (x slices, y columns, z rows) mm
+SPIDER_ORIGIN = (-10.0, -60.0, 40.0)  # LPS mm of voxel (0, 0, 0)
+SPIDER_SHAPE = (40, 24, 5)            # GetArrayFromImage order (k, j, i): z up, y, x
+ROWS_PER_VERTEBRA = 6
+
+
+def spider_volume(n_vert=6):
+    """(image, mask) arrays in SimpleITK order (k, j, i) = (z rows upwards, y, x) of a tiny
+    sagittal spine, as many SPIDER files are stored ((H, W, slices) after GetArrayFromImage):
+    vertebra n at rows [(n-1)*6 + 2, n*6) from the bottom, disc 200 + n just below it (rows
+    (n-1)*6, +1: disc 201 = L5/S1 under vertebra 1 = L5), the canal (100) posterior of them."""
+    mask = np.zeros(SPIDER_SHAPE, np.uint8)
     for n in range(1, n_vert + 1):
-        bottom = h - 1 - (n - 1) * rows_per
-        mask[:, bottom - rows_per + 3: bottom + 1, 4:14] = n          # vertebral body
-        mask[:, bottom - rows_per + 1: bottom - rows_per + 3, 4:14] = 200 + n  # disc above it
-    mask[:, :, 16:19] = 100
-    image = (mask.astype(np.float32) * 3 + 50).astype(np.int16)
+        k0 = (n - 1) * ROWS_PER_VERTEBRA
+        mask[k0 + 2: k0 + ROWS_PER_VERTEBRA, 4:14, :] = n
+        mask[k0: k0 + 2, 4:14, :] = 200 + n
+    mask[:, 16:19, :] = 100
+    image = (mask.astype(np.int16) * 3 + 50).astype(np.int16)
     return image, mask
 
 
 def write_spider_fixture(root, *, patients=(1, 2), scans=("t1", "t2", "t2_SPACE")) -> dict:
-    """Write the SPIDER layout below ``root`` with SimpleITK; returns the geometry used."""
+    """Write the SPIDER layout below ``root`` with SimpleITK (identity direction: the array's
+    last axis is x); returns the per-patient gradings written."""
     import pandas as pd
     import SimpleITK as sitk
 
@@ -104,18 +110,14 @@ def write_spider_fixture(root, *, patients=(1, 2), scans=("t1", "t2", "t2_SPACE"
     root = os.fspath(root)
     os.makedirs(os.path.join(root, "images"), exist_ok=True)
     os.makedirs(os.path.join(root, "masks"), exist_ok=True)
-    # SPIDER sagittal: x (first sitk axis) along the image columns, z across slices.
-    direction = (0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, -1.0, 0.0)  # columns: i->y? set below
-    geometry = {"spacing": (0.6, 0.7, 3.5), "origin": (-10.0, -60.0, 40.0), "direction": direction}
     overview, gradings = [], []
     for p in patients:
         image, mask = spider_volume()
         for s in scans:
             for arr, folder in ((image, "images"), (mask, "masks")):
                 img = sitk.GetImageFromArray(arr)
-                img.SetSpacing(geometry["spacing"])
-                img.SetOrigin(geometry["origin"])
-                img.SetDirection(direction)
+                img.SetSpacing(SPIDER_SPACING)
+                img.SetOrigin(SPIDER_ORIGIN)
                 sitk.WriteImage(img, os.path.join(root, folder, f"{p}_{s}.mha"))
             overview.append({"new_file_name": f"{p}_{s}", "subset": "training", "Sex": "F",
                              "Age": 50 + p, "Manufacturer": "SIEMENS"})
@@ -127,4 +129,4 @@ def write_spider_fixture(root, *, patients=(1, 2), scans=("t1", "t2", "t2_SPACE"
     atomic.write_csv(pd.DataFrame(overview), os.path.join(root, "overview.csv"))
     atomic.write_csv(pd.DataFrame(gradings, columns=SPIDER_GRADING_COLUMNS),
                      os.path.join(root, "radiological_gradings.csv"))
-    return geometry
+    return {"gradings": gradings}

@@ -263,7 +263,12 @@ def _load_mri(paths: list[str], source: str):
     if source == "dicom":
         from lumbarjax.data import dicom
         return dicom.read_series(paths)
-    raise CohortError(f"unknown mri_source {source!r} (expected 'dicom' or 'nifti')")
+    if source == "mha":
+        if len(paths) != 1:
+            raise CohortError(f"mha MRI must be one file, got {len(paths)}: {paths[:3]}")
+        from lumbarjax.data.metaimage import read_metaimage
+        return read_metaimage(paths[0])
+    raise CohortError(f"unknown mri_source {source!r} (expected 'dicom', 'nifti' or 'mha')")
 
 
 def _load_xray(paths: list[str], source: str) -> tuple[np.ndarray, Any]:
