@@ -223,3 +223,38 @@ def test_rsna_metric_agrees_with_sklearn_and_rejects_gaps():
     assert got["score"] == pytest.approx((got["spinal"] + got["any_severe_spinal"]) / 2)
     with pytest.raises(LumbarjaxError, match="no prediction for study 3"):
         rsna_score(sol, sub.drop(index=17))
+
+
+# --------------------------------------------------------------------------- demo in RSNA layout
+
+
+def test_synthetic_pretraining_cohort_in_rsna_layout_keeps_todays_labels(tmp_path):
+    from lumbarjax.data.public.rsna_layout import write_synthetic_pretraining
+    from lumbarjax.data.synthetic import sample_patients, stenosis_grades
+
+    out = tmp_path / "rsna_demo"
+    summary = write_synthetic_pretraining(out, n_patients=10, seed=1, mri_size=(48, 48))
+    assert not summary["reused"] and not os.path.exists(out / ".source")
+    assert write_synthetic_pretraining(out, n_patients=10, seed=1, mri_size=(48, 48))["reused"]
+    data = rsna2024.read_rsna2024(out, workers=1)
+    assert data.exclusions.empty and len(data.manifest) == summary["n_studies"]
+    # today's labels table: the same reader-noised grade per patient (worst level)
+    _, truth = sample_patients(10, 1, edge_cases=False)
+    today = stenosis_grades(truth, 1)
+    today = dict(zip(today["patient_id"].str[2:].astype(int) + 4_000_000, today["stenosis_grade"]))
+    wide = rsna2024.level_grades(data.labels)
+    assert len(wide) == sum(np.isfinite(v) for v in today.values())
+    for sid, grade in zip(wide["patient_id"], wide["stenosis_grade"]):
+        assert grade == today[int(sid)]
+    # canal coordinates land on the synthetic disc centres (x to the nearest slice)
+    gt = pd.read_csv(out / "ground_truth.csv", dtype={"patient_id": str}).set_index("patient_id")
+    c = data.coordinates
+    for r in c.itertuples():
+        want = [gt.loc[r.study_id, f"disc_{r.level}_{a}_mm"] for a in "xyz"]
+        assert abs(r.x_mm - want[0]) <= 2.3
+        np.testing.assert_allclose([r.y_mm, r.z_mm], want[1:], atol=0.01)
+    other = tmp_path / "not_ours"
+    other.mkdir()
+    (other / "keep.txt").write_text("x")
+    with pytest.raises(Exception, match="refusing to overwrite"):
+        write_synthetic_pretraining(other, n_patients=10, seed=1, mri_size=(48, 48))

@@ -11,20 +11,29 @@ downloaded Kaggle data (so the demo walks the real path), and by the tests' fixt
 - :func:`write_series` — one series as ``train_images/<study_id>/<series_id>/<n>.dcm``.
 - :func:`write_tables` — train.csv (25 label columns in the published order),
   train_label_coordinates.csv and train_series_descriptions.csv.
+- :func:`write_synthetic_pretraining` — the demo's synthetic pretraining cohort
+  (``synthetic.make_pretraining_cohort``) in this layout: each patient's sagittal T2 as the
+  study's "Sagittal T2/STIR" series, ``spinal_canal_stenosis_<level>`` = the reader-style grade
+  of today's labels table at the primary stenosis level and Normal/Mild elsewhere (so the worst
+  level is exactly today's ``stenosis_grade``), canal coordinates from the synthetic disc
+  centres, plus ``ground_truth.csv`` keyed by study_id (not part of the published layout).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
 from lumbarjax import atomic
+
 from lumbarjax.data.public.rsna2024 import (
     CONDITIONS,
     COORDINATES_CSV,
@@ -32,8 +41,11 @@ from lumbarjax.data.public.rsna2024 import (
     IMAGES_DIR,
     SERIES_CSV,
     SEVERITY_NAMES,
+    T2_SAG,
     TRAIN_CSV,
+    index_study,
 )
+from lumbarjax.errors import CohortError, ConfigError
 from lumbarjax.schema import LEVELS
 
 # Attributes a de-identified RSNA 2024 slice keeps (geometry, acquisition, pixel module).
@@ -127,4 +139,73 @@ def write_tables(root: str, grades: Iterable[Mapping], coordinates: Iterable[Map
     }
 
 
-__all__ = ["KEEP", "rsna_dataset", "write_series", "write_tables"]
+STUDY_ID_BASE = 4_000_000     # study_id = base + patient number (PT0042 -> 4000042)
+SERIES_ID_BASE = 700_000_000
+
+
+def write_synthetic_pretraining(out_dir, n_patients: int = 240, seed: int = 1, *,
+                                mri_size: Sequence[int] = (176, 176)) -> dict:
+    """Write the synthetic pretraining cohort in the RSNA 2024 training layout (see module doc).
+
+    The cohort is generated in ``<out_dir>/.source`` (removed afterwards), its sagittal T2 found
+    by ``index_cohort`` exactly as before, and re-written slice by slice. A completion marker
+    records the settings; a folder written with the same settings is reused as it is.
+    Returns a summary (counts, paths).
+    """
+    from lumbarjax.data.index import index_cohort, resolve_paths
+    from lumbarjax.data.synthetic import make_pretraining_cohort
+
+    out_dir = os.fspath(out_dir)
+    info = {"writer": "write_synthetic_pretraining", "n_patients": int(n_patients), "seed": int(seed),
+            "mri_size": [int(v) for v in mri_size]}
+    if atomic.is_complete(out_dir, info):
+        return {"out_dir": out_dir, "reused": True}
+    src = os.path.join(out_dir, ".source")
+    if os.path.isdir(out_dir) and os.listdir(out_dir):
+        ours = os.path.exists(os.path.join(out_dir, atomic.MARKER)) or os.path.isdir(src)
+        if not ours:
+            raise ConfigError(f"{out_dir}: not empty and not written by write_synthetic_pretraining; "
+                              "refusing to overwrite it (choose an empty folder)")
+        shutil.rmtree(out_dir)  # ours: other settings, or an interrupted write
+    summary = make_pretraining_cohort(src, n_patients=n_patients, seed=seed, mri_size=mri_size)
+    manifest = index_cohort(summary["export_dir"])
+    t2 = manifest[manifest["role"] == "mri_t2_sag"].set_index("patient_id")
+    labels = pd.read_csv(summary["labels_csv"], dtype={"patient_id": str}).set_index("patient_id")
+    truth = pd.read_csv(summary["ground_truth_csv"], dtype={"patient_id": str}).set_index("patient_id")
+    grades, coords, series, gt_rows = [], [], [], []
+    for pid in sorted(t2.index):
+        grade = labels.loc[pid, "stenosis_grade"] if pid in labels.index else np.nan
+        if not np.isfinite(grade):
+            continue
+        n = int(pid[2:])
+        study_id, series_id = STUDY_ID_BASE + n, SERIES_ID_BASE + n
+        write_series(out_dir, study_id, series_id, resolve_paths(t2.loc[pid], summary["export_dir"]))
+        tr = truth.loc[pid]
+        g = {"study_id": study_id}
+        for lv in LEVELS:
+            g[f"spinal_canal_stenosis_{lv}"] = int(grade) if lv == tr["stenosis_level"] else 0
+        grades.append(g)
+        series.append({"study_id": study_id, "series_id": series_id, "series_description": T2_SAG})
+        placed = index_study(out_dir, str(study_id), [(str(series_id), T2_SAG)])
+        if placed["t2"] is None:
+            raise CohortError(f"synthetic study {study_id} ({pid}): re-written series unusable: "
+                              f"{placed['exclusions']}")
+        _, d_of, affine = placed["t2"]
+        inv = np.linalg.inv(np.asarray(affine))
+        instance_of = {d: inst for inst, d in d_of.items()}
+        for lv in LEVELS:
+            d, h, w = (inv @ np.array([tr[f"disc_{lv}_{a}_mm"] for a in "xyz"] + [1.0]))[:3]
+            d = int(np.clip(np.rint(d), 0, len(d_of) - 1))
+            coords.append({"study_id": study_id, "series_id": series_id, "instance_number": instance_of[d],
+                           "condition": "spinal_canal_stenosis", "level": lv,
+                           "x": round(float(w), 3), "y": round(float(h), 3)})
+        gt_rows.append({"patient_id": str(study_id), "source_patient_id": pid,
+                        **{c: tr[c] for c in truth.columns}})
+    paths = write_tables(out_dir, grades, coords, series)
+    paths["ground_truth"] = atomic.write_csv(pd.DataFrame(gt_rows), os.path.join(out_dir, "ground_truth.csv"))
+    shutil.rmtree(src)
+    atomic.mark_complete(out_dir, info)
+    return {"out_dir": out_dir, "reused": False, "n_studies": len(grades), **paths}
+
+
+__all__ = ["KEEP", "rsna_dataset", "write_series", "write_synthetic_pretraining", "write_tables"]
