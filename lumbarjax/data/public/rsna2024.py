@@ -79,6 +79,7 @@ COORD_COLUMNS = ["study_id", "series_id", "role", "instance_number", "condition"
                  "d", "x_mm", "y_mm", "z_mm"]
 SERIES_COLUMNS = ["study_id", "series_id", "series_description", "role", "n_files", "paths"]
 EXCLUSION_COLUMNS = ["study_id", "series_id", "reason", "detail"]
+AUTO_POOL_MIN_STUDIES = 32  # workers=None reads fewer studies in-process (spawning costs seconds)
 _INSTANCE_RE = re.compile(r"^(\d+)\.dcm$")
 
 
@@ -305,7 +306,8 @@ def read_rsna2024(root, *, workers: int | None = None, progress: bool = False) -
     Args:
       root: the folder holding train.csv, train_label_coordinates.csv,
         train_series_descriptions.csv and train_images/.
-      workers: processes reading headers (default: every core; <= 1 reads in this process).
+      workers: processes reading headers (default: every core, in-process below
+        ``AUTO_POOL_MIN_STUDIES`` studies; <= 1 reads in this process).
       progress: a tqdm bar over studies.
 
     Returns an :class:`RsnaDataset`. ``manifest.attrs`` has ``root``, ``missing`` (studies without
@@ -373,7 +375,9 @@ def read_rsna2024(root, *, workers: int | None = None, progress: bool = False) -
 
 
 def _run(tasks: list[tuple], workers: int | None, progress: bool) -> list[dict]:
-    workers = (os.cpu_count() or 1) if workers is None else int(workers)
+    if workers is None:  # auto: every core, but not worth spawning workers for a handful
+        workers = (os.cpu_count() or 1) if len(tasks) >= AUTO_POOL_MIN_STUDIES else 1
+    workers = int(workers)
     bar = None
     if progress:
         from tqdm import tqdm
