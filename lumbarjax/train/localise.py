@@ -40,20 +40,18 @@ def centres_from_truth(truth: pd.DataFrame) -> dict:
 def centres_from_rsna(coordinates: pd.DataFrame, condition: str = "spinal_canal_stenosis") -> dict:
     """study_id -> (L, 3) LPS mm of the canal coordinates on the sagittal T2 (NaN where absent)."""
     sub = coordinates[(coordinates["condition"] == condition) & coordinates["x_mm"].notna()]
-    out = {}
-    for sid, g in sub.groupby("study_id"):
-        arr = np.full((len(LEVELS), 3), np.nan)
-        for r in g.itertuples():
-            arr[LEVELS.index(r.level)] = (r.x_mm, r.y_mm, r.z_mm)
-        out[str(sid)] = arr
-    return out
+    return _by_level(sub, "study_id")
 
 
 def centres_from_spider(centres: pd.DataFrame, scan: str = "t2") -> dict:
     """patient_id -> (L, 3) LPS mm of the disc mask centres of one scan type (NaN where absent)."""
     sub = centres[(centres["structure"] == "disc") & (centres["level"] != "") & (centres["scan"] == scan)]
+    return _by_level(sub, "patient_id")
+
+
+def _by_level(rows: pd.DataFrame, key: str) -> dict:
     out = {}
-    for pid, g in sub.groupby("patient_id"):
+    for pid, g in rows.groupby(key):
         arr = np.full((len(LEVELS), 3), np.nan)
         for r in g.itertuples():
             arr[LEVELS.index(r.level)] = (r.x_mm, r.y_mm, r.z_mm)

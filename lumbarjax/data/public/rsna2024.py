@@ -47,9 +47,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from lumbarjax import atomic
 from lumbarjax.data.dicom import read_header, series_geometry, slice_geometry
 from lumbarjax.data.index import COLUMNS as MANIFEST_COLUMNS
+from lumbarjax.data.public.tables import read_table, write_tables
 from lumbarjax.errors import CohortError, DicomError
 from lumbarjax.schema import LEVELS
 
@@ -96,36 +96,15 @@ class RsnaDataset:
     counts: dict = field(default_factory=dict)
 
     def write(self, out_dir: str) -> dict:
-        """Write manifest.csv, labels.csv, coordinates.csv, series.csv, exclusions.csv (atomic)."""
-        from lumbarjax.data.index import write_manifest
-
-        os.makedirs(out_dir, exist_ok=True)
-        paths = {"manifest": os.path.join(out_dir, "manifest.csv")}
-        with atomic.atomic_path(paths["manifest"]) as tmp:
-            write_manifest(self.manifest, tmp)
-        for name in ("labels", "coordinates", "series", "exclusions"):
-            paths[name] = atomic.write_csv(getattr(self, name), os.path.join(out_dir, f"{name}.csv"))
-        return paths
+        """Write manifest.csv and the tables as CSV below ``out_dir`` (atomic)."""
+        return write_tables(out_dir, self.manifest, {n: getattr(self, n) for n in ("labels", "coordinates", "series", "exclusions")})
 
 
 # --------------------------------------------------------------------------- tables
 
 
 def _read_csv(path: str, required: list[str]) -> pd.DataFrame:
-    if not os.path.isfile(path):
-        raise CohortError(f"{path}: not found (incomplete RSNA 2024 download? expected "
-                          f"{TRAIN_CSV}, {COORDINATES_CSV}, {SERIES_CSV} and {IMAGES_DIR}/)")
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except Exception as e:
-        raise CohortError(f"{path}: unreadable CSV ({type(e).__name__}: {e})") from e
-    df.columns = [c.strip() for c in df.columns]
-    missing = [c for c in required if c not in df.columns]
-    if missing:
-        raise CohortError(f"{path}: missing column(s) {missing}; has {list(df.columns)}")
-    for c in df.columns:
-        df[c] = df[c].str.strip()
-    return df
+    return read_table(path, required, f"{TRAIN_CSV}, {COORDINATES_CSV}, {SERIES_CSV} and {IMAGES_DIR}/")
 
 
 def _ids(df: pd.DataFrame, path: str, cols=("study_id", "series_id")) -> None:

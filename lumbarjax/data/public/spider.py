@@ -40,8 +40,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from lumbarjax import atomic
 from lumbarjax.data.index import COLUMNS as MANIFEST_COLUMNS
+from lumbarjax.data.public.tables import read_table, write_tables
 from lumbarjax.data.metaimage import read_metaimage, reorient_sagittal, sitk_affine
 from lumbarjax.errors import CohortError, LumbarjaxError
 from lumbarjax.schema import LEVELS
@@ -94,33 +94,15 @@ class SpiderDataset:
     counts: dict = field(default_factory=dict)
 
     def write(self, out_dir: str) -> dict:
-        from lumbarjax.data.index import write_manifest
-
-        os.makedirs(out_dir, exist_ok=True)
-        paths = {"manifest": os.path.join(out_dir, "manifest.csv")}
-        with atomic.atomic_path(paths["manifest"]) as tmp:
-            write_manifest(self.manifest, tmp)
-        for name in ("series", "gradings", "centres", "exclusions"):
-            paths[name] = atomic.write_csv(getattr(self, name), os.path.join(out_dir, f"{name}.csv"))
-        return paths
+        """Write manifest.csv and the tables as CSV below ``out_dir`` (atomic)."""
+        return write_tables(out_dir, self.manifest, {n: getattr(self, n) for n in ("series", "gradings", "centres", "exclusions")})
 
 
 # --------------------------------------------------------------------------- tables
 
 
 def _read_csv(path: str, required: list[str]) -> pd.DataFrame:
-    if not os.path.isfile(path):
-        raise CohortError(f"{path}: not found (incomplete SPIDER download? expected images/, "
-                          f"masks/, {OVERVIEW_CSV} and {GRADINGS_CSV})")
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except Exception as e:
-        raise CohortError(f"{path}: unreadable CSV ({type(e).__name__}: {e})") from e
-    df.columns = [c.strip() for c in df.columns]
-    missing = [c for c in required if c not in df.columns]
-    if missing:
-        raise CohortError(f"{path}: missing column(s) {missing}; has {list(df.columns)}")
-    return df.apply(lambda s: s.str.strip())
+    return read_table(path, required, f"images/, masks/, {OVERVIEW_CSV} and {GRADINGS_CSV}")
 
 
 def read_gradings(path: str) -> tuple[pd.DataFrame, list[tuple]]:
