@@ -24,7 +24,6 @@ import os
 from collections.abc import Mapping
 
 import flax.linen as nn
-import flax.serialization
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -34,9 +33,11 @@ from absl import logging
 
 from lumbarjax.data.cohort import make_folds
 from lumbarjax.data.pipeline import CachedExamples, Subset, make_loader
+from lumbarjax.data.preprocess import preprocessing_config
+from lumbarjax.data.public.pretraining import label_names
 from lumbarjax.errors import CohortError, ConfigError
 from lumbarjax.eval import metrics as metrics_lib
-from lumbarjax.models import ordinal
+from lumbarjax.models import encoder_file, ordinal
 from lumbarjax.models.encoder3d import MRIEncoder
 from lumbarjax.models.fusion import build_outcome_model
 from lumbarjax.models.resnet2d import grader_loss
@@ -86,13 +87,27 @@ def load_encoder(workdir: str):
     path = os.path.join(workdir, ENCODER_FILE)
     if not os.path.exists(path):
         raise CohortError(f"no pretrained encoder at {path}: run the pretraining first")
-    with open(path, "rb") as f:
-        params = flax.serialization.msgpack_restore(f.read())
+    params, _ = encoder_file.load_encoder_file(path)
     with open(os.path.join(workdir, SUMMARY_FILE)) as f:
         return params, json.load(f)
 
 
-def pretrain_encoder(config, workdir: str, records: pd.DataFrame, cache: pd.DataFrame):
+def load_pretrained(config, path: str):
+    """``config.pretrain.encoder_file``: (params, summary) from an encoder file, after checking
+    that its card fits ``config`` (ConfigError naming the differing field)."""
+    params, card = encoder_file.load_encoder_file(path)
+    encoder_file.check_compatible(card, encoder_kwargs=encoder_kwargs(config),
+                                  preprocessing=preprocessing_config(config), path=path)
+    logging.info("pretrain: using the encoder file %s (%s, trained on %s)", path,
+                 card.get("architecture"), card.get("training_data", {}).get("format", "?"))
+    summary = {"encoder_file": os.path.abspath(path), "training_data": card.get("training_data", {}),
+               "lumbarjax_version": card.get("lumbarjax_version")}
+    summary.update({f"val_{k}": v for k, v in card.get("validation", {}).items()})
+    return params, summary
+
+
+def pretrain_encoder(config, workdir: str, records: pd.DataFrame, cache: pd.DataFrame, *,
+                     training_data: Mapping | None = None):
     """Train ``StenosisGrader`` on ``records[config.pretrain.label_column]``; save and return the encoder.
 
     Args:
@@ -102,6 +117,7 @@ def pretrain_encoder(config, workdir: str, records: pd.DataFrame, cache: pd.Data
         ``pretrain_summary.json``). When the saved encoder was made with the same settings it
         is loaded instead of retrained.
       records / cache: the pretraining cohort (``workflow.stage_cohort``), aligned by row.
+      training_data: what the model card says about the data (format, counts; no patient ids).
 
     Returns:
       ``(encoder_params, summary)``; summary has the patient counts and the validation QWK.
@@ -156,13 +172,19 @@ def pretrain_encoder(config, workdir: str, records: pd.DataFrame, cache: pd.Data
     result = train_and_evaluate(run_cfg, workdir, model=model, loss_fn=grader_loss,
                                 train_source=Subset(source, train_idx), eval_fn=eval_fn)
     params = jax.device_get(result["state"].params["mri_encoder"])
-    with open(os.path.join(workdir, ENCODER_FILE), "wb") as f:
-        f.write(flax.serialization.msgpack_serialize(params))
     summary = {"patients_train": int(len(train_idx)), "patients_val": int(len(val_idx)),
                "patients_not_used": n_skipped, "best_step": int(result["best"]["step"] or 0),
                "val_qwk": float((result["best"]["metrics"] or {}).get("qwk", float("nan"))),
                "grade_counts": np.bincount(labels["grade"].astype(int), minlength=k).tolist(),
                "signature": sig}
+    data = {"patients_train": summary["patients_train"], "patients_val": summary["patients_val"],
+            "grade_counts": summary["grade_counts"], **dict(training_data or {"format": "lumbarjax"})}
+    card = encoder_file.model_card(
+        encoder_kwargs=sig["encoder"], preprocessing=preprocessing_config(config), label_column=col,
+        label_names=label_names(col, k), training_data=data,
+        validation={"qwk": summary["val_qwk"], "best_step": summary["best_step"],
+                    "patients": summary["patients_val"]})
+    encoder_file.save_encoder_file(os.path.join(workdir, ENCODER_FILE), params, card)
     with open(summary_path, "w") as f:
         json.dump(summary, f, indent=1)
     return params, summary
