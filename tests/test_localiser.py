@@ -6,6 +6,7 @@ import json
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
+import pytest
 
 from lumbarjax.models.localiser import soft_argmax
 from lumbarjax.schema import LEVELS
@@ -32,6 +33,7 @@ def _toy(n, rng, size=32):
     return imgs, tg
 
 
+@pytest.mark.slow  # ~25 s CPU (compiles dominate): python -m pytest -m slow tests/test_localiser.py
 def test_localiser_learns_a_toy_spine_better_than_the_mean_position():
     rng = np.random.default_rng(0)
     imgs, tg = _toy(48, rng)
