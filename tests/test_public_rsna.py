@@ -258,3 +258,30 @@ def test_synthetic_pretraining_cohort_in_rsna_layout_keeps_todays_labels(tmp_pat
     (other / "keep.txt").write_text("x")
     with pytest.raises(Exception, match="refusing to overwrite"):
         write_synthetic_pretraining(other, n_patients=10, seed=1, mri_size=(48, 48))
+
+
+@pytest.mark.slow  # generates the cohort twice (~20 s CPU): bash scripts/test.sh -m slow tests/test_public_rsna.py
+def test_rsna_layout_demo_gives_the_same_volumes_labels_and_folds_as_the_old_path(tmp_path):
+    from lumbarjax.data.cohort import make_folds
+    from lumbarjax.data.index import index_cohort
+    from lumbarjax.data.public.rsna_layout import write_synthetic_pretraining
+    from lumbarjax.data.synthetic import make_pretraining_cohort
+
+    old = make_pretraining_cohort(tmp_path / "old", n_patients=10, seed=1, mri_size=(48, 48))
+    write_synthetic_pretraining(tmp_path / "new", n_patients=10, seed=1, mri_size=(48, 48))
+    m = index_cohort(old["export_dir"])
+    m = m[m["role"] == "mri_t2_sag"].set_index("patient_id")
+    new = rsna2024.read_rsna2024(tmp_path / "new", workers=1)
+    r = new.manifest.set_index("patient_id")
+    assert len(r) == len(m)
+    for pid in m.index:
+        a = read_series(resolve_paths(m.loc[pid], old["export_dir"]))
+        b = read_series(resolve_paths(r.loc[str(4_000_000 + int(pid[2:]))], str(tmp_path / "new")))
+        np.testing.assert_array_equal(a.array, b.array)
+        np.testing.assert_allclose(a.affine, b.affine, atol=1e-9)
+    lab = pd.read_csv(old["labels_csv"]).dropna().reset_index(drop=True)
+    wide = rsna2024.level_grades(new.labels)
+    assert list(lab["stenosis_grade"]) == list(wide["stenosis_grade"])
+    f_old = make_folds(lab, k=5, seed=2, stratify_on="stenosis_grade")
+    f_new = make_folds(wide, k=5, seed=2, stratify_on="stenosis_grade")
+    np.testing.assert_array_equal(f_old, f_new)
