@@ -171,7 +171,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.pretrain.update(dict(
         enabled=False,
         cohort_dir="",             # cohort folder (DICOM/NIfTI below it); must not share patients
-        labels="",                 # CSV/Excel with patient_id + label_column; default <cohort_dir>/stenosis_labels.csv
+        format="lumbarjax",        # cohort_dir layout: "lumbarjax" (indexable folder + labels) |
+                                   # "rsna2024" | "spider" (public sets as downloaded, data.public)
+        encoder_file="",           # a pretrained encoder file (weights + model card): load, don't pretrain
+        labels="",                 # format lumbarjax: CSV/Excel with patient_id + label_column; default <cohort_dir>/stenosis_labels.csv
         label_column="stenosis_grade", num_grades=3,
         make_demo=False,           # write the synthetic pretraining cohort when no labels table exists
         demo_patients=240,

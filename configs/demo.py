@@ -36,6 +36,7 @@ def get_config():
     c.outcome.train.num_steps = 200
     c.pretrain.enabled = True
     c.pretrain.make_demo = True
+    c.pretrain.format = "rsna2024"   # the synthetic pretraining cohort in the RSNA 2024 layout, read as a user's download
     c.pretrain.demo_patients = 600
     c.pretrain.train.num_steps = 800
     c.pretrain.train.eval_every = 200

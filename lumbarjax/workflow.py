@@ -26,10 +26,11 @@ from lumbarjax.data import cohort as cohort_lib
 from lumbarjax.data import index as index_lib
 from lumbarjax.data import preprocess as preprocess_lib
 from lumbarjax.data import synthetic
+from lumbarjax.data.public.pretraining import pretraining_inputs
 from lumbarjax.errors import CohortError, ConfigError
 from lumbarjax.explain.heatmaps import HeatmapCollector
 from lumbarjax.train import crossval
-from lumbarjax.train.pretrain import pretrain_encoder
+from lumbarjax.train.pretrain import load_pretrained, pretrain_encoder
 from lumbarjax.train.tasks import get_task
 
 
@@ -130,37 +131,49 @@ def stage_cohort(config, workdir: str, manifest: pd.DataFrame) -> Cohort:
 def stage_pretrain(config, workdir: str, outcome_ids=()):
     """Pretrain the outcome model's MRI encoder on ``config.pretrain``'s labelled cohort.
 
-    Returns ``(encoder_params, summary)``, or None when ``pretrain.enabled`` is False. The
-    cohort is ``pretrain.cohort_dir`` with the labels table ``pretrain.labels`` (default
-    ``<cohort_dir>/stenosis_labels.csv``); with ``pretrain.make_demo`` and no labels table there,
-    the synthetic pretraining cohort is written first (``synthetic.make_pretraining_cohort``).
+    Returns ``(encoder_params, summary)``, or None when ``pretrain.enabled`` is False. With
+    ``pretrain.encoder_file`` the encoder is loaded from that file (its model card must fit the
+    config) instead. Otherwise the cohort is ``pretrain.cohort_dir`` read as
+    ``pretrain.format``: "lumbarjax" (any indexable folder + the labels table ``pretrain.labels``,
+    default ``<cohort_dir>/stenosis_labels.csv``), "rsna2024" or "spider" (the public sets as
+    downloaded, ``lumbarjax.data.public``). With ``pretrain.make_demo`` and no data there, the
+    synthetic pretraining cohort is written first (in the RSNA layout for "rsna2024").
     Everything goes to ``<workdir>/pretrain``. A patient id present in both cohorts is an error:
     the outcome cohort's images must not teach the encoder.
     """
     pc = config.pretrain
     if not pc.enabled:
         return None
+    if pc.encoder_file:
+        return load_pretrained(config, pc.encoder_file)
     pdir = os.path.join(workdir, "pretrain")
     os.makedirs(pdir, exist_ok=True)
-    root = pc.cohort_dir or os.path.join(workdir, "pretrain_cohort")
-    labels = pc.labels or os.path.join(root, "stenosis_labels.csv")
-    if not os.path.exists(labels) or (not pc.labels and synthetic.is_synthetic_incomplete(root)):
-        if not pc.make_demo:
-            raise ConfigError(f"config.pretrain: no labels table {labels!r} (set pretrain.labels, or "
-                              "pretrain.make_demo=True for the synthetic pretraining cohort)")
-        logging.info("writing the synthetic pretraining cohort (%d patients) to %s", pc.demo_patients, root)
-        synthetic.make_pretraining_cohort(root, n_patients=int(pc.demo_patients), seed=int(config.seed) + 1)
+    fmt = pc.format or "lumbarjax"
+    root = pc.cohort_dir or os.path.join(workdir, "pretrain_cohort" if fmt == "lumbarjax" else f"pretrain_{fmt}")
     sub = ml_collections.ConfigDict(config.to_dict())
-    sub.data.cohort_dir, sub.data.clinical_file = root, labels
     sub.data.manifest, sub.data.cache_dir, sub.data.make_demo = "", "", False
     sub.clinical.mri_label_columns = (pc.label_column,)
-    manifest = stage_index(sub, pdir)
+    public = pretraining_inputs(pc, root, pdir, seed=int(config.seed) + 1)
+    if public is not None:
+        manifest, labels, training_data = public
+        sub.data.cohort_dir, sub.data.clinical_file = root, labels
+    else:
+        training_data = {"format": "lumbarjax", "folder": os.path.basename(os.path.normpath(root))}
+        labels = pc.labels or os.path.join(root, "stenosis_labels.csv")
+        if not os.path.exists(labels) or (not pc.labels and synthetic.is_synthetic_incomplete(root)):
+            if not pc.make_demo:
+                raise ConfigError(f"config.pretrain: no labels table {labels!r} (set pretrain.labels, or "
+                                  "pretrain.make_demo=True for the synthetic pretraining cohort)")
+            logging.info("writing the synthetic pretraining cohort (%d patients) to %s", pc.demo_patients, root)
+            synthetic.make_pretraining_cohort(root, n_patients=int(pc.demo_patients), seed=int(config.seed) + 1)
+        sub.data.cohort_dir, sub.data.clinical_file = root, labels
+        manifest = stage_index(sub, pdir)
     cohort = stage_cohort(sub, pdir, manifest)
     shared = sorted(set(cohort.records["patient_id"]) & set(outcome_ids))
     if shared:
         raise CohortError(f"pretraining and outcome cohorts share {len(shared)} patient id(s), e.g. "
                           f"{shared[:5]}: pretrain on other patients")
-    return pretrain_encoder(config, pdir, cohort.records, cohort.cache)
+    return pretrain_encoder(config, pdir, cohort.records, cohort.cache, training_data=training_data)
 
 
 def stage_crossval(config, workdir: str, cohort: Cohort) -> dict:

@@ -55,7 +55,7 @@ from lumbarjax.errors import CohortError, DicomError
 log = logging.getLogger(__name__)
 
 ROLES = ("xray", "mri_t2_sag")
-SOURCES = ("dicom", "nifti")
+SOURCES = ("dicom", "nifti", "mha")  # mha: MetaImage (SPIDER), read with SimpleITK
 COLUMNS = [
     "patient_id", "role", "source", "paths", "study_uid", "series_uid", "modality",
     "series_description", "n_files", "spacing_mm", "shape", "reason",
@@ -570,7 +570,7 @@ def _row_name(path: str, i: int, row: Mapping) -> str:
 def read_manifest(path, root=None) -> pd.DataFrame:
     """Read and validate a (possibly hand-edited) manifest CSV.
 
-    Checks required columns, role in {"xray", "mri_t2_sag"}, source in {"dicom", "nifti"},
+    Checks required columns, role in {"xray", "mri_t2_sag"}, source in {"dicom", "nifti", "mha"},
     non-empty patient_id/paths, one row per (patient_id, role), a NIfTI row points at one
     .nii/.nii.gz file; with ``root`` also that every file exists. CohortError names the file,
     line, patient and role. All columns are strings except ``n_files`` (integer).
@@ -609,6 +609,8 @@ def read_manifest(path, root=None) -> pd.DataFrame:
                 len(parts) != 1 or not parts[0].lower().endswith((".nii", ".nii.gz"))):
             raise CohortError(f"{where}: a nifti row needs exactly one .nii/.nii.gz path, "
                               f"got {row['paths']!r}")
+        if row["source"] == "mha" and (len(parts) != 1 or not parts[0].lower().endswith((".mha", ".mhd"))):
+            raise CohortError(f"{where}: an mha row needs exactly one .mha/.mhd path, got {row['paths']!r}")
         key = (row["patient_id"], row["role"])
         if key in seen:
             raise CohortError(f"{where}: duplicate of line {seen[key] + 2} (one row per "

@@ -281,7 +281,14 @@ def _load_mri(paths: list[str], source: str, limits=None):
     if source == "dicom":
         from lumbarjax.data import dicom
         return dicom.read_series(paths, limits=limits)
-    raise CohortError(f"unknown mri_source {source!r} (expected 'dicom' or 'nifti')")
+    if source == "mha":
+        if len(paths) != 1:
+            raise CohortError(f"mha MRI must be one file, got {len(paths)}: {paths[:3]}")
+        from lumbarjax.data.metaimage import read_metaimage
+        vol = read_metaimage(paths[0])
+        sanity.check_volume_spacing(vol.spacing, paths[0], CohortError, limits)
+        return vol
+    raise CohortError(f"unknown mri_source {source!r} (expected 'dicom', 'nifti' or 'mha')")
 
 
 def _load_xray(paths: list[str], source: str, limits=None) -> tuple[np.ndarray, Any]:

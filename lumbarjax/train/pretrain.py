@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 
-import flax.serialization
 import jax
 import ml_collections
 import numpy as np
@@ -30,7 +30,10 @@ from absl import logging
 from lumbarjax import atomic
 from lumbarjax.data.cohort import make_folds
 from lumbarjax.data.pipeline import CachedExamples, Subset, make_loader
+from lumbarjax.data.preprocess import preprocessing_config
+from lumbarjax.data.public.pretraining import label_names
 from lumbarjax.errors import CohortError, ConfigError
+from lumbarjax.models import encoder_file
 from lumbarjax.models.fusion import build_outcome_model
 from lumbarjax.train.loop import predict, train_and_evaluate
 from lumbarjax.train.tasks import TASKS
@@ -61,13 +64,27 @@ def load_encoder(workdir: str):
     path = os.path.join(workdir, ENCODER_FILE)
     if not os.path.exists(path):
         raise CohortError(f"no pretrained encoder at {path}: run the pretraining first")
-    with open(path, "rb") as f:
-        params = flax.serialization.msgpack_restore(f.read())
+    params, _ = encoder_file.load_encoder_file(path)
     with open(os.path.join(workdir, SUMMARY_FILE)) as f:
         return params, json.load(f)
 
 
-def pretrain_encoder(config, workdir: str, records: pd.DataFrame, cache: pd.DataFrame):
+def load_pretrained(config, path: str):
+    """``config.pretrain.encoder_file``: (params, summary) from an encoder file, after checking
+    that its card fits ``config`` (ConfigError naming the differing field)."""
+    params, card = encoder_file.load_encoder_file(path)
+    encoder_file.check_compatible(card, encoder_kwargs=encoder_kwargs(config),
+                                  preprocessing=preprocessing_config(config), path=path)
+    logging.info("pretrain: using the encoder file %s (%s, trained on %s)", path,
+                 card.get("architecture"), card.get("training_data", {}).get("format", "?"))
+    summary = {"encoder_file": os.path.abspath(path), "training_data": card.get("training_data", {}),
+               "lumbarjax_version": card.get("lumbarjax_version")}
+    summary.update({f"val_{k}": v for k, v in card.get("validation", {}).items()})
+    return params, summary
+
+
+def pretrain_encoder(config, workdir: str, records: pd.DataFrame, cache: pd.DataFrame, *,
+                     training_data: Mapping | None = None):
     """Train ``StenosisGrader`` on ``records[config.pretrain.label_column]``; save and return the encoder.
 
     Args:
@@ -77,6 +94,7 @@ def pretrain_encoder(config, workdir: str, records: pd.DataFrame, cache: pd.Data
         ``pretrain_summary.json``). When the saved encoder was made with the same settings it
         is loaded instead of retrained.
       records / cache: the pretraining cohort (``workflow.stage_cohort``), aligned by row.
+      training_data: what the model card says about the data (format, counts; no patient ids).
 
     Returns:
       ``(encoder_params, summary)``; summary has the patient counts and the validation QWK.
@@ -126,12 +144,19 @@ def pretrain_encoder(config, workdir: str, records: pd.DataFrame, cache: pd.Data
                                 train_source=Subset(source, train_idx), eval_fn=eval_fn,
                                 row_ids=recs["patient_id"].to_numpy())
     params = jax.device_get(result["state"].params["mri_encoder"])
-    atomic.write_bytes(os.path.join(workdir, ENCODER_FILE), flax.serialization.msgpack_serialize(params))
     summary = {"patients_train": int(len(train_idx)), "patients_val": int(len(val_idx)),
                "patients_not_used": n_skipped, "best_step": int(result["best"]["step"] or 0),
                "val_qwk": float((result["best"]["metrics"] or {}).get("qwk", float("nan"))),
                "grade_counts": np.bincount(labels["grade"].astype(int), minlength=k).tolist(),
                "signature": sig}
+    data = {"patients_train": summary["patients_train"], "patients_val": summary["patients_val"],
+            "grade_counts": summary["grade_counts"], **dict(training_data or {"format": "lumbarjax"})}
+    card = encoder_file.model_card(
+        encoder_kwargs=sig["encoder"], preprocessing=preprocessing_config(config), label_column=col,
+        label_names=label_names(col, k), training_data=data,
+        validation={"qwk": summary["val_qwk"], "best_step": summary["best_step"],
+                    "patients": summary["patients_val"]})
+    encoder_file.save_encoder_file(os.path.join(workdir, ENCODER_FILE), params, card)
     atomic.write_json(summary_path, summary, indent=1, sort_keys=False)  # last: marks the encoder complete
     return params, summary
 

@@ -1,0 +1,94 @@
+"""A public dataset folder -> the pretraining stage's inputs (manifest + labels table).
+
+``config.pretrain.format`` says how ``config.pretrain.cohort_dir`` is laid out:
+
+``"lumbarjax"``  any cohort folder lumbarjax can index + a labels table (the original path;
+                 :func:`pretraining_inputs` returns None and the workflow indexes it).
+``"rsna2024"``   the RSNA 2024 training folder (``rsna2024.read_rsna2024``); the label is the
+                 patient-level canal stenosis grade ``stenosis_grade`` = the worst graded level
+                 (0 normal/mild, 1 moderate, 2 severe); per-level grades are written too.
+``"spider"``     the SPIDER folder (``spider.read_spider``); the label ``pfirrmann_grade`` is the
+                 worst lumbar-level Pfirrmann grade minus 1 (0..4: set
+                 ``pretrain.label_column="pfirrmann_grade"``, ``pretrain.num_grades=5``).
+
+With ``pretrain.make_demo`` and an RSNA folder without train.csv, the demo's synthetic
+pretraining cohort is written there in the RSNA layout first
+(``rsna_layout.write_synthetic_pretraining``), so the demo reads it through the same reader a
+user points at the Kaggle download.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from lumbarjax import atomic
+from lumbarjax.errors import ConfigError
+
+FORMATS = ("lumbarjax", "rsna2024", "spider")
+LABEL_NAMES = {"stenosis_grade": ("normal/mild", "moderate", "severe"),
+               "pfirrmann_grade": ("Pfirrmann 1", "Pfirrmann 2", "Pfirrmann 3", "Pfirrmann 4",
+                                   "Pfirrmann 5")}
+
+
+def pretraining_inputs(pc, root: str, out_dir: str, *, seed: int):
+    """For ``pc = config.pretrain``: None for ``format="lumbarjax"``, else
+    ``(manifest, labels_csv, description)`` — the manifest (``attrs["root"]`` = ``root``), the
+    labels table written to ``out_dir`` (``patient_id`` + the label column), and a description
+    of the training data for the model card (format, folder name, counts; no patient ids).
+
+    The reader's tables (manifest, per-level labels, coordinates / centres, exclusions) are
+    written to ``<out_dir>/<format>/`` for inspection.
+    """
+    fmt = str(pc.get("format", "lumbarjax") or "lumbarjax")
+    if fmt not in FORMATS:
+        raise ConfigError(f"config.pretrain.format={fmt!r}: expected one of {FORMATS}")
+    if fmt == "lumbarjax":
+        return None
+    os.makedirs(out_dir, exist_ok=True)
+    if fmt == "rsna2024":
+        from lumbarjax.data.public import rsna2024
+
+        if not os.path.exists(os.path.join(root, rsna2024.TRAIN_CSV)):
+            if not pc.make_demo:
+                raise ConfigError(f"config.pretrain.cohort_dir={root!r}: no {rsna2024.TRAIN_CSV} "
+                                  "(point it at the RSNA 2024 download, or set pretrain.make_demo=True)")
+            from lumbarjax.data.public.rsna_layout import write_synthetic_pretraining
+
+            write_synthetic_pretraining(root, n_patients=int(pc.demo_patients), seed=seed)
+        data = rsna2024.read_rsna2024(root)
+        labels = rsna2024.level_grades(data.labels)
+        label_col = "stenosis_grade"
+    else:
+        from lumbarjax.data.public import spider
+
+        data = spider.read_spider(root)
+        wide = spider.level_labels(data.gradings)
+        worst = wide.drop(columns="patient_id").max(axis=1, skipna=True)
+        labels = wide.assign(pfirrmann_grade=worst - 1)
+        label_col = "pfirrmann_grade"
+    if pc.label_column != label_col:
+        raise ConfigError(f"config.pretrain.label_column={pc.label_column!r}: the {fmt} reader "
+                          f"provides {label_col!r}")
+    data.write(os.path.join(out_dir, fmt))
+    labels_csv = atomic.write_csv(labels, os.path.join(out_dir, f"{fmt}_labels.csv"))
+    grades = labels[label_col].dropna().astype(int)
+    description = {"format": fmt, "folder": os.path.basename(os.path.normpath(root)),
+                   "patients_with_image": int(len(data.manifest)),
+                   "patients_labelled": int(len(grades)),
+                   "label": label_col,
+                   "grade_counts": np.bincount(grades, minlength=int(pc.num_grades)).tolist(),
+                   "reader_counts": data.counts}
+    return data.manifest, labels_csv, description
+
+
+def label_names(label_column: str, num_grades: int) -> tuple[str, ...]:
+    """Names of the grades 0..num_grades-1 for the model card."""
+    names = LABEL_NAMES.get(label_column)
+    if names is None or len(names) != num_grades:
+        return tuple(f"grade {k}" for k in range(num_grades))
+    return names
+
+
+__all__ = ["FORMATS", "label_names", "pretraining_inputs"]

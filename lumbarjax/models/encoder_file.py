@@ -1,0 +1,131 @@
+"""A pretrained MRI encoder as one file: the weights plus a model card.
+
+A group that pretrains once (on RSNA 2024, SPIDER, or its own graded cohort; on a GPU) hands
+``mri_encoder.msgpack`` to others, who start their outcome model from it with
+``--config.pretrain.encoder_file=PATH`` instead of pretraining.
+
+File format: a msgpack map ``{"format": FORMAT, "card": <JSON text>, "params": <pytree>}``
+(flax.serialization), written atomically; the card is also written beside it as
+``<name>.card.json`` for people to read (the loader uses the copy inside the file). The card
+says what the weights expect and what they learnt:
+
+- ``architecture`` and ``encoder_kwargs`` (``MRIEncoder(**encoder_kwargs)`` rebuilds it),
+- ``input``: voxel spacing (mm) and shape (D, H, W) after resampling, orientation, channels,
+- ``intensity_normalisation``: per-volume percentile scaling (``preprocess.normalize_intensity``)
+  and the preprocessing code version,
+- ``labels``: the label column, number of grades and their names,
+- ``training_data``: a description (dataset format, counts, grade counts; never a patient id),
+- ``validation``: the metrics on the held-out pretraining patients,
+- ``lumbarjax_version``.
+
+:func:`check_compatible` compares a card with the configuration that wants to use it and raises
+:class:`~lumbarjax.errors.ConfigError` naming the first field that differs (architecture or any
+encoder kwarg, input spacing / shape, intensity normalisation).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+
+import flax.serialization
+import numpy as np
+
+import lumbarjax
+from lumbarjax import atomic
+from lumbarjax.errors import ConfigError
+
+FORMAT = "lumbarjax-mri-encoder/1"
+ORIENTATION = "sagittal: d left-right (slices), h superior->inferior, w anterior->posterior"
+
+
+def _jsonable(x):
+    return json.loads(json.dumps(x, default=lambda o: o.tolist() if hasattr(o, "tolist") else list(o)))
+
+
+def model_card(*, encoder_kwargs: Mapping, preprocessing: Mapping, label_column: str,
+               label_names, training_data: Mapping, validation: Mapping) -> dict:
+    """The card of an encoder. ``preprocessing`` is ``preprocessing_config(config)`` (its
+    ``"mri"`` part and ``code_version`` are used)."""
+    from lumbarjax.data.preprocess import CODE_VERSION
+
+    mri = preprocessing["mri"]
+    return _jsonable({
+        "format": FORMAT,
+        "lumbarjax_version": lumbarjax.__version__,
+        "architecture": encoder_kwargs.get("arch", ""),
+        "encoder_kwargs": dict(encoder_kwargs),
+        "input": {"spacing_mm": list(mri["spacing"]), "shape": list(mri["shape"]), "channels": 1,
+                  "orientation": ORIENTATION, "resampling": "centre crop/pad on the LPS grid"},
+        "intensity_normalisation": {"method": "per-volume percentiles -> [0, 1], clipped",
+                                    "percentiles": list(mri.get("norm_percentiles", (1.0, 99.0))),
+                                    "preprocess_code_version": CODE_VERSION},
+        "labels": {"column": label_column, "num_grades": len(label_names),
+                   "names": list(label_names)},
+        "training_data": dict(training_data),
+        "validation": dict(validation),
+    })
+
+
+def save_encoder_file(path: str, params, card: Mapping) -> tuple[str, str]:
+    """Write the encoder file and its readable card copy; returns (path, card_path)."""
+    path = os.fspath(path)
+    blob = {"format": FORMAT, "card": json.dumps(_jsonable(card), sort_keys=True), "params": params}
+    atomic.write_bytes(path, flax.serialization.msgpack_serialize(blob))
+    card_path = card_path_for(path)
+    atomic.write_json(card_path, _jsonable(card))
+    return path, card_path
+
+
+def card_path_for(path: str) -> str:
+    stem = path[:-len(".msgpack")] if path.endswith(".msgpack") else path
+    return stem + ".card.json"
+
+
+def load_encoder_file(path: str):
+    """(params as numpy pytree, card dict); ConfigError naming the file when it is not one."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ConfigError(f"config.pretrain.encoder_file={path!r}: file not found")
+    try:
+        with open(path, "rb") as f:
+            blob = flax.serialization.msgpack_restore(f.read())
+    except Exception as e:
+        raise ConfigError(f"config.pretrain.encoder_file={path!r}: not a lumbarjax encoder file "
+                          f"({type(e).__name__}: {e})") from e
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT or "params" not in blob:
+        raise ConfigError(f"config.pretrain.encoder_file={path!r}: not a lumbarjax encoder file "
+                          f"(format {blob.get('format') if isinstance(blob, dict) else None!r}, "
+                          f"expected {FORMAT!r})")
+    return blob["params"], json.loads(blob["card"])
+
+
+def check_compatible(card: Mapping, *, encoder_kwargs: Mapping, preprocessing: Mapping,
+                     path: str = "") -> None:
+    """ConfigError naming the first field where ``card`` and the configuration differ."""
+    where = f"config.pretrain.encoder_file={path!r}" if path else "pretrained encoder"
+    want = _jsonable(dict(encoder_kwargs))
+    have = card.get("encoder_kwargs", {})
+    if card.get("architecture") != want.get("arch"):
+        raise ConfigError(f"{where}: architecture differs: the file has {card.get('architecture')!r}, "
+                          f"config.outcome.model.mri.arch is {want.get('arch')!r}")
+    for k in sorted(set(want) | set(have)):
+        if want.get(k) != have.get(k):
+            raise ConfigError(f"{where}: encoder field {k!r} differs: the file has {have.get(k)!r}, "
+                              f"config.outcome.model.mri gives {want.get(k)!r}")
+    mri = _jsonable(dict(preprocessing["mri"]))
+    inp = card.get("input", {})
+    for field, a, b in (("mri.spacing", inp.get("spacing_mm"), mri["spacing"]),
+                        ("mri.shape", inp.get("shape"), mri["shape"])):
+        if not (a is not None and len(a) == len(b) and np.allclose(a, b)):
+            raise ConfigError(f"{where}: input geometry differs: the file expects {field}={a}, "
+                              f"config.{field} is {b}")
+    pct = card.get("intensity_normalisation", {}).get("percentiles")
+    if pct is not None and not np.allclose(pct, mri.get("norm_percentiles", (1.0, 99.0))):
+        raise ConfigError(f"{where}: intensity normalisation differs: the file expects "
+                          f"mri.norm_percentiles={pct}, config has {mri.get('norm_percentiles')}")
+
+
+__all__ = ["FORMAT", "card_path_for", "check_compatible", "load_encoder_file", "model_card",
+           "save_encoder_file"]
