@@ -88,6 +88,42 @@ def anterior_side(endplates_mm) -> str:
     return votes[0]
 
 
+def orient(endplates_rc, side: str) -> np.ndarray:
+    """(11, 2, 2) lines with each line's corners ordered (anterior, posterior); ``side`` is the
+    column side the patient faces ("left" | "right")."""
+    e = _check(endplates_rc)
+    if side not in ("left", "right"):
+        raise ConfigError(f"anterior must be 'left', 'right' or 'auto', got {side!r}")
+    swap = (e[:, 0, 1] > e[:, 1, 1]) == (side == "left")
+    return np.where(swap[:, None, None], e[:, ::-1], e)
+
+
+def level_corners(oriented) -> np.ndarray:
+    """(5, 4, 2): per level the corners (A_u, P_u, A_l, P_l) of its two endplates, from
+    :func:`orient`'s output."""
+    e = np.asarray(oriented, dtype=np.float64)
+    return np.stack([np.concatenate([e[u], e[l]]) for u, l in LEVEL_ENDPLATES.values()])
+
+
+def level_indices(corners_mm) -> pd.DataFrame:
+    """Per-level indices (module docstring) from (5, 4, 2) corners (A_u, P_u, A_l, P_l) in mm."""
+    c = np.asarray(corners_mm, dtype=np.float64)
+    if c.shape != (len(LEVELS), 4, 2):
+        raise ConfigError(f"level corners: expected ({len(LEVELS)}, 4, 2), got {c.shape}")
+    a_u, p_u, a_l, p_l = (c[:, i] for i in range(4))
+    h_a = np.linalg.norm(a_u - a_l, axis=-1)
+    h_p = np.linalg.norm(p_u - p_l, axis=-1)
+    depth = np.linalg.norm(a_u - p_u, axis=-1)
+    lower = a_l - p_l
+    lower_len = np.linalg.norm(lower, axis=-1)
+    slip = np.sum((p_u - p_l) * lower, axis=-1) / lower_len
+    height = 0.5 * (h_a + h_p)
+    return pd.DataFrame({"anterior_height_mm": h_a, "posterior_height_mm": h_p,
+                         "disc_height_mm": height, "depth_mm": depth, "dhi": height / depth,
+                         "listhesis_mm": slip, "listhesis_pct": 100.0 * slip / lower_len},
+                        index=list(LEVELS))
+
+
 def disc_indices(endplates_rc, spacing, *, anterior: str = "auto") -> pd.DataFrame:
     """Per-level disc height index and listhesis (module docstring), one row per level.
 
@@ -99,23 +135,7 @@ def disc_indices(endplates_rc, spacing, *, anterior: str = "auto") -> pd.DataFra
     """
     e = to_mm(_check(endplates_rc), spacing)
     side = anterior_side(e) if anterior == "auto" else anterior
-    if side not in ("left", "right"):
-        raise ConfigError(f"anterior must be 'left', 'right' or 'auto', got {anterior!r}")
-    # order each line's corners as (anterior, posterior)
-    want_small_col_first = side == "left"
-    swap = (e[:, 0, 1] > e[:, 1, 1]) == want_small_col_first
-    e = np.where(swap[:, None, None], e[:, ::-1], e)
-    rows = {}
-    for lv, (u, l) in LEVEL_ENDPLATES.items():
-        (a_u, p_u), (a_l, p_l) = e[u], e[l]
-        h_a, h_p = np.linalg.norm(a_u - a_l), np.linalg.norm(p_u - p_l)
-        depth = np.linalg.norm(a_u - p_u)
-        lower = a_l - p_l
-        lower_len = np.linalg.norm(lower)
-        slip = float((p_u - p_l) @ (lower / lower_len))
-        rows[lv] = (h_a, h_p, 0.5 * (h_a + h_p), depth, 0.5 * (h_a + h_p) / depth, slip,
-                    100.0 * slip / lower_len)
-    return pd.DataFrame.from_dict(rows, orient="index", columns=list(INDEX_COLUMNS))
+    return level_indices(level_corners(orient(e, side)))
 
 
 def index_columns(indices: pd.DataFrame, prefix_cols=("dhi", "listhesis_mm")) -> dict:
@@ -124,4 +144,4 @@ def index_columns(indices: pd.DataFrame, prefix_cols=("dhi", "listhesis_mm")) ->
 
 
 __all__ = ["INDEX_COLUMNS", "LEVEL_ENDPLATES", "anterior_side", "disc_centres", "disc_indices",
-           "index_columns", "to_mm"]
+           "index_columns", "level_corners", "level_indices", "orient", "to_mm"]
