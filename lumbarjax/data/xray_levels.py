@@ -101,5 +101,61 @@ def level_crops(pixels, spacing, centres_rc, shape=(64, 64), mm_per_px: float = 
     return np.stack([o[0] for o in out]), [o[1] for o in out]
 
 
+def _edge_offset(img, sp, station, nrm, offs, sign, step_mm) -> float:
+    """Offset (mm) along ``nrm`` from ``station`` of the steepest fall (sign −1) or rise (+1) of
+    the film's intensity within ``offs``; 0 when the extremum is at the window's border."""
+    pts = (station[None] + offs[:, None] * nrm[None]) / sp
+    grad = np.gradient(ndimage.map_coordinates(img, pts.T, order=1, mode="nearest"))
+    j = int(np.argmin(grad) if sign < 0 else np.argmax(grad))
+    if not 0 < j < len(offs) - 1:
+        return 0.0
+    g0, g1, g2 = grad[j - 1], grad[j], grad[j + 1]
+    den = g0 - 2 * g1 + g2
+    shift = 0.5 * (g0 - g2) / den if abs(den) > 1e-12 else 0.0
+    return float(offs[j] + np.clip(shift, -1, 1) * step_mm)
+
+
+def refine_corners(pixels, spacing, corners_rc, *, search_mm: float = 3.0, inset: float = 0.12,
+                   step_mm: float = 0.1, smooth_mm: float = 0.4) -> np.ndarray:
+    """Move each level's corners along the disc normal onto the endplate edges of the film.
+
+    For every level (A_u, P_u, A_l, P_l), the endplate direction is the mean of A_u − P_u and
+    A_l − P_l and the normal points from the upper to the lower endplate. At a station
+    ``inset`` of the depth inside each corner (clear of the rounded corner and of osteophytes)
+    the intensity profile along the normal is sampled every ``step_mm`` within ``search_mm`` of
+    the current estimate; the upper endplate is where the profile falls fastest (bright body ->
+    dark disc), the lower where it rises fastest. Only the normal component of each corner moves
+    (each corner is projected onto the line through the two edge points of its endplate, so its
+    position along the endplate is kept). corners_rc: (N, 5, 4, 2) or (5, 4, 2) source
+    pixels; returns the same shape.
+    """
+    c = np.asarray(corners_rc, np.float64)
+    single = c.ndim == 3
+    c = c[None] if single else c.copy()
+    sp = np.asarray(spacing, np.float64)
+    img = ndimage.gaussian_filter(np.asarray(pixels, np.float32), sigma=smooth_mm / sp)
+    offs = np.arange(-search_mm, search_mm + 1e-9, step_mm)
+    out = c.copy()
+    for n in range(c.shape[0]):
+        for lv in range(c.shape[1]):
+            mm = c[n, lv] * sp                           # (4, 2): A_u, P_u, A_l, P_l in mm
+            d = (mm[0] - mm[1]) + (mm[2] - mm[3])
+            d /= np.linalg.norm(d) + 1e-12
+            nrm = np.array([-d[1], d[0]])
+            if nrm @ ((mm[2] + mm[3]) - (mm[0] + mm[1])) < 0:
+                nrm = -nrm
+            for a, b, sign in ((0, 1, -1), (2, 3, 1)):       # upper endplate falls, lower rises
+                edges = []
+                for corner, other in ((a, b), (b, a)):
+                    station = mm[corner] + inset * (mm[other] - mm[corner])
+                    edges.append(station + _edge_offset(img, sp, station, nrm, offs, sign, step_mm) * nrm)
+                u = edges[1] - edges[0]
+                u /= np.linalg.norm(u) + 1e-12
+                for corner in (a, b):   # project the corner onto the edge line (along-line position kept)
+                    p = edges[0] + ((mm[corner] - edges[0]) @ u) * u
+                    out[n, lv, corner] = p / sp
+    return out[0] if single else out
+
+
 __all__ = ["ENDPLATES", "crop_level", "crop_to_source", "endplate_landmarks", "film_view",
-           "level_crops", "source_to_crop", "truth_landmarks", "view_to_source"]
+           "level_crops", "refine_corners", "source_to_crop", "truth_landmarks", "view_to_source"]

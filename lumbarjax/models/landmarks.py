@@ -16,6 +16,7 @@ coordinates (row, col) in input pixels (0-based pixel centres). The decoder stop
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -30,9 +31,9 @@ class _Stage(nn.Module):
     @nn.compact
     def __call__(self, x):
         x = nn.Conv(self.features, (3, 3), strides=(self.stride, self.stride), padding="SAME")(x)
-        x = nn.relu(nn.GroupNorm(num_groups=min(8, self.features))(x))
+        x = nn.relu(nn.GroupNorm(num_groups=math.gcd(8, self.features))(x))
         x = nn.Conv(self.features, (3, 3), padding="SAME")(x)
-        return nn.relu(nn.GroupNorm(num_groups=min(8, self.features))(x))
+        return nn.relu(nn.GroupNorm(num_groups=math.gcd(8, self.features))(x))
 
 
 def soft_argmax(logits: jax.Array, stride: int) -> jax.Array:
