@@ -136,7 +136,8 @@ def test_run_levels_end_to_end_on_a_tiny_synthetic_cohort(tmp_path):
     import json
     import pandas as pd
     from lumbarjax.train import xray_levels as levels_train
-    cfg = levels_train.default_config()
+    from configs import default
+    cfg = default.get_config().levels
     cfg.update(dict(view_shape=(64, 64), crop_shape=(24, 40), crop_mm_per_px=1.2, finder_steps=3,
                     refiner_steps=3, batch_size=4, make_demo=True, landmark_patients=12))
     cfg.finder.widths = cfg.refiner.widths = (8, 8)
@@ -172,3 +173,14 @@ def test_refine_corners_moves_corners_onto_the_endplate_edges():
     np.testing.assert_allclose(out[..., 0], true[..., 0], atol=0.3)                        # rows now on the edges
     np.testing.assert_allclose(out[..., 1], noisy[..., 1], atol=0.02)                      # along-edge kept
     assert out.shape == noisy.shape
+
+
+def test_levels_config_keys_are_checked():
+    from configs import default
+    from lumbarjax.train import xray_levels as levels_train
+    cfg = default.get_config().levels
+    levels_train.check_config(cfg)                      # the defaults are exactly the keys read
+    cfg.unlock()
+    cfg.crop_mm = 1.0
+    with pytest.raises(ConfigError, match=r"config.levels: unknown key\(s\) \['crop_mm'\]"):
+        levels_train.check_config(cfg)

@@ -1,7 +1,7 @@
 """The X-ray scale level by level: find the discs, refine their endplate corners, measure the
 disc height index and listhesis, grade each level and aggregate to the patient.
 
-Stages (settings in ``config.levels``, see :func:`default_config`):
+Stages (settings in ``config.levels``, defaults in configs/default.py ``levels_config``):
 
 1. **Landmark models** (:func:`train_landmark_models`), trained once on films with known points
    — a landmark cohort that is not the graded one (BUU-LSPINE lateral films via
@@ -27,7 +27,6 @@ import os
 import time
 from collections.abc import Sequence
 
-import ml_collections
 import numpy as np
 import pandas as pd
 from absl import logging
@@ -43,29 +42,20 @@ from lumbarjax.schema import LEVELS
 from lumbarjax.train import landmarks
 
 
-def default_config() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(dict(
-        view_shape=(160, 160),          # whole film for the disc finder (physical aspect kept)
-        crop_shape=(64, 64),            # per-disc crop (48 x 48 mm): both endplates, tilted ±25°
-        crop_mm_per_px=0.75,
-        finder=dict(widths=(16, 24, 32, 48), stem_stride=2, out_stride=4),
-        refiner=dict(widths=(16, 24, 32, 48), stem_stride=1, out_stride=2),
-        # measured on the demo (README): 60 steps each already give 0.9 mm corners after the
-        # edge refinement; the refiner's batch is 2 x batch_size crops
-        finder_steps=60, refiner_steps=60, batch_size=16, lr=2e-3, shift_px=4,
-        centre_jitter_mm=4.0,
-        refine_passes=2,                # refiner passes; each re-centres the crops on its corners
-        edge_refine=True,               # move the refined corners onto the film's endplate edges
-        edge_search_mm=3.0,
-        rule="max", ref_quantile=0.9, tau=0.03,
-        enabled=False,                  # run the level pipeline beside the grader (workflow)
-        model_dir="",                   # saved landmark models to use (default <workdir>/levels)
-        # Landmark training data (the first that is set): BUU-LSPINE lateral films (JPEG: give
-        # their pixel spacing), a synthetic-style cohort folder (ground_truth.csv + export/), or
-        # a synthetic landmark cohort written for the purpose (never the graded cohort).
-        buu_root="", buu_spacing_mm=0.0, landmark_cohort_dir="", make_demo=False,
-        landmark_patients=200,
-    ))
+LEVELS_KEYS = ("enabled", "view_shape", "crop_shape", "crop_mm_per_px", "finder", "refiner",
+               "finder_steps", "refiner_steps", "batch_size", "lr", "shift_px", "centre_jitter_mm",
+               "refine_passes", "edge_refine", "edge_search_mm", "rule", "ref_quantile", "tau",
+               "model_dir", "buu_root", "buu_spacing_mm", "landmark_cohort_dir", "make_demo",
+               "landmark_patients")
+
+
+def check_config(cfg) -> None:
+    """``config.levels`` (configs/default.py ``levels_config``) has exactly the keys read here."""
+    keys = set(cfg.keys())
+    unknown, missing = sorted(keys - set(LEVELS_KEYS)), sorted(set(LEVELS_KEYS) - keys)
+    if unknown or missing:
+        raise ConfigError(f"config.levels: unknown key(s) {unknown}, missing key(s) {missing}; "
+                          f"known keys: {list(LEVELS_KEYS)}")
 
 
 def film_of(paths: str) -> dicom.XRayImage:
@@ -321,6 +311,7 @@ def run_levels(cfg, workdir: str, records: pd.DataFrame, folds: np.ndarray, grad
     landmark columns, for the landmark error in mm and per-level QWK (evaluation only).
     Writes ``<workdir>/oof.csv`` and ``<workdir>/levels_metrics.json``; returns both.
     """
+    check_config(cfg)
     os.makedirs(workdir, exist_ok=True)
     t0 = time.perf_counter()
     models = landmark_models(cfg, workdir, seed, exclude_ids=records["patient_id"])
@@ -401,6 +392,6 @@ def report_summary(metrics: dict) -> dict:
     return out
 
 
-__all__ = ["crossval_levels", "default_config", "film_of", "landmark_models", "levels_beside_grader", "measure", "qwk_table",
+__all__ = ["LEVELS_KEYS", "check_config", "crossval_levels", "film_of", "landmark_models", "levels_beside_grader", "measure", "qwk_table",
            "report_summary", "run_levels",
            "train_landmark_models"]
