@@ -53,6 +53,7 @@ def tiny_config(cohort_dir):
     c.explain.chunk_size = 2
     c.eval.n_boot = 20
     c.pretrain.enabled = False   # tiny_run turns it on with a tiny pretraining cohort
+    c.levels.enabled = False     # the level pipeline: tests/test_xray_levels.py (slow end-to-end test)
     c.pretrain.train.update(num_steps=3, eval_every=3, checkpoint_every=3, batch_size=4, progress_bar=False)
     c.pretrain.optim.warmup_steps = 1
     return c

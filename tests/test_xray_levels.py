@@ -149,6 +149,7 @@ def test_run_levels_end_to_end_on_a_tiny_synthetic_cohort(tmp_path):
     grades = gt["grade"].to_numpy(float)
     folds = np.arange(len(records)) % 2
     oof, metrics = levels_train.run_levels(cfg, str(tmp_path / "levels"), records, folds, grades, truth=gt)
+    assert metrics["n_graded"] == len(records)
     for c in ["patient_id", "fold", "label_grade", "pred_grade", "expected_grade", "scale",
               *[f"pred_grade_{lv}" for lv in LEVELS], *[f"dhi_{lv}" for lv in LEVELS],
               *[f"listhesis_mm_{lv}" for lv in LEVELS]]:
@@ -157,9 +158,19 @@ def test_run_levels_end_to_end_on_a_tiny_synthetic_cohort(tmp_path):
     saved = json.loads((tmp_path / "levels" / "levels_metrics.json").read_text())
     assert saved["n_measured"] == len(records) and "landmark_corner_error_mm" in saved
     assert (tmp_path / "levels" / "landmarks_finder.json").exists()
-    # a second run reuses the saved landmark models (same card signature)
-    _, again = levels_train.run_levels(cfg, str(tmp_path / "levels"), records, folds, grades, truth=gt)
+    # beside the grader: the same run (saved landmark models reused, same card signature), its
+    # columns merged into the grader's oof.csv under names that do not clash
+    import types
+    config = default.get_config()
+    config.levels = cfg
+    (tmp_path / "grader").mkdir()
+    td = types.SimpleNamespace(records=records, folds=folds, labels={"grade": grades})
+    grader_oof = pd.DataFrame({"patient_id": records["patient_id"], "pred_grade": 1, "label_grade": grades})
+    merged, again = levels_train.levels_beside_grader(config, str(tmp_path), td, grader_oof, str(tmp_path / "graded"))
     assert again["landmark_model"]["seconds"] == metrics["landmark_model"]["seconds"]
+    written = pd.read_csv(tmp_path / "grader" / "oof.csv")
+    assert {"pred_grade", "level_pred_grade", "expected_grade", "dhi_L4L5", "pred_grade_L4L5"} <= set(written.columns)
+    assert (written["pred_grade"] == 1).all() and len(written) == len(records)
     assert graded["n_with_xray"] == 16
 
 
