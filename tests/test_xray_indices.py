@@ -79,3 +79,23 @@ def test_anisotropic_spacing_and_bad_input(tmp_path):
         xray_indices.disc_indices(flat, SPACING)
     feats = xray_indices.index_columns(ind)
     assert feats["dhi_L4L5"] == pytest.approx(ind.loc["L4L5", "dhi"]) and len(feats) == 10
+
+
+def test_synthetic_endplate_corners_carry_the_disc_height_loss():
+    """The ground truth's endplate corners of one phantom drawn at grades 0..4: the disc height
+    index from them falls with the grade at every lumbar level, film facing left."""
+    from lumbarjax.data import synthetic
+    from lumbarjax.schema import LEVELS
+    _, tr = synthetic.sample_patients(1, seed=0, edge_cases=False)
+    t = tr.iloc[0].to_dict()
+    dhi = []
+    for g in range(5):
+        t.update({f"grade_{lv}": g for lv in LEVELS})
+        an = synthetic._make_anatomy(synthetic._rng(0, 0, 1), t)
+        # (u, v) mm with v posterior -> (row, col) = (u, v): anterior = smaller column
+        lines = np.array([[ant, post] for ant, post in synthetic._endplate_corners(an)])
+        assert xray_indices.anterior_side(lines) == "left"
+        dhi.append(xray_indices.disc_indices(lines, (1.0, 1.0))["dhi"].to_numpy())
+    dhi = np.array(dhi)                                        # (grade, level)
+    assert np.all(np.diff(dhi[:, :4], axis=0) < 0)             # L1L2..L4L5 fall with every grade
+    assert np.all((dhi[4, :4] / dhi[0, :4] > 0.3) & (dhi[4, :4] / dhi[0, :4] < 0.45))
