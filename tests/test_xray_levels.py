@@ -141,7 +141,7 @@ def test_run_levels_end_to_end_on_a_tiny_synthetic_cohort(tmp_path):
     cfg.update(dict(view_shape=(64, 64), crop_shape=(24, 40), crop_mm_per_px=1.2, finder_steps=3,
                     refiner_steps=3, batch_size=4, make_demo=True, landmark_patients=12))
     cfg.finder.widths = cfg.refiner.widths = (8, 8)
-    graded = synthetic.make_cohort(tmp_path / "graded", n_patients=16, seed=5, mri_size=(48, 48),
+    graded = synthetic.make_cohort(tmp_path / "graded", n_patients=22, seed=5, mri_size=(48, 48),
                                    edge_cases=False, n_mc=100, id_prefix="GR")
     films, _, _, gt = levels_train.synthetic_training_set(str(tmp_path / "graded"))
     records = pd.DataFrame({"patient_id": gt["patient_id"], "xray_paths": [f.path for f in films],
@@ -171,7 +171,7 @@ def test_run_levels_end_to_end_on_a_tiny_synthetic_cohort(tmp_path):
     written = pd.read_csv(tmp_path / "grader" / "oof.csv")
     assert {"pred_grade", "level_pred_grade", "expected_grade", "dhi_L4L5", "pred_grade_L4L5"} <= set(written.columns)
     assert (written["pred_grade"] == 1).all() and len(written) == len(records)
-    assert graded["n_with_xray"] == 16
+    assert graded["n_with_xray"] == 22
 
 
 def test_refine_corners_moves_corners_onto_the_endplate_edges():
