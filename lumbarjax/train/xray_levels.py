@@ -385,7 +385,7 @@ def levels_beside_grader(config, workdir: str, td, grader_oof: pd.DataFrame, coh
 
 def report_summary(metrics: dict) -> dict:
     """The numbers of :func:`run_levels` shown in the report (``extra``)."""
-    keys = [k for k in metrics if k.startswith("qwk_") or k.startswith("landmark_")]
+    keys = [k for k in metrics if k.startswith("qwk_") or (k.startswith("landmark_") and k.endswith("_mm"))]
     out = {k: round(float(metrics[k]), 3) for k in keys}
     out.update(rule=metrics["rule"], n_graded=metrics["n_graded"], n_measured=metrics["n_measured"],
                landmark_model=metrics["landmark_model"].get("source", ""))
