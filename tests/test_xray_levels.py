@@ -195,3 +195,12 @@ def test_levels_config_keys_are_checked():
     cfg.crop_mm = 1.0
     with pytest.raises(ConfigError, match=r"config.levels: unknown key\(s\) \['crop_mm'\]"):
         levels_train.check_config(cfg)
+
+
+def test_report_summary_keeps_the_numbers():
+    from lumbarjax.train import xray_levels as levels_train
+    m = {"qwk_patient_vs_reader": 0.85123, "landmark_corner_error_mm": 0.8081, "rule": "max", "n_graded": 3,
+         "n_measured": 3, "landmark_model": {"source": "synthetic", "seconds": 1.0}, "fitted": [{}]}
+    assert levels_train.report_summary(m) == {"qwk_patient_vs_reader": 0.851, "landmark_corner_error_mm": 0.808,
+                                              "rule": "max", "n_graded": 3, "n_measured": 3,
+                                              "landmark_model": "synthetic"}
