@@ -135,6 +135,36 @@ def task_config(kind: str) -> ml_collections.ConfigDict:
     return t
 
 
+def levels_config() -> ml_collections.ConfigDict:
+    """The X-ray scale level by level (lumbarjax.train.xray_levels): disc finder on the whole film,
+    endplate refiner on per-disc crops, measured disc height index, per-level grades fitted from
+    the patient grades, patient grade / scale by ``rule``."""
+    return ml_collections.ConfigDict(dict(
+        enabled=False,             # run it beside the grader (its columns join grader/oof.csv)
+        view_shape=(160, 160),     # whole film for the disc finder (physical aspect kept)
+        crop_shape=(64, 64),       # per-disc crop for the endplate refiner (48 x 48 mm at 0.75)
+        crop_mm_per_px=0.75,
+        finder=dict(widths=(16, 24, 32, 48), stem_stride=2, out_stride=4),
+        refiner=dict(widths=(16, 24, 32, 48), stem_stride=1, out_stride=2),
+        # measured on the demo (README): 60 steps each give 0.9 mm corners after the edge
+        # refinement; the refiner's batch is 2 x batch_size crops
+        finder_steps=60, refiner_steps=60, batch_size=16, lr=2e-3, shift_px=4,
+        centre_jitter_mm=4.0,      # refiner training crops are centred up to this far off
+        refine_passes=2,           # refiner passes; each re-centres the crops on its corners
+        edge_refine=True,          # move the corners onto the film's endplate edges
+        edge_search_mm=3.0,
+        rule="max",                # patient grade from the level grades: "max" | "sum"
+        ref_quantile=0.9,          # a level's normal disc height index: this quantile (train folds)
+        tau=0.03,                  # width of the soft cut points (expected_grade)
+        model_dir="",              # saved landmark models to use (default <workdir>/levels)
+        # Landmark training data, the first that is set: BUU-LSPINE lateral films (JPEGs: give
+        # their pixel spacing), a synthetic-style cohort (ground_truth.csv + export/), or a
+        # synthetic landmark cohort written for the purpose (never the graded cohort).
+        buu_root="", buu_spacing_mm=0.0, landmark_cohort_dir="", make_demo=False,
+        landmark_patients=200,
+    ))
+
+
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
@@ -179,6 +209,8 @@ def get_config() -> ml_collections.ConfigDict:
         make_demo=False,           # write the synthetic pretraining cohort when no labels table exists
         demo_patients=240,
     ))
+
+    c.levels = levels_config()
 
     c.explain = ml_collections.ConfigDict(dict(
         head="zcq_success", steps=32, method="gausslegendre", chunk_size=8,

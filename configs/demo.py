@@ -41,4 +41,8 @@ def get_config():
     c.pretrain.train.num_steps = 800
     c.pretrain.train.eval_every = 200
     c.explain.max_patients = 40
+    # The scale level by level beside the whole-film grader (README, "The X-ray scale level by
+    # level"); landmark models from a separate 200-patient synthetic landmark cohort.
+    c.levels.enabled = True
+    c.levels.make_demo = True
     return c

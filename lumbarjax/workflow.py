@@ -29,7 +29,7 @@ from lumbarjax.data import synthetic
 from lumbarjax.data.public.pretraining import pretraining_inputs
 from lumbarjax.errors import CohortError, ConfigError
 from lumbarjax.explain.heatmaps import HeatmapCollector
-from lumbarjax.train import crossval
+from lumbarjax.train import crossval, xray_levels
 from lumbarjax.train.pretrain import load_pretrained, pretrain_encoder
 from lumbarjax.train.tasks import get_task
 
@@ -197,6 +197,11 @@ def stage_crossval(config, workdir: str, cohort: Cohort) -> dict:
                 encoder_params=None if clinical_only else encoder)
             results["timing_s"][key] = time.perf_counter() - t0
         results[f"{kind}_heatmaps"] = hook
+        if kind == "grader" and config.levels.enabled:
+            t0 = time.perf_counter()
+            results["grader"], results["levels"] = xray_levels.levels_beside_grader(
+                config, workdir, td, results["grader"], cohort_dir(config, workdir))
+            results["timing_s"]["levels"] = time.perf_counter() - t0
     return results
 
 
@@ -241,6 +246,8 @@ def stage_report(config, workdir: str, cohort: Cohort | dict, results: dict,
                                                 [it["affine"] for it in items], rows,
                                                 n_boot=int(config.eval.n_boot), seed=int(config.seed))
     extra = {"timing_s": results.get("timing_s", {})}
+    if results.get("levels"):
+        extra["xray_levels"] = xray_levels.report_summary(results["levels"])
     if results.get("pretrain"):
         extra["pretrained_mri_encoder"] = {k: v for k, v in results["pretrain"].items() if k != "signature"}
     return write_report(

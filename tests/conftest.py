@@ -54,6 +54,7 @@ def tiny_config(cohort_dir):
     c.eval.n_boot = 20
     c.pretrain.enabled = False   # tiny_run turns it on with a tiny pretraining cohort
     c.pretrain.format = "lumbarjax"  # the tiny pretraining cohort's layout (the demo reads RSNA 2024)
+    c.levels.enabled = False     # the level pipeline: tests/test_xray_levels.py (slow end-to-end test)
     c.pretrain.train.update(num_steps=3, eval_every=3, checkpoint_every=3, batch_size=4, progress_bar=False)
     c.pretrain.optim.warmup_steps = 1
     return c

@@ -60,7 +60,11 @@ can beat a clinical-only model (see :func:`bayes_auc`, ``population_no_stenosis`
 
 Coordinates in ``ground_truth.csv``: ``disc_LEVEL_{x,y,z}_mm`` are DICOM patient coordinates
 (LPS, mm) of the disc centre in the sagittal T2 series (x = the spine midline);
-``xray_disc_LEVEL_{row,col}`` are 0-based pixel coordinates (row, column) in the lateral X-ray.
+``xray_disc_LEVEL_{row,col}`` are 0-based pixel coordinates (row, column) in the lateral X-ray;
+``xray_ep_ENDPLATE_{ant,post}_{row,col}`` the anterior and posterior corners of the 11 endplates
+``L1_sup, L1_inf, …, L5_inf, S1_sup`` (the lateral order of BUU-LSPINE, see
+:mod:`lumbarjax.data.public.buu_lspine`) in the same pixel grid; the film faces left (anterior =
+smaller column, posterior = larger).
 """
 
 from __future__ import annotations
@@ -144,6 +148,9 @@ CLINICAL_COLUMNS = (
     + ["xray_grade"]
 )
 
+# Endplates whose corners the ground truth gives (lateral film, cranial to caudal).
+XRAY_ENDPLATES = tuple(f"L{k}_{s}" for k in range(1, 6) for s in ("sup", "inf")) + ("S1_sup",)
+
 GROUND_TRUTH_COLUMNS = (
     ["patient_id", "grade"] + [f"grade_{lv}" for lv in LEVELS]
     + ["stenosis_level", "stenosis_severity", "stenosis_level_2", "stenosis_severity_2",
@@ -154,6 +161,8 @@ GROUND_TRUTH_COLUMNS = (
        "xray_series_uid", "t2_series_uid", "xray_spacing_mm"]
     + [f"disc_{lv}_{a}_mm" for lv in LEVELS for a in ("x", "y", "z")]
     + [f"xray_disc_{lv}_{a}" for lv in LEVELS for a in ("row", "col")]
+    + [f"xray_ep_{ep}_{corner}_{a}" for ep in XRAY_ENDPLATES for corner in ("ant", "post")
+       for a in ("row", "col")]
 )
 
 _FIRST_F = ["JANE", "MARIA", "ANNA", "LINDA", "SUSAN", "KAREN", "HELEN", "EVA", "CLAIRE", "ROSA"]
@@ -1038,6 +1047,23 @@ def _write_xray_study(seed, i, an, truth, phi, pdir, xray_size, files) -> dict:
     for j, lv in enumerate(LEVELS, start=1):
         r, c = geom.uv_to_rc(*an.disc_c[j])
         out[f"xray_disc_{lv}_row"], out[f"xray_disc_{lv}_col"] = round(float(r), 3), round(float(c), 3)
+    for name, (ant, post) in zip(XRAY_ENDPLATES, _endplate_corners(an)):
+        for corner, uv in (("ant", ant), ("post", post)):
+            r, c = geom.uv_to_rc(*uv)
+            out[f"xray_ep_{name}_{corner}_row"] = round(float(r), 3)
+            out[f"xray_ep_{name}_{corner}_col"] = round(float(c), 3)
+    return out
+
+
+def _endplate_corners(an: Anatomy) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(anterior, posterior) (u, v) corners of the endplates XRAY_ENDPLATES; +n(t) is posterior."""
+    out = []
+    for k in range(1, 6):  # bodies L1..L5
+        tv, nv = an.tvec(an.body_t[k]), an.n(an.body_t[k])
+        for sign in (-1.0, 1.0):  # upper, lower endplate
+            mid = an.body_c[k] + sign * an.body_hh[k] * tv
+            out.append((mid - an.body_hd[k] * nv, mid + an.body_hd[k] * nv))
+    out.append((an.sacrum[0], an.sacrum[1]))  # S1 upper endplate: anterior, posterior corner
     return out
 
 
