@@ -49,10 +49,10 @@ def cohort_dir(config, workdir: str) -> str:
             raise ConfigError(f"config.data.cohort_dir={root!r} holds no clinical.csv / "
                               "clinical.xlsx (set data.make_demo=True for the synthetic demo)")
         from lumbarjax.data.synthetic import make_cohort
-        logging.info("writing the synthetic demo cohort (%d patients) to %s",
-                     config.data.demo_patients, root)
+        logging.info("writing the synthetic demo cohort (%d patients, outcome regime %s) to %s",
+                     config.data.demo_patients, config.data.demo_regime, root)
         make_cohort(root, n_patients=int(config.data.demo_patients), seed=int(config.seed),
-                    overwrite=True)
+                    overwrite=True, regime=str(config.data.demo_regime))
     return root
 
 
