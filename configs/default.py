@@ -79,7 +79,8 @@ def outcome_model_config() -> ml_collections.ConfigDict:
         xray=dict(enabled=False, stage_sizes=(1, 1, 1, 1), width=16, stem="patchify", patch=4,
                   norm="group", pool="avg"),
         clinical_hidden=(32,), fusion_hidden=(64,), dropout=0.1, modality_dropout=0.25,
-        freeze_mri=False, binary_heads=BINARY_HEADS, regression_heads=REGRESSION_HEADS,
+        freeze_mri=False, clinical_skip=False, binary_heads=BINARY_HEADS,
+        regression_heads=REGRESSION_HEADS,
         dtype="float32"))
 
 
@@ -179,6 +180,8 @@ def get_config() -> ml_collections.ConfigDict:
         make_demo=False,           # write the synthetic demo cohort when cohort_dir is empty
         demo_patients=160,
         num_workers=2,             # worker processes for indexing / preprocessing (0 = serial)
+        demo_regime="demo",        # outcome effect sizes of the demo cohort: demo | clinical_dominant
+                                   # | xray_contributing | null (docs/DEMO_COHORT.md)
     ))
     c.clinical = clinical_config()
     c.mri = ml_collections.ConfigDict(dict(spacing=(4.0, 2.0, 2.0), shape=(16, 128, 128)))

@@ -55,10 +55,10 @@ def cohort_dir(config, workdir: str) -> str:
                               if not has_table else f"{root}: the synthetic cohort there was not "
                               "written to the end (no completion marker); set data.make_demo=True "
                               "to write it again")
-        logging.info("writing the synthetic demo cohort (%d patients) to %s",
-                     config.data.demo_patients, root)
+        logging.info("writing the synthetic demo cohort (%d patients, outcome regime %s) to %s",
+                     config.data.demo_patients, config.data.demo_regime, root)
         synthetic.make_cohort(root, n_patients=int(config.data.demo_patients), seed=int(config.seed),
-                              overwrite=True)
+                              overwrite=True, regime=str(config.data.demo_regime))
     return root
 
 

@@ -458,3 +458,67 @@ def test_cli(tmp_path, capsys):
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
     assert out["n_patients"] == 8 and os.path.exists(out["clinical_csv"])
+
+
+# ----------------------------------------------------------------------------- outcome regimes
+
+# sha256 of sample_patients(160, seed=0)'s clinical and truth tables (to_csv) as written before the
+# outcome regimes existed (main at 32e5774): the demo regime must keep that cohort bit for bit.
+DEMO_SEED0_SHA256 = ("ecc591ac9e649732f936c22d3213bf0c4b387a1c3c1f7991c042868261b41652",
+                     "d59fa7c9f54cfe2348f7ee3696a5a4b2fea46a442272fbe04c0290d2d77d7b6d")
+
+
+def _sha(df):
+    return hashlib.sha256(df.to_csv(index=False).encode()).hexdigest()
+
+
+def test_demo_regime_is_bit_identical_to_the_cohort_before_regimes():
+    for regime in ("demo", dict(synthetic.OUTCOME_REGIMES["demo"])):
+        clinical, truth = synthetic.sample_patients(160, 0, regime=regime)
+        assert (_sha(clinical), _sha(truth)) == DEMO_SEED0_SHA256
+
+
+def test_regimes_change_only_the_outcomes():
+    base_c, base_t = synthetic.sample_patients(300, 4, edge_cases=False)
+    same = ["age", "sex", "bmi", "smoker", "symptom_months"]  # drawn before the outcome
+    latent = ["grade", *[f"grade_{lv}" for lv in LEVELS], "stenosis_level", "stenosis_severity"]
+    for name in ("clinical_dominant", "xray_contributing", "null"):
+        c, t = synthetic.sample_patients(300, 4, edge_cases=False, regime=name)
+        pd.testing.assert_frame_equal(c[same], base_c[same])
+        pd.testing.assert_frame_equal(t[latent], base_t[latent])
+        assert not np.allclose(t["p_zcq_success"], base_t["p_zcq_success"])
+        b = synthetic.OUTCOME_REGIMES[name]
+        age, fem = c["age"].to_numpy(float), (c["sex"] == "F").to_numpy(float)
+        months = c["symptom_months"].to_numpy(float)
+        logit = (b["b0"] + b["s"] * t["stenosis_severity"] + b["g"] * t["grade"] + b["age"] * (age - 65) / 10
+                 + b["female"] * fem + b["log_months"] * np.log(months / 18))
+        np.testing.assert_allclose(t["p_zcq_success"], 1 / (1 + np.exp(-logit)), atol=2e-6)
+    # null: the true probability is a function of the clinical columns only
+    _, t = synthetic.sample_patients(300, 4, edge_cases=False, regime="null")
+    resid = t["p_zcq_success"] - t.groupby([base_c["age"], base_c["sex"], base_c["symptom_months"]])[
+        "p_zcq_success"].transform("mean")
+    assert np.abs(resid).max() < 1e-6
+    assert abs(np.corrcoef(t["p_zcq_success"], t["stenosis_severity"])[0, 1]) < 0.15
+
+
+def test_regime_bayes_auc_ceilings():
+    _, t = synthetic.sample_patients(400, 2, edge_cases=False, regime="null")
+    a = synthetic.bayes_auc(t, n_mc=20000, regime="null")["zcq_success"]
+    assert a["population"] == a["population_no_stenosis"] == a["population_clinical"]
+    _, t = synthetic.sample_patients(400, 2, edge_cases=False, regime="xray_contributing")
+    a = synthetic.bayes_auc(t, n_mc=20000, regime="xray_contributing")["zcq_success"]
+    assert a["population_no_stenosis"] - a["population_clinical"] > 0.08  # the grade carries signal
+    demo = synthetic.bayes_auc(t, n_mc=20000)["zcq_success"]
+    assert demo["population"] - demo["population_no_stenosis"] > 0.15    # the stenosis dominates
+
+
+def test_make_cohort_records_the_regime(tmp_path):
+    s = synthetic.make_cohort(tmp_path / "c", 3, 1, edge_cases=False, regime="clinical_dominant", **SMALL)
+    with open(s["summary_json"]) as fh:
+        js = json.load(fh)
+    assert js["regime"] == s["regime"] == "clinical_dominant"
+    assert js["generative_model"]["beta"] == synthetic.OUTCOME_REGIMES["clinical_dominant"]
+    with pytest.raises(ConfigError, match="unknown; choose one of"):
+        synthetic.make_cohort(tmp_path / "d", 3, 1, edge_cases=False, regime="strong", **SMALL)
+    with pytest.raises(ConfigError, match=r"unknown effect key\(s\) \['beta_s'\]"):
+        synthetic.outcome_effects({"beta_s": 1.0})

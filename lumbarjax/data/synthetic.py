@@ -27,7 +27,8 @@ Per patient, independently:
   severity ``s`` ~ Uniform(0.3, 1.0), independent of everything else. With probability 0.25
   a milder secondary stenosis at an adjacent lumbar level with severity ``s`` · U(0.3, 0.6)
   (it is drawn in the MRI but has no effect on the outcome).
-* true ZCQ success probability
+* true ZCQ success probability (the demo regime; OUTCOME_REGIMES holds the others, which add
+  ``log_months·ln(symptom_months / 18)``)
   ``p = sigmoid(β0 + β_s·s + β_g·g + β_age·(age − 65)/10 + β_sex·[sex = F])``
   with ``BETA`` = (β0, β_s, β_g, β_age, β_sex) = (−2.6, 6.0, −0.4, −0.3, −0.3).
   ``zcq_success`` ~ Bernoulli(p) (the realised outcome).
@@ -79,7 +80,7 @@ import shutil
 import struct
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,7 +101,24 @@ from lumbarjax.eval import metrics as metrics_lib
 LEVELS = ("L1L2", "L2L3", "L3L4", "L4L5", "L5S1")
 STENOSIS_LEVELS = ("L2L3", "L3L4", "L4L5", "L5S1")
 STENOSIS_LEVEL_PROBS = (0.10, 0.25, 0.50, 0.15)
-BETA = {"b0": -2.6, "s": 6.0, "g": -0.4, "age": -0.3, "female": -0.3}
+# Effect sizes of the known outcome model (see outcome_logit and docs/DEMO_COHORT.md): the logit
+# of P(ZCQ success) = b0 + s·severity + g·grade + age·(age − 65)/10 + female·[F]
+#                     + log_months·ln(symptom_months / 18).
+# "demo" is the cohort the README shows; the others stress the outcome model in other ways.
+OUTCOME_REGIMES = {
+    # the stenosis (MRI only) dwarfs the clinical effects
+    "demo": {"b0": -2.6, "s": 6.0, "g": -0.4, "age": -0.3, "female": -0.3, "log_months": 0.0},
+    # age, sex, symptom duration and the degeneration grade carry most of the signal
+    "clinical_dominant": {"b0": 0.5, "s": 1.5, "g": -0.5, "age": -0.45, "female": -0.45,
+                          "log_months": -0.6},
+    # the degeneration grade (seen in the X-ray, not a clinical column) carries real signal
+    "xray_contributing": {"b0": 0.4, "s": 3.0, "g": -1.0, "age": -0.3, "female": -0.3,
+                          "log_months": -0.3},
+    # no image signal: only age, sex and symptom duration matter
+    "null": {"b0": 0.4, "s": 0.0, "g": 0.0, "age": -0.5, "female": -0.5, "log_months": -0.7},
+}
+BETA = OUTCOME_REGIMES["demo"]
+EFFECT_KEYS = tuple(BETA)
 Q_BACK = (0.20, 0.70)  # P(back VAS improved ≥50 % | ZCQ failure), P(… | ZCQ success)
 Q_LEG = (0.25, 0.85)
 READER_ERROR_RATE = 0.15
@@ -197,15 +215,45 @@ def _sample_latents(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
     return {"age": age, "female": female, "grade": grade, "severity": sev, "level": level}
 
 
-def outcome_logit(severity, grade, age, female) -> np.ndarray:
-    """β0 + β_s·s + β_g·g + β_age·(age − 65)/10 + β_sex·[F] (see BETA)."""
-    return (BETA["b0"] + BETA["s"] * np.asarray(severity, float) + BETA["g"] * np.asarray(grade, float)
-            + BETA["age"] * (np.asarray(age, float) - 65.0) / 10.0 + BETA["female"] * np.asarray(female, float))
+def outcome_effects(regime: str | Mapping[str, float] = "demo") -> tuple[str, dict[str, float]]:
+    """``(name, effects)`` of an outcome regime: a name of OUTCOME_REGIMES, or a dict of effect
+    sizes over EFFECT_KEYS (missing keys are 0; its name is "custom")."""
+    if isinstance(regime, str):
+        if regime not in OUTCOME_REGIMES:
+            raise ConfigError(f"outcome regime {regime!r} is unknown; choose one of {sorted(OUTCOME_REGIMES)} "
+                              f"or pass a dict of effect sizes over {list(EFFECT_KEYS)}")
+        return regime, dict(OUTCOME_REGIMES[regime])
+    if not isinstance(regime, Mapping):
+        raise ConfigError(f"outcome regime must be a name or a dict of effect sizes, got {type(regime).__name__}")
+    unknown = sorted(set(regime) - set(EFFECT_KEYS))
+    if unknown:
+        raise ConfigError(f"outcome regime: unknown effect key(s) {unknown}; known: {list(EFFECT_KEYS)}")
+    eff = {k: float(regime.get(k, 0.0)) for k in EFFECT_KEYS}
+    for k, v in eff.items():
+        if not np.isfinite(v):
+            raise ConfigError(f"outcome regime: effect {k!r} must be finite, got {v}")
+    return "custom", eff
 
 
-def outcome_probabilities(severity, grade, age, female) -> dict[str, np.ndarray]:
+def outcome_logit(severity, grade, age, female, symptom_months=None, *, effects=None) -> np.ndarray:
+    """b0 + s·s + g·g + age·(age − 65)/10 + female·[F] + log_months·ln(months / 18).
+
+    ``effects``: a dict over EFFECT_KEYS (default BETA, the demo regime, where symptom duration
+    has no effect and ``symptom_months`` may be None)."""
+    b = BETA if effects is None else effects
+    x = (b["b0"] + b["s"] * np.asarray(severity, float) + b["g"] * np.asarray(grade, float)
+         + b["age"] * (np.asarray(age, float) - 65.0) / 10.0 + b["female"] * np.asarray(female, float))
+    if b.get("log_months", 0.0) != 0.0:  # demo: the expression above, bit for bit
+        if symptom_months is None:
+            raise ConfigError("outcome_logit: this regime needs symptom_months")
+        x = x + b["log_months"] * np.log(np.asarray(symptom_months, float) / 18.0)
+    return x
+
+
+def outcome_probabilities(severity, grade, age, female, symptom_months=None, *,
+                          effects=None) -> dict[str, np.ndarray]:
     """True probabilities of the three binary outcomes given the latents."""
-    p = sigmoid(outcome_logit(severity, grade, age, female))
+    p = sigmoid(outcome_logit(severity, grade, age, female, symptom_months, effects=effects))
     return {"zcq_success": p,
             "back_improved50": Q_BACK[0] + (Q_BACK[1] - Q_BACK[0]) * p,
             "leg_improved50": Q_LEG[0] + (Q_LEG[1] - Q_LEG[0]) * p}
@@ -302,7 +350,7 @@ def _edge_assignment(n: int, seed: int, edge_cases: bool) -> dict[int, str]:
     return out
 
 
-def _draw_patient(seed: int, i: int, edge: str) -> tuple[dict, dict]:
+def _draw_patient(seed: int, i: int, edge: str, effects: Mapping[str, float] = BETA) -> tuple[dict, dict]:
     """Clinical row (dict, NaN = blank) and ground-truth row (latents, outcomes) of patient i."""
     rng = _rng(seed, i, 0)
     lat = {k: v[0] for k, v in _sample_latents(rng, 1).items()}
@@ -323,7 +371,7 @@ def _draw_patient(seed: int, i: int, edge: str) -> tuple[dict, dict]:
         nb = [LEVELS[k] for k in (j - 1, j + 1) if 0 <= k < len(LEVELS)]
         lvl2 = nb[int(rng.integers(len(nb)))]
         sev2 = s * rng.uniform(0.3, 0.6)
-    probs = outcome_probabilities(s, g, age, female)
+    probs = outcome_probabilities(s, g, age, female, months, effects=effects)
     p = float(probs["zcq_success"])
     success = int(rng.random() < p)
     # missing-item pattern (edge cases)
@@ -370,20 +418,23 @@ def _draw_patient(seed: int, i: int, edge: str) -> tuple[dict, dict]:
     return row, truth
 
 
-def sample_patients(n_patients: int, seed: int = 0, *, edge_cases: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+def sample_patients(n_patients: int, seed: int = 0, *, edge_cases: bool = True,
+                    regime: str | Mapping[str, float] = "demo") -> tuple[pd.DataFrame, pd.DataFrame]:
     """Draw the non-image part of a cohort: ``(clinical, truth)``.
 
     ``clinical`` has CLINICAL_COLUMNS (nullable ints, blanks = NaN/<NA>), one row per patient
     that is in the clinical table; ``truth`` one row per patient (all ``n_patients``) with the
     latent columns of GROUND_TRUTH_COLUMNS except the image coordinates. Cheap (no images):
-    used by :func:`make_cohort` and for large-n checks of :func:`bayes_auc`.
+    used by :func:`make_cohort` and for large-n checks of :func:`bayes_auc`. ``regime``: the
+    outcome model's effect sizes (:func:`outcome_effects`); everything else does not depend on it.
     """
+    _, effects = outcome_effects(regime)
     if int(n_patients) < 1 or int(n_patients) > 9999:
         raise ConfigError(f"make_cohort: n_patients must be 1..9999, got {n_patients}")
     edges = _edge_assignment(int(n_patients), int(seed), edge_cases)
     rows, truths = [], []
     for i in range(int(n_patients)):
-        row, truth = _draw_patient(int(seed), i, edges.get(i, ""))
+        row, truth = _draw_patient(int(seed), i, edges.get(i, ""), effects)
         truths.append(truth)
         if truth["in_clinical"]:
             rows.append(row)
@@ -398,19 +449,37 @@ def sample_patients(n_patients: int, seed: int = 0, *, edge_cases: bool = True) 
 # ----------------------------------------------------------------------------- Bayes AUC
 
 
-def bayes_auc(ground_truth: pd.DataFrame | str | os.PathLike, *, n_mc: int = 200_000, seed: int = 0) -> dict:
-    """Bayes-optimal AUC of each binary outcome.
+def _months_mc(seed: int, n: int) -> np.ndarray:
+    """Symptom duration (months) of Monte Carlo patients, from its own stream."""
+    return np.clip(np.rint(_rng(seed, 2**31 - 6).lognormal(np.log(18.0), 0.7, n)), 3, 240)
+
+
+def _grade_given_age(age: np.ndarray) -> np.ndarray:
+    """(N, 5) P(g = 0..4 | age) of g = clip(round(1.9 + 0.05·(age − 67) + N(0, 1)), 0, 4)."""
+    from scipy.stats import norm
+    mu = 1.9 + 0.05 * (np.asarray(age, float)[:, None] - 67.0)
+    edges = np.array([-np.inf, 0.5, 1.5, 2.5, 3.5, np.inf])
+    return np.diff(norm.cdf(edges[None, :] - mu), axis=1)
+
+
+def bayes_auc(ground_truth: pd.DataFrame | str | os.PathLike, *, n_mc: int = 200_000, seed: int = 0,
+              regime: str | Mapping[str, float] = "demo") -> dict:
+    """Bayes-optimal AUC of each binary outcome under the outcome ``regime`` of the cohort.
 
     ``empirical``: AUC of the true probability (``p_…`` column) against the realised outcome
     of the patients in ``ground_truth`` (DataFrame or path to ground_truth.csv).
     ``population``: the same from ``n_mc`` Monte Carlo draws of the generative model.
-    ``population_no_stenosis``: population AUC of E[p | age, sex, true grade] (stenosis
-    severity integrated out) — an upper bound for any model without the MRI.
+    ``population_no_stenosis``: population AUC of E[p | age, sex, true grade, symptom months]
+    (stenosis severity integrated out) — an upper bound for any model without the MRI.
+    ``population_clinical``: population AUC of E[p | age, sex, symptom months] (severity and
+    grade integrated out) — the ceiling of the clinical columns alone (no images, no X-ray grade).
     """
     gt = pd.read_csv(ground_truth) if isinstance(ground_truth, (str, os.PathLike)) else ground_truth
+    _, eff = outcome_effects(regime)
     rng = _rng(seed, 2**31 - 2)
     lat = _sample_latents(rng, int(n_mc))
-    probs = outcome_probabilities(lat["severity"], lat["grade"], lat["age"], lat["female"])
+    months = _months_mc(seed, int(n_mc))
+    probs = outcome_probabilities(lat["severity"], lat["grade"], lat["age"], lat["female"], months, effects=eff)
     y = (rng.random(n_mc) < probs["zcq_success"]).astype(int)
     qb = np.where(y == 1, Q_BACK[1], Q_BACK[0])
     ql = np.where(y == 1, Q_LEG[1], Q_LEG[0])
@@ -418,7 +487,10 @@ def bayes_auc(ground_truth: pd.DataFrame | str | os.PathLike, *, n_mc: int = 200
           "leg_improved50": (rng.random(n_mc) < ql).astype(int)}
     s_grid = 0.3 + 0.7 * (np.arange(64) + 0.5) / 64  # midpoint rule over U(0.3, 1)
     p_ns = sigmoid(outcome_logit(s_grid[None, :], lat["grade"][:, None], lat["age"][:, None],
-                                 lat["female"][:, None])).mean(axis=1)
+                                 lat["female"][:, None], months[:, None], effects=eff)).mean(axis=1)
+    pg = _grade_given_age(lat["age"])  # (N, 5)
+    p_clin = sum(pg[:, k] * sigmoid(outcome_logit(s_grid[None, :], k, lat["age"][:, None], lat["female"][:, None],
+                                                  months[:, None], effects=eff)).mean(axis=1) for k in range(5))
     out: dict[str, Any] = {"n_mc": int(n_mc)}
     for name, pcol in (("zcq_success", "p_zcq_success"), ("back_improved50", "p_back_improved50"),
                        ("leg_improved50", "p_leg_improved50")):
@@ -427,7 +499,9 @@ def bayes_auc(ground_truth: pd.DataFrame | str | os.PathLike, *, n_mc: int = 200
             "empirical": round(metrics_lib.auc(lab, gt[pcol].to_numpy(float)), 4),
             "n": int((~np.isnan(lab)).sum()), "n_positive": int(np.nansum(lab)),
             "population": round(metrics_lib.auc(ys[name], probs[name]), 4),
-            "population_no_stenosis": round(metrics_lib.auc(ys[name], p_ns), 4),  # monotone in p: same ranks
+            # back/leg probabilities are increasing in p: the same ranks, so p's marginals serve
+            "population_no_stenosis": round(metrics_lib.auc(ys[name], p_ns), 4),
+            "population_clinical": round(metrics_lib.auc(ys[name], p_clin), 4),
         }
     return out
 
@@ -1255,7 +1329,8 @@ def is_synthetic_incomplete(folder: str | os.PathLike) -> bool:
 def make_cohort(out_dir: str | os.PathLike, n_patients: int = 160, seed: int = 0, *,
                 xray_size: Sequence[int] = (384, 320), mri_size: Sequence[int] = (176, 176),
                 edge_cases: bool = True, overwrite: bool = False, n_mc: int = 200_000,
-                id_prefix: str = "LJ", mark_complete: bool = True) -> dict:
+                id_prefix: str = "LJ", regime: str | Mapping[str, float] = "demo",
+                 mark_complete: bool = True) -> dict:
     """Write a complete synthetic cohort to ``out_dir`` (see module docstring); return a summary.
 
     Args:
@@ -1270,6 +1345,9 @@ def make_cohort(out_dir: str | os.PathLike, n_patients: int = 160, seed: int = 0
       n_mc: Monte Carlo draws for the population Bayes AUC.
       id_prefix: two letters before the patient number (``LJ0001``); another prefix keeps a
         second cohort's ids (e.g. a pretraining cohort, ``PT0001``) apart from the demo's.
+      regime: effect sizes of the outcome model, a name of OUTCOME_REGIMES or a dict over
+        EFFECT_KEYS (:func:`outcome_effects`). Only the outcomes depend on it: the "demo" regime
+        is the cohort of earlier versions, byte for byte.
       mark_complete: write the completion marker (``lumbarjax.atomic.MARKER``) last. Until it
         exists the folder is an interrupted write (:func:`is_synthetic_incomplete`): the
         first thing written is the tag file ``SYNTHETIC_TAG``, and every table goes through a
@@ -1297,7 +1375,8 @@ def make_cohort(out_dir: str | os.PathLike, n_patients: int = 160, seed: int = 0
     if os.path.exists(export):
         shutil.rmtree(export)
     os.makedirs(export, exist_ok=True)
-    clinical, truth_df = sample_patients(n_patients, seed, edge_cases=edge_cases)
+    regime_name, effects = outcome_effects(regime)
+    clinical, truth_df = sample_patients(n_patients, seed, edge_cases=edge_cases, regime=effects)
     if id_prefix != "LJ":
         if not (isinstance(id_prefix, str) and len(id_prefix) == 2 and id_prefix.isalpha()):
             raise ConfigError(f"make_cohort: id_prefix must be two letters, got {id_prefix!r}")
@@ -1337,7 +1416,7 @@ def make_cohort(out_dir: str | os.PathLike, n_patients: int = 160, seed: int = 0
     gt_csv = os.path.join(out_dir, "ground_truth.csv")
     atomic.write_csv(clinical, clinical_csv)
     atomic.write_csv(truth, gt_csv)
-    aucs = bayes_auc(truth, n_mc=n_mc, seed=seed)
+    aucs = bayes_auc(truth, n_mc=n_mc, seed=seed, regime=effects)
     edges = {k: sorted(truth.loc[truth["edge_case"] == k, "patient_id"].tolist()) for k in EDGE_CASES_PER_160}
     counts = {
         "n_patients": int(n_patients), "n_clinical_rows": int(len(clinical)),
@@ -1348,18 +1427,18 @@ def make_cohort(out_dir: str | os.PathLike, n_patients: int = 160, seed: int = 0
         "zcq_success_rate": round(float(truth["zcq_success"].mean()), 4),
     }
     summary_json = os.path.join(out_dir, "ground_truth_summary.json")
-    model = {"beta": BETA, "q_back": Q_BACK, "q_leg": Q_LEG, "reader_error_rate": READER_ERROR_RATE,
+    model = {"regime": regime_name, "beta": effects, "q_back": Q_BACK, "q_leg": Q_LEG, "reader_error_rate": READER_ERROR_RATE,
              "stenosis_levels": dict(zip(STENOSIS_LEVELS, STENOSIS_LEVEL_PROBS)),
              "secondary_stenosis_rate": SECONDARY_STENOSIS_RATE,
              "grade_drop_probs": _GRADE_DROP_PROBS, "xray_size": xray_size, "mri_size": mri_size}
-    atomic.write_json(summary_json, {"seed": int(seed), "counts": counts, "edge_cases": edges,
-                                     "bayes_auc": aucs, "generative_model": model})
+    atomic.write_json(summary_json, {"seed": int(seed), "regime": regime_name, "counts": counts,
+                                     "edge_cases": edges, "bayes_auc": aucs, "generative_model": model})
     if mark_complete:
         atomic.mark_complete(out_dir, {"n_patients": int(n_patients), "seed": int(seed),
-                                       "id_prefix": id_prefix})
+                                       "id_prefix": id_prefix, "regime": regime_name})
     return {"out_dir": out_dir, "export_dir": export, "clinical_csv": clinical_csv,
             "ground_truth_csv": gt_csv, "summary_json": summary_json, "files": files, **counts,
-            "edge_cases": edges, "bayes_auc": aucs, "seconds": round(time.perf_counter() - t0, 2),
+            "edge_cases": edges, "bayes_auc": aucs, "regime": regime_name, "effects": effects, "seconds": round(time.perf_counter() - t0, 2),
             "bytes": _dir_bytes(out_dir)}
 
 
@@ -1414,10 +1493,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--xray-size", type=int, nargs=2, default=(384, 320), metavar=("ROWS", "COLS"))
     ap.add_argument("--mri-size", type=int, nargs=2, default=(176, 176), metavar=("ROWS", "COLS"))
+    ap.add_argument("--regime", default="demo", choices=sorted(OUTCOME_REGIMES),
+                    help="effect sizes of the outcome model (docs/DEMO_COHORT.md)")
     ap.add_argument("--overwrite", action="store_true")
     args = ap.parse_args(argv)
     s = make_cohort(args.out, args.n, args.seed, xray_size=args.xray_size, mri_size=args.mri_size,
-                    overwrite=args.overwrite)
+                    overwrite=args.overwrite, regime=args.regime)
     s.pop("files")
     print(json.dumps(s, indent=2))
     return 0

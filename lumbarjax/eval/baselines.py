@@ -34,14 +34,14 @@ DEFAULT_FEATURES = ("age", "sex", "bmi", "smoker", "symptom_months", "back_pain_
 REGRESSION_LABELS = ("back_pain_post", "leg_pain_post")
 
 
-def _infer_task(label: str, y: pd.Series) -> str:
+def infer_task(label: str, y: pd.Series) -> str:
     if label in REGRESSION_LABELS:
         return "regression"
     vals = pd.to_numeric(y, errors="coerce").dropna().unique()
     return "binary" if set(np.asarray(vals, dtype=float).tolist()) <= {0.0, 1.0} else "regression"
 
 
-def _split_features(df: pd.DataFrame, features: Sequence[str]) -> tuple[list[str], list[str]]:
+def split_features(df: pd.DataFrame, features: Sequence[str]) -> tuple[list[str], list[str]]:
     numeric, categorical = [], []
     for c in features:
         s = df[c]
@@ -52,7 +52,7 @@ def _split_features(df: pd.DataFrame, features: Sequence[str]) -> tuple[list[str
     return numeric, categorical
 
 
-def _prepare_X(df: pd.DataFrame, numeric: list[str], categorical: list[str]) -> pd.DataFrame:
+def prepare_X(df: pd.DataFrame, numeric: list[str], categorical: list[str]) -> pd.DataFrame:
     """Column-wise, row-independent cleaning (no statistics are computed here)."""
     X = pd.DataFrame(index=df.index)
     for c in numeric:
@@ -64,7 +64,7 @@ def _prepare_X(df: pd.DataFrame, numeric: list[str], categorical: list[str]) -> 
     return X
 
 
-def _preprocessor(numeric: list[str], categorical: list[str], *, scale: bool) -> ColumnTransformer:
+def preprocessor(numeric: list[str], categorical: list[str], *, scale: bool) -> ColumnTransformer:
     num_steps = [("impute", SimpleImputer(strategy="median", add_indicator=True))]
     if scale:
         num_steps.append(("scale", StandardScaler()))
@@ -87,8 +87,8 @@ def make_models(numeric: list[str], categorical: list[str], task: str, seed: int
     else:
         lin = Ridge(alpha=1.0)
         gbm = HistGradientBoostingRegressor(**gbm_kw)
-    return (Pipeline([("prep", _preprocessor(numeric, categorical, scale=True)), ("model", lin)]),
-            Pipeline([("prep", _preprocessor(numeric, categorical, scale=False)), ("model", gbm)]))
+    return (Pipeline([("prep", preprocessor(numeric, categorical, scale=True)), ("model", lin)]),
+            Pipeline([("prep", preprocessor(numeric, categorical, scale=False)), ("model", gbm)]))
 
 
 def _predict(model, X: pd.DataFrame, task: str) -> np.ndarray:
@@ -139,15 +139,15 @@ def clinical_baselines(records: pd.DataFrame, folds, label: str,
     y = pd.to_numeric(records[label], errors="coerce").to_numpy(dtype=float)
     if records[label].notna().sum() != np.isfinite(y).sum():
         raise ClinicalError(f"clinical_baselines: label column '{label}' has non-numeric values")
-    task = task or _infer_task(label, records[label])
+    task = task or infer_task(label, records[label])
     if task not in ("binary", "regression"):
         raise ClinicalError(f"clinical_baselines: task must be 'binary' or 'regression', "
                             f"got {task!r}")
     if task == "binary" and not set(np.unique(y[np.isfinite(y)]).tolist()) <= {0.0, 1.0}:
         raise ClinicalError(f"clinical_baselines: label '{label}' is not 0/1")
 
-    numeric, categorical = _split_features(records, features)
-    X = _prepare_X(records, numeric, categorical)
+    numeric, categorical = split_features(records, features)
+    X = prepare_X(records, numeric, categorical)
     pred_lin = np.full(len(records), np.nan)
     pred_gbm = np.full(len(records), np.nan)
     notes = []

@@ -177,6 +177,9 @@ class OutcomeModel(nn.Module):
     zeros), and the flag itself is a fusion input. In training each present modality is dropped
     with probability modality_dropout (rng "dropout"). mri=None and xray=None -> the
     clinical-only baseline, trained the same way.
+    clinical_skip: also a linear path from the clinical features straight to every head
+    (``skip_<head>``, zero-initialised, added to the head's output), so that the network contains
+    the logistic / linear regression on the clinical columns (issue 13).
     Outputs: logits for binary_heads; VAS 0–100 predictions for regression_heads (the network
     predicts VAS/100, scaled by 100 at the output). Heads are computed in float32.
     """
@@ -188,6 +191,7 @@ class OutcomeModel(nn.Module):
     dropout: float = 0.1
     modality_dropout: float = 0.25
     freeze_mri: bool = False
+    clinical_skip: bool = False
     binary_heads: Sequence[str] = BINARY_HEADS
     regression_heads: Sequence[str] = REGRESSION_HEADS
     dtype: Dtype = jnp.float32
@@ -222,12 +226,18 @@ class OutcomeModel(nn.Module):
             raise ConfigError("OutcomeModel: no inputs (mri=None, xray=None and 0 clinical features)")
         h = jnp.concatenate([p.astype(jnp.float32) for p in parts], axis=-1)
         h = MLP(tuple(self.fusion_hidden), self.dropout, jnp.float32, name="fusion_mlp")(h, train)
+        def skip(head):
+            if not self.clinical_skip or clinical.shape[-1] == 0:
+                return 0.0
+            return nn.Dense(1, use_bias=False, kernel_init=nn.initializers.zeros, dtype=jnp.float32,
+                            name=f"skip_{head}")(clinical).reshape(b)
+
         out = {}
         for head in self.binary_heads:
-            out[head] = nn.Dense(1, dtype=jnp.float32, name=f"head_{head}")(h).reshape(b)
+            out[head] = nn.Dense(1, dtype=jnp.float32, name=f"head_{head}")(h).reshape(b) + skip(head)
         for head in self.regression_heads:
             raw = nn.Dense(1, dtype=jnp.float32, bias_init=nn.initializers.constant(0.5),
-                           name=f"head_{head}")(h).reshape(b)
+                           name=f"head_{head}")(h).reshape(b) + skip(head)
             out[head] = raw * VAS_SCALE
         return out
 
