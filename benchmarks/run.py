@@ -597,7 +597,6 @@ def section_ig(ctx) -> dict:
     import jax.numpy as jnp
     import numpy as np
     from lumbarjax.explain import blurred, integrated_gradients
-    from lumbarjax.explain.integrated_gradients import _chunked_nodes, _compiled
 
     cfg = ctx.cfg
     steps = 64
@@ -623,34 +622,40 @@ def section_ig(ctx) -> dict:
     floor_c = floor.lower(xf, static64).compile()
     compile_s = {"floor (fwd+bwd of 64)": time.perf_counter() - t}
     flops = {"floor (fwd+bwd of 64)": cost_flops(floor_c)}
-    programs = _compiled(fn, True)
+    chunk = 16
+    xc = xf[:chunk]
+    static_c = {"variables": variables, "present": jnp.ones(chunk),
+                "clinical": jnp.asarray(np.repeat(nb["clinical"], chunk, 0))}
+    t = time.perf_counter()
+    floor_chunk_c = floor.lower(xc, static_c).compile()
+    compile_s[f"floor ({steps // chunk} x fwd+bwd of {chunk})"] = time.perf_counter() - t
 
-    def compile_ig(steps_, chunk):
-        alphas, weights = _chunked_nodes("gausslegendre", steps_, chunk)
-        t = time.perf_counter()
-        if chunk is None or chunk >= steps_:
-            programs.run.lower(x, base, static1, alphas, weights).compile()
-        else:
-            programs.accumulate.lower(base, x, base, static1, alphas[0], weights[0]).compile()
-            programs.finish.lower(base, x, base, static1).compile()
-        return time.perf_counter() - t
-
-    def ig(steps_, chunk):
+    def ig(steps_, chunk_, loop="auto"):
         def f():
             a, d = integrated_gradients(fn, x, base, steps=steps_, method="gausslegendre",
-                                        chunk_size=chunk, static=static1)
+                                        chunk_size=chunk_, static=static1, chunk_loop=loop)
             jax.block_until_ready(a)
         return f
+
+    def floor_chunks():
+        for _ in range(steps // chunk):
+            g = floor_chunk_c(xc, static_c)
+        jax.block_until_ready(g)
 
     ex_steps, ex_chunk = int(cfg.explain.steps), cfg.explain.chunk_size
     ex_chunk = None if not ex_chunk else int(ex_chunk)
     fns = {"floor (fwd+bwd of 64)": lambda: jax.block_until_ready(floor_c(xf, static64)),
+           f"floor ({steps // chunk} x fwd+bwd of {chunk})": floor_chunks,
            "lumbarjax IG 64": ig(steps, None),
-           "lumbarjax IG 64 chunk16": ig(steps, 16),
+           f"lumbarjax IG 64 chunk{chunk}": ig(steps, chunk),
+           f"lumbarjax IG 64 chunk{chunk} python": ig(steps, chunk, "python"),
+           f"lumbarjax IG 64 chunk{chunk} scan": ig(steps, chunk, "scan"),
            f"lumbarjax IG {ex_steps} chunk{ex_chunk} (demo)": ig(ex_steps, ex_chunk)}
-    compile_s["lumbarjax IG 64"] = compile_ig(steps, None)
-    compile_s["lumbarjax IG 64 chunk16"] = compile_ig(steps, 16)
-    compile_s[f"lumbarjax IG {ex_steps} chunk{ex_chunk} (demo)"] = compile_ig(ex_steps, ex_chunk)
+    for name, f in list(fns.items()):
+        if name.startswith("lumbarjax"):  # first call = trace + compile
+            t = time.perf_counter()
+            f()
+            compile_s[name] = time.perf_counter() - t
     out = {"shape": [1, *ms, 1], "steps": steps, "method": "gausslegendre", "notes": [],
            "compile_s": compile_s, "flops": flops}
     torch, why = torch_or_none()
@@ -683,7 +688,7 @@ def section_ig(ctx) -> dict:
             twin(v, *extra64).sum().backward()
             torch_sync(torch)
         fns["pytorch twin floor (fwd+bwd of 64)"] = torch_floor
-        if resnet18 is not None:
+        if resnet18 is not None and not ctx.skip_resnet18:
             m3 = resnet18(spatial_dims=3, n_input_channels=1, num_classes=5).to(dev).eval()
             ig_m = IG(lambda v: m3(v)[:, 0])
 
@@ -694,15 +699,27 @@ def section_ig(ctx) -> dict:
             fns[f"captum IG {ex_steps} (monai resnet18 3d, demo)"] = captum_monai
     log(f"ig: {len(fns)} contenders round-robin, {ctx.rounds} rounds")
     res = alternate(fns, ctx.rounds)
-    fl = res["floor (fwd+bwd of 64)"]["median_s"]
-    lj = res["lumbarjax IG 64"]["median_s"]
+    log(f"ig: {rounds_summary(res)}")
     out["results"] = res
-    out["ig_over_floor"] = lj / fl
-    out["ig_chunk16_over_floor"] = res["lumbarjax IG 64 chunk16"]["median_s"] / fl
+    fl = "floor (fwd+bwd of 64)"
+    out["compile_s_note"] = "lumbarjax entries: first call (trace + compile + one run)"
+    out["over_floor"] = {n: paired_ratio(res, n, fl) for n, _ in contenders(res)
+                         if n.startswith("lumbarjax IG 64")}
+    out["over_chunk_floor"] = {n: paired_ratio(res, n, f"floor ({steps // chunk} x fwd+bwd of {chunk})")
+                               for n, _ in contenders(res) if n.startswith(f"lumbarjax IG 64 chunk{chunk}")}
+    out["ig_over_floor"] = out["over_floor"]["lumbarjax IG 64"]
+    out["ig_chunk16_over_floor"] = out["over_floor"][f"lumbarjax IG 64 chunk{chunk}"]
     if "captum IG 64 (pytorch twin)" in res:
-        out["captum_over_lumbarjax"] = res["captum IG 64 (pytorch twin)"]["median_s"] / lj
-        out["captum_over_its_floor"] = (res["captum IG 64 (pytorch twin)"]["median_s"]
-                                        / res["pytorch twin floor (fwd+bwd of 64)"]["median_s"])
+        best = min(("lumbarjax IG 64", f"lumbarjax IG 64 chunk{chunk}"),
+                   key=lambda n: res[n]["median_s"])
+        out["captum_over_lumbarjax"] = paired_ratio(res, "captum IG 64 (pytorch twin)", "lumbarjax IG 64")
+        out["captum_over_lumbarjax_chunk16"] = paired_ratio(res, "captum IG 64 (pytorch twin)",
+                                                            f"lumbarjax IG 64 chunk{chunk}")
+        out["captum_over_lumbarjax_best"] = paired_ratio(res, "captum IG 64 (pytorch twin)", best)
+        out["captum_over_its_floor"] = paired_ratio(res, "captum IG 64 (pytorch twin)",
+                                                    "pytorch twin floor (fwd+bwd of 64)")
+        out["lumbarjax_floor_over_twin_floor"] = paired_ratio(
+            res, fl, "pytorch twin floor (fwd+bwd of 64)")
     for n, r in contenders(res):
         log(f"  {n:42s} {r['median_s']:8.3f} s")
     return out
@@ -1145,9 +1162,17 @@ def print_table(results: dict) -> list[str]:
         add(f"  rounds: {rounds_summary(ig['results'])}")
         for n, r in contenders(ig["results"]):
             add(f"  {n:44s} {fmt_s(r['median_s']) + ('*' if r.get('noisy') else ''):>9}")
-        add(f"  IG/floor {ig['ig_over_floor']:.2f} (chunk16 {ig['ig_chunk16_over_floor']:.2f})"
-            + (f"; Captum/lumbarjax {ig['captum_over_lumbarjax']:.1f}x" if "captum_over_lumbarjax" in ig else "")
-            + (f"; Captum/its torch floor {ig['captum_over_its_floor']:.2f}" if "captum_over_its_floor" in ig else ""))
+        add("  IG / floor (fwd+bwd of 64): " + ", ".join(
+            f"{n[len('lumbarjax IG 64'):].strip() or 'unchunked'} {v:.2f}"
+            for n, v in ig.get("over_floor", {}).items()))
+        if ig.get("over_chunk_floor"):
+            add("  IG / floor of the same chunks: " + ", ".join(
+                f"{n[len('lumbarjax IG 64'):].strip()} {v:.2f}" for n, v in ig["over_chunk_floor"].items()))
+        if "captum_over_lumbarjax" in ig:
+            add(f"  Captum/lumbarjax: unchunked {ig['captum_over_lumbarjax']:.2f}x, chunk16 "
+                f"{ig['captum_over_lumbarjax_chunk16']:.2f}x; Captum/its torch floor "
+                f"{ig['captum_over_its_floor']:.2f}; lumbarjax floor/torch floor "
+                f"{ig['lumbarjax_floor_over_twin_floor']:.2f}")
     pr = results.get("profile")
     if pr:
         for net, r in pr.items():
