@@ -44,7 +44,7 @@ class _QuietLibraries:
 def main(argv):
     del argv
     logging.get_absl_handler().addFilter(_QuietLibraries())
-    from lumbarjax.train.loop import maybe_initialize_distributed
+    from lumbarjax.train.mesh import maybe_initialize_distributed
     maybe_initialize_distributed(FLAGS.distributed)
     from lumbarjax import predict, workflow
     config = FLAGS.config

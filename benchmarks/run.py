@@ -288,7 +288,8 @@ class LJStep:
         import ml_collections
         from lumbarjax.models.resnet2d import grader_loss
         from lumbarjax.train.state import create_train_state
-        from lumbarjax.train.steps import make_mesh, make_train_step, shard_batch
+        from lumbarjax.train.mesh import make_mesh, shard_batch
+        from lumbarjax.train.steps import make_train_step
 
         cfg = cfg or demo_config()
         task = cfg.grader if kind == "grader" else cfg.outcome
@@ -860,7 +861,7 @@ def section_compile(ctx) -> dict:
 def _worker_devices(n: int, rounds: int, quick: bool) -> None:
     """Subprocess body: MRI and grader steps at the demo's global batch on n forced devices."""
     import jax
-    from lumbarjax.train.steps import make_mesh
+    from lumbarjax.train.mesh import make_mesh
     cfg = demo_config(quick)
     grader, outcome = lj_models(cfg)
     b = int(cfg.outcome.train.batch_size)
@@ -981,7 +982,8 @@ def e2e_lumbarjax_fold(cfg, data, plan) -> dict:
     import numpy as np
     from lumbarjax.models.fusion import build_outcome_model
     from lumbarjax.train.state import create_train_state
-    from lumbarjax.train.steps import make_eval_step, make_mesh, make_train_step, shard_batch
+    from lumbarjax.train.mesh import make_mesh, shard_batch
+    from lumbarjax.train.steps import make_eval_step, make_train_step
 
     t0 = time.perf_counter()
     task = cfg.outcome

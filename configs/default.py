@@ -1,4 +1,7 @@
-"""Defaults shared by every lumbarjax experiment; the other config files start from here.
+"""Every lumbarjax setting and its default; the other config files start from here.
+
+A plain ml_collections file (no library imports), as flax examples/imagenet configs/default.py:
+the library reads each key it needs and a missing or unknown key is a ConfigError.
 
 Units: MRI spacing in mm as (slice, row, col) = (left-right, superior-inferior,
 anterior-posterior) for a sagittal series; shapes in voxels; VAS 0-100 mm.
@@ -6,27 +9,120 @@ anterior-posterior) for a sagittal series; shapes in voxels; VAS 0-100 mm.
 
 import ml_collections
 
-from lumbarjax.data.clinical import default_outcome_config
-from lumbarjax.models.fusion import default_grader_model_config, default_outcome_model_config
-
 CLINICAL_NUMERIC = ("age", "bmi", "smoker", "symptom_months", "back_pain_pre", "leg_pain_pre",
                     "zcq_symptom_pre", "zcq_function_pre")
 CLINICAL_CATEGORICAL = ("sex",)
+LEVELS = ("L1L2", "L2L3", "L3L4", "L4L5", "L5S1")
+BINARY_HEADS = ("zcq_success", "back_pain_improved50", "leg_pain_improved50")
+REGRESSION_HEADS = ("back_pain_post", "leg_pain_post")
+
+
+def optim_config(**overrides) -> ml_collections.ConfigDict:
+    """AdamW (lumbarjax.train.state.make_optimizer): linear warmup 0 -> lr over warmup_steps,
+    cosine decay to lr * end_lr_ratio at train.num_steps; decoupled weight decay on kernels only;
+    global-norm clipping (clip_norm None/0 = off); frozen: top-level parameter names kept fixed."""
+    o = ml_collections.ConfigDict(dict(lr=2e-3, weight_decay=1e-4, warmup_steps=20, clip_norm=1.0,
+                                       end_lr_ratio=0.02, frozen=(), b1=0.9, b2=0.999, eps=1e-8))
+    o.update(overrides)
+    return o
+
+
+def train_config(**overrides) -> ml_collections.ConfigDict:
+    """The training loop (lumbarjax.train.loop.train_and_evaluate)."""
+    t = ml_collections.ConfigDict(dict(
+        batch_size=16,             # global batch (all devices / hosts)
+        num_steps=400,             # optimiser steps
+        log_every=25,              # train metrics (averaged over the interval) every N steps
+        eval_every=50,             # 0 = evaluate once, at the end
+        checkpoint_every=100,      # periodic checkpoints (also at every eval and at the end)
+        max_to_keep=2,             # most recent checkpoints kept (for resuming)
+        keep_best=1,               # best-metric checkpoints kept in addition
+        best_metric="loss",        # a key of the eval metrics (each task sets its own)
+        best_metric_mode="min",    # "min" | "max"
+        early_stopping_patience=0,  # evaluations without improvement before stopping; 0 = off
+        progress_bar=True,         # tqdm bar (only on a TTY, only process 0)
+        compute_dtype=None,        # None | "float32" | "bfloat16"
+        async_checkpointing=False,
+        distributed=False,         # call jax.distributed.initialize()
+        on_nonfinite="stop",       # NaN/Inf loss or gradient: "stop" (NonFiniteError) | "skip" the step
+    ))
+    t.update(overrides)
+    return t
+
+
+def grader_model_config() -> ml_collections.ConfigDict:
+    """lumbarjax.models.resnet2d.Grader fields: num_grades K, num_levels (grades per X-ray, 1 or
+    5 for L1/L2..L5/S1), head "corn" | "coral", ResNet2D backbone (stage_sizes, width = first-stage
+    channels, stem "patchify" | "conv7", patch, norm "group" | "batch" | "layer", pool "avg" |
+    "max" | "avgmax"), dropout on pooled features, dtype (compute; params stay float32)."""
+    return ml_collections.ConfigDict(dict(
+        num_grades=5, num_levels=1, head="corn", stage_sizes=(1, 1, 1, 1), width=16, stem="patchify",
+        patch=4, norm="group", pool="avg", dropout=0.0, dtype="float32"))
+
+
+def mri_encoder_config() -> ml_collections.ConfigDict:
+    """lumbarjax.models.encoder3d.MRIEncoder fields (+ enabled): arch "slice2d" | "patch3d" |
+    "vit" | "resnet3d_naive" | "lesion2d"; stage_sizes () / patch 0 / depth_patch 0 = the arch's
+    default."""
+    return ml_collections.ConfigDict(dict(
+        enabled=True, arch="slice2d", width=32, stage_sizes=(), patch=0, depth_patch=0,
+        norm="group", pool="avgmax", vit_dim=128, vit_depth=4, vit_heads=4))
+
+
+def outcome_model_config() -> ml_collections.ConfigDict:
+    """lumbarjax.models.fusion.OutcomeModel fields: the MRI branch (mri_encoder_config), the
+    X-ray branch (ResNet2D fields + enabled), the clinical and fusion MLPs, modality dropout,
+    freeze_mri (a pretrained MRI encoder kept fixed: no gradient into it, and "mri_encoder" is
+    added to optim.frozen), the head names. Clinical-only twin: mri.enabled = xray.enabled = False."""
+    return ml_collections.ConfigDict(dict(
+        mri=mri_encoder_config(),
+        xray=dict(enabled=False, stage_sizes=(1, 1, 1, 1), width=16, stem="patchify", patch=4,
+                  norm="group", pool="avg"),
+        clinical_hidden=(32,), fusion_hidden=(64,), dropout=0.1, modality_dropout=0.25,
+        freeze_mri=False, binary_heads=BINARY_HEADS, regression_heads=REGRESSION_HEADS,
+        dtype="float32"))
+
+
+def clinical_config() -> ml_collections.ConfigDict:
+    """Validation, outcome derivation and the cohort join (lumbarjax.data.clinical; its
+    docstring of default_outcome_config explains each key)."""
+    c = ml_collections.ConfigDict()
+    c.zcq_rule = "all"             # "all" | "2of3" criteria of Stucki 1996
+    c.mcid_symptom = 0.5
+    c.mcid_function = 0.5
+    c.satisfaction_max = 2.5
+    c.max_missing_items_per_subscale = 1
+    c.pain_improvement_fraction = 0.5
+    c.pain_scale = "vas100"        # "vas100" | "nrs10"
+    c.pain_scale_columns = ml_collections.ConfigDict({}, allow_dotted_keys=True)
+    c.column_map = ml_collections.ConfigDict({}, allow_dotted_keys=True)
+    c.id_column = "patient_id"
+    c.required_columns = ("patient_id",)
+    c.grade_columns = ("xray_grade",) + tuple(f"xray_grade_{lv}" for lv in LEVELS)
+    c.num_grades = 5
+    c.mri_label_columns = ()
+    c.sex_map = ml_collections.ConfigDict({"m": "M", "male": "M", "f": "F", "female": "F"},
+                                          allow_dotted_keys=True)
+    c.id_map = ml_collections.ConfigDict({}, allow_dotted_keys=True)
+    c.id_map_column = ""
+    return c
 
 
 def task_config(kind: str) -> ml_collections.ConfigDict:
-    """Model, optimiser, training and augmentation settings of one task ('grader' | 'outcome')."""
+    """Model, optimiser, training and augmentation settings of one task
+    ('grader' | 'outcome' | 'pretrain')."""
     t = ml_collections.ConfigDict()
-    t.model = default_grader_model_config() if kind == "grader" else default_outcome_model_config()
-    t.optim = ml_collections.ConfigDict(dict(lr=2e-3, weight_decay=1e-4, warmup_steps=20,
-                                             clip_norm=1.0, end_lr_ratio=0.02, frozen=()))
-    t.train = ml_collections.ConfigDict(dict(
-        batch_size=16, num_steps=400, log_every=25, eval_every=50, checkpoint_every=100,
-        best_metric="qwk" if kind == "grader" else "auc_zcq_success", best_metric_mode="max",
-        early_stopping_patience=0, progress_bar=True, compute_dtype=None,
-        async_checkpointing=False))
+    if kind == "grader":
+        t.model = grader_model_config()
+    elif kind == "outcome":
+        t.model = outcome_model_config()
+    t.optim = optim_config()
+    best = {"grader": "qwk", "outcome": "auc_zcq_success", "pretrain": "qwk"}[kind]
+    t.train = train_config(best_metric=best, best_metric_mode="max")
     t.augment = ml_collections.ConfigDict(dict(flip_lr=0.5, intensity=0.1, shift_px=4,
                                                noise_std=0.02))
+    if kind == "pretrain":
+        return t
     # Patient-level stratified k-fold; an inner validation split of the training folds picks the
     # best checkpoint, so the outer fold's out-of-fold predictions never inform training.
     t.cv = ml_collections.ConfigDict(dict(
@@ -42,7 +138,7 @@ def task_config(kind: str) -> ml_collections.ConfigDict:
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.mode = "crossval"            # index | crossval | evaluate | report | predict | demo
+    c.mode = "crossval"            # index | crossval | report | predict | demo
     c.tasks = ("grader", "outcome")
 
     c.data = ml_collections.ConfigDict(dict(
@@ -53,7 +149,7 @@ def get_config() -> ml_collections.ConfigDict:
         make_demo=False,           # write the synthetic demo cohort when cohort_dir is empty
         demo_patients=160,
     ))
-    c.clinical = default_outcome_config()
+    c.clinical = clinical_config()
     c.mri = ml_collections.ConfigDict(dict(spacing=(4.0, 2.0, 2.0), shape=(16, 128, 128)))
     c.xray = ml_collections.ConfigDict(dict(shape=(256, 256)))
 
@@ -62,18 +158,18 @@ def get_config() -> ml_collections.ConfigDict:
 
     # Transfer learning for the outcome model's MRI encoder (lumbarjax.train.pretrain): pretrain it
     # on a separate cohort with radiologist stenosis grades (e.g. RSNA 2024 lumbar spine), then
-    # start the outcome model from it with the encoder frozen (outcome.optim.frozen).
-    c.pretrain = ml_collections.ConfigDict(dict(
+    # start the outcome model from it with the encoder frozen (outcome.model.freeze_mri). The
+    # encoder is config.outcome.model.mri; the augmentation is config.outcome.augment.
+    c.pretrain = task_config("pretrain")
+    del c.pretrain["augment"]
+    c.pretrain.train.update(num_steps=600, log_every=50, eval_every=100, checkpoint_every=200)
+    c.pretrain.update(dict(
         enabled=False,
         cohort_dir="",             # cohort folder (DICOM/NIfTI below it); must not share patients
         labels="",                 # CSV/Excel with patient_id + label_column; default <cohort_dir>/stenosis_labels.csv
         label_column="stenosis_grade", num_grades=3,
         make_demo=False,           # write the synthetic pretraining cohort when no labels table exists
         demo_patients=240,
-        train=dict(batch_size=16, num_steps=600, log_every=50, eval_every=100, checkpoint_every=200,
-                   best_metric="qwk", best_metric_mode="max", early_stopping_patience=0,
-                   progress_bar=True, compute_dtype=None, async_checkpointing=False),
-        optim=dict(lr=2e-3, weight_decay=1e-4, warmup_steps=20, clip_norm=1.0, end_lr_ratio=0.02),
     ))
 
     c.explain = ml_collections.ConfigDict(dict(

@@ -21,8 +21,7 @@ def get_config():
     for t in (c.grader, c.outcome):
         t.train.eval_every = 50
         t.train.batch_size = 16
-    # Measured on fold 0 (README): the grader only starts to rank grades after ~300-400 steps at
-    # lr 3e-3; intensity/noise augmentation kept it at QWK 0 within this budget.
+    # Why these values: README, "What the demo does and what it measured".
     c.grader.train.num_steps = 800
     c.grader.train.eval_every = 100
     c.grader.optim.lr = 3e-3
@@ -30,12 +29,11 @@ def get_config():
     c.grader.augment.noise_std = 0.0
     # The outcome model's MRI branch: the small full-resolution "lesion2d" encoder, pretrained on
     # a separate synthetic cohort with radiologist-style stenosis grades (standing in for a public
-    # labelled set such as RSNA 2024) and frozen. Trained on ~125 patients' outcomes alone, no
-    # encoder learned the stenosis (README, "What the demo shows").
+    # labelled set such as RSNA 2024) and frozen (benchmarks/ENCODER_DESIGNS.md says why).
     c.outcome.model.mri.arch = "lesion2d"
     c.outcome.augment.shift_px = 12
     c.outcome.model.freeze_mri = True
-    c.outcome.train.num_steps = 200   # with the encoder fixed the heads converge by ~50-200 steps
+    c.outcome.train.num_steps = 200
     c.pretrain.enabled = True
     c.pretrain.make_demo = True
     c.pretrain.demo_patients = 600

@@ -23,3 +23,8 @@ class CohortError(LumbarjaxError):
 
 class ConfigError(LumbarjaxError):
     """A configuration value that is missing or out of range."""
+
+
+class NonFiniteError(LumbarjaxError):
+    """Training produced a NaN/Inf loss or gradient (names the step, the batch's patients and
+    the last good checkpoint)."""

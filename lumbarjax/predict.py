@@ -18,9 +18,9 @@ Only the pseudonymous ``patient_id`` (DICOM PatientID, optionally translated by
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as _dt
 import glob
+import html
 import json
 import os
 from typing import Any, NamedTuple
@@ -32,14 +32,14 @@ import numpy as np
 import pandas as pd
 from absl import logging
 
+from lumbarjax.atomic import atomic_path
+from lumbarjax.data.preprocess import load_affine
 from lumbarjax.errors import CohortError, ConfigError
+from lumbarjax.explain import heatmaps
 
 __all__ = ["FoldModel", "TASKS", "saved_config", "check_run_config", "load_fold_models",
            "predict_patient", "report_from_workdir"]
 
-#: task folder -> (config section, clinical_only)
-TASKS = {"grader": ("grader", False), "outcome": ("outcome", False),
-         "outcome_clinical_only": ("outcome", True)}
 
 
 class FoldModel(NamedTuple):
@@ -132,7 +132,7 @@ def _abstract_state(config, model, num_features: int, run_cfg, num_steps: int):
     """The train state's structure, shapes and (replicated) shardings, without running or
     compiling the init: ``jax.eval_shape`` of ``create_train_state``."""
     from lumbarjax.train.state import create_train_state
-    from lumbarjax.train.steps import make_mesh, replicated_sharding
+    from lumbarjax.train.mesh import make_mesh, replicated_sharding
     batch = _sample_batch(config, num_features)
     shapes = jax.eval_shape(lambda: create_train_state(jax.random.PRNGKey(int(config.seed)), model,
                                                        batch, run_cfg, num_steps=num_steps))
@@ -182,13 +182,13 @@ def load_fold_models(config, workdir: str, task: str) -> list[FoldModel]:
     Raises:
       ConfigError: unknown task. CohortError: the task's folders or checkpoints are missing.
     """
-    from lumbarjax.models.fusion import ClinicalEncoder, build_grader, build_outcome_model
+    from lumbarjax.models.fusion import ClinicalEncoder
     from lumbarjax.train import crossval
     from lumbarjax.train.loop import restore_checkpoint, make_checkpoint_manager, train_config
+    from lumbarjax.train.tasks import find_variant
 
-    if task not in TASKS:
-        raise ConfigError(f"load_fold_models: unknown task {task!r}; expected one of {sorted(TASKS)}")
-    kind, clinical_only = TASKS[task]
+    task_obj, clinical_only = find_variant(task)
+    kind = task_obj.name
     task_cfg = config[kind]
     task_dir = os.path.join(workdir, task)
     k = int(task_cfg.cv.num_folds)
@@ -196,19 +196,15 @@ def load_fold_models(config, workdir: str, task: str) -> list[FoldModel]:
     if missing:
         raise CohortError(f"{task_dir}: no checkpoints for fold(s) {missing} of {k}: not a finished "
                           f"{task} cross-validation (run --mode=crossval first)")
-    mc = ml_collections.ConfigDict(task_cfg.model.to_dict())
-    if clinical_only:
-        mc.mri.enabled = False
-        mc.xray.enabled = False
-    key = ("model", kind, json.dumps(_plain(mc), sort_keys=True))
-    model = _memo(key, lambda: build_grader(mc) if kind == "grader" else build_outcome_model(mc))
+    key = ("model", kind, clinical_only, json.dumps(_plain(task_cfg.model), sort_keys=True))
+    model = _memo(key, lambda: task_obj.build_model(task_cfg, clinical_only))
     run_cfg = crossval.run_config(config, task_cfg)
     tc = train_config(run_cfg)
     out = []
     for f in range(k):
         fold_dir = os.path.join(task_dir, f"fold_{f}")
         enc = None
-        if kind == "outcome":
+        if task_obj.has_features:
             path = os.path.join(fold_dir, "clinical_encoder.json")
             try:
                 with open(path) as fh:
@@ -237,22 +233,6 @@ def load_fold_models(config, workdir: str, task: str) -> list[FoldModel]:
 
 
 # -- one new patient -------------------------------------------------------------------------
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class ExpectedGradeFn:
-    """``(inputs, static) -> (B,)``: the grader's expected grade Σ_k k·P(grade = k) (mean over
-    levels), for IG of the X-ray. Hashed by identity (one per architecture, weights in static)."""
-    model: Any
-    head: str = "corn"
-
-    def __call__(self, inputs, static):
-        from lumbarjax.models import ordinal
-        _, probs_fn, _ = ordinal.ordinal_fns(self.head)
-        batch = {"xray": inputs["xray"]}
-        probs = probs_fn(self.model.apply(static["variables"], batch, train=False)["grade"])
-        k = jnp.arange(probs.shape[-1], dtype=jnp.float32)
-        return jnp.mean(jnp.sum(probs * k, axis=-1), axis=-1)
-
 
 def _spread(values) -> dict:
     v = np.asarray(values, np.float64)
@@ -345,19 +325,16 @@ def _example(config, cache: pd.DataFrame, clinical: np.ndarray | None) -> dict:
     return {k: np.asarray(v)[None] for k, v in ex.items() if k not in ("labels", "label_mask")}
 
 
-def _ig(fn, inputs, static, config):
-    from lumbarjax.explain import integrated_gradients
-    e = config.explain
-    attrs, delta = integrated_gradients(fn, inputs, None, steps=int(e.steps), method=e.method,
-                                        chunk_size=int(e.chunk_size) or None, static=static)
-    value = float(fn(inputs, static)[0])
-    base = float(fn(jax.tree.map(jnp.zeros_like, inputs), static)[0])
-    return jax.tree.map(lambda a: np.asarray(a)[0], attrs), float(delta[0]), value, base
+def _ig(fn, inputs, static, config, baseline=None):
+    """``heatmaps.attribute`` for one example: (attributions, delta, value, baseline value)."""
+    r = heatmaps.attribute(fn, inputs, static, config.explain, baseline)
+    return (jax.tree.map(lambda a: np.asarray(a)[0], r["attrs"]), float(r["delta"][0]),
+            float(r["value"][0]), float(r["base"][0]))
 
 
 def _predict_outcome(config, workdir, records, cache, ex_mri_present, out_dir, pid, task="outcome"):
     from lumbarjax.explain import overlays
-    from lumbarjax.workflow import HeadFn
+    from lumbarjax.train.tasks import TASKS
     folds = load_fold_models(config, workdir, task)
     mc = config.outcome.model
     binary = tuple(mc.binary_heads)
@@ -367,16 +344,13 @@ def _predict_outcome(config, workdir, records, cache, ex_mri_present, out_dir, p
     per_fold, ig_parts = [], []
     ig_head = str(config.explain.head)
     do_ig = task == "outcome" and ig_head in heads
-    head_fn = _memo(("head_fn", id(model), ig_head), lambda: HeadFn(model, ig_head)) if do_ig else None
+    head_fn = _memo(("head_fn", id(model), ig_head), lambda: heatmaps.HeadFn(model, ig_head)) if do_ig else None
     batch0 = None
     for fm in folds:
         batch = _example(config, cache, _feature_frame(config, records, fm.encoder))
         batch0 = batch
-        out = jax.device_get(fwd(fm.state.variables, batch))
-        vals = {}
-        for h in heads:
-            v = float(np.asarray(out[h], np.float64)[0])
-            vals[h] = 1.0 / (1.0 + np.exp(-v)) if h in binary else v
+        cols = TASKS["outcome"].decode(jax.device_get(fwd(fm.state.variables, batch)), config.outcome)
+        vals = {h: float(cols[f"pred_{h}"][0]) for h in heads}
         per_fold.append({"fold": fm.fold, "step": int(jax.device_get(fm.state.step)), **vals})
         if do_ig:
             inputs = {"mri": jnp.asarray(batch["mri"]), "clinical": jnp.asarray(batch["clinical"])}
@@ -384,7 +358,7 @@ def _predict_outcome(config, workdir, records, cache, ex_mri_present, out_dir, p
                       "xray": jnp.asarray(batch["xray"]), "xray_present": jnp.asarray(batch["xray_present"])}
             attrs, delta, value, base = _ig(head_fn, inputs, static, config)
             ig_parts.append(dict(attrs=attrs, delta=delta, value=value, base=base,
-                                 names=fm.encoder.feature_names))
+                                 names=fm.encoder.feature_names, fold=fm.fold))
     result = {"heads": {}, "folds": per_fold}
     for h in heads:
         entry = _spread([p[h] for p in per_fold])
@@ -407,16 +381,22 @@ def _predict_outcome(config, workdir, records, cache, ex_mri_present, out_dir, p
     delta = float(np.mean([p["delta"] for p in ig_parts]))
     result["heatmap"] = {
         "head": ig_head, "output": "logit (fold-ensemble mean)", "method": str(config.explain.method),
-        "steps": int(config.explain.steps), "baseline": "zeros",
+        "steps": int(config.explain.steps), "baseline": str(config.explain.baseline),
         "ensemble_logit": value, "baseline_logit": base,
         "completeness_delta": delta, "relative_delta": abs(delta) / max(abs(value - base), 1e-6),
         "mri_attribution_sum": float(mri_attr.sum()),
         "clinical_attribution": {n: float(v) for n, v in zip(names, clin_attr)},
     }
+    # each fold model's own map (the held-out fold's equals the CV report's map of the patient)
+    result["heatmap"]["fold_completeness_delta"] = {p["fold"]: p["delta"] for p in ig_parts}
+    with atomic_path(os.path.join(out_dir, "mri_ig_folds.npz")) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **{f"fold_{p['fold']}": p["attrs"]["mri"][..., 0] for p in ig_parts})
+    result["heatmap"]["fold_maps"] = "mri_ig_folds.npz"
     figs = []
     mri_present = float(ex_mri_present) > 0
     if mri_present and mc.mri.enabled:
-        affine = np.asarray(json.loads(cache["mri_affine"].iloc[0]), float)
+        affine = load_affine(cache.iloc[0])
         mri = np.asarray(batch0["mri"])[0, ..., 0]
         png = overlays.save_mri_overlay_png(
             mri, mri_attr, os.path.join(out_dir, "mri_ig.png"),
@@ -449,7 +429,7 @@ def _predict_grader(config, workdir, cache, out_dir, pid):
     fwd = _memo(("fwd_grade", id(model)),
                 lambda: jax.jit(lambda v, b: model.apply(v, b, train=False)["grade"]))
     batch = _example(config, cache, None)
-    fn = _memo(("grade_fn", id(model), head), lambda: ExpectedGradeFn(model, head))
+    fn = _memo(("grade_fn", id(model), head), lambda: heatmaps.ExpectedGradeFn(model, head))
     probs, per_fold, attrs, deltas, vals, bases = [], [], [], [], [], []
     for fm in folds:
         logits = fwd(fm.state.variables, batch)
@@ -460,8 +440,9 @@ def _predict_grader(config, workdir, cache, out_dir, pid):
                          "pred_grade": int(pred.max()),
                          "probs": p[0].tolist() if p.shape[0] == 1 else p.tolist(),
                          "expected_grade": float(np.mean(p @ np.arange(p.shape[-1])))})
+        # zeros: the X-ray has no blur sigma in config.explain (the MRI's baseline is configured)
         a, d, v, b = _ig(fn, {"xray": jnp.asarray(batch["xray"])}, {"variables": fm.state.variables},
-                         config)
+                         config, baseline="zeros")
         attrs.append(a["xray"][..., 0])
         deltas.append(d), vals.append(v), bases.append(b)
     probs = np.stack(probs)                                          # (k, L, K)
@@ -573,8 +554,8 @@ def predict_patient(config, workdir: str, patient_dir: str, *, out_dir: str | No
 def _prediction_html(pred: dict, figs: list) -> str:
     """Self-contained page (CSS inline, PNGs as data: URIs) in the style of the report."""
     from lumbarjax.eval import report as report_lib
-    e = report_lib._e
-    f3 = report_lib._fmt
+    e = html.escape
+    f3 = report_lib.fmt_value
     parts = [f"<h1>lumbarjax prediction — patient {e(pred['patient_id'])}</h1>",
              f"<p class='sub'>generated {e(pred['generated'])}; models of the run "
              f"{e(os.path.basename(pred['run'].rstrip(os.sep)))}</p>",
@@ -673,7 +654,7 @@ def report_from_workdir(config, workdir: str) -> tuple[str, str]:
         results["baselines"] = baselines
     hm_dir = os.path.join(workdir, "heatmaps")
     if os.path.isdir(hm_dir):
-        hm = workflow.HeatmapCollector.load(config, hm_dir)
+        hm = heatmaps.HeatmapCollector.load(config, hm_dir)
         hm.items.sort(key=lambda it: (it["fold"], it["row"]))   # the run's order (bootstrap CIs)
         results["outcome_heatmaps"] = hm
     old = os.path.join(workdir, "metrics.json")

@@ -15,7 +15,6 @@ import os
 import time
 from typing import Any
 
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pandas as pd
@@ -26,8 +25,10 @@ from lumbarjax.data import cohort as cohort_lib
 from lumbarjax.data import index as index_lib
 from lumbarjax.data import preprocess as preprocess_lib
 from lumbarjax.errors import CohortError, ConfigError
+from lumbarjax.explain.heatmaps import HeatmapCollector
 from lumbarjax.train import crossval
 from lumbarjax.train.pretrain import pretrain_encoder
+from lumbarjax.train.tasks import get_task
 
 
 def _dump(obj, path):
@@ -112,130 +113,6 @@ def stage_cohort(config, workdir: str, manifest: pd.DataFrame) -> Cohort:
     return Cohort(records, cache, exclusions, summary)
 
 
-# -- heat maps ----------------------------------------------------------------------------
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class HeadFn:
-    """``(inputs, static) -> (B,)``: one output head of a model in eval mode, for IG.
-
-    ``inputs`` = {"mri", "clinical"} (attributed); ``static`` = {"variables", "mri_present",
-    "xray", "xray_present"} (not attributed). Hashed by identity: keep one per model
-    architecture so the compiled IG is reused across folds (the weights travel in ``static``)."""
-    model: Any
-    head: str
-
-    def __call__(self, inputs, static):
-        batch = {"mri": inputs["mri"], "clinical": inputs["clinical"],
-                 "mri_present": static["mri_present"], "xray": static["xray"],
-                 "xray_present": static["xray_present"]}
-        return self.model.apply(static["variables"], batch, train=False)[self.head]
-
-
-def ig_baseline(inputs: dict, cfg) -> dict:
-    """IG baseline: the MRI blurred (``cfg.baseline="blurred"``, sigma ``cfg.blur_sigma_vox``) or
-    black (``"zeros"``); the clinical vector at zeros, i.e. the training-fold mean (features are
-    standardised). A black volume is a poor baseline for GroupNorm encoders: they are nearly
-    scale-invariant, so F jumps right next to alpha=0 and the completeness error is large."""
-    from lumbarjax.explain import baselines
-    if cfg.baseline == "zeros":
-        return baselines.zeros_like(inputs)
-    if cfg.baseline == "blurred":
-        return baselines.blurred(inputs, {"mri": tuple(cfg.blur_sigma_vox)}, vector="zeros")
-    raise ConfigError(f"config.explain.baseline={cfg.baseline!r}: expected 'blurred' or 'zeros'")
-
-
-class HeatmapCollector:
-    """``after_fold`` hook of the outcome CV: integrated gradients for test-fold patients."""
-
-    def __init__(self, config, out_dir: str):
-        self.cfg = config.explain
-        self.num_folds = int(config.outcome.cv.num_folds)
-        self.out_dir = out_dir
-        self.items: list[dict] = []
-        self.fn: HeadFn | None = None
-        os.makedirs(out_dir, exist_ok=True)
-
-    def __call__(self, *, fold, state, model, source, test_idx, encoder, task):
-        from lumbarjax.explain import integrated_gradients
-        per_fold = int(np.ceil(int(self.cfg.max_patients) / self.num_folds))
-        rows = [int(i) for i in test_idx if task.cache["mri_file"].iloc[int(i)]][:per_fold]
-        if self.fn is None:  # every fold builds the same architecture from the same config
-            self.fn = HeadFn(model, self.cfg.head)
-        fn = self.fn
-        for i in rows:
-            ex = source[i]
-            inputs = {"mri": jnp.asarray(ex["mri"])[None], "clinical": jnp.asarray(ex["clinical"])[None]}
-            static = {"variables": state.variables, "mri_present": jnp.ones((1,), jnp.float32),
-                      "xray": jnp.asarray(ex["xray"])[None],
-                      "xray_present": jnp.asarray(ex["xray_present"])[None]}
-            base_inputs = ig_baseline(inputs, self.cfg)
-            attrs, delta = integrated_gradients(fn, inputs, base_inputs, steps=int(self.cfg.steps),
-                                                method=self.cfg.method,
-                                                chunk_size=int(self.cfg.chunk_size) or None,
-                                                static=static, chunk_loop=self.cfg.chunk_loop)
-            logit = float(fn(inputs, static)[0])
-            base = float(fn(base_inputs, static)[0])
-            label = float(task.labels[self.cfg.head][i])
-            self.items.append(dict(
-                patient_id=str(task.records["patient_id"].iloc[i]), fold=fold, row=i,
-                mri=np.asarray(ex["mri"])[..., 0], attr=np.asarray(attrs["mri"])[0, ..., 0],
-                clinical_attr=np.asarray(attrs["clinical"])[0], feature_names=encoder.feature_names,
-                delta=float(delta[0]), relative_delta=float(abs(delta[0]) / max(abs(logit - base), 1e-6)),
-                prob=float(1 / (1 + np.exp(-logit))), label=label,
-                affine=np.asarray(json.loads(task.cache["mri_affine"].iloc[i]), float)))
-            self.save(self.items[-1])
-
-    def save(self, item: dict) -> None:
-        """``<patient_id>_ig.npz``: arrays and scalars of one patient's attribution."""
-        arrays = {k: np.asarray(v) for k, v in item.items()}
-        np.savez_compressed(os.path.join(self.out_dir, f"{item['patient_id']}_ig.npz"), **arrays)
-
-    @classmethod
-    def load(cls, config, out_dir: str) -> "HeatmapCollector":
-        """The collector of an earlier run, from its saved ``*_ig.npz`` files."""
-        import glob
-        col = cls(config, out_dir)
-        for path in sorted(glob.glob(os.path.join(out_dir, "*_ig.npz"))):
-            with np.load(path, allow_pickle=False) as z:
-                item = {k: z[k] for k in z.files}
-            for k in ("patient_id",):
-                item[k] = str(item[k])
-            for k in ("fold", "row"):
-                item[k] = int(item[k])
-            for k in ("delta", "relative_delta", "prob", "label"):
-                item[k] = float(item[k])
-            item["feature_names"] = [str(x) for x in item["feature_names"]]
-            col.items.append(item)
-        col.items.sort(key=lambda it: (it["fold"], it["row"]))  # the run's order: same bootstrap CIs
-        return col
-
-    def gallery(self, n: int) -> list[dict]:
-        """Overlay PNGs (+ attribution NIfTI) for up to ``n`` patients, right and wrong mixed."""
-        from lumbarjax.explain import overlays
-        labelled = [it for it in self.items if np.isfinite(it["label"])]
-        right = [it for it in labelled if (it["prob"] > 0.5) == (it["label"] > 0.5)]
-        wrong = [it for it in labelled if (it["prob"] > 0.5) != (it["label"] > 0.5)]
-        chosen = right[: (n + 1) // 2] + wrong[: n // 2]
-        out = []
-        for it in chosen:
-            pid = it["patient_id"]
-            png = overlays.save_mri_overlay_png(
-                it["mri"], it["attr"], os.path.join(self.out_dir, f"{pid}_mri_ig.png"),
-                spacing=np.linalg.norm(it["affine"][:3, :3], axis=0), title=f"{pid}: IG of {self.cfg.head}")
-            overlays.save_attribution_nifti(it["attr"], it["affine"],
-                                            os.path.join(self.out_dir, f"{pid}_mri_ig.nii.gz"))
-            bar = overlays.save_clinical_bar_png(it["clinical_attr"], it["feature_names"],
-                                                 os.path.join(self.out_dir, f"{pid}_clinical_ig.png"),
-                                                 top_k=10, title=f"{pid}: clinical features")
-            correct = (it["prob"] > 0.5) == (it["label"] > 0.5)
-            caption = (f"{pid}: P({self.cfg.head})={it['prob']:.2f}, observed {int(it['label'])} — "
-                       f"{'right' if correct else 'wrong'}; completeness error {it['delta']:+.2e}")
-            out.append(dict(patient_id=pid, png=png, caption=caption, correct=bool(correct)))
-            out.append(dict(patient_id=pid, png=bar, caption=f"{pid}: clinical-feature attributions",
-                            correct=bool(correct)))
-        return out
-
-
 # -- the whole job ------------------------------------------------------------------------
 
 def stage_pretrain(config, workdir: str, outcome_ids=()):
@@ -279,25 +156,23 @@ def stage_crossval(config, workdir: str, cohort: Cohort) -> dict:
     """Cross-validate every task in ``config.tasks``; returns OOF tables and heat-map items."""
     results: dict[str, Any] = {"timing_s": {}}
     for kind in config.tasks:
+        task = get_task(kind)
         td = crossval.prepare_task(kind, config, cohort.records, cohort.cache)
         results[f"{kind}_task"] = td
-        hook = HeatmapCollector(config, os.path.join(workdir, "heatmaps")) \
-            if kind == "outcome" and config[kind].model.mri.enabled and config.explain.max_patients else None
-        t0 = time.perf_counter()
+        hook = HeatmapCollector(config, os.path.join(workdir, "heatmaps")) if task.explains(config) else None
         encoder = None
-        if kind == "outcome" and config.pretrain.enabled and config.outcome.model.mri.enabled:
+        if task.uses_pretrained_encoder(config):
+            t0 = time.perf_counter()
             encoder, results["pretrain"] = stage_pretrain(config, workdir, cohort.records["patient_id"])
             results["timing_s"]["pretrain"] = time.perf_counter() - t0
+        for key, sub, clinical_only in task.variants(config[kind]):
             t0 = time.perf_counter()
-        results[kind] = crossval.run_crossval(td, config, os.path.join(workdir, kind), after_fold=hook,
-                                              encoder_params=encoder)
-        results["timing_s"][kind] = time.perf_counter() - t0
+            results[key] = crossval.run_crossval(
+                td, config, os.path.join(workdir, sub), clinical_only=clinical_only,
+                after_fold=None if clinical_only else hook,
+                encoder_params=None if clinical_only else encoder)
+            results["timing_s"][key] = time.perf_counter() - t0
         results[f"{kind}_heatmaps"] = hook
-        if kind == "outcome" and config.outcome.clinical_only:
-            t0 = time.perf_counter()
-            results["clinical_only"] = crossval.run_crossval(
-                td, config, os.path.join(workdir, "outcome_clinical_only"), clinical_only=True)
-            results["timing_s"]["clinical_only"] = time.perf_counter() - t0
     return results
 
 

@@ -62,15 +62,17 @@ def toy_source(n: int = 64, f: int = 4, seed: int = 0) -> CachedExamples:
 
 
 def toy_config(**train) -> ml_collections.ConfigDict:
+    """configs/default.py's train and optim settings, sized for the toy problem."""
+    from configs import default
     cfg = ml_collections.ConfigDict()
     cfg.seed = 0
-    cfg.train = ml_collections.ConfigDict(dict(
+    cfg.augment = None
+    cfg.train = default.train_config(
         num_steps=10, batch_size=8, log_every=2, eval_every=5, checkpoint_every=4,
-        max_to_keep=2, keep_best=1, best_metric="loss", best_metric_mode="min",
-        early_stopping_patience=0, progress_bar=False, async_checkpointing=True))
+        best_metric="loss", best_metric_mode="min", progress_bar=False, async_checkpointing=True)
     cfg.train.update(train)
-    cfg.optim = ml_collections.ConfigDict(dict(lr=0.05, weight_decay=1e-4, warmup_steps=2,
-                                               clip_norm=1.0))
+    cfg.optim = default.optim_config(lr=0.05, weight_decay=1e-4, warmup_steps=2, clip_norm=1.0,
+                                     end_lr_ratio=0.0)
     return cfg
 
 

@@ -373,18 +373,25 @@ def test_clinical_encoder_roundtrip_and_errors():
 
 # ----------------------------------------------------------------------------- builders
 def test_builders_from_config():
-    gcfg = fusion.default_grader_model_config()
+    from configs import default
+    gcfg = default.grader_model_config()
     gcfg.width, gcfg.stage_sizes, gcfg.num_levels = 8, (1, 1), 5
     g = fusion.build_grader(gcfg)
     assert isinstance(g, resnet2d.Grader) and g.num_levels == 5 and g.dtype == jnp.float32
-    cfg = fusion.default_outcome_model_config()
+    assert g == resnet2d.Grader(**{**gcfg.to_dict(), "dtype": jnp.float32})
+    cfg = default.outcome_model_config()
     m = fusion.build_outcome_model(cfg)
     assert m.mri["arch"] == "slice2d" and m.mri["patch"] is None and m.xray is None
     cfg.mri.enabled = False
     cfg.dtype = "bfloat16"
     base = fusion.build_outcome_model(cfg)
     assert base.mri is None and base.xray is None and base.dtype == jnp.bfloat16
-    with pytest.raises(ConfigError, match="unknown fields"):
+
+
+def test_unknown_model_keys_are_errors_naming_them():
+    with pytest.raises(ConfigError, match=r"config.grader.model: unknown key\(s\) \['widht'\]"):
         fusion.build_grader({"widht": 3})
-    with pytest.raises(ConfigError, match="mri fields"):
+    with pytest.raises(ConfigError, match=r"config.outcome.model.mri: unknown key\(s\) \['arhc'\]"):
         fusion.build_outcome_model({"mri": {"arhc": "vit"}})
+    with pytest.raises(ConfigError, match=r"config.outcome.model: unknown key\(s\) \['fusion_hiden'\]"):
+        fusion.build_outcome_model({"fusion_hiden": (8,)})

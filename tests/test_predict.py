@@ -184,3 +184,25 @@ def test_bad_inputs_name_what_is_wrong(run, tmp_path):
     with pytest.raises(CohortError, match="images of 2 patients"):
         predict.predict_patient(run["config"], run["workdir"], str(two))
     assert predict.check_run_config(run["config"], run["workdir"]) == []
+
+
+def test_predict_heat_map_equals_the_cross_validation_report(run, tmp_path):
+    """One IG path: the fold model that held a patient out gives, in --mode=predict, the very
+    heat map the cross-validation report holds for that patient (same blurred baseline, same
+    quadrature rule, same chunk loop)."""
+    saved = sorted(glob.glob(os.path.join(run["workdir"], "heatmaps", "*_ig.npz")))
+    assert saved, "the tiny run saved no heat maps"
+    with np.load(saved[0], allow_pickle=False) as z:
+        cv = {k: z[k] for k in z.files}
+    pid, fold = str(cv["patient_id"]), int(cv["fold"])
+    assert run["config"].explain.baseline == "blurred"
+    folder = _patient_folder(run, pid, tmp_path / "export")
+    out_dir = str(tmp_path / "pred")
+    pred = predict.predict_patient(run["config"], run["workdir"], folder, out_dir=out_dir)
+    hm = pred["outcome"]["heatmap"]
+    assert hm["baseline"] == "blurred" and hm["fold_maps"] == "mri_ig_folds.npz"
+    with np.load(os.path.join(out_dir, "mri_ig_folds.npz")) as z:
+        mine = z[f"fold_{fold}"]
+    assert mine.shape == cv["attr"].shape and np.abs(cv["attr"]).max() > 0
+    np.testing.assert_allclose(mine, cv["attr"], atol=1e-5, rtol=0)
+    assert hm["fold_completeness_delta"][fold] == pytest.approx(float(cv["delta"]), abs=1e-5)

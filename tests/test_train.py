@@ -1,5 +1,6 @@
 """lumbarjax.train on one CPU device with a toy flax model (see _multidevice_worker.py)."""
 
+import dataclasses
 import json
 import os
 
@@ -10,12 +11,11 @@ import pytest
 
 from _multidevice_worker import ToyModel, toy_config, toy_loss, toy_source
 from lumbarjax.data.pipeline import make_loader
-from lumbarjax.errors import ConfigError
+from lumbarjax.errors import ConfigError, NonFiniteError
 from lumbarjax.train import (
     MetricsLogger,
     create_train_state,
     make_eval_step,
-    make_lr_schedule,
     make_mesh,
     make_optimizer,
     make_train_step,
@@ -25,6 +25,7 @@ from lumbarjax.train import (
     train_and_evaluate,
     train_config,
 )
+from lumbarjax.train.steps import train_step
 
 
 @pytest.fixture(scope="module")
@@ -53,14 +54,14 @@ def _assert_trees_equal(a, b, atol=0.0):
 def test_lr_schedule_warmup_then_cosine():
     cfg = toy_config()
     cfg.optim.lr, cfg.optim.warmup_steps = 0.1, 4
-    sched = make_lr_schedule(cfg, 20)
+    sched = make_optimizer(cfg, 20)[1]
     np.testing.assert_allclose(float(sched(0)), 0.0, atol=1e-8)
     np.testing.assert_allclose(float(sched(2)), 0.05, rtol=1e-6)
     np.testing.assert_allclose(float(sched(4)), 0.1, rtol=1e-6)
     np.testing.assert_allclose(float(sched(12)), 0.05, rtol=1e-5)  # half-way through cosine
     np.testing.assert_allclose(float(sched(20)), 0.0, atol=1e-8)
     with pytest.raises(ConfigError, match="warmup_steps"):
-        make_lr_schedule(cfg, 3)
+        make_optimizer(cfg, 3)
 
 
 def test_optimizer_clips_and_decays_kernels_only():
@@ -103,7 +104,7 @@ def test_loss_falls_on_learnable_problem(mesh):
         state, m = step(state, shard_batch(next(it), mesh))
         losses.append(float(m["loss"]))
         lrs.append(float(m["lr"]))
-        assert set(m) == {"loss", "acc", "grad_norm", "lr"}
+        assert set(m) == {"loss", "acc", "grad_norm", "lr", "finite"}
     assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])
     assert int(state.step) == 30
     np.testing.assert_allclose(lrs[:3], [0.0, 0.025, 0.05], rtol=1e-6)
@@ -323,14 +324,67 @@ def test_loop_rejects_unknown_best_metric(tmp_path):
         _run(tmp_path, cfg, eval_source=toy_source(n=8, seed=1))
 
 
-def test_steps_are_memoised_across_runs(mesh):
-    """Equal model / loss / mesh / optimiser settings reuse one jitted step (CV folds)."""
-    a = make_train_step(ToyModel(use_bn=True), toy_loss, mesh)
-    b = make_train_step(ToyModel(use_bn=True), toy_loss, mesh)
-    c = make_train_step(ToyModel(use_bn=False), toy_loss, mesh)
-    assert a is b and a is not c
+def test_steps_compile_once_across_runs(mesh):
+    """Equal model / loss / mesh / optimiser settings reuse one compiled step (CV folds): the
+    module-level jit caches on its static arguments, no hand-written memo."""
+    batch = _batch()
+
+    def run(model, seed):
+        step = make_train_step(model, toy_loss, mesh)
+        step(create_train_state(seed, model, batch, toy_config(), mesh=mesh), shard_batch(batch, mesh))
+
+    run(ToyModel(use_bn=True), 0)
+    n = train_step._cache_size()
+    run(ToyModel(use_bn=True), 1)            # an equal model (another fold): no new compile
+    assert train_step._cache_size() == n
+    run(ToyModel(use_bn=True, hidden=5), 0)  # another architecture: one more
+    assert train_step._cache_size() == n + 1
     assert make_optimizer(toy_config(), 10)[0] is make_optimizer(toy_config(), 10)[0]
     assert make_optimizer(toy_config(), 10)[0] is not make_optimizer(toy_config(), 11)[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class NaNOnRow:
+    """toy_loss, but NaN whenever the batch holds example ``row`` (a corrupt patient)."""
+    row: int
+
+    def __call__(self, outputs, batch):
+        loss, aux = toy_loss(outputs, batch)
+        hit = jnp.any((batch["index"] == self.row) & (batch["valid"] > 0))
+        return jnp.where(hit, jnp.nan, loss), aux
+
+
+def _batches_of_rows(n, batch_size, steps, seed=0):
+    """The rows of each training batch, as train_and_evaluate draws them."""
+    it = make_loader(toy_source(n=n), batch_size=batch_size, shuffle=True, seed=seed, num_epochs=None)
+    return [set(np.asarray(next(it)["index"]).tolist()) for _ in range(steps)]
+
+
+def test_nonfinite_loss_stops_naming_step_patients_and_checkpoint(tmp_path):
+    rows = _batches_of_rows(40, 8, 10)
+    row = sorted(rows[2] - rows[1] - rows[0])[0]       # first seen in the third batch
+    ids = [f"P{i:03d}" for i in range(40)]
+    cfg = toy_config(num_steps=10, eval_every=0, checkpoint_every=1, log_every=5)
+    with pytest.raises(NonFiniteError) as e:
+        _run(tmp_path, cfg, loss_fn=NaNOnRow(row), row_ids=ids)
+    msg = str(e.value)
+    assert "at step 3 " in msg
+    assert ids[row] in msg and all(ids[r] in msg for r in rows[2])
+    assert os.path.join(str(tmp_path), "checkpoints", "2") in msg
+
+
+def test_nonfinite_step_skipped_when_configured(tmp_path):
+    rows = _batches_of_rows(40, 8, 10)
+    row = sorted(rows[2] - rows[1] - rows[0])[0]
+    cfg = toy_config(num_steps=10, eval_every=0, checkpoint_every=100, log_every=10,
+                     on_nonfinite="skip")
+    res = _run(tmp_path, cfg, loss_fn=NaNOnRow(row))
+    assert int(res["last_state"].step) == 10
+    assert all(np.isfinite(x).all() for x in _leaves(res["last_state"].params))
+    assert all(np.isfinite(x).all() for x in _leaves(res["last_state"].opt_state))
+    assert read_metrics(tmp_path, "train")[-1]["skipped_nonfinite"] == sum(row in r for r in rows)
+    with pytest.raises(ConfigError, match="on_nonfinite"):
+        train_config(toy_config(on_nonfinite="ignore"))
 
 
 def test_init_params_and_frozen_subtree_stay_fixed(tmp_path):

@@ -1,6 +1,6 @@
 """Clinical table: reading, validation and outcome derivation.
 
-The clinical table holds one row per patient (see DESIGN §2 for the default column names):
+The clinical table holds one row per patient (default column names below; docs/CONTRACTS.md, "data.clinical"):
 
 * ``patient_id`` (string; leading zeros kept), ``age`` (years), ``sex`` ("M" / "F"),
   ``bmi`` (kg/m²), ``smoker`` (0/1), ``symptom_months`` (months of symptoms before surgery);
@@ -148,7 +148,7 @@ def resolve_config(config: Any = None) -> ml_collections.ConfigDict:
     """Defaults updated with ``config`` (ConfigDict, dict or None); checks the choices.
 
     A config that nests these keys under ``clinical`` (an application config) is accepted too.
-    Keys this module does not know are ignored.
+    A key this module does not know is a ConfigError naming it.
     """
     cfg = default_outcome_config()
     if config is None:
@@ -158,9 +158,10 @@ def resolve_config(config: Any = None) -> ml_collections.ConfigDict:
     if "clinical" in config and "zcq_rule" not in config:
         config = config["clinical"]
     given = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
+    unknown = sorted(set(given) - set(cfg))
+    if unknown:
+        raise ConfigError(f"config.clinical: unknown key(s) {unknown}; known keys: {sorted(cfg)}")
     for key, value in given.items():
-        if key not in cfg:
-            continue
         if isinstance(cfg[key], ml_collections.ConfigDict):
             cfg[key] = ml_collections.ConfigDict(dict(value or {}), allow_dotted_keys=True)
         elif isinstance(cfg[key], tuple):
@@ -206,7 +207,7 @@ def check_required_columns(df: pd.DataFrame, required: Sequence[str], source: st
     )
 
 
-def _id_to_str(value: Any) -> Any:
+def id_to_str(value: Any) -> Any:
     """Patient id as a stripped string; integral floats (Excel numbers) lose the '.0'."""
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return np.nan
@@ -334,7 +335,7 @@ def read_clinical(
 
     for col in df.columns:
         if col == id_column:
-            df[col] = df[col].map(_id_to_str).astype(object)
+            df[col] = df[col].map(id_to_str).astype(object)
             continue
         series = df[col]
         if sep == ";":
@@ -465,7 +466,7 @@ def validate_clinical(df: pd.DataFrame, config: Any = None) -> tuple[pd.DataFram
     problems: list[pd.DataFrame] = []
     prior_conflicts = list(df.attrs.get("conflicting_duplicate_ids", []))
 
-    ids = df[idc].map(_id_to_str)
+    ids = df[idc].map(id_to_str)
     df[idc] = ids.astype(object)
     no_id = ids.isna()
     if no_id.any():

@@ -39,7 +39,7 @@ EXCLUSION_COLUMNS = ["patient_id", "reason", "detail"]
 
 
 def _str_id(v: Any) -> Any:
-    return clinical._id_to_str(v)
+    return clinical.id_to_str(v)
 
 
 def _resolve(paths: Any, root: str) -> str:

@@ -1,10 +1,10 @@
 """Synthetic demo cohort: DICOM X-rays and MRIs, a clinical table and the ground truth.
 
 :func:`make_cohort` writes, deterministically from ``seed``, a cohort folder in the on-disk
-contract of DESIGN §3/§4 so that every part of lumbarjax runs without patient data::
+contract of docs/CONTRACTS.md (data.index, data.clinical) so that every part of lumbarjax runs without patient data::
 
     out_dir/
-      clinical.csv                 one row per patient (DESIGN §2 columns, raw ZCQ items, VAS mm)
+      clinical.csv                 one row per patient (data.clinical columns, raw ZCQ items, VAS mm)
       ground_truth.csv             latent truth per patient (see GROUND_TRUTH_COLUMNS)
       ground_truth_summary.json    generative model, counts, edge cases, Bayes AUCs
       export/                      a hospital-like DICOM export (nested folders, meaningless
@@ -36,7 +36,7 @@ Per patient, independently:
   rounded and clipped). Post-operative items are drawn given the realised success: success →
   symptom and function means drop by U(0.7, 2.2) / U(0.7, 1.8), satisfaction mean U(1.0, 2.2);
   failure → each criterion fails with probability 0.55 (at least one), a failing criterion has a
-  drop of U(−0.6, 0.3) or a satisfaction mean U(2.8, 3.8). Draws are repeated until the DESIGN §2
+  drop of U(−0.6, 0.3) or a satisfaction mean U(2.8, 3.8). Draws are repeated until data.clinical's ZCQ
   rule (subscale = mean of answered items; success = Δsym ≥ 0.5 AND Δfun ≥ 0.5 AND sat ≤ 2.5)
   applied to the written items gives exactly the realised success, with no subscale within 1e-6
   of a threshold. So the rule reproduces ``zcq_success`` for every patient whose subscales are
@@ -87,6 +87,7 @@ from pydicom.filewriter import write_data_element
 from pydicom.uid import ExplicitVRLittleEndian
 
 from lumbarjax.errors import ConfigError
+from lumbarjax.eval import metrics as metrics_lib
 
 # ----------------------------------------------------------------------------- constants
 
@@ -206,7 +207,7 @@ def _subscale_mean(items: np.ndarray) -> float:
 
 
 def zcq_rule(groups: dict[str, np.ndarray]) -> float:
-    """DESIGN §2 ZCQ success (1.0 / 0.0) from item arrays; NaN when a subscale is missing."""
+    """ZCQ success by data.clinical's rule (1.0 / 0.0) from item arrays; NaN when a subscale is missing."""
     m = {k: _subscale_mean(np.asarray(v, float)) for k, v in groups.items()}
     if any(np.isnan(v) for v in m.values()):
         return float("nan")
@@ -384,19 +385,6 @@ def sample_patients(n_patients: int, seed: int = 0, *, edge_cases: bool = True) 
 # ----------------------------------------------------------------------------- Bayes AUC
 
 
-def auc(score: np.ndarray, label: np.ndarray) -> float:
-    """Mann–Whitney AUC with average ranks for ties; NaN labels dropped."""
-    score, label = np.asarray(score, float), np.asarray(label, float)
-    keep = ~np.isnan(label) & ~np.isnan(score)
-    score, label = score[keep], label[keep]
-    n1 = int((label == 1).sum())
-    n0 = int((label == 0).sum())
-    if n1 == 0 or n0 == 0:
-        return float("nan")
-    r = pd.Series(score).rank(method="average").to_numpy()
-    return float((r[label == 1].sum() - n1 * (n1 + 1) / 2.0) / (n1 * n0))
-
-
 def bayes_auc(ground_truth: pd.DataFrame | str | os.PathLike, *, n_mc: int = 200_000, seed: int = 0) -> dict:
     """Bayes-optimal AUC of each binary outcome.
 
@@ -423,10 +411,10 @@ def bayes_auc(ground_truth: pd.DataFrame | str | os.PathLike, *, n_mc: int = 200
                        ("leg_improved50", "p_leg_improved50")):
         lab = pd.to_numeric(gt[name], errors="coerce").to_numpy(float)
         out[name] = {
-            "empirical": round(auc(gt[pcol].to_numpy(float), lab), 4),
+            "empirical": round(metrics_lib.auc(lab, gt[pcol].to_numpy(float)), 4),
             "n": int((~np.isnan(lab)).sum()), "n_positive": int(np.nansum(lab)),
-            "population": round(auc(probs[name], ys[name]), 4),
-            "population_no_stenosis": round(auc(p_ns, ys[name]), 4),  # monotone in p: same ranks
+            "population": round(metrics_lib.auc(ys[name], probs[name]), 4),
+            "population_no_stenosis": round(metrics_lib.auc(ys[name], p_ns), 4),  # monotone in p: same ranks
         }
     return out
 

@@ -75,7 +75,7 @@ def _e(x) -> str:
     return html.escape(str(x))
 
 
-def _fmt(v, digits: int = 3) -> str:
+def fmt_value(v, digits: int = 3) -> str:
     if v is None:
         return "–"
     if isinstance(v, (bool, np.bool_)):
@@ -92,9 +92,9 @@ def _fmt_ci(d: Mapping | None, digits: int = 3) -> str:
     if not d:
         return "–"
     point = d.get("point", d.get("diff"))
-    s = _fmt(point, digits)
+    s = fmt_value(point, digits)
     if d.get("lo") is not None and d.get("hi") is not None:
-        s += f' <span class="ci">({_fmt(d["lo"], digits)} to {_fmt(d["hi"], digits)})</span>'
+        s += f' <span class="ci">({fmt_value(d["lo"], digits)} to {fmt_value(d["hi"], digits)})</span>'
     return s
 
 
@@ -104,7 +104,7 @@ def _fmt_p(d: Mapping) -> str:
     if p is None:
         return "–"
     n_valid = max(1, int(d.get("n_boot", 1)) - int(d.get("n_skipped", 0)))
-    return f"&lt; {1 / n_valid:.2g}" if p == 0 else _fmt(p)
+    return f"&lt; {1 / n_valid:.2g}" if p == 0 else fmt_value(p)
 
 
 def html_table(header: Sequence[str], rows: Sequence[Sequence[str]], cls: str = "") -> str:
@@ -125,7 +125,7 @@ def _generic(obj, depth: int = 0) -> str:
             cols = []
             for v in vals:
                 cols += [k for k in v if k not in cols]
-            rows = [[_e(k)] + [_e(_fmt(v.get(c))) for c in cols] for k, v in obj.items()]
+            rows = [[_e(k)] + [_e(fmt_value(v.get(c))) for c in cols] for k, v in obj.items()]
             return html_table([""] + [_e(c) for c in cols], rows, "kv")
         rows = [[_e(k), _generic(v, depth + 1)] for k, v in obj.items()]
         return html_table(["item", "value"], rows, "kv")
@@ -134,10 +134,10 @@ def _generic(obj, depth: int = 0) -> str:
             cols = []
             for v in obj:
                 cols += [k for k in v if k not in cols]
-            rows = [[_e(_fmt(v.get(c))) for c in cols] for v in obj]
+            rows = [[_e(fmt_value(v.get(c))) for c in cols] for v in obj]
             return html_table([_e(c) for c in cols], rows, "kv")
-        return _e(", ".join(_fmt(v) for v in obj))
-    return _e(_fmt(obj))
+        return _e(", ".join(fmt_value(v) for v in obj))
+    return _e(fmt_value(obj))
 
 
 def _label_pred(df: pd.DataFrame, head: str, where: str) -> tuple[np.ndarray, np.ndarray]:
@@ -175,7 +175,7 @@ def _fig_roc(curves: dict) -> bytes:
         for name, (y, p, a) in curves[head].items():
             fpr, tpr = M.roc_curve(y, p)
             ax.plot(fpr, tpr, lw=2 if name == "model" else 1.3, color=_COLORS.get(name),
-                    label=f"{name} (AUC {_fmt(a)})")
+                    label=f"{name} (AUC {fmt_value(a)})")
         ax.set(title=head, xlabel="1 − specificity", ylabel="sensitivity", xlim=(0, 1),
                ylim=(0, 1.01), aspect="equal")
         ax.legend(loc="lower right", fontsize=7)
@@ -194,7 +194,7 @@ def _fig_calibration(cals: dict) -> bytes:
                 continue
             sizes = 15 + 60 * np.asarray(b["count"]) / max(b["count"])
             ax.plot(b["mean_pred"], b["observed"], "-o", color=_COLORS.get(name), lw=1.3,
-                    ms=3, label=f"{name} (slope {_fmt(cal['slope'], 2)})")
+                    ms=3, label=f"{name} (slope {fmt_value(cal['slope'], 2)})")
             ax.scatter(b["mean_pred"], b["observed"], s=sizes, color=_COLORS.get(name),
                        alpha=0.4)
         ax.set(title=head, xlabel="predicted probability", ylabel="observed frequency",
@@ -489,9 +489,9 @@ def write_report(out_dir, *, title: str, cohort_summary: dict, grader_oof: pd.Da
             rows.append(["n"] + [_e(r["n"]) for r in reps])
             bv = _bayes_value(bayes, head)
             if bin_ and bv is not None:
-                rows.append(["Bayes-optimal AUC (demo truth)", _fmt(bv)] + ["" for _ in reps[1:]])
+                rows.append(["Bayes-optimal AUC (demo truth)", fmt_value(bv)] + ["" for _ in reps[1:]])
             body += f'<h3 id="head-{_e(head)}">{_e(head)}</h3>'
-            extra_note = (f'prevalence {_fmt(entry["model"]["prevalence"])}, '
+            extra_note = (f'prevalence {fmt_value(entry["model"]["prevalence"])}, '
                           if bin_ else "VAS 0–100, ")
             body += (f'<p class="muted">{entry["model"]["n"]} patients with a label '
                      f'({entry["model"]["n_missing_label"]} missing), {extra_note}'
@@ -515,7 +515,7 @@ def write_report(out_dir, *, title: str, cohort_summary: dict, grader_oof: pd.Da
                 f"{_e(head)} {metric.upper()}", _fmt_ci(entry["model"][metric], digits),
                 (f"{_fmt_ci(best[2], digits)} <span class='muted'>{_e(best[0])}</span>"
                  if best else "–"),
-                _fmt(bv) if (bin_ and bv is not None) else "–"])
+                fmt_value(bv) if (bin_ and bv is not None) else "–"])
         sections.append(("outcomes", "Outcome model vs clinical baselines", body))
         if roc:
             sections.append(("roc", "ROC curves", _img(_fig_roc(roc), "ROC curves")))
@@ -557,7 +557,7 @@ def write_report(out_dir, *, title: str, cohort_summary: dict, grader_oof: pd.Da
         body = ('<p>Completeness error |Σ attributions − (F(input) − F(baseline))| per '
                 "explained prediction.</p>"
                 + html_table(["n", "mean |error|", "median", "95th pct", "max"],
-                         [[_fmt(summ[k], 5) for k in summ]]))
+                         [[fmt_value(summ[k], 5) for k in summ]]))
         if c.size:
             body += _img(_fig_hist(a, "|completeness error|", "IG completeness error"),
                          "completeness error histogram")
@@ -569,9 +569,9 @@ def write_report(out_dir, *, title: str, cohort_summary: dict, grader_oof: pd.Da
         rows = [["pointing-game hit rate", _fmt_ci(localisation.get("hit_rate"))],
                 ["positive-mass fraction in true level", _fmt_ci(localisation.get("mean_fraction"))],
                 ["chance level (fraction of volume in true level)",
-                 _fmt(localisation.get("chance_hit_rate"))],
-                ["patients", _fmt(localisation.get("n"))],
-                ["excluded", _fmt(localisation.get("n_excluded"))]]
+                 fmt_value(localisation.get("chance_hit_rate"))],
+                ["patients", fmt_value(localisation.get("n"))],
+                ["excluded", fmt_value(localisation.get("n_excluded"))]]
         body = html_table(["measure", f"value ({level} CI)"], rows)
         if localisation.get("exclusions"):
             body += "<h3>Exclusions</h3>" + _generic(localisation["exclusions"])

@@ -8,7 +8,7 @@ import matplotlib.
 """
 from lumbarjax.explain.integrated_gradients import (METHODS, clear_cache, integrated_gradients,
                                                     quadrature)
-from lumbarjax.explain.baselines import (blurred, expected_gradients, noisy_baselines,
+from lumbarjax.explain.ig_baselines import (blurred, expected_gradients, noisy_baselines,
                                          training_mean, zeros_like)
 
 __all__ = [

@@ -11,8 +11,6 @@ from lumbarjax.models.fusion import (
     OutcomeModel,
     build_grader,
     build_outcome_model,
-    default_grader_model_config,
-    default_outcome_model_config,
     outcome_loss,
     positive_class_weights,
 )
@@ -28,7 +26,7 @@ from lumbarjax.models.resnet2d import Grader, ResNet2D, grader_loss
 
 __all__ = [
     "ARCHS", "MRIEncoder", "ClinicalEncoder", "OutcomeModel", "build_grader", "build_outcome_model",
-    "default_grader_model_config", "default_outcome_model_config", "outcome_loss",
+    "outcome_loss",
     "positive_class_weights", "coral_loss", "coral_predict", "coral_probs", "corn_loss",
     "corn_predict", "corn_probs", "Grader", "ResNet2D", "grader_loss",
 ]

@@ -14,8 +14,9 @@ benchmarks/ENCODER_DESIGNS.md (fwd+bwd+Adam on the 2-core CPU):
 * "resnet3d_naive"  reference: 7^3 stride-2 stem + 3^3 max-pool + 3^3 basic blocks.
 * "lesion2d" a small plain CNN on every slice at near-full resolution (2x2 patchify, 3x3 convs,
              GroupNorm, two stride-2 stages) with max + mean pooling over slices and positions: a
-             local-finding detector (a narrowed canal segment) that generalises from ~100
-             patients, where the deeper trunks memorise them (benchmarks/ENCODER_DESIGNS.md).
+             local-finding detector (a narrowed canal segment). Trained on ~120 patients'
+             outcomes alone it does not find the stenosis reliably (no encoder does); pretrained
+             on a graded cohort it does (benchmarks/ENCODER_DESIGNS.md, train.pretrain).
 
 The default is chosen from the measured table (see MRIEncoder.arch).
 """
@@ -23,7 +24,7 @@ The default is chosen from the measured table (see MRIEncoder.arch).
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -338,3 +339,22 @@ class MRIEncoder(nn.Module):
             w = int(self.width)
             return LesionCNN((w, w, 2 * w, 2 * w), self.patch or 2, self.norm, self.dtype, name="lesion2d")(x, train)
         raise ConfigError(f"MRIEncoder.arch: unknown architecture {self.arch!r}; expected one of {ARCHS}")
+
+
+class StenosisGrader(nn.Module):
+    """batch["mri"] (B, D, H, W, 1) -> {"grade": (B, 1, K-1)} CORN logits of the stenosis grade.
+
+    The MRI-encoder pretraining model (``lumbarjax.train.pretrain``): the encoder is named
+    ``mri_encoder`` exactly as in ``OutcomeModel``, so its parameters can replace the outcome
+    model's.
+    """
+
+    mri: Mapping
+    num_grades: int = 3
+
+    @nn.compact
+    def __call__(self, batch: Mapping, train: bool = False) -> dict:
+        feats = MRIEncoder(**dict(self.mri), name="mri_encoder")(batch["mri"], train)
+        feats = nn.LayerNorm(dtype=jnp.float32, name="ln")(feats.astype(jnp.float32))
+        logits = nn.Dense(self.num_grades - 1, dtype=jnp.float32, name="head")(feats)
+        return {"grade": logits[:, None, :]}

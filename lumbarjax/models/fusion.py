@@ -10,6 +10,7 @@ import math
 from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
+from flax.core import FrozenDict
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -18,6 +19,7 @@ import pandas as pd
 
 from lumbarjax.errors import ClinicalError, ConfigError
 from lumbarjax.models.encoder3d import MRIEncoder
+from lumbarjax.models.ordinal import bce_with_logits
 from lumbarjax.models.resnet2d import Grader, ResNet2D
 
 Dtype = Any
@@ -230,10 +232,6 @@ class OutcomeModel(nn.Module):
         return out
 
 
-def _bce_logits(logits, targets, pos_weight):
-    return -(pos_weight * targets * jax.nn.log_sigmoid(logits) + (1.0 - targets) * jax.nn.log_sigmoid(-logits))
-
-
 def _huber(err, delta):
     a = jnp.abs(err)
     return jnp.where(a <= delta, 0.5 * err ** 2, delta * (a - 0.5 * delta))
@@ -276,7 +274,7 @@ def outcome_loss(outputs: Mapping, batch: Mapping, class_weights: Mapping | None
                 raise ConfigError(f"outcome_loss: unknown regression_loss {regression_loss!r} ('huber' | 'mse')")
             weight = regression_weight
         else:
-            per = _bce_logits(pred, y, float(class_weights.get(head, 1.0)))
+            per = bce_with_logits(pred, y, float(class_weights.get(head, 1.0)))
             weight = 1.0
         per = jnp.where(mask > 0, per, 0.0)  # exact zeros (and zero grads) at masked entries
         count = mask.sum()
@@ -288,7 +286,7 @@ def outcome_loss(outputs: Mapping, batch: Mapping, class_weights: Mapping | None
     return total, aux
 
 
-# ----------------------------------------------------------------------------- configs / builders
+# ----------------------------------------------------------------------------- builders
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -300,98 +298,58 @@ def _dtype(name) -> Any:
     return _DTYPES[name]
 
 
-def default_grader_model_config() -> ml_collections.ConfigDict:
-    """Grader fields (defaults):
-    num_grades=5 (K), num_levels=1 (grades per X-ray, e.g. 5 for L1/L2..L5/S1), head="corn"|"coral",
-    stage_sizes=(1,1,1,1), width=16 (first-stage channels), stem="patchify"|"conv7", patch=4,
-    norm="group"|"batch"|"layer", pool="avg"|"max"|"avgmax", dropout=0.0 (on pooled features),
-    dtype="float32"|"bfloat16" (compute dtype; params stay float32).
-    """
-    return ml_collections.ConfigDict(dict(
-        num_grades=5, num_levels=1, head="corn", stage_sizes=(1, 1, 1, 1), width=16, stem="patchify",
-        patch=4, norm="group", pool="avg", dropout=0.0, dtype="float32"))
+def _plain(v):
+    """Config values -> hashable module fields (lists and tuples -> tuples)."""
+    return tuple(v) if isinstance(v, (list, tuple)) else v
 
 
-def default_outcome_model_config() -> ml_collections.ConfigDict:
-    """Outcome model fields (defaults):
-    mri.enabled=True and MRIEncoder kwargs: arch ("slice2d" | "patch3d" | "vit" | "resnet3d_naive"),
-      width=32, stage_sizes=() (= arch default), patch=0 / depth_patch=0 (= arch default),
-      norm="group", pool="avgmax", vit_dim=128, vit_depth=4, vit_heads=4.
-    xray.enabled=False and ResNet2D kwargs: stage_sizes=(1,1,1,1), width=16, stem="patchify",
-      patch=4, norm="group", pool="avg".
-    clinical_hidden=(32,), fusion_hidden=(64,), dropout=0.1, modality_dropout=0.25,
-    freeze_mri=False: keep a (pretrained) MRI encoder fixed — no gradient flows into it in training
-      (faster steps) and train.crossval adds "mri_encoder" to optim.frozen.
-    binary_heads, regression_heads (names of labels), dtype="float32".
-    Clinical-only baseline: mri.enabled=False, xray.enabled=False.
-    """
-    return ml_collections.ConfigDict(dict(
-        mri=dict(enabled=True, arch="slice2d", width=32, stage_sizes=(), patch=0, depth_patch=0,
-                 norm="group", pool="avgmax", vit_dim=128, vit_depth=4, vit_heads=4),
-        xray=dict(enabled=False, stage_sizes=(1, 1, 1, 1), width=16, stem="patchify", patch=4,
-                  norm="group", pool="avg"),
-        clinical_hidden=(32,), fusion_hidden=(64,), dropout=0.1, modality_dropout=0.25, freeze_mri=False,
-        binary_heads=BINARY_HEADS, regression_heads=REGRESSION_HEADS, dtype="float32"))
-
-
-def _to_dict(cfg) -> dict:
-    return cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else dict(cfg)
+def module_kwargs(cls, cfg, what: str, extra: Sequence[str] = ()) -> dict:
+    """``cfg`` (ConfigDict / dict) as keyword arguments of the flax module ``cls``: every key
+    must be one of its dataclass fields (or ``extra``); an unknown key is a ConfigError naming
+    it and ``what`` (e.g. "config.grader.model"). Absent keys keep the module's defaults."""
+    given = cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else dict(cfg or {})
+    fields = [f for f in cls.__dataclass_fields__ if f not in ("parent", "name")] + list(extra)
+    unknown = sorted(set(given) - set(fields))
+    if unknown:
+        raise ConfigError(f"{what}: unknown key(s) {unknown}; {cls.__name__} takes {sorted(fields)}")
+    return {k: _plain(v) for k, v in given.items()}
 
 
 def build_grader(model_config) -> Grader:
-    """ConfigDict (see default_grader_model_config) -> Grader."""
-    c = _to_dict(default_grader_model_config())
-    unknown = set(_to_dict(model_config)) - set(c)
-    if unknown:
-        raise ConfigError(f"grader model config: unknown fields {sorted(unknown)}")
-    c.update(_to_dict(model_config))
-    return Grader(num_grades=int(c["num_grades"]), num_levels=int(c["num_levels"]), head=c["head"],
-                  stage_sizes=tuple(c["stage_sizes"]), width=int(c["width"]), stem=c["stem"],
-                  patch=int(c["patch"]), norm=c["norm"], pool=c["pool"], dropout=float(c["dropout"]),
-                  dtype=_dtype(c["dtype"]))
+    """``Grader(**config.grader.model)`` (configs/default.py lists the fields)."""
+    kw = module_kwargs(Grader, model_config, "config.grader.model")
+    if "dtype" in kw:
+        kw["dtype"] = _dtype(kw["dtype"])
+    return Grader(**kw)
 
 
-def _branch_kwargs(cfg, allowed: Sequence[str], what: str) -> dict | None:
+def _branch(cfg, cls, what: str) -> FrozenDict | None:
+    """An image branch's config (``enabled`` + the encoder's fields) -> its kwargs (a FrozenDict:
+    module fields must hash, as static arguments of the jitted steps), or None."""
     if cfg is None:
         return None
-    cfg = _to_dict(cfg)
-    if not cfg.pop("enabled", True):
+    kw = module_kwargs(cls, cfg, what, extra=("enabled",))
+    if not kw.pop("enabled", True):
         return None
-    unknown = set(cfg) - set(allowed)
-    if unknown:
-        raise ConfigError(f"outcome model config: unknown {what} fields {sorted(unknown)}")
-    out = {}
-    for k, v in cfg.items():
-        if k == "stage_sizes":
-            v = tuple(v) or None
-        elif k in ("patch", "depth_patch") and not v and what == "mri":
-            v = None  # 0 -> arch default
-        out[k] = v
-    return out
+    kw.pop("dtype", None)  # the outcome model's dtype applies to its branches
+    if kw.get("stage_sizes") == ():
+        kw["stage_sizes"] = None  # () -> the arch's default
+    if cls is MRIEncoder:
+        for k in ("patch", "depth_patch"):
+            if k in kw and not kw[k]:
+                kw[k] = None  # 0 -> the arch's default
+    return FrozenDict(kw)
 
 
 def build_outcome_model(model_config) -> OutcomeModel:
-    """ConfigDict (see default_outcome_model_config) -> OutcomeModel."""
-    c = _to_dict(default_outcome_model_config())
-    given = _to_dict(model_config)
-    unknown = set(given) - set(c)
-    if unknown:
-        raise ConfigError(f"outcome model config: unknown fields {sorted(unknown)}")
-    for key in ("mri", "xray"):  # merge branch dicts so partial overrides keep defaults
-        if key in given and given[key] is not None:
-            merged = dict(c[key])
-            merged.update(_to_dict(given[key]))
-            given[key] = merged
-    c.update(given)
-    mri_fields = [f for f in MRIEncoder.__dataclass_fields__ if f not in ("dtype", "parent", "name")]
-    xray_fields = [f for f in ResNet2D.__dataclass_fields__ if f not in ("dtype", "parent", "name")]
-    return OutcomeModel(
-        mri=_branch_kwargs(c["mri"], mri_fields, "mri"),
-        xray=_branch_kwargs(c["xray"], xray_fields, "xray"),
-        clinical_hidden=tuple(c["clinical_hidden"]), fusion_hidden=tuple(c["fusion_hidden"]),
-        dropout=float(c["dropout"]), modality_dropout=float(c["modality_dropout"]),
-        freeze_mri=bool(c["freeze_mri"]), binary_heads=tuple(c["binary_heads"]), regression_heads=tuple(c["regression_heads"]),
-        dtype=_dtype(c["dtype"]))
+    """``OutcomeModel(**config.outcome.model)``: the ``mri`` / ``xray`` branches are MRIEncoder /
+    ResNet2D fields plus ``enabled`` (configs/default.py lists them)."""
+    kw = module_kwargs(OutcomeModel, model_config, "config.outcome.model")
+    kw["mri"] = _branch(kw.get("mri", {}), MRIEncoder, "config.outcome.model.mri")
+    kw["xray"] = _branch(kw.get("xray", {"enabled": False}), ResNet2D, "config.outcome.model.xray")
+    if "dtype" in kw:
+        kw["dtype"] = _dtype(kw["dtype"])
+    return OutcomeModel(**kw)
 
 
 def positive_class_weights(labels: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarray],

@@ -20,9 +20,11 @@ import jax
 import jax.numpy as jnp
 
 
-def _bce_with_logits(logits: jax.Array, targets: jax.Array) -> jax.Array:
-    """Elementwise binary cross-entropy, numerically stable (logits float32)."""
-    return -(targets * jax.nn.log_sigmoid(logits) + (1.0 - targets) * jax.nn.log_sigmoid(-logits))
+def bce_with_logits(logits: jax.Array, targets: jax.Array, pos_weight=1.0) -> jax.Array:
+    """Elementwise binary cross-entropy from logits, numerically stable (log-sigmoid);
+    ``pos_weight`` scales the positive term (e.g. n_neg / n_pos of the training fold)."""
+    return -(pos_weight * targets * jax.nn.log_sigmoid(logits)
+             + (1.0 - targets) * jax.nn.log_sigmoid(-logits))
 
 
 def _task_targets(logits: jax.Array, labels: jax.Array):
@@ -54,7 +56,7 @@ def corn_loss(logits: jax.Array, labels: jax.Array, mask: jax.Array | None = Non
     weights = subset * m[..., None]
     # double where: NaN/inf logits at masked positions never reach the value or the gradient
     safe = jnp.where(weights > 0, logits, 0.0)
-    bce = jnp.where(weights > 0, _bce_with_logits(safe, targets), 0.0)
+    bce = jnp.where(weights > 0, bce_with_logits(safe, targets), 0.0)
     return _masked_sum_mean(bce, weights)
 
 
@@ -88,7 +90,7 @@ def coral_loss(logits: jax.Array, labels: jax.Array, mask: jax.Array | None = No
     m = jnp.ones(logits.shape[:-1], jnp.float32) if mask is None else jnp.asarray(mask, jnp.float32)
     weights = jnp.broadcast_to(m[..., None], logits.shape)
     safe = jnp.where(weights > 0, logits, 0.0)
-    bce = jnp.where(weights > 0, _bce_with_logits(safe, targets), 0.0)
+    bce = jnp.where(weights > 0, bce_with_logits(safe, targets), 0.0)
     return _masked_sum_mean(bce, weights)
 
 

@@ -1,58 +1,60 @@
-"""lumbarjax.train: train state, sharded jit steps, the training loop, metrics logging.
+"""lumbarjax.train: device mesh, train state, jitted steps, the training loop, metrics logging.
 
-Cross-validation (``crossval.run_crossval``) lives in its own module.
+Cross-validation (``crossval.run_crossval``) and encoder pretraining (``pretrain``) live in their
+own modules; the tasks they run are in ``tasks``.
 """
 
 from lumbarjax.train.loop import (
-    TRAIN_DEFAULTS,
+    TRAIN_FIELDS,
     evaluate_loss,
     make_checkpoint_manager,
-    maybe_initialize_distributed,
     predict,
     train_and_evaluate,
     train_config,
 )
-from lumbarjax.train.metrics_log import MetricsLogger, read_metrics, scalar_metrics
-from lumbarjax.train.state import (
-    OPTIM_DEFAULTS,
-    TrainState,
-    cfg_get,
-    create_train_state,
-    make_lr_schedule,
-    make_optimizer,
-)
-from lumbarjax.train.steps import (
+from lumbarjax.train.mesh import (
     batch_sharding,
-    make_eval_step,
     make_mesh,
-    make_predict_step,
-    make_train_step,
+    maybe_initialize_distributed,
     replicated_sharding,
     shard_batch,
 )
+from lumbarjax.train.metrics_log import MetricsLogger, read_metrics, scalar_metrics
+from lumbarjax.train.state import TrainState, create_train_state, make_optimizer, setting
+from lumbarjax.train.steps import (
+    eval_step,
+    loss_eval_step,
+    make_eval_step,
+    make_predict_step,
+    make_train_step,
+    predict_step,
+    train_step,
+)
 
 __all__ = [
-    "OPTIM_DEFAULTS",
-    "TRAIN_DEFAULTS",
+    "TRAIN_FIELDS",
     "MetricsLogger",
     "TrainState",
     "batch_sharding",
-    "cfg_get",
     "create_train_state",
+    "eval_step",
     "evaluate_loss",
+    "loss_eval_step",
     "make_checkpoint_manager",
     "make_eval_step",
-    "make_lr_schedule",
     "make_mesh",
     "make_optimizer",
     "make_predict_step",
     "make_train_step",
     "maybe_initialize_distributed",
     "predict",
+    "predict_step",
     "read_metrics",
     "replicated_sharding",
     "scalar_metrics",
+    "setting",
     "shard_batch",
     "train_and_evaluate",
     "train_config",
+    "train_step",
 ]

@@ -7,7 +7,7 @@ predicted once with that checkpoint: its labels never influence training or mode
 the clinical features are standardised with statistics of the training patients only.
 
 Tasks:
-  ``grader``  — X-ray -> ordinal grade (CORN); label ``xray_grade`` (0..K-1), or one grade per
+  ``grader``  — X-ray -> ordinal grade (CORN or CORAL, ``model.head``); label ``xray_grade`` (0..K-1), or one grade per
                 level (``xray_grade_L1L2`` …) when ``model.num_levels > 1``.
   ``outcome`` — MRI (+ X-ray) + clinical -> ZCQ success, ≥50% back/leg improvement (binary) and
                 post-operative back/leg VAS (0–100 mm).
@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import ml_collections
@@ -32,22 +32,17 @@ from absl import logging
 
 from lumbarjax.data.cohort import check_no_leakage, make_folds
 from lumbarjax.data.pipeline import CachedExamples, Subset, make_loader
-from lumbarjax.errors import CohortError, ConfigError
-from lumbarjax.eval import metrics as metrics_lib
-from lumbarjax.models import ordinal
-from lumbarjax.models.fusion import (ClinicalEncoder, build_grader, build_outcome_model, outcome_loss,
-                                     positive_class_weights)
-from lumbarjax.models.resnet2d import grader_loss
+from lumbarjax.errors import CohortError
+from lumbarjax.schema import LEVELS
 from lumbarjax.train.loop import predict, train_and_evaluate
 from lumbarjax.train.pretrain import with_encoder
-
-LEVELS = ("L1L2", "L2L3", "L3L4", "L4L5", "L5S1")
+from lumbarjax.train.tasks import get_task
 
 
 @dataclasses.dataclass
 class TaskData:
     """Everything a fold needs, for the eligible patients of one task (row i = patient i)."""
-    kind: str                       # "grader" | "outcome"
+    kind: str                       # a key of tasks.TASKS ("grader" | "outcome")
     records: pd.DataFrame           # eligible records, reset index
     cache: pd.DataFrame             # matching rows of the preprocess cache table
     labels: dict                    # head -> (N,) or (N, L) float, NaN = missing
@@ -59,63 +54,35 @@ def run_config(config, task_cfg) -> ml_collections.ConfigDict:
     """The flat config train_and_evaluate reads: seed, train, optim, augment. An outcome model
     with ``model.freeze_mri`` gets "mri_encoder" added to ``optim.frozen``."""
     optim = task_cfg.optim.to_dict()
-    if task_cfg.model.get("freeze_mri", False):
-        optim["frozen"] = tuple(sorted(set(optim.get("frozen", ()) or ()) | {"mri_encoder"}))
+    if task_cfg.get("model", {}).get("freeze_mri", False):
+        optim["frozen"] = tuple(sorted(set(optim["frozen"] or ()) | {"mri_encoder"}))
     return ml_collections.ConfigDict(dict(seed=int(config.seed), train=task_cfg.train.to_dict(),
                                           optim=optim, augment=task_cfg.augment.to_dict()))
 
 
-def grade_columns(task_cfg) -> list[str]:
-    levels = int(task_cfg.model.num_levels)
-    if levels == 1:
-        return ["xray_grade"]
-    if levels != len(LEVELS):
-        raise ConfigError(f"grader.model.num_levels={levels}: use 1 (one grade per X-ray) or "
-                          f"{len(LEVELS)} (one per level {', '.join(LEVELS)})")
-    return [f"xray_grade_{lv}" for lv in LEVELS]
+def _stratify(task_cfg):
+    strat = task_cfg.cv.stratify_on
+    return list(strat) if isinstance(strat, (list, tuple)) else strat
 
 
 def prepare_task(kind: str, config, records: pd.DataFrame, cache: pd.DataFrame) -> TaskData:
-    """Select the patients a task can use and make its labels and outer folds.
-
-    grader: patients with a decoded X-ray and at least one grade. outcome: patients with at least
-    one outcome label (a missing modality is masked by the model, not excluded).
-    """
-    task_cfg = config[kind]
+    """Select the patients a task can use (``tasks.TASKS[kind].labels``; never an excluded
+    one) and make its labels and outer folds."""
+    task, task_cfg = get_task(kind), config[kind]
     if len(records) != len(cache) or not (records["patient_id"].to_numpy()
                                          == cache["patient_id"].to_numpy()).all():
         raise CohortError("records and the preprocess cache table are not aligned by patient_id")
-    ok = ~cache["excluded"].to_numpy(bool)
-    if kind == "grader":
-        cols = grade_columns(task_cfg)
-        missing = [c for c in cols if c not in records.columns]
-        if missing:
-            raise CohortError(f"grader: clinical table has no grade column(s) {missing}")
-        grades = records[cols].to_numpy(float)
-        has_xray = cache["xray_file"].fillna("").astype(str).str.len().to_numpy() > 0
-        ok &= has_xray & np.isfinite(grades).any(axis=1)
-        labels = {"grade": grades[ok] if len(cols) > 1 else grades[ok, 0]}
-        heads = ("grade",)
-    elif kind == "outcome":
-        mc = task_cfg.model
-        heads = tuple(mc.binary_heads) + tuple(mc.regression_heads)
-        missing = [h for h in heads if h not in records.columns]
-        if missing:
-            raise CohortError(f"outcome: no column for head(s) {missing} in the cohort records")
-        y = records[list(heads)].to_numpy(float)
-        ok &= np.isfinite(y).any(axis=1)
-        labels = {h: y[ok, j] for j, h in enumerate(heads)}
-    else:
-        raise ConfigError(f"unknown task {kind!r}: expected 'grader' or 'outcome'")
+    ok, labels, heads = task.labels(records, cache, task_cfg)
+    ok = ok & ~cache["excluded"].to_numpy(bool)
     n_dropped = int((~ok).sum())
     if n_dropped:
         logging.info("%s: %d of %d patients have no usable label/image for this task", kind,
                      n_dropped, len(records))
+    labels = {k: v[ok] for k, v in labels.items()}
     recs = records.loc[ok].reset_index(drop=True)
     cache = cache.loc[ok].reset_index(drop=True)
-    strat = task_cfg.cv.stratify_on
     folds = make_folds(recs, k=int(task_cfg.cv.num_folds), seed=int(config.seed),
-                       stratify_on=list(strat) if isinstance(strat, (list, tuple)) else strat)
+                       stratify_on=_stratify(task_cfg))
     check_no_leakage(folds, recs)
     return TaskData(kind, recs, cache, labels, heads, folds)
 
@@ -132,69 +99,6 @@ def inner_split(records: pd.DataFrame, train_idx: np.ndarray, fraction: float, s
     return train_idx[inner != 0], train_idx[inner == 0]
 
 
-@dataclasses.dataclass(frozen=True)
-class WeightedOutcomeLoss:
-    """``outcome_loss`` with training-fold positive-class weights; hashable by value so that the
-    jitted train step is reused whenever two folds have equal weights."""
-    class_weights: tuple  # ((head, n_neg / n_pos), ...)
-
-    def __call__(self, outputs, batch):
-        return outcome_loss(outputs, batch, class_weights=dict(self.class_weights))
-
-
-def _model_and_loss(kind: str, task_cfg, train_labels: Mapping, train_masks: Mapping,
-                    clinical_only: bool = False):
-    if kind == "grader":
-        return build_grader(task_cfg.model), grader_loss
-    mc = ml_collections.ConfigDict(task_cfg.model.to_dict())
-    if clinical_only:
-        mc.mri.enabled = False
-        mc.xray.enabled = False
-    weights = positive_class_weights(train_labels, train_masks, tuple(mc.binary_heads))
-    return build_outcome_model(mc), WeightedOutcomeLoss(tuple(sorted(weights.items())))
-
-
-def _predictions(kind: str, outputs: Mapping, heads: Sequence[str], binary: Sequence[str]) -> dict:
-    """Model outputs -> per-patient prediction columns."""
-    if kind == "grader":
-        logits = np.asarray(outputs["grade"])                 # (N, L, K-1)
-        probs = np.asarray(ordinal.corn_probs(logits))        # (N, L, K)
-        pred = np.asarray(ordinal.corn_predict(logits))       # (N, L)
-        cols = {}
-        if logits.shape[1] == 1:
-            cols["pred_grade"] = pred[:, 0]
-            for k in range(probs.shape[-1]):
-                cols[f"prob_grade_{k}"] = probs[:, 0, k]
-        else:
-            for j, lv in enumerate(LEVELS):
-                cols[f"pred_grade_{lv}"] = pred[:, j]
-            cols["pred_grade"] = pred.max(axis=1)
-        return cols
-    cols = {}
-    for h in heads:
-        v = np.asarray(outputs[h], np.float64)
-        cols[f"pred_{h}"] = 1.0 / (1.0 + np.exp(-v)) if h in binary else v
-    return cols
-
-
-def _selection_metric(kind: str, preds: dict, labels: Mapping, idx: np.ndarray, num_grades: int):
-    """Inner-validation metric used to pick the best checkpoint (higher is better)."""
-    if kind == "grader":
-        y = np.asarray(labels["grade"])[idx]
-        yhat = preds["pred_grade"]
-        if y.ndim > 1:
-            y = np.nanmax(y, axis=1)
-        keep = np.isfinite(y)
-        q = metrics_lib.qwk(y[keep].astype(int), yhat[keep].astype(int), num_grades) \
-            if keep.sum() > 1 else float("nan")
-        return {"qwk": q if np.isfinite(q) else 0.0}
-    y = np.asarray(labels["zcq_success"])[idx]
-    p = preds["pred_zcq_success"]
-    keep = np.isfinite(y)
-    a = metrics_lib.auc(y[keep], p[keep]) if keep.sum() > 1 and len(set(y[keep])) == 2 else 0.5
-    return {"auc_zcq_success": a}
-
-
 def run_fold(td: TaskData, fold: int, config, workdir: str, *, clinical_only: bool = False,
              after_fold: Callable | None = None, encoder_params=None) -> pd.DataFrame:
     """Train on the other folds (inner split for selection) and predict fold ``fold``.
@@ -203,33 +107,27 @@ def run_fold(td: TaskData, fold: int, config, workdir: str, *, clinical_only: bo
     model's initial ``mri_encoder`` parameters (ignored for the clinical-only model).
     """
     kind = td.kind
-    task_cfg = config[kind]
+    task, task_cfg = get_task(kind), config[kind]
     seed = int(config.seed)
     test_idx = np.flatnonzero(td.folds == fold)
     train_idx = np.flatnonzero(td.folds != fold)
-    strat = task_cfg.cv.stratify_on
-    strat = list(strat) if isinstance(strat, (list, tuple)) else strat
     inner_train, inner_val = inner_split(td.records, train_idx, float(task_cfg.cv.inner_val_fraction),
-                                         seed + fold, strat)
+                                         seed + fold, _stratify(task_cfg))
 
     # Clinical features: statistics from the inner training patients only.
     extras: dict[str, Any] = {"labels": td.labels}
     enc = None
-    if kind == "outcome":
-        numeric = [c for c in task_cfg.features.numeric if c in td.records.columns]
-        categorical = [c for c in task_cfg.features.categorical if c in td.records.columns]
-        enc = ClinicalEncoder.fit(td.records.iloc[inner_train], numeric=numeric, categorical=categorical)
+    if task.has_features:
+        enc = task.features(task_cfg, td.records.iloc[inner_train])
         extras["clinical"] = enc.transform(td.records)
     run_cfg = run_config(config, task_cfg)
     d, h, w = config.mri.shape
     source = CachedExamples(td.cache, extras, mri_shape=(d, h, w), xray_shape=tuple(config.xray.shape))
     masks = {k: np.isfinite(v).astype(np.float32) for k, v in td.labels.items()}
-    train_labels = {k: v[inner_train] for k, v in td.labels.items()}
-    train_masks = {k: v[inner_train] for k, v in masks.items()}
-    model, loss_fn = _model_and_loss(kind, task_cfg, train_labels, train_masks, clinical_only)
+    model = task.build_model(task_cfg, clinical_only)
+    loss_fn = task.loss(task_cfg, {k: v[inner_train] for k, v in td.labels.items()},
+                        {k: v[inner_train] for k, v in masks.items()})
     bs = int(task_cfg.train.batch_size)
-    binary = tuple(task_cfg.model.binary_heads) if kind == "outcome" else ()
-    num_grades = int(task_cfg.model.num_grades) if kind == "grader" else 0
 
     def loader(idx):
         return make_loader(source, batch_size=bs, shuffle=False, seed=seed, num_epochs=1, indices=idx)
@@ -238,8 +136,9 @@ def run_fold(td: TaskData, fold: int, config, workdir: str, *, clinical_only: bo
         out = predict(state, model, loader(inner_val))
         order = np.argsort(out["index"])  # stream order == index order, but be explicit
         out = {k: np.asarray(v)[order] for k, v in out.items()}
-        return _selection_metric(kind, _predictions(kind, out, td.heads, binary), td.labels,
-                                 inner_val, num_grades)
+        return task.selection_metric(task.decode(out, task_cfg),
+                                     {k: np.asarray(v)[inner_val] for k, v in td.labels.items()},
+                                     task_cfg)
 
     fold_dir = os.path.join(workdir, f"fold_{fold}")
     os.makedirs(fold_dir, exist_ok=True)
@@ -253,15 +152,15 @@ def run_fold(td: TaskData, fold: int, config, workdir: str, *, clinical_only: bo
     logging.info("%s fold %d: %d train, %d inner-val, %d test patients", kind, fold,
                  len(inner_train), len(inner_val), len(test_idx))
     init = None
-    if encoder_params is not None and kind == "outcome" and not clinical_only:
+    if encoder_params is not None and not clinical_only:
         init = with_encoder(encoder_params)
     result = train_and_evaluate(run_cfg, fold_dir, model=model, loss_fn=loss_fn,
                                 train_source=Subset(source, inner_train), eval_fn=eval_fn,
-                                init_params=init)
+                                init_params=init, row_ids=td.records["patient_id"].to_numpy())
     state = result["state"]
     out = predict(state, model, loader(test_idx))
     idx = np.asarray(out["index"])
-    cols = _predictions(kind, out, td.heads, binary)
+    cols = task.decode(out, task_cfg)
     oof = pd.DataFrame({"patient_id": td.records["patient_id"].to_numpy()[idx], "fold": fold,
                         "row": idx})
     for hname, lab in td.labels.items():

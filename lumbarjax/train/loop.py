@@ -11,6 +11,7 @@ as an uninterrupted run.
 from __future__ import annotations
 
 import base64
+import functools
 import math
 import os
 import sys
@@ -23,15 +24,15 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from lumbarjax.errors import ConfigError
+from lumbarjax.errors import ConfigError, NonFiniteError
+from lumbarjax.train import mesh as mesh_lib
 from lumbarjax.train import steps as steps_lib
 from lumbarjax.train.metrics_log import MetricsLogger, scalar_metrics
-from lumbarjax.train.state import TrainState, cfg_get, create_train_state
+from lumbarjax.train.state import TrainState, create_train_state, setting
 
 __all__ = [
-    "TRAIN_DEFAULTS",
+    "TRAIN_FIELDS",
     "train_config",
-    "maybe_initialize_distributed",
     "make_checkpoint_manager",
     "restore_checkpoint",
     "evaluate_loss",
@@ -39,32 +40,23 @@ __all__ = [
     "train_and_evaluate",
 ]
 
-# Defaults for ``config.train.*`` (used when a field is absent or None).
-TRAIN_DEFAULTS = {
-    "num_steps": None,            # required: optimiser steps
-    "batch_size": None,           # required: global batch size (all devices / hosts)
-    "log_every": 50,              # train metrics (averaged over the interval) every N steps
-    "eval_every": 0,              # 0 = evaluate once, at the end
-    "checkpoint_every": 500,      # periodic checkpoints (also at every eval and at the end)
-    "max_to_keep": 2,             # most recent checkpoints kept (for resuming)
-    "keep_best": 1,               # best-metric checkpoints kept in addition
-    "best_metric": "loss",        # a key of the eval metrics
-    "best_metric_mode": "min",    # "min" | "max"
-    "early_stopping_patience": 0, # evaluations without improvement before stopping; 0 = off
-    "progress_bar": True,         # tqdm bar (only on a TTY, only process 0)
-    "compute_dtype": None,        # None | "float32" | "bfloat16"
-    "async_checkpointing": True,
-    "distributed": False,         # call jax.distributed.initialize()
-}
+# Every ``config.train.*`` field the loop reads; their defaults live in configs/default.py.
+TRAIN_FIELDS = ("num_steps", "batch_size", "log_every", "eval_every", "checkpoint_every",
+                "max_to_keep", "keep_best", "best_metric", "best_metric_mode",
+                "early_stopping_patience", "progress_bar", "compute_dtype",
+                "async_checkpointing", "distributed", "on_nonfinite")
 
 
 def train_config(config) -> dict:
-    """``config.train.*`` with defaults filled in and checked.
+    """``config.train.*`` as a checked dict (every field of ``TRAIN_FIELDS`` is required).
 
     Raises:
-      ConfigError: a required field is missing or a value is out of range.
+      ConfigError: a field is missing or a value is out of range.
     """
-    tc = {k: cfg_get(config, f"train.{k}", d) for k, d in TRAIN_DEFAULTS.items()}
+    unknown = sorted(set(setting(config, "train")) - set(TRAIN_FIELDS))
+    if unknown:
+        raise ConfigError(f"config.train: unknown key(s) {unknown}; known keys: {sorted(TRAIN_FIELDS)}")
+    tc = {k: setting(config, f"train.{k}") for k in TRAIN_FIELDS}
     for k in ("num_steps", "batch_size"):
         if tc[k] is None:
             raise ConfigError(f"config.train.{k} is required")
@@ -82,6 +74,9 @@ def train_config(config) -> dict:
     if tc["best_metric_mode"] not in ("min", "max"):
         raise ConfigError("config.train.best_metric_mode must be 'min' or 'max', got "
                           f"{tc['best_metric_mode']!r}")
+    if tc["on_nonfinite"] not in ("stop", "skip"):
+        raise ConfigError("config.train.on_nonfinite must be 'stop' or 'skip', got "
+                          f"{tc['on_nonfinite']!r}")
     tc["compute_dtype"] = _dtype(tc["compute_dtype"])
     return tc
 
@@ -98,12 +93,6 @@ def _dtype(name):
     if dt not in (jnp.bfloat16, jnp.float16):
         raise ConfigError(f"config.train.compute_dtype must be float32/bfloat16/float16, got {name!r}")
     return dt
-
-
-def maybe_initialize_distributed(flag: bool) -> None:
-    """``jax.distributed.initialize()`` (cluster auto-detection) when ``flag``; once."""
-    if flag and not jax.distributed.is_initialized():
-        jax.distributed.initialize()
 
 
 # -- checkpointing ---------------------------------------------------------------------
@@ -206,11 +195,11 @@ def predict(state: TrainState, model, loader_or_batches: Iterable[Mapping], mesh
       (padding dropped), in stream order; ``index`` maps rows back to the records table
       (and so to ``patient_id``).
     """
-    mesh = steps_lib.make_mesh() if mesh is None else mesh
+    mesh = mesh_lib.make_mesh() if mesh is None else mesh
     step_fn = steps_lib.make_predict_step(model, mesh, compute_dtype=compute_dtype)
     chunks, indices = [], []
     for batch in loader_or_batches:
-        outputs, index, valid = step_fn(state, steps_lib.shard_batch(batch, mesh))
+        outputs, index, valid = step_fn(state, mesh_lib.shard_batch(batch, mesh))
         outputs, index, valid = jax.device_get((outputs, index, valid))
         keep = np.asarray(valid) > 0
         chunks.append(jax.tree.map(lambda x: np.asarray(x)[keep], outputs))
@@ -225,34 +214,17 @@ def predict(state: TrainState, model, loader_or_batches: Iterable[Mapping], mesh
     return out
 
 
-def _make_loss_eval_step(model, loss_fn, mesh, compute_dtype):
-    repl = steps_lib.replicated_sharding(mesh)
-
-    def step(state, batch):
-        outputs, _ = steps_lib._forward(model, state.variables, batch, train=False,
-                                        compute_dtype=compute_dtype)
-        loss, aux = loss_fn(outputs, batch)
-        metrics = {k: jnp.asarray(v, jnp.float32)
-                   for k, v in steps_lib._flatten_aux(aux).items()}
-        metrics["loss"] = jnp.asarray(loss, jnp.float32)
-        return metrics, jnp.sum(batch["valid"])
-
-    return jax.jit(step, in_shardings=(repl, steps_lib.batch_sharding(mesh)),
-                   out_shardings=repl)
-
-
 def evaluate_loss(state: TrainState, model, loss_fn, batches: Iterable[Mapping], mesh=None, *,
                   compute_dtype=None) -> dict:
     """Eval-mode ``loss_fn`` (and its aux) over a finite stream of batches, each batch's
     value weighted by its number of valid rows. Returns ``{"loss": float, <aux>: float}``."""
-    mesh = steps_lib.make_mesh() if mesh is None else mesh
-    step_fn = steps_lib.memoize(
-        "eval_loss_step", (model, loss_fn, mesh, compute_dtype),
-        lambda: _make_loss_eval_step(model, loss_fn, mesh, compute_dtype))
+    mesh = mesh_lib.make_mesh() if mesh is None else mesh
+    step_fn = functools.partial(steps_lib.loss_eval_step, model=model, loss_fn=loss_fn, mesh=mesh,
+                                compute_dtype=compute_dtype)
     totals: dict[str, float] = {}
     n_total = 0.0
     for batch in batches:
-        metrics, n = jax.device_get(step_fn(state, steps_lib.shard_batch(batch, mesh)))
+        metrics, n = jax.device_get(step_fn(state, mesh_lib.shard_batch(batch, mesh)))
         n = float(n)
         if n == 0:
             continue
@@ -307,13 +279,17 @@ def train_and_evaluate(
     mesh=None,
     stop_at: int | None = None,
     init_params: Callable[[Any], Any] | None = None,
+    row_ids=None,
 ) -> dict:
     """Train ``model`` on ``train_source``; evaluate, checkpoint, log; resume if possible.
 
     Args:
-      config: ConfigDict. Reads ``seed`` (0), ``augment`` (None; see
-        ``data.pipeline.augment_example``), ``train.*`` (``TRAIN_DEFAULTS``) and
-        ``optim.*`` (``state.OPTIM_DEFAULTS``).
+      config: ConfigDict. Reads ``seed``, ``augment`` (see ``data.pipeline.augment_example``;
+        None = off), ``train.*`` (``TRAIN_FIELDS``) and ``optim.*`` (``state.make_optimizer``);
+        configs/default.py holds every default. ``train.on_nonfinite``: "stop" raises
+        ``NonFiniteError`` naming the first step with a NaN/Inf loss or gradient, its batch's
+        patients and the last good checkpoint; "skip" leaves the state unchanged on such steps
+        (counted as ``train/skipped_nonfinite`` in the log).
       workdir: run directory: ``checkpoints/``, ``metrics.jsonl``, ``tb/``. If it holds a
         checkpoint, training resumes from the latest one (state, optimiser, rng, step, data
         position, best metric and patience) and ends exactly as an uninterrupted run.
@@ -332,6 +308,8 @@ def train_and_evaluate(
         to ``config.train.num_steps``.
       init_params: optional ``params -> params`` applied to the freshly initialised params
         (e.g. copying a pretrained encoder in); ignored when resuming from a checkpoint.
+      row_ids: optional sequence naming example ``index`` values (e.g. patient ids) for the
+        non-finite error message.
 
     Returns:
       ``{"state": best TrainState (the last one when nothing was evaluated),
@@ -343,16 +321,16 @@ def train_and_evaluate(
     from tqdm.auto import tqdm
 
     tc = train_config(config)
-    maybe_initialize_distributed(bool(tc["distributed"]))
-    mesh = steps_lib.make_mesh() if mesh is None else mesh
+    mesh_lib.maybe_initialize_distributed(bool(tc["distributed"]))
+    mesh = mesh_lib.make_mesh() if mesh is None else mesh
     num_steps, batch_size = tc["num_steps"], tc["batch_size"]
     pc, pi = jax.process_count(), jax.process_index()
     if batch_size % pc or batch_size % mesh.size:
         raise ConfigError(f"config.train.batch_size={batch_size} must be divisible by the "
                           f"number of processes ({pc}) and of devices ({mesh.size})")
     local_bs = batch_size // pc
-    seed = int(cfg_get(config, "seed", 0))
-    augment = cfg_get(config, "augment", None)
+    seed = int(setting(config, "seed"))
+    augment = setting(config, "augment")
     stop_at = num_steps if stop_at is None else min(int(stop_at), num_steps)
     do_eval = eval_fn is not None or eval_source is not None
     eval_every = tc["eval_every"] or num_steps
@@ -375,19 +353,22 @@ def train_and_evaluate(
         state = state.replace(params=jax.tree.map(
             lambda old, v: jax.device_put(jnp.asarray(v, old.dtype), old.sharding), state.params, new))
     cdt = tc["compute_dtype"]
-    train_step = steps_lib.make_train_step(model, loss_fn, mesh, compute_dtype=cdt)
+    skip = tc["on_nonfinite"] == "skip"
+    train_step = steps_lib.make_train_step(model, loss_fn, mesh, compute_dtype=cdt,
+                                           skip_nonfinite=skip)
 
     mngr = make_checkpoint_manager(
         os.path.join(workdir, "checkpoints"), best_metric=best_metric, best_mode=mode,
         max_to_keep=tc["max_to_keep"], keep_best=tc["keep_best"],
         async_checkpointing=bool(tc["async_checkpointing"]))
     loop = {"best_value": None, "best_step": None, "best_metrics": None, "bad_evals": 0,
-            "stopped_early": False, "history": {"train": [], "eval": []}}
+            "stopped_early": False, "skipped_nonfinite": 0,
+            "history": {"train": [], "eval": []}}
     latest = mngr.latest_step()
     if latest is not None:
         state, restored = restore_checkpoint(mngr, latest, state)
         train_iter.set_state(_iter_state_from_json(restored["data_iter"]))
-        loop = dict(restored["loop"])
+        loop = {"skipped_nonfinite": 0, **restored["loop"]}
     step = int(jax.device_get(state.step))
     logger = MetricsLogger(workdir, enabled=(pi == 0),
                            resume_step=None if latest is None else step)
@@ -415,27 +396,57 @@ def train_and_evaluate(
     show_bar = bool(tc["progress_bar"]) and pi == 0 and sys.stderr.isatty()
     pbar = tqdm(total=num_steps, initial=step, disable=not show_bar, desc="train",
                 dynamic_ncols=True)
-    pending: list = []
+    pending: list = []        # (step, metrics, batch rows) since the last log
+    checked = [0]             # entries of ``pending`` already checked for non-finite values
     t_last = time.perf_counter()
+
+    def check_finite():
+        """Before anything is logged, evaluated or saved: stop at the first non-finite step
+        (or count the skipped ones)."""
+        flags = jax.device_get([m["finite"] for _, m, _ in pending[checked[0]:]])
+        bad = [checked[0] + i for i, f in enumerate(flags) if float(f) < 1.0]
+        checked[0] = len(pending)
+        if not bad:
+            return
+        if skip:
+            loop["skipped_nonfinite"] += len(bad)
+            return
+        bad_step, _, rows = pending[bad[0]]
+        rows = [int(r) for r in rows]
+        names = [str(row_ids[r]) for r in rows] if row_ids is not None else rows
+        mngr.wait_until_finished()
+        last = mngr.latest_step()
+        raise NonFiniteError(
+            f"training {workdir}: the loss or gradient became NaN/Inf at step {bad_step} "
+            f"(batch {'patients' if row_ids is not None else 'rows'} {names}); last good "
+            f"checkpoint: {'none' if last is None else os.path.join(workdir, 'checkpoints', str(last))}. "
+            "Lower optim.lr, check these inputs, or set train.on_nonfinite='skip'")
+
     steps_since = 0
     try:
         while step < stop_at and not loop["stopped_early"]:
             batch = next(train_iter)
-            state, metrics = train_step(state, steps_lib.shard_batch(batch, mesh))
+            state, metrics = train_step(state, mesh_lib.shard_batch(batch, mesh))
             step += 1
             steps_since += 1
-            pending.append(metrics)
+            pending.append((step, metrics, np.asarray(batch["index"])[np.asarray(batch["valid"]) > 0]))
             pbar.update(1)
-            if (tc["log_every"] and step % tc["log_every"] == 0) or step == num_steps:
-                rec = _mean_metrics(pending)
+            do_eval_now = do_eval and (step % eval_every == 0 or step == num_steps)
+            do_log = (tc["log_every"] and step % tc["log_every"] == 0) or step == num_steps
+            if (do_log or do_eval_now or step == stop_at
+                    or (tc["checkpoint_every"] and step % tc["checkpoint_every"] == 0)):
+                check_finite()
+            if do_log:
+                rec = _mean_metrics([m for _, m, _ in pending])
+                rec["skipped_nonfinite"] = float(loop["skipped_nonfinite"])
                 now = time.perf_counter()
                 rec["steps_per_sec"] = steps_since / max(now - t_last, 1e-9)
-                t_last, steps_since, pending = now, 0, []
+                t_last, steps_since, pending, checked[0] = now, 0, [], 0
                 logger.write(step, "train", rec)
                 loop["history"]["train"].append({"step": step, **rec})
                 pbar.set_postfix(loss=f"{rec['loss']:.4g}", refresh=False)
             eval_metrics = None
-            if do_eval and (step % eval_every == 0 or step == num_steps):
+            if do_eval_now:
                 eval_metrics = evaluate(state)
                 value = eval_metrics[best_metric]
                 if _is_better(value, loop["best_value"], mode):

@@ -16,7 +16,19 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["MetricsLogger", "scalar_metrics", "read_metrics"]
+__all__ = ["MetricsLogger", "flatten_metrics", "scalar_metrics", "read_metrics"]
+
+
+def flatten_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts -> one level with "a/b" keys; values untouched (works inside ``jit``)."""
+    out: dict[str, Any] = {}
+    for k, v in metrics.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten_metrics(v, name + "/"))
+        else:
+            out[name] = v
+    return out
 
 
 def scalar_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
@@ -27,15 +39,8 @@ def scalar_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, fl
         naming the key: logs must hold numbers only.
     """
     out: dict[str, float] = {}
-    for k, v in metrics.items():
-        name = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            out.update(scalar_metrics(v, name + "/"))
-            continue
-        if isinstance(v, (bool, np.bool_)):
-            out[name] = float(v)
-            continue
-        if isinstance(v, numbers.Real):
+    for name, v in flatten_metrics(metrics, prefix).items():
+        if isinstance(v, (bool, np.bool_, numbers.Real)):
             out[name] = float(v)
             continue
         a = np.asarray(v)

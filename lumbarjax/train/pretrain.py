@@ -1,11 +1,8 @@
 """Pretrain the MRI encoder on a labelled stenosis cohort, for transfer to a small outcome cohort.
 
-Why: ~125 training patients' noisy outcomes are too few for an MRI encoder to discover canal
-stenosis on its own — measured on the demo (README; benchmarks/ENCODER_DESIGNS.md): trained
-end to end on the outcomes, the encoder's predictions do not correlate with the true stenosis
-severity (r = 0.06-0.09), and even with the true severity as its label a deep trunk memorises
-120 patients (held-out r 0.03). The field's answer is transfer: a *separate* cohort with
-radiologist stenosis grades (e.g. the public RSNA 2024 lumbar spine set: spinal canal stenosis
+Why: a small cohort's noisy outcomes are too few for an MRI encoder to discover canal stenosis
+on its own (the measurements are in benchmarks/ENCODER_DESIGNS.md). The field's answer is
+transfer: a *separate* cohort with radiologist stenosis grades (e.g. the public RSNA 2024 lumbar spine set: spinal canal stenosis
 normal-mild / moderate / severe) teaches the encoder what a narrowed canal looks like; the
 outcome model then starts from (and by default freezes) that encoder.
 
@@ -13,20 +10,18 @@ The pretraining cohort is any cohort folder lumbarjax can index (DICOM/NIfTI bel
 labels table (CSV/Excel, read like the clinical table) with ``patient_id`` and an ordinal grade
 column (``config.pretrain.label_column``, 0 .. num_grades-1). Its patients must not be the
 outcome cohort's patients. The model is the outcome model's MRI encoder (same config, so the
-parameters drop in) + LayerNorm + a CORN head, trained with the grader's ordinal loss; 20 % of
-the patients (stratified, seeded) pick the best checkpoint by quadratic weighted kappa.
+parameters drop in) + LayerNorm + a CORN head (``tasks.TASKS["pretrain"]`` owns its labels,
+loss, decoder and selection metric); 20 % of the patients (stratified, seeded) pick the best
+checkpoint by quadratic weighted kappa.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
 
-import flax.linen as nn
 import flax.serialization
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pandas as pd
@@ -35,33 +30,12 @@ from absl import logging
 from lumbarjax.data.cohort import make_folds
 from lumbarjax.data.pipeline import CachedExamples, Subset, make_loader
 from lumbarjax.errors import CohortError, ConfigError
-from lumbarjax.eval import metrics as metrics_lib
-from lumbarjax.models import ordinal
-from lumbarjax.models.encoder3d import MRIEncoder
 from lumbarjax.models.fusion import build_outcome_model
-from lumbarjax.models.resnet2d import grader_loss
 from lumbarjax.train.loop import predict, train_and_evaluate
+from lumbarjax.train.tasks import TASKS
 
 ENCODER_FILE = "mri_encoder.msgpack"
 SUMMARY_FILE = "pretrain_summary.json"
-
-
-class StenosisGrader(nn.Module):
-    """batch["mri"] (B, D, H, W, 1) -> {"grade": (B, 1, K-1)} CORN logits of the stenosis grade.
-
-    The encoder is named ``mri_encoder`` exactly as in ``OutcomeModel``, so its parameters can
-    replace the outcome model's.
-    """
-
-    mri: Mapping
-    num_grades: int = 3
-
-    @nn.compact
-    def __call__(self, batch: Mapping, train: bool = False) -> dict:
-        feats = MRIEncoder(**dict(self.mri), name="mri_encoder")(batch["mri"], train)
-        feats = nn.LayerNorm(dtype=jnp.float32, name="ln")(feats.astype(jnp.float32))
-        logits = nn.Dense(self.num_grades - 1, dtype=jnp.float32, name="head")(feats)
-        return {"grade": logits[:, None, :]}
 
 
 def encoder_kwargs(config) -> dict:
@@ -114,17 +88,10 @@ def pretrain_encoder(config, workdir: str, records: pd.DataFrame, cache: pd.Data
         if summary.get("signature") == json.loads(json.dumps(sig)):
             logging.info("pretrain: using the saved encoder in %s", workdir)
             return params, summary
+    task = TASKS["pretrain"]
     col, k = pc.label_column, int(pc.num_grades)
-    if col not in records.columns:
-        raise CohortError(f"pretrain: the labels table has no column {col!r} "
-                          f"(config.pretrain.label_column); columns: {sorted(records.columns)}")
-    grades = pd.to_numeric(records[col], errors="coerce").to_numpy(float)
-    bad = np.isfinite(grades) & ((grades < 0) | (grades > k - 1) | (grades != np.round(grades)))
-    if bad.any():
-        ids = records["patient_id"].to_numpy()[bad][:5].tolist()
-        raise CohortError(f"pretrain: {col} must be an integer grade 0..{k - 1}; bad values for {ids}")
-    has_mri = cache["mri_file"].fillna("").astype(str).str.len().to_numpy() > 0
-    ok = np.isfinite(grades) & has_mri & ~cache["excluded"].to_numpy(bool)
+    ok, labels, _ = task.labels(records, cache, pc)
+    ok = ok & ~cache["excluded"].to_numpy(bool)
     n_skipped = int((~ok).sum())
     if n_skipped:
         logging.warning("pretrain: %d of %d patients have no MRI or no %s and are not used",
@@ -133,11 +100,12 @@ def pretrain_encoder(config, workdir: str, records: pd.DataFrame, cache: pd.Data
     cache = cache.loc[ok].reset_index(drop=True)
     if len(recs) < 10:
         raise CohortError(f"pretrain: only {len(recs)} patients with an MRI and a {col}; need >= 10")
+    grades = labels["grade"]
     labels = {"grade": grades[ok]}
     folds = make_folds(recs.assign(**{col: grades[ok]}), k=5, seed=int(config.seed), stratify_on=col)
     train_idx, val_idx = np.flatnonzero(folds != 0), np.flatnonzero(folds == 0)
 
-    model = StenosisGrader(mri=encoder_kwargs(config), num_grades=k)
+    model = task.build_model(pc, encoder=encoder_kwargs(config))
     d, h, w = config.mri.shape
     source = CachedExamples(cache, {"labels": labels}, mri_shape=(d, h, w), xray_shape=tuple(config.xray.shape))
     run_cfg = ml_collections.ConfigDict(dict(seed=int(config.seed), train=pc.train.to_dict(),
@@ -148,13 +116,14 @@ def pretrain_encoder(config, workdir: str, records: pd.DataFrame, cache: pd.Data
         out = predict(state, model, make_loader(source, batch_size=bs, shuffle=False, seed=0, num_epochs=1,
                                                 indices=val_idx))
         order = np.argsort(out["index"])
-        pred = np.asarray(ordinal.corn_predict(np.asarray(out["grade"])[order]))[:, 0]
-        return {"qwk": float(metrics_lib.qwk(labels["grade"][val_idx].astype(int), pred.astype(int), k))}
+        cols = task.decode({"grade": np.asarray(out["grade"])[order]}, pc)
+        return task.selection_metric(cols, {"grade": labels["grade"][val_idx]}, pc)
 
     logging.info("pretrain: %d train, %d validation patients, grades %s", len(train_idx), len(val_idx),
                  np.bincount(labels["grade"].astype(int), minlength=k).tolist())
-    result = train_and_evaluate(run_cfg, workdir, model=model, loss_fn=grader_loss,
-                                train_source=Subset(source, train_idx), eval_fn=eval_fn)
+    result = train_and_evaluate(run_cfg, workdir, model=model, loss_fn=task.loss(pc),
+                                train_source=Subset(source, train_idx), eval_fn=eval_fn,
+                                row_ids=recs["patient_id"].to_numpy())
     params = jax.device_get(result["state"].params["mri_encoder"])
     with open(os.path.join(workdir, ENCODER_FILE), "wb") as f:
         f.write(flax.serialization.msgpack_serialize(params))

@@ -1,0 +1,258 @@
+"""The tasks lumbarjax trains: one small object per task, kept in the plain dict ``TASKS``.
+
+A task owns everything that differs between tasks, so that cross-validation
+(``train.crossval``), pretraining (``train.pretrain``), prediction (``predict``) and the workflow
+never branch on the task's name:
+
+  ``labels(records, cache, task_cfg)``   -> ``(usable (N,) bool, {head: labels}, heads)``
+  ``build_model(task_cfg, clinical_only=False)`` -> the flax model (``Model(**cfg.model)``)
+  ``loss(task_cfg, train_labels, train_masks)``  -> a hashable ``loss_fn(outputs, batch)``
+  ``decode(outputs, task_cfg)``           -> ``{column: (N,) array}`` prediction columns
+  ``selection_metric(cols, labels, task_cfg)`` -> ``{name: float}`` (higher is better)
+  ``features`` (outcome only): the clinical feature encoder fitted on the training rows.
+
+Every method reads its settings from the task's config section (``config.grader``,
+``config.outcome``, ``config.pretrain``; configs/default.py holds the defaults). To add a task,
+write one such object and add it to ``TASKS``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+import ml_collections
+from flax.core import FrozenDict
+import numpy as np
+import pandas as pd
+
+from lumbarjax.errors import CohortError, ConfigError
+from lumbarjax.eval import metrics as metrics_lib
+from lumbarjax.models import ordinal
+from lumbarjax.models.fusion import (ClinicalEncoder, build_grader, build_outcome_model,
+                                     outcome_loss, positive_class_weights)
+from lumbarjax.models.encoder3d import StenosisGrader
+from lumbarjax.models.resnet2d import grader_loss
+from lumbarjax.schema import LEVELS
+
+__all__ = ["TASKS", "GraderTask", "OutcomeTask", "PretrainTask", "OrdinalLoss",
+           "WeightedOutcomeLoss", "find_variant", "grade_columns", "get_task"]
+
+
+@dataclasses.dataclass(frozen=True)
+class OrdinalLoss:
+    """``grader_loss`` with the model's ordinal head ("corn" | "coral"); hashable by value so one
+    compiled train step serves every fold."""
+    head: str = "corn"
+
+    def __call__(self, outputs, batch):
+        return grader_loss(outputs, batch, head=self.head)
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightedOutcomeLoss:
+    """``outcome_loss`` with training-fold positive-class weights; hashable by value so that the
+    jitted train step is reused whenever two folds have equal weights."""
+    class_weights: tuple  # ((head, n_neg / n_pos), ...)
+
+    def __call__(self, outputs, batch):
+        return outcome_loss(outputs, batch, class_weights=dict(self.class_weights))
+
+
+def grade_columns(task_cfg) -> list[str]:
+    """The grader's label columns: ``xray_grade``, or one per level when ``model.num_levels`` is 5."""
+    levels = int(task_cfg.model.num_levels)
+    if levels == 1:
+        return ["xray_grade"]
+    if levels != len(LEVELS):
+        raise ConfigError(f"grader.model.num_levels={levels}: use 1 (one grade per X-ray) or "
+                          f"{len(LEVELS)} (one per level {', '.join(LEVELS)})")
+    return [f"xray_grade_{lv}" for lv in LEVELS]
+
+
+def _has(cache: pd.DataFrame, column: str) -> np.ndarray:
+    return cache[column].fillna("").astype(str).str.len().to_numpy() > 0
+
+
+def _ordinal_columns(logits, head: str) -> dict:
+    """(N, L, K-1) ordinal logits -> ``pred_grade`` (+ ``prob_grade_k`` for L = 1, or
+    ``pred_grade_<level>`` for L = 5), decoded by the rule of ``head``."""
+    _, probs_fn, predict_fn = ordinal.ordinal_fns(head)
+    logits = np.asarray(logits)
+    probs = np.asarray(probs_fn(logits))                  # (N, L, K)
+    pred = np.asarray(predict_fn(logits))                 # (N, L)
+    cols = {}
+    if logits.shape[1] == 1:
+        cols["pred_grade"] = pred[:, 0]
+        for k in range(probs.shape[-1]):
+            cols[f"prob_grade_{k}"] = probs[:, 0, k]
+    else:
+        for j, lv in enumerate(LEVELS):
+            cols[f"pred_grade_{lv}"] = pred[:, j]
+        cols["pred_grade"] = pred.max(axis=1)
+    return cols
+
+
+def _qwk_metric(y, yhat, num_grades: int) -> float:
+    y = np.asarray(y, float)
+    if y.ndim > 1:
+        y = np.nanmax(y, axis=1)
+    keep = np.isfinite(y)
+    q = metrics_lib.qwk(y[keep].astype(int), np.asarray(yhat)[keep].astype(int), num_grades) \
+        if keep.sum() > 1 else float("nan")
+    return q if np.isfinite(q) else 0.0
+
+
+class GraderTask:
+    """X-ray -> ordinal degeneration grade (CORN or CORAL head, ``grader.model.head``)."""
+    name = "grader"
+    has_features = False
+
+    def variants(self, task_cfg) -> tuple:
+        """``(results key, folder under the workdir, clinical_only)`` of each cross-validation."""
+        return (("grader", "grader", False),)
+
+    def explains(self, config) -> bool:
+        """Whether cross-validation collects integrated-gradients heat maps of this task."""
+        return False
+
+    def uses_pretrained_encoder(self, config) -> bool:
+        """Whether this task starts from the pretrained MRI encoder (``config.pretrain``)."""
+        return False
+
+    def labels(self, records, cache, task_cfg):
+        cols = grade_columns(task_cfg)
+        missing = [c for c in cols if c not in records.columns]
+        if missing:
+            raise CohortError(f"grader: clinical table has no grade column(s) {missing}")
+        grades = records[cols].to_numpy(float)
+        ok = _has(cache, "xray_file") & np.isfinite(grades).any(axis=1)
+        return ok, {"grade": grades if len(cols) > 1 else grades[:, 0]}, ("grade",)
+
+    def build_model(self, task_cfg, clinical_only: bool = False):
+        return build_grader(task_cfg.model)
+
+    def loss(self, task_cfg, train_labels=None, train_masks=None):
+        return OrdinalLoss(str(task_cfg.model.head))
+
+    def decode(self, outputs: Mapping, task_cfg) -> dict:
+        return _ordinal_columns(outputs["grade"], str(task_cfg.model.head))
+
+    def selection_metric(self, cols: Mapping, labels: Mapping, task_cfg) -> dict:
+        return {"qwk": _qwk_metric(labels["grade"], cols["pred_grade"], int(task_cfg.model.num_grades))}
+
+
+class OutcomeTask:
+    """MRI (+ X-ray) + clinical features -> ZCQ success, >=50 % back/leg pain improvement
+    (binary, probabilities) and post-operative back/leg VAS (0-100 mm)."""
+    name = "outcome"
+    has_features = True
+
+    def variants(self, task_cfg) -> tuple:
+        twin = (("clinical_only", "outcome_clinical_only", True),) if task_cfg.clinical_only else ()
+        return (("outcome", "outcome", False),) + twin
+
+    def explains(self, config) -> bool:
+        return bool(config.outcome.model.mri.enabled and config.explain.max_patients)
+
+    def uses_pretrained_encoder(self, config) -> bool:
+        return bool(config.pretrain.enabled and config.outcome.model.mri.enabled)
+
+    def labels(self, records, cache, task_cfg):
+        mc = task_cfg.model
+        heads = tuple(mc.binary_heads) + tuple(mc.regression_heads)
+        missing = [h for h in heads if h not in records.columns]
+        if missing:
+            raise CohortError(f"outcome: no column for head(s) {missing} in the cohort records")
+        y = records[list(heads)].to_numpy(float)
+        return np.isfinite(y).any(axis=1), {h: y[:, j] for j, h in enumerate(heads)}, heads
+
+    def features(self, task_cfg, train_records: pd.DataFrame) -> ClinicalEncoder:
+        """The clinical encoder fitted on the training rows (columns absent from the table are
+        left out)."""
+        numeric = [c for c in task_cfg.features.numeric if c in train_records.columns]
+        categorical = [c for c in task_cfg.features.categorical if c in train_records.columns]
+        return ClinicalEncoder.fit(train_records, numeric=numeric, categorical=categorical)
+
+    def build_model(self, task_cfg, clinical_only: bool = False):
+        mc = ml_collections.ConfigDict(task_cfg.model.to_dict())
+        if clinical_only:
+            mc.mri.enabled = False
+            mc.xray.enabled = False
+        return build_outcome_model(mc)
+
+    def loss(self, task_cfg, train_labels, train_masks):
+        weights = positive_class_weights(train_labels, train_masks, tuple(task_cfg.model.binary_heads))
+        return WeightedOutcomeLoss(tuple(sorted(weights.items())))
+
+    def decode(self, outputs: Mapping, task_cfg) -> dict:
+        binary = tuple(task_cfg.model.binary_heads)
+        cols = {}
+        for h in binary + tuple(task_cfg.model.regression_heads):
+            v = np.asarray(outputs[h], np.float64)
+            cols[f"pred_{h}"] = 1.0 / (1.0 + np.exp(-v)) if h in binary else v
+        return cols
+
+    def selection_metric(self, cols: Mapping, labels: Mapping, task_cfg) -> dict:
+        y = np.asarray(labels["zcq_success"])
+        p = cols["pred_zcq_success"]
+        keep = np.isfinite(y)
+        a = metrics_lib.auc(y[keep], p[keep]) if keep.sum() > 1 and len(set(y[keep])) == 2 else 0.5
+        return {"auc_zcq_success": a}
+
+
+class PretrainTask:
+    """Sagittal MRI -> ordinal stenosis grade (CORN) of a separate graded cohort: pretrains the
+    outcome model's MRI encoder (``train.pretrain``). Reads ``config.pretrain`` for the labels
+    and ``config.outcome.model.mri`` for the encoder, so the parameters drop in."""
+    name = "pretrain"
+    has_features = False
+    head = "corn"
+
+    def labels(self, records, cache, task_cfg):
+        col, k = task_cfg.label_column, int(task_cfg.num_grades)
+        if col not in records.columns:
+            raise CohortError(f"pretrain: the labels table has no column {col!r} "
+                              f"(config.pretrain.label_column); columns: {sorted(records.columns)}")
+        grades = pd.to_numeric(records[col], errors="coerce").to_numpy(float)
+        bad = np.isfinite(grades) & ((grades < 0) | (grades > k - 1) | (grades != np.round(grades)))
+        if bad.any():
+            ids = records["patient_id"].to_numpy()[bad][:5].tolist()
+            raise CohortError(f"pretrain: {col} must be an integer grade 0..{k - 1}; bad values for {ids}")
+        ok = np.isfinite(grades) & _has(cache, "mri_file")
+        return ok, {"grade": grades}, ("grade",)
+
+    def build_model(self, task_cfg, clinical_only: bool = False, *, encoder=None):
+        return StenosisGrader(mri=FrozenDict(encoder), num_grades=int(task_cfg.num_grades))
+
+    def loss(self, task_cfg, train_labels=None, train_masks=None):
+        return OrdinalLoss(self.head)
+
+    def decode(self, outputs: Mapping, task_cfg) -> dict:
+        return _ordinal_columns(outputs["grade"], self.head)
+
+    def selection_metric(self, cols: Mapping, labels: Mapping, task_cfg) -> dict:
+        k = int(task_cfg.num_grades)  # every pretraining label is finite (see ``labels``)
+        y = np.asarray(labels["grade"]).astype(int)
+        return {"qwk": float(metrics_lib.qwk(y, np.asarray(cols["pred_grade"]).astype(int), k))}
+
+
+TASKS = {"grader": GraderTask(), "outcome": OutcomeTask(), "pretrain": PretrainTask()}
+
+
+def find_variant(folder: str):
+    """``(task, clinical_only)`` of the cross-validation written to ``<workdir>/<folder>``
+    (``"grader"``, ``"outcome"``, ``"outcome_clinical_only"``)."""
+    for name in ("grader", "outcome"):
+        for _, sub, clinical_only in TASKS[name].variants(ml_collections.ConfigDict({"clinical_only": True})):
+            if sub == folder:
+                return TASKS[name], clinical_only
+    raise ConfigError(f"unknown task folder {folder!r}: expected 'grader', 'outcome' or "
+                      "'outcome_clinical_only'")
+
+
+def get_task(name: str):
+    """``TASKS[name]``; an unknown name is a ConfigError listing the known ones."""
+    if name not in TASKS:
+        raise ConfigError(f"unknown task {name!r}: expected one of {sorted(TASKS)}")
+    return TASKS[name]

@@ -1,0 +1,61 @@
+"""configs/: plain ml_collections files, the single source of defaults; unknown keys are errors."""
+
+import glob
+import os
+import re
+
+import pytest
+
+from configs import default, demo
+from lumbarjax.data import clinical
+from lumbarjax.errors import ConfigError
+from lumbarjax.train.loop import train_config
+from lumbarjax.train.state import make_optimizer
+from lumbarjax.train.tasks import TASKS
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_config_files_import_no_library_code():
+    for path in glob.glob(os.path.join(ROOT, "configs", "*.py")):
+        src = open(path).read()
+        assert not re.search(r"^\s*(from|import)\s+lumbarjax", src, re.M), path
+
+
+def test_clinical_defaults_match_the_data_layer():
+    """The data layer's own schema (used when it is called without a config) and the config
+    file agree, so an experiment and a direct call read a table the same way."""
+    assert default.clinical_config().to_dict() == clinical.default_outcome_config().to_dict()
+
+
+def test_every_task_section_is_complete_and_pretrain_reuses_task_config():
+    c = default.get_config()
+    assert set(c.pretrain.train) == set(c.grader.train) == set(c.outcome.train)
+    assert set(c.pretrain.optim) == set(c.outcome.optim)
+    for section in (c.grader, c.outcome, c.pretrain):
+        train_config(section)                       # every loop setting present and valid
+        make_optimizer(section, int(section.train.num_steps))
+    src = open(os.path.join(ROOT, "configs", "default.py")).read()
+    mode_line = next(ln for ln in src.splitlines() if ln.strip().startswith("c.mode ="))
+    assert "index | crossval | report | predict | demo" in mode_line   # no "evaluate" mode yet
+    for kind in ("grader", "outcome"):
+        TASKS[kind].build_model(demo.get_config()[kind])
+
+
+def test_unknown_keys_are_errors_naming_them():
+    c = default.get_config()
+    c.clinical.zcq_rul = "all"
+    with pytest.raises(ConfigError, match=r"config.clinical: unknown key\(s\) \['zcq_rul'\]"):
+        clinical.resolve_config(c.clinical)
+    t = default.get_config().grader
+    t.train.num_step = 3
+    with pytest.raises(ConfigError, match=r"config.train: unknown key\(s\) \['num_step'\]"):
+        train_config(t)
+    t = default.get_config().grader
+    t.optim.learning_rate = 3e-3
+    with pytest.raises(ConfigError, match=r"config.optim: unknown key\(s\) \['learning_rate'\]"):
+        make_optimizer(t, 10)
+    t = default.get_config().grader
+    del t.train["on_nonfinite"]
+    with pytest.raises(ConfigError, match="config.train.on_nonfinite is missing"):
+        train_config(t)

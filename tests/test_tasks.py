@@ -1,0 +1,84 @@
+"""The task objects (lumbarjax.train.tasks) and cross-validation built on them."""
+
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from lumbarjax import workflow
+from lumbarjax.data.pipeline import make_loader
+from lumbarjax.errors import ConfigError
+from lumbarjax.models import ordinal
+from lumbarjax.train import crossval
+from lumbarjax.train.loop import predict
+from lumbarjax.train.metrics_log import read_metrics
+from lumbarjax.train.tasks import TASKS, OrdinalLoss, find_variant, get_task
+
+
+def test_tasks_are_a_plain_dict_with_one_interface():
+    assert sorted(TASKS) == ["grader", "outcome", "pretrain"]
+    for name, task in TASKS.items():
+        assert task.name == name
+        for method in ("labels", "build_model", "loss", "decode", "selection_metric"):
+            assert callable(getattr(task, method)), (name, method)
+    with pytest.raises(ConfigError, match="unknown task 'segmenter'"):
+        get_task("segmenter")
+    assert find_variant("outcome_clinical_only") == (TASKS["outcome"], True)
+    with pytest.raises(ConfigError, match="unknown task folder"):
+        find_variant("baselines")
+
+
+def test_grader_loss_and_decoder_follow_the_head():
+    cfg = tiny_config("")
+    logits = jnp.array([[[2.0, -0.5, 1.0, -3.0]]])       # (1, 1, K-1), non-monotone
+    labels = {"grade": jnp.array([2.0])}
+    batch = {"labels": labels, "label_mask": {"grade": jnp.ones((1,))}, "valid": jnp.ones((1,))}
+    for head, (loss_fn, probs_fn, predict_fn) in ordinal.ORDINAL_FNS.items():
+        cfg.grader.model.head = head
+        loss = TASKS["grader"].loss(cfg.grader)
+        assert loss == OrdinalLoss(head) and hash(loss) == hash(OrdinalLoss(head))
+        want = loss_fn(logits, jnp.array([[2]]), jnp.ones((1, 1)))
+        assert float(loss({"grade": logits}, batch)[0]) == pytest.approx(float(want), rel=1e-6)
+        cols = TASKS["grader"].decode({"grade": logits}, cfg.grader)
+        assert cols["pred_grade"][0] == int(predict_fn(logits)[0, 0])
+        np.testing.assert_allclose([cols[f"prob_grade_{k}"][0] for k in range(5)],
+                                   np.asarray(probs_fn(logits))[0, 0], rtol=1e-6)
+    # the two rules disagree on these logits, so the test above tells them apart
+    assert int(ordinal.coral_predict(logits)[0, 0]) != int(ordinal.corn_predict(logits)[0, 0])
+
+
+@pytest.fixture(scope="module")
+def cohort(tiny_cohort, tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("tasks_run"))
+    config = tiny_config(tiny_cohort)
+    manifest = workflow.stage_index(config, workdir)
+    return config, workdir, workflow.stage_cohort(config, workdir, manifest)
+
+
+def test_coral_head_trains_and_decodes_coral_through_crossval(cohort):
+    """grader.model.head="coral": the CORAL loss falls and the out-of-fold grades and
+    probabilities are the CORAL rule applied to the fold model's logits."""
+    config, workdir, c = cohort
+    config.grader.model.head = "coral"
+    config.grader.train.update(num_steps=30, log_every=10, eval_every=30, checkpoint_every=30)
+    td = crossval.prepare_task("grader", config, c.records, c.cache)
+    logits_by_row = {}
+
+    def hook(*, fold, state, model, source, test_idx, encoder, task):
+        out = predict(state, model, make_loader(source, batch_size=4, shuffle=False, seed=0,
+                                                num_epochs=1, indices=test_idx))
+        for r, lg in zip(out["index"], np.asarray(out["grade"])):
+            logits_by_row[int(r)] = lg
+
+    out_dir = os.path.join(workdir, "grader_coral")
+    oof = crossval.run_crossval(td, config, out_dir, after_fold=hook)
+    for f in range(int(config.grader.cv.num_folds)):
+        losses = [r["loss"] for r in read_metrics(os.path.join(out_dir, f"fold_{f}"), "train")]
+        assert len(losses) == 3 and losses[-1] < losses[0], (f, losses)
+    rows = [int(td.records.index[td.records["patient_id"] == pid][0]) for pid in oof["patient_id"]]
+    logits = np.stack([logits_by_row[r] for r in rows])      # (N, 1, K-1)
+    np.testing.assert_array_equal(oof["pred_grade"], np.asarray(ordinal.coral_predict(logits))[:, 0])
+    probs = np.asarray(ordinal.coral_probs(logits))[:, 0]
+    np.testing.assert_allclose(oof[[f"prob_grade_{k}" for k in range(5)]].to_numpy(), probs, atol=1e-6)
