@@ -5,14 +5,17 @@
     python benchmarks/run.py --only train,ig --out benchmarks/out/results.json
 
 Sections (``--only`` takes these names):
-  train    train step (fwd+bwd+AdamW) of the grader and the MRI outcome model (slice2d) at the
-           demo sizes: lumbarjax (jit) vs the same architecture in PyTorch eager
-           (benchmarks/torch_models.py; parameter counts checked) vs MONAI resnet18 defaults
-           (2D for the X-ray, 3D for the MRI), plus a 2048² f32 matmul in the same rounds.
+  train    train step (fwd+bwd+AdamW) of the grader and the MRI outcome model (slice2d and
+           lesion2d encoders) at the demo sizes: lumbarjax (jit) vs the same architecture in
+           PyTorch eager (benchmarks/torch_models.py; parameter counts checked) vs MONAI's own
+           classes at matched width/depth, plus a 2048² f32 matmul, in the same rounds; MONAI
+           resnet18 defaults (2D X-ray, 3D MRI) in separate rounds unless --skip-resnet18.
   flops    achieved FLOP/s of each jitted step (XLA cost analysis) over the matmul's FLOP/s.
-  ig       integrated gradients, 64 steps, one volume through the outcome model: lumbarjax vs
-           Captum IntegratedGradients on the PyTorch twin vs the floor (one jitted fwd+bwd of a
-           batch of 64); also the demo's IG setting and Captum on MONAI resnet18 3D (for e2e).
+  ig       integrated gradients, 64 steps, one volume through the outcome model: lumbarjax
+           (unchunked; chunks of 16 as one program, as a host loop, as a lax.scan; the demo's
+           setting) vs Captum IntegratedGradients on the PyTorch twin vs the floors (one jitted
+           fwd+bwd of a batch of 64, and 4 of 16); Captum on MONAI resnet18 3D unless
+           --skip-resnet18.
   profile  per-part fwd+bwd of the two networks (stem, each stage, slice pool, head) in
            lumbarjax vs the PyTorch twin: where the time goes.
   data     cold DICOM -> array and cached pipeline throughput (benchmarks/bench_data.py) on a
