@@ -305,7 +305,8 @@ class LJStep:
         step = make_train_step(model, loss, mesh, compute_dtype=compute_dtype)
         self.batch = shard_batch(batch, mesh)
         t = time.perf_counter()
-        self.compiled = step.lower(self.state, self.batch).compile()
+        jitted, static = (step.func, step.keywords) if hasattr(step, "func") else (step, {})
+        self.compiled = jitted.lower(self.state, self.batch, **static).compile()
         self.compile_s = time.perf_counter() - t
         self.flops = cost_flops(self.compiled)
         self.examples = int(next(iter(batch["valid"].shape)))
