@@ -5,14 +5,17 @@
     python benchmarks/run.py --only train,ig --out benchmarks/out/results.json
 
 Sections (``--only`` takes these names):
-  train    train step (fwd+bwd+AdamW) of the grader and the MRI outcome model (slice2d) at the
-           demo sizes: lumbarjax (jit) vs the same architecture in PyTorch eager
-           (benchmarks/torch_models.py; parameter counts checked) vs MONAI resnet18 defaults
-           (2D for the X-ray, 3D for the MRI), plus a 2048² f32 matmul in the same rounds.
+  train    train step (fwd+bwd+AdamW) of the grader and the MRI outcome model (slice2d and
+           lesion2d encoders) at the demo sizes: lumbarjax (jit) vs the same architecture in
+           PyTorch eager (benchmarks/torch_models.py; parameter counts checked) vs MONAI's own
+           classes at matched width/depth, plus a 2048² f32 matmul, in the same rounds; MONAI
+           resnet18 defaults (2D X-ray, 3D MRI) in separate rounds unless --skip-resnet18.
   flops    achieved FLOP/s of each jitted step (XLA cost analysis) over the matmul's FLOP/s.
-  ig       integrated gradients, 64 steps, one volume through the outcome model: lumbarjax vs
-           Captum IntegratedGradients on the PyTorch twin vs the floor (one jitted fwd+bwd of a
-           batch of 64); also the demo's IG setting and Captum on MONAI resnet18 3D (for e2e).
+  ig       integrated gradients, 64 steps, one volume through the outcome model: lumbarjax
+           (unchunked; chunks of 16 as one program, as a host loop, as a lax.scan; the demo's
+           setting) vs Captum IntegratedGradients on the PyTorch twin vs the floors (one jitted
+           fwd+bwd of a batch of 64, and 4 of 16); Captum on MONAI resnet18 3D unless
+           --skip-resnet18.
   profile  per-part fwd+bwd of the two networks (stem, each stage, slice pool, head) in
            lumbarjax vs the PyTorch twin: where the time goes.
   data     cold DICOM -> array and cached pipeline throughput (benchmarks/bench_data.py) on a
@@ -20,13 +23,18 @@ Sections (``--only`` takes these names):
   compile  compile time of every jitted function; peak host RSS (and device memory on GPU).
   scaling  step time vs batch size (4, 8, 16) and MRI volume size (lumbarjax and the twin);
            1, 2, 4 forced CPU devices (subprocesses, same global batch).
-  e2e      estimate of the demo's cross-validation + IG in lumbarjax vs MONAI + Captum, from the
-           measured per-step times x step counts (an estimate, not a full run); compared with
-           runs/demo/metrics.json when present.
+  e2e      the demo's outcome cross-validation loop (configs/demo.py: frozen lesion2d, batch 16,
+           its steps, evals and prediction pass) timed for real on --e2e-folds folds, lumbarjax
+           vs the same loop written in plain PyTorch with the twin (fold by fold, alternating).
 
 Every comparison is timed round-robin (one call of each contender per round), after one
-warm-up call each; the figure is the median of ``--rounds`` rounds (default 3). The machine
-may be shared: read the ratios, which come from the same rounds. Torch uses 2 threads.
+warm-up call each; the figure is the median of ``--rounds`` rounds (default 3) and every ratio
+is the median of the per-round ratios. Each round records the 1-min load average and the CPU
+share other processes took; rounds started above ``--max-load`` (default 1.0) per core are
+flagged NOISY, figures are medians over the quiet rounds when there are any (else flagged *
+in the table and ``noisy: true`` in the JSON); ``--wait-quiet S`` waits up to S s for a quiet
+machine before each round. The JSON of every figure goes to benchmarks/results/<date>.json
+(committed). Torch uses 2 threads.
 On a GPU backend the train section adds bf16 steps and MFU (this code path has not been run
 on the 2-core CPU machine where the results in RESULTS.md were made).
 """
@@ -71,19 +79,114 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+# Honest measurement on a shared machine: every round records the 1-minute load average and the
+# CPU share other processes took during it; a round taken at load > MAX_LOAD_PER_CORE x cores is
+# flagged "noisy" (and, with --wait-quiet S, first waits up to S s for the load to drop). Figures
+# are medians over the quiet rounds when there are any, else over all rounds (then flagged).
+# Note: the suite's own threads count in the load average (~1 per busy core), so a machine
+# running only the suite sits near 1.0 per core.
+MEASURE = {"max_load_per_core": 1.0, "wait_quiet_s": 0.0}
+
+
+def load_per_core() -> float:
+    return os.getloadavg()[0] / (os.cpu_count() or 1)
+
+
+def wait_quiet(limit_s: float) -> float:
+    """Sleep (polling every 5 s) until load per core <= the threshold or limit_s passed; returns
+    the seconds waited."""
+    t = time.perf_counter()
+    while load_per_core() > MEASURE["max_load_per_core"] and time.perf_counter() - t < limit_s:
+        time.sleep(5.0)
+    return time.perf_counter() - t
+
+
+def _cpu_busy_s():
+    """(whole machine busy CPU seconds, this process's CPU seconds) or None without psutil."""
+    try:
+        import psutil
+    except ImportError:
+        return None
+    ct = psutil.cpu_times()
+    busy = sum(getattr(ct, f) for f in ("user", "nice", "system", "irq", "softirq", "steal")
+               if hasattr(ct, f))
+    pt = psutil.Process().cpu_times()
+    return busy, pt.user + pt.system + getattr(pt, "children_user", 0) + getattr(pt, "children_system", 0)
+
+
 def alternate(fns: dict, rounds: int, warmup: int = 1) -> dict:
     """Round-robin timing: ``warmup`` calls of each, then ``rounds`` rounds of one call each.
-    Each fn must block until its work is done. Returns {name: {median_s, times_s}}."""
+    Each fn must block until its work is done.
+
+    Returns {name: {median_s, times_s, noisy, ...}} plus the key ``"__rounds__"`` with one record
+    per round: 1-min load average at its start (``load1``), load per core, the CPU share other
+    processes took during the round (``foreign_cpu``, 0..1 of all cores; None without psutil),
+    ``noisy`` (load per core > MEASURE["max_load_per_core"]) and the seconds waited for quiet.
+    ``median_s`` is over the quiet rounds when at least one is quiet (``median_quiet``), else over
+    all rounds and ``noisy`` is True; ``median_all_s`` is always over all rounds."""
     for name, f in fns.items():
         for _ in range(warmup):
             f()
     times = {n: [] for n in fns}
+    info = []
+    cpus = os.cpu_count() or 1
     for _ in range(rounds):
+        waited = wait_quiet(MEASURE["wait_quiet_s"]) if MEASURE["wait_quiet_s"] > 0 else 0.0
+        load1 = os.getloadavg()[0]
+        c0, t0 = _cpu_busy_s(), time.perf_counter()
         for n, f in fns.items():
             t = time.perf_counter()
             f()
             times[n].append(time.perf_counter() - t)
-    return {n: {"median_s": statistics.median(ts), "times_s": ts} for n, ts in times.items()}
+        c1, wall = _cpu_busy_s(), time.perf_counter() - t0
+        foreign = None
+        if c0 and c1:
+            foreign = max(0.0, ((c1[0] - c0[0]) - (c1[1] - c0[1])) / (wall * cpus))
+        rec = {"load1": load1, "load_per_core": load1 / cpus, "foreign_cpu": foreign,
+               "noisy": load1 / cpus > MEASURE["max_load_per_core"], "waited_s": waited,
+               "wall_s": wall}
+        info.append(rec)
+        if rec["noisy"]:
+            log(f"round {len(info)}/{rounds}: NOISY (load {load1:.1f} on {cpus} cores > "
+                f"{MEASURE['max_load_per_core']:.1f} per core; others took "
+                f"{'?' if foreign is None else f'{100 * foreign:.0f}%'} of the CPU)")
+    quiet = [i for i, r in enumerate(info) if not r["noisy"]]
+    out = {}
+    for n, ts in times.items():
+        use = [ts[i] for i in quiet] or ts
+        out[n] = {"median_s": statistics.median(use), "median_all_s": statistics.median(ts),
+                  "times_s": ts, "noisy": not quiet, "quiet_rounds": len(quiet)}
+    out["__rounds__"] = info
+    return out
+
+
+def paired_ratio(res: dict, num: str, den: str) -> float:
+    """Median over the (quiet, if any) rounds of time[num] / time[den] — each ratio from one round,
+    so a load change between rounds cancels."""
+    info = res["__rounds__"]
+    idx = [i for i, r in enumerate(info) if not r["noisy"]] or list(range(len(info)))
+    return statistics.median(res[num]["times_s"][i] / res[den]["times_s"][i] for i in idx)
+
+
+def rounds_summary(res: dict) -> str:
+    """'5 rounds, 3 quiet, load/core 0.8-1.4, others' CPU 5-40%' for the table."""
+    info = res.get("__rounds__") or []
+    if not info:
+        return "no rounds"
+    lo, hi = min(r["load_per_core"] for r in info), max(r["load_per_core"] for r in info)
+    fc = [r["foreign_cpu"] for r in info if r["foreign_cpu"] is not None]
+    q = sum(not r["noisy"] for r in info)
+    s = f"{len(info)} rounds, {q} quiet, load/core {lo:.2f}-{hi:.2f}"
+    if fc:
+        s += f", others' CPU {100 * min(fc):.0f}-{100 * max(fc):.0f}%"
+    if q == 0:
+        s += " — ALL ROUNDS NOISY (figures flagged *)"
+    return s
+
+
+def contenders(res: dict):
+    """(name, record) of an alternate() result, without the rounds record."""
+    return [(n, r) for n, r in res.items() if n != "__rounds__"]
 
 
 def torch_or_none():
@@ -202,7 +305,8 @@ class LJStep:
         step = make_train_step(model, loss, mesh, compute_dtype=compute_dtype)
         self.batch = shard_batch(batch, mesh)
         t = time.perf_counter()
-        self.compiled = step.lower(self.state, self.batch).compile()
+        jitted, static = (step.func, step.keywords) if hasattr(step, "func") else (step, {})
+        self.compiled = jitted.lower(self.state, self.batch, **static).compile()
         self.compile_s = time.perf_counter() - t
         self.flops = cost_flops(self.compiled)
         self.examples = int(next(iter(batch["valid"].shape)))
@@ -290,19 +394,37 @@ def torch_outcome_step(torch, nb, width, arch="slice2d"):
 def monai_step(torch, resnet18, nb, spatial_dims):
     """MONAI resnet18 defaults (n_input_channels=1); grader: 4 CORN logits, MRI: 5 heads (BCE
     on the 3 binary, Huber on the 2 VAS/100)."""
+    if spatial_dims == 2:
+        return _monai_grader_step(torch, resnet18(spatial_dims=2, n_input_channels=1,
+                                                  num_classes=4), nb)
+    return _monai_mri_step(torch, resnet18(spatial_dims=3, n_input_channels=1, num_classes=5), nb)
+
+
+def _monai_grader_step(torch, model, nb):
     import torch_models as tm
     tb = torch_batch(torch, nb)
-    if spatial_dims == 2:
-        model = resnet18(spatial_dims=2, n_input_channels=1, num_classes=4)
-        return TorchStep(torch, model, [tb["xray"]], tb["labels"]["grade"][:, None],
-                         lambda out, y: tm.corn_loss(out[:, None, :], y))
-    model = resnet18(spatial_dims=3, n_input_channels=1, num_classes=5)
+    return TorchStep(torch, model, [tb["xray"]], tb["labels"]["grade"][:, None],
+                     lambda out, y: tm.corn_loss(out[:, None, :], y))
+
+
+def _monai_mri_step(torch, model, nb):
+    import torch_models as tm
+    tb = torch_batch(torch, nb)
     heads = tm.BINARY_HEADS + tm.REGRESSION_HEADS
 
     def loss(out, labels):
         return tm.outcome_loss({h: out[:, i] * (100.0 if h in tm.REGRESSION_HEADS else 1.0)
                                 for i, h in enumerate(heads)}, labels)
     return TorchStep(torch, model, [tb["mri"]], tb["labels"], loss)
+
+
+def monai_matched_steps(torch, nbx, nbm, gw, mw) -> dict:
+    """MONAI's own classes at our widths and depths (benchmarks/torch_models.py
+    ``monai_matched_*``): {name: TorchStep}."""
+    import torch_models as tm
+    return {"monai matched grader": _monai_grader_step(torch, tm.monai_matched_grader(gw), nbx),
+            "monai matched mri": _monai_mri_step(torch, tm.monai_matched_slice2d(mw), nbm),
+            "monai matched mri lesion2d": _monai_mri_step(torch, tm.monai_matched_lesion2d(mw), nbm)}
 
 
 def torch_matmul(torch, n=MATMUL_N):
@@ -316,8 +438,14 @@ def torch_matmul(torch, n=MATMUL_N):
 
 
 # ============================================================================ sections
+KINDS = ("grader", "mri", "mri lesion2d")
+
+
 def section_train(ctx) -> dict:
-    """Train steps, lumbarjax vs twin vs MONAI, plus the matmul ceiling, round-robin."""
+    """Train steps, round-robin. Headline rounds: lumbarjax vs its PyTorch twin vs MONAI's own
+    classes at matched width/depth, plus the 2048² matmul (XLA and torch). Separate rounds: MONAI
+    resnet18 defaults (10-100x larger steps; alternating them with the small steps disturbed the
+    small ones, RESULTS.md of issue 5) against the lumbarjax steps."""
     import jax
     cfg = ctx.cfg
     torch, why_t = torch_or_none()
@@ -358,6 +486,7 @@ def section_train(ctx) -> dict:
                 fns[name + " bf16"] = s16
                 meta[name + " bf16"] = {"params": s16.n_params, "flops": s16.flops,
                                         "compile_s": s16.compile_s, "examples": s16.examples}
+        big = {}
         if torch is not None:
             for name, f in (("pytorch twin grader", lambda: torch_grader_step(torch, nbx, gw)),
                             ("pytorch twin mri", lambda: torch_outcome_step(torch, nbm, mw)),
@@ -365,43 +494,62 @@ def section_train(ctx) -> dict:
                              lambda: torch_outcome_step(torch, nbm, mw, "lesion2d"))):
                 s = f()
                 fns[name] = s
-                meta[name] = {"params": s.n_params, "examples": s.examples if hasattr(s, "examples") else None}
+                meta[name] = {"params": s.n_params}
             if resnet18 is not None:
-                for name, sd, nb in (("monai resnet18 2d grader", 2, nbx),
-                                     ("monai resnet18 3d mri", 3, nbm)):
-                    s = monai_step(torch, resnet18, nb, sd)
+                for name, s in monai_matched_steps(torch, nbx, nbm, gw, mw).items():
                     fns[name] = s
                     meta[name] = {"params": s.n_params}
+                if not ctx.skip_resnet18:
+                    for name, sd, nb in (("monai resnet18 2d grader", 2, nbx),
+                                         ("monai resnet18 3d mri", 3, nbm)):
+                        s = monai_step(torch, resnet18, nb, sd)
+                        big[name] = s
+                        meta[name] = {"params": s.n_params}
             fns["pytorch matmul 2048"] = torch_matmul(torch)
             meta["pytorch matmul 2048"] = {"flops": 2.0 * MATMUL_N ** 3}
         fns["xla matmul 2048"] = matmul
         meta["xla matmul 2048"] = {"flops": matmul.flops, "compile_s": 0.0}
-        for k in ("grader", "mri", "mri lesion2d"):
-            lj, tw = meta[f"lumbarjax {k}"], meta.get(f"pytorch twin {k}")
-            if tw:
-                match = lj["params"] == tw["params"]
-                msg = (f"params {k}: lumbarjax {lj['params']:,} / pytorch twin {tw['params']:,}"
-                       f" -> {'match' if match else 'MISMATCH'}")
-                log(msg)
-                out["notes"].append(msg)
-                lj["params_match_twin"] = match
+        for k in KINDS:
+            lj = meta[f"lumbarjax {k}"]
+            for peer in (f"pytorch twin {k}", f"monai matched {k}"):
+                if peer in meta:
+                    msg = (f"params {k}: lumbarjax {lj['params']:,} / {peer} "
+                           f"{meta[peer]['params']:,}")
+                    if "twin" in peer:
+                        lj["params_match_twin"] = lj["params"] == meta[peer]["params"]
+                        msg += " -> " + ("match" if lj["params_match_twin"] else "MISMATCH")
+                    log(msg)
+                    out["notes"].append(msg)
         log(f"train/{label}: timing {len(fns)} contenders round-robin, {ctx.rounds} rounds")
         res = alternate(fns, ctx.rounds)
-        for n, r in res.items():
+        log(f"train/{label}: {rounds_summary(res)}")
+        for n, r in contenders(res):
             r.update(meta.get(n, {}))
-        for k in ("grader", "mri", "mri lesion2d"):
-            lj = res[f"lumbarjax {k}"]["median_s"]
-            for peer in (f"pytorch twin {k}", f"monai resnet18 2d grader" if k == "grader"
-                         else "monai resnet18 3d mri"):
+        for k in KINDS:
+            for peer in (f"pytorch twin {k}", f"monai matched {k}"):
                 if peer in res:
-                    res[f"lumbarjax {k}"][f"speedup_vs_{peer}"] = res[peer]["median_s"] / lj
+                    res[f"lumbarjax {k}"][f"speedup_vs_{peer}"] = paired_ratio(
+                        res, peer, f"lumbarjax {k}")
         mm = res["xla matmul 2048"]
         mm["flop_per_s"] = mm["flops"] / mm["median_s"]
         if "pytorch matmul 2048" in res:
             pm = res["pytorch matmul 2048"]
             pm["flop_per_s"] = pm["flops"] / pm["median_s"]
-        out["sizes"][label] = {"xray": [bx, *xs], "mri": [bm, *ms], "results": res}
-        for n, r in res.items():
+        entry = {"xray": [bx, *xs], "mri": [bm, *ms], "results": res}
+        if big:
+            rounds_big = min(ctx.rounds, 3)
+            ref = {"lumbarjax grader": fns["lumbarjax grader"], "lumbarjax mri": fns["lumbarjax mri"]}
+            log(f"train/{label}: MONAI resnet18 defaults vs lumbarjax, {rounds_big} rounds")
+            rb = alternate({**ref, **big}, rounds_big)
+            for n, r in contenders(rb):
+                r.update(meta.get(n, {}))
+            rb["lumbarjax grader"]["speedup_vs_monai resnet18 2d grader"] = paired_ratio(
+                rb, "monai resnet18 2d grader", "lumbarjax grader")
+            rb["lumbarjax mri"]["speedup_vs_monai resnet18 3d mri"] = paired_ratio(
+                rb, "monai resnet18 3d mri", "lumbarjax mri")
+            entry["resnet18"] = rb
+        out["sizes"][label] = entry
+        for n, r in contenders(res):
             log(f"  {n:28s} {r['median_s']:8.3f} s")
     out["peer_missing"] = [w for w in (why_t, why_m) if w]
     return out
@@ -419,7 +567,7 @@ def section_flops(ctx) -> dict:
         res = s["results"]
         ceiling = res["xla matmul 2048"]["flop_per_s"]
         rows = {}
-        for k in ("grader", "mri"):
+        for k in KINDS:
             flops = res[f"lumbarjax {k}"].get("flops")
             if not flops:
                 continue
@@ -454,7 +602,6 @@ def section_ig(ctx) -> dict:
     import jax.numpy as jnp
     import numpy as np
     from lumbarjax.explain import blurred, integrated_gradients
-    from lumbarjax.explain.integrated_gradients import _chunked_nodes, _compiled
 
     cfg = ctx.cfg
     steps = 64
@@ -480,34 +627,40 @@ def section_ig(ctx) -> dict:
     floor_c = floor.lower(xf, static64).compile()
     compile_s = {"floor (fwd+bwd of 64)": time.perf_counter() - t}
     flops = {"floor (fwd+bwd of 64)": cost_flops(floor_c)}
-    programs = _compiled(fn, True)
+    chunk = 16
+    xc = xf[:chunk]
+    static_c = {"variables": variables, "present": jnp.ones(chunk),
+                "clinical": jnp.asarray(np.repeat(nb["clinical"], chunk, 0))}
+    t = time.perf_counter()
+    floor_chunk_c = floor.lower(xc, static_c).compile()
+    compile_s[f"floor ({steps // chunk} x fwd+bwd of {chunk})"] = time.perf_counter() - t
 
-    def compile_ig(steps_, chunk):
-        alphas, weights = _chunked_nodes("gausslegendre", steps_, chunk)
-        t = time.perf_counter()
-        if chunk is None or chunk >= steps_:
-            programs.run.lower(x, base, static1, alphas, weights).compile()
-        else:
-            programs.accumulate.lower(base, x, base, static1, alphas[0], weights[0]).compile()
-            programs.finish.lower(base, x, base, static1).compile()
-        return time.perf_counter() - t
-
-    def ig(steps_, chunk):
+    def ig(steps_, chunk_, loop="auto"):
         def f():
             a, d = integrated_gradients(fn, x, base, steps=steps_, method="gausslegendre",
-                                        chunk_size=chunk, static=static1)
+                                        chunk_size=chunk_, static=static1, chunk_loop=loop)
             jax.block_until_ready(a)
         return f
+
+    def floor_chunks():
+        for _ in range(steps // chunk):
+            g = floor_chunk_c(xc, static_c)
+        jax.block_until_ready(g)
 
     ex_steps, ex_chunk = int(cfg.explain.steps), cfg.explain.chunk_size
     ex_chunk = None if not ex_chunk else int(ex_chunk)
     fns = {"floor (fwd+bwd of 64)": lambda: jax.block_until_ready(floor_c(xf, static64)),
+           f"floor ({steps // chunk} x fwd+bwd of {chunk})": floor_chunks,
            "lumbarjax IG 64": ig(steps, None),
-           "lumbarjax IG 64 chunk16": ig(steps, 16),
+           f"lumbarjax IG 64 chunk{chunk}": ig(steps, chunk),
+           f"lumbarjax IG 64 chunk{chunk} python": ig(steps, chunk, "python"),
+           f"lumbarjax IG 64 chunk{chunk} scan": ig(steps, chunk, "scan"),
            f"lumbarjax IG {ex_steps} chunk{ex_chunk} (demo)": ig(ex_steps, ex_chunk)}
-    compile_s["lumbarjax IG 64"] = compile_ig(steps, None)
-    compile_s["lumbarjax IG 64 chunk16"] = compile_ig(steps, 16)
-    compile_s[f"lumbarjax IG {ex_steps} chunk{ex_chunk} (demo)"] = compile_ig(ex_steps, ex_chunk)
+    for name, f in list(fns.items()):
+        if name.startswith("lumbarjax"):  # first call = trace + compile
+            t = time.perf_counter()
+            f()
+            compile_s[name] = time.perf_counter() - t
     out = {"shape": [1, *ms, 1], "steps": steps, "method": "gausslegendre", "notes": [],
            "compile_s": compile_s, "flops": flops}
     torch, why = torch_or_none()
@@ -540,7 +693,7 @@ def section_ig(ctx) -> dict:
             twin(v, *extra64).sum().backward()
             torch_sync(torch)
         fns["pytorch twin floor (fwd+bwd of 64)"] = torch_floor
-        if resnet18 is not None:
+        if resnet18 is not None and not ctx.skip_resnet18:
             m3 = resnet18(spatial_dims=3, n_input_channels=1, num_classes=5).to(dev).eval()
             ig_m = IG(lambda v: m3(v)[:, 0])
 
@@ -551,16 +704,28 @@ def section_ig(ctx) -> dict:
             fns[f"captum IG {ex_steps} (monai resnet18 3d, demo)"] = captum_monai
     log(f"ig: {len(fns)} contenders round-robin, {ctx.rounds} rounds")
     res = alternate(fns, ctx.rounds)
-    fl = res["floor (fwd+bwd of 64)"]["median_s"]
-    lj = res["lumbarjax IG 64"]["median_s"]
+    log(f"ig: {rounds_summary(res)}")
     out["results"] = res
-    out["ig_over_floor"] = lj / fl
-    out["ig_chunk16_over_floor"] = res["lumbarjax IG 64 chunk16"]["median_s"] / fl
+    fl = "floor (fwd+bwd of 64)"
+    out["compile_s_note"] = "lumbarjax entries: first call (trace + compile + one run)"
+    out["over_floor"] = {n: paired_ratio(res, n, fl) for n, _ in contenders(res)
+                         if n.startswith("lumbarjax IG 64")}
+    out["over_chunk_floor"] = {n: paired_ratio(res, n, f"floor ({steps // chunk} x fwd+bwd of {chunk})")
+                               for n, _ in contenders(res) if n.startswith(f"lumbarjax IG 64 chunk{chunk}")}
+    out["ig_over_floor"] = out["over_floor"]["lumbarjax IG 64"]
+    out["ig_chunk16_over_floor"] = out["over_floor"][f"lumbarjax IG 64 chunk{chunk}"]
     if "captum IG 64 (pytorch twin)" in res:
-        out["captum_over_lumbarjax"] = res["captum IG 64 (pytorch twin)"]["median_s"] / lj
-        out["captum_over_its_floor"] = (res["captum IG 64 (pytorch twin)"]["median_s"]
-                                        / res["pytorch twin floor (fwd+bwd of 64)"]["median_s"])
-    for n, r in res.items():
+        best = min(("lumbarjax IG 64", f"lumbarjax IG 64 chunk{chunk}"),
+                   key=lambda n: res[n]["median_s"])
+        out["captum_over_lumbarjax"] = paired_ratio(res, "captum IG 64 (pytorch twin)", "lumbarjax IG 64")
+        out["captum_over_lumbarjax_chunk16"] = paired_ratio(res, "captum IG 64 (pytorch twin)",
+                                                            f"lumbarjax IG 64 chunk{chunk}")
+        out["captum_over_lumbarjax_best"] = paired_ratio(res, "captum IG 64 (pytorch twin)", best)
+        out["captum_over_its_floor"] = paired_ratio(res, "captum IG 64 (pytorch twin)",
+                                                    "pytorch twin floor (fwd+bwd of 64)")
+        out["lumbarjax_floor_over_twin_floor"] = paired_ratio(
+            res, fl, "pytorch twin floor (fwd+bwd of 64)")
+    for n, r in contenders(res):
         log(f"  {n:42s} {r['median_s']:8.3f} s")
     return out
 
@@ -624,19 +789,21 @@ def section_profile(ctx) -> dict:
                 fns[f"pytorch {name}"] = tf
         log(f"profile/{net}: {len(fns)} parts round-robin, {ctx.rounds} rounds")
         res = alternate(fns, ctx.rounds)
-        for n, r in res.items():
+        for n, r in contenders(res):
             r.update(meta.get(n, {}))
         rows = {}
         for name, *_ in parts:
             lj = res[f"lumbarjax {name}"]
-            row = {"lumbarjax_s": lj["median_s"], "gflop": (lj.get("flops") or 0) / 1e9}
+            row = {"lumbarjax_s": lj["median_s"], "gflop": (lj.get("flops") or 0) / 1e9,
+                   "noisy": lj["noisy"]}
             if f"pytorch {name}" in res:
                 row["pytorch_s"] = res[f"pytorch {name}"]["median_s"]
-                row["lumbarjax_speed_vs_pytorch"] = row["pytorch_s"] / row["lumbarjax_s"]
+                row["lumbarjax_speed_vs_pytorch"] = paired_ratio(res, f"pytorch {name}",
+                                                                 f"lumbarjax {name}")
             rows[name] = row
             log(f"  {net:12s} {name:34s} lj {row['lumbarjax_s']:.4f} s  "
                 f"torch {row.get('pytorch_s', float('nan')):.4f} s")
-        out[net] = {"input": list(shape), "rows": rows}
+        out[net] = {"input": list(shape), "rows": rows, "rounds": res["__rounds__"]}
     return out
 
 
@@ -672,7 +839,7 @@ def section_compile(ctx) -> dict:
     import jax
     out = {"compile_s": {}}
     for label, s in ctx.results.get("train", {}).get("sizes", {}).items():
-        for n, r in s["results"].items():
+        for n, r in contenders(s["results"]):
             if "compile_s" in r and n.startswith("lumbarjax"):
                 out["compile_s"][f"train step {n} ({label})"] = r["compile_s"]
     for n, v in ctx.results.get("ig", {}).get("compile_s", {}).items():
@@ -709,7 +876,7 @@ def _worker_devices(n: int, rounds: int, quick: bool) -> None:
                            mesh=mesh, cfg=cfg)}
     res = alternate(steps, rounds)
     print("RESULT " + json.dumps({"devices": len(jax.devices()), "batch": b,
-                                  **{k: v["median_s"] for k, v in res.items()},
+                                  **{k: v["median_s"] for k, v in contenders(res)},
                                   "compile_s": {k: s.compile_s for k, s in steps.items()}}))
 
 
@@ -737,7 +904,7 @@ def section_scaling(ctx) -> dict:
             fns[f"pytorch twin mri B=4 {v}"] = torch_outcome_step(torch, nbm, mw)
     log(f"scaling: {len(fns)} contenders round-robin, {ctx.rounds} rounds")
     res = alternate(fns, ctx.rounds)
-    for n, r in res.items():
+    for n, r in contenders(res):
         if isinstance(fns[n], LJStep):
             r["compile_s"], r["flops"] = fns[n].compile_s, fns[n].flops
         log(f"  {n:40s} {r['median_s']:8.3f} s")
@@ -766,61 +933,185 @@ def section_scaling(ctx) -> dict:
     return out
 
 
-def _find_timing(obj):
-    if isinstance(obj, dict):
-        if "timing_s" in obj and isinstance(obj["timing_s"], dict):
-            return obj["timing_s"]
-        for v in obj.values():
-            t = _find_timing(v)
-            if t:
-                return t
-    return None
+def _e2e_data(n: int, shape, seed: int = 0) -> dict:
+    """The demo-sized outcome cohort as in-memory numpy arrays (same arrays for both sides)."""
+    return make_batch(n, mri=shape, seed=seed)
+
+
+def _rows(data: dict, idx) -> dict:
+    import numpy as np
+    idx = np.asarray(idx)
+
+    def take(v):
+        return {k: take(x) for k, x in v.items()} if isinstance(v, dict) else v[idx]
+    out = take(data)
+    out["index"] = np.arange(len(idx), dtype=np.int32)
+    return out
+
+
+def _fold_plan(n: int, folds: int, steps: int, batch: int, eval_every: int, val_fraction: float,
+               fold: int, seed: int = 0) -> dict:
+    """Patient indices of one fold: test (held out), inner validation, and the row indices of
+    every training batch — drawn once, used by both pipelines."""
+    import numpy as np
+    r = np.random.default_rng(seed + fold)
+    perm = np.random.default_rng(seed).permutation(n)
+    test = np.sort(perm[fold::folds])
+    rest = r.permutation(np.setdiff1d(perm, test))
+    n_val = max(1, int(round(val_fraction * len(rest))))
+    val, train = np.sort(rest[:n_val]), rest[n_val:]
+    batches = [r.choice(train, batch, replace=False) for _ in range(steps)]
+    return {"test": test, "val": val, "batches": batches, "eval_every": eval_every}
+
+
+def _eval_batches(idx, batch: int):
+    """Fixed-size batches of ``idx`` (the last padded by repeating, valid flag 0)."""
+    import numpy as np
+    idx = np.asarray(idx)
+    for i in range(0, len(idx), batch):
+        part = idx[i:i + batch]
+        valid = np.ones(batch, np.float32)
+        if len(part) < batch:
+            valid[len(part):] = 0
+            part = np.concatenate([part, np.repeat(part[-1:], batch - len(part))])
+        yield part, valid
+
+
+def e2e_lumbarjax_fold(cfg, data, plan) -> dict:
+    """One outcome-CV fold the lumbarjax way: create_train_state + the library's jitted train
+    step (memoised across folds), eval on the inner validation every ``eval_every`` steps and a
+    prediction pass over the held-out fold. Returns wall seconds (compile included)."""
+    import jax
+    import ml_collections
+    import numpy as np
+    from lumbarjax.models.fusion import build_outcome_model
+    from lumbarjax.train.state import create_train_state
+    from lumbarjax.train.mesh import make_mesh, shard_batch
+    from lumbarjax.train.steps import make_eval_step, make_train_step
+
+    t0 = time.perf_counter()
+    task = cfg.outcome
+    optim = task.optim.to_dict()
+    if task.model.freeze_mri:  # as lumbarjax.train.crossval does for a frozen encoder
+        optim["frozen"] = tuple(sorted(set(optim.get("frozen", ()) or ()) | {"mri_encoder"}))
+    config = ml_collections.ConfigDict({"train": task.train.to_dict(), "optim": optim})
+    model = build_outcome_model(task.model.to_dict())
+    mesh = make_mesh()
+    b = int(task.train.batch_size)
+    state = create_train_state(int(plan["batches"][0][0]), model,
+                               _rows(data, plan["batches"][0]), config, mesh=mesh)
+    step = make_train_step(model, _outcome_loss, mesh)
+    ev = make_eval_step(model, mesh)
+
+    def predict(idx):
+        outs = []
+        for part, valid in _eval_batches(idx, b):
+            rows = _rows(data, part)
+            rows["valid"] = valid
+            o = ev(state, shard_batch(rows, mesh))
+            outs.append(np.asarray(o["zcq_success"])[valid > 0])
+        return np.concatenate(outs)
+
+    for i, bi in enumerate(plan["batches"]):
+        state, m = step(state, shard_batch(_rows(data, bi), mesh))
+        if (i + 1) % plan["eval_every"] == 0:
+            predict(plan["val"])
+    jax.block_until_ready(m)
+    pred = predict(plan["test"])
+    return {"wall_s": time.perf_counter() - t0, "n_test": int(len(pred))}
+
+
+def e2e_torch_fold(torch, cfg, data, plan) -> dict:
+    """The same fold as a PyTorch user writes it with the twin (benchmarks/torch_models.py):
+    eager AdamW + clipping, encoder frozen (requires_grad False, forward under no_grad) when the
+    config freezes it, the same batches, evaluations and prediction pass."""
+    import numpy as np
+    import torch_models as tm
+    t0 = time.perf_counter()
+    task = cfg.outcome
+    b = int(task.train.batch_size)
+    torch.manual_seed(int(plan["batches"][0][0]))
+    model = tm.TorchOutcomeModel(width=int(task.model.mri.width), n_clinical=N_CLINICAL,
+                                 arch=str(task.model.mri.arch),
+                                 freeze_mri=bool(task.model.freeze_mri))
+    step = tm.make_train_step(model, tm.outcome_loss, lr=float(task.optim.lr),
+                              weight_decay=float(task.optim.weight_decay),
+                              clip_norm=float(task.optim.clip_norm))
+
+    def tb(idx):
+        return torch_batch(torch, _rows(data, idx))
+
+    def predict(idx):
+        model.eval()
+        outs = []
+        with torch.no_grad():
+            for part, valid in _eval_batches(idx, b):
+                t = tb(part)
+                o = model(t["mri"], t["clinical"], t["mri_present"])["zcq_success"].numpy()
+                outs.append(o[valid > 0])
+        model.train()
+        return np.concatenate(outs)
+
+    for i, bi in enumerate(plan["batches"]):
+        t = tb(bi)
+        step([t["mri"], t["clinical"], t["mri_present"]], t["labels"])
+        if (i + 1) % plan["eval_every"] == 0:
+            predict(plan["val"])
+    pred = predict(plan["test"])
+    return {"wall_s": time.perf_counter() - t0, "n_test": int(len(pred))}
 
 
 def section_e2e(ctx) -> dict:
-    cfg = ctx.cfg
-    tr = ctx.results.get("train", {}).get("sizes", {}).get("demo")
-    ig = ctx.results.get("ig")
-    if not tr or not ig:
-        return {"skipped": "needs the train and ig sections"}
-    res, igr = tr["results"], ig["results"]
-    folds_g, folds_o = int(cfg.grader.cv.num_folds), int(cfg.outcome.cv.num_folds)
-    steps_g, steps_o = int(cfg.grader.train.num_steps), int(cfg.outcome.train.num_steps)
-    n_ig = int(cfg.explain.max_patients)
-    ex_steps, ex_chunk = int(cfg.explain.steps), cfg.explain.chunk_size
-    lj_ig_key = f"lumbarjax IG {ex_steps} chunk{None if not ex_chunk else int(ex_chunk)} (demo)"
-    out = {"estimate": True, "folds": [folds_g, folds_o], "steps_per_fold": [steps_g, steps_o],
-           "ig_patients": n_ig, "ig_steps": ex_steps,
-           "not_included": "data loading/preprocessing, evaluation passes, the clinical-only "
-                           "twin CV and baselines (the same in both pipelines), report"}
-    comp = res["lumbarjax grader"].get("compile_s", 0) + res["lumbarjax mri"].get("compile_s", 0) \
-        + ig.get("compile_s", {}).get(lj_ig_key, 0)
-    lj = {"grader_cv_s": folds_g * steps_g * res["lumbarjax grader"]["median_s"],
-          "outcome_cv_s": folds_o * steps_o * res["lumbarjax mri"]["median_s"],
-          "ig_s": n_ig * igr[lj_ig_key]["median_s"], "compile_s": comp}
-    lj["total_s"] = sum(lj.values())
-    out["lumbarjax"] = lj
-    mk = f"captum IG {ex_steps} (monai resnet18 3d, demo)"
-    if "monai resnet18 2d grader" in res and mk in igr:
-        mo = {"grader_cv_s": folds_g * steps_g * res["monai resnet18 2d grader"]["median_s"],
-              "outcome_cv_s": folds_o * steps_o * res["monai resnet18 3d mri"]["median_s"],
-              "ig_s": n_ig * igr[mk]["median_s"]}
-        mo["total_s"] = sum(mo.values())
-        out["monai_captum"] = mo
-        out["speedup"] = mo["total_s"] / lj["total_s"]
-    if "pytorch twin grader" in res and "captum IG 64 (pytorch twin)" in igr:
-        tw = {"grader_cv_s": folds_g * steps_g * res["pytorch twin grader"]["median_s"],
-              "outcome_cv_s": folds_o * steps_o * res["pytorch twin mri"]["median_s"],
-              "ig_s": n_ig * igr["captum IG 64 (pytorch twin)"]["median_s"] * ex_steps / 64}
-        tw["total_s"] = sum(tw.values())
-        out["pytorch_twin_captum"] = tw
-    mpath = os.path.join(ROOT, "runs", "demo", "metrics.json")
-    if os.path.exists(mpath):
-        with open(mpath) as f:
-            timing = _find_timing(json.load(f))
-        out["measured_demo_timing_s"] = timing
-    else:
-        out["measured_demo_timing_s"] = None
+    """The demo's outcome cross-validation loop timed for real, fold by fold, lumbarjax vs the
+    PyTorch twin written the plain PyTorch way (configs/demo.py: lesion2d encoder frozen, batch
+    16, outcome.train.num_steps steps, evaluation every eval_every steps, a prediction pass per
+    fold; the same in-memory batches for both — the data pipeline is measured in ``data``).
+    ``--e2e-folds`` of the config's folds are run, alternating lumbarjax and PyTorch per fold;
+    fold 1 of lumbarjax includes its compiles (memoised for later folds, as in the demo)."""
+    from configs import demo
+    torch, why = torch_or_none()
+    if torch is None:
+        return {"skipped": why}
+    cfg = demo.get_config()
+    if ctx.quick:
+        cfg.mri.shape = (4, 32, 32)
+        cfg.outcome.train.num_steps = 30
+        cfg.outcome.train.eval_every = 10
+        cfg.outcome.optim.warmup_steps = 5
+    n = int(cfg.data.demo_patients)
+    folds = int(cfg.outcome.cv.num_folds)
+    run_folds = min(ctx.e2e_folds, folds)
+    steps, b = int(cfg.outcome.train.num_steps), int(cfg.outcome.train.batch_size)
+    data = _e2e_data(n, tuple(cfg.mri.shape))
+    out = {"estimate": False, "patients": n, "folds_in_cv": folds, "folds_run": run_folds,
+           "steps_per_fold": steps, "batch": b, "arch": str(cfg.outcome.model.mri.arch),
+           "freeze_mri": bool(cfg.outcome.model.freeze_mri), "eval_every":
+           int(cfg.outcome.train.eval_every), "folds": [],
+           "not_included": "data loading/augmentation (same arrays for both), checkpoints, "
+                           "metrics files, the pretraining and grader stages"}
+    for f in range(run_folds):
+        plan = _fold_plan(n, folds, steps, b, int(cfg.outcome.train.eval_every),
+                          float(cfg.outcome.cv.inner_val_fraction), f)
+        rec = {"fold": f, "load1_start": os.getloadavg()[0]}
+        log(f"e2e: fold {f + 1}/{run_folds}: lumbarjax")
+        rec["lumbarjax"] = e2e_lumbarjax_fold(cfg, data, plan)
+        log(f"e2e: fold {f + 1}/{run_folds}: pytorch twin")
+        rec["pytorch_twin"] = e2e_torch_fold(torch, cfg, data, plan)
+        rec["load1_end"] = os.getloadavg()[0]
+        rec["noisy"] = max(rec["load1_start"], rec["load1_end"]) / (os.cpu_count() or 1) \
+            > MEASURE["max_load_per_core"]
+        rec["pytorch_over_lumbarjax"] = rec["pytorch_twin"]["wall_s"] / rec["lumbarjax"]["wall_s"]
+        log(f"  fold {f}: lumbarjax {rec['lumbarjax']['wall_s']:.1f} s, pytorch twin "
+            f"{rec['pytorch_twin']['wall_s']:.1f} s" + ("  NOISY" if rec["noisy"] else ""))
+        out["folds"].append(rec)
+    lj = sum(r["lumbarjax"]["wall_s"] for r in out["folds"])
+    tw = sum(r["pytorch_twin"]["wall_s"] for r in out["folds"])
+    out["lumbarjax_s"], out["pytorch_twin_s"] = lj, tw
+    out["pytorch_over_lumbarjax"] = tw / lj
+    if run_folds > 1:
+        later = out["folds"][1:]
+        out["pytorch_over_lumbarjax_after_compile"] = (
+            sum(r["pytorch_twin"]["wall_s"] for r in later) / sum(r["lumbarjax"]["wall_s"] for r in later))
     return out
 
 
@@ -837,17 +1128,28 @@ def print_table(results: dict) -> list[str]:
         f"{m['cpus']} CPUs, load {m['load_start'][0]:.1f} -> {m['load_end'][0]:.1f}, "
         f"{m['rounds']} rounds, torch {m['versions'].get('torch')}")
     add(f"command: {m['command']}")
+    add(f"GPU: {m.get('gpu', '?')}; rounds started at a 1-min load average above "
+        f"{m.get('max_load_per_core', 1.0):.1f} per core are NOISY: figures from them only are "
+        "marked *")
     tr = results.get("train")
     if tr:
         for label, s in tr["sizes"].items():
             add("")
-            add(f"[1] train step, {label}: X-ray {s['xray']}, MRI {s['mri']} (median s; x = peer/lumbarjax)")
-            res = s["results"]
-            for n, r in res.items():
-                extra = "".join(f"  {k[11:]}: {v:.2f}x" for k, v in r.items()
-                                if k.startswith("speedup_vs_"))
-                p = f"  params {r['params']:,}" if r.get("params") else ""
-                add(f"  {n:30s} {fmt_s(r['median_s']):>8}{p}{extra}")
+            add(f"[1] train step, {label}: X-ray {s['xray']}, MRI {s['mri']} (median s; "
+                f"x = peer/lumbarjax, median of per-round ratios)")
+            for block in ("results", "resnet18"):
+                if block not in s:
+                    continue
+                res = s[block]
+                if block == "resnet18":
+                    add("  -- MONAI resnet18 defaults, in their own rounds:")
+                add(f"  rounds: {rounds_summary(res)}")
+                for n, r in contenders(res):
+                    extra = "".join(f"  {k[11:]}: {v:.2f}x" for k, v in r.items()
+                                    if k.startswith("speedup_vs_"))
+                    p = f"  params {r['params']:,}" if r.get("params") else ""
+                    add(f"  {n:30s} {fmt_s(r['median_s']) + ('*' if r.get('noisy') else ''):>9}"
+                        f"{p}{extra}")
     fl = results.get("flops")
     if fl and "skipped" not in fl:
         for label, s in fl.items():
@@ -863,11 +1165,20 @@ def print_table(results: dict) -> list[str]:
     if ig:
         add("")
         add(f"[3] integrated gradients, one volume {ig['shape']}, {ig['steps']} steps gausslegendre")
-        for n, r in ig["results"].items():
-            add(f"  {n:44s} {fmt_s(r['median_s']):>8}")
-        add(f"  IG/floor {ig['ig_over_floor']:.2f} (chunk16 {ig['ig_chunk16_over_floor']:.2f})"
-            + (f"; Captum/lumbarjax {ig['captum_over_lumbarjax']:.1f}x" if "captum_over_lumbarjax" in ig else "")
-            + (f"; Captum/its torch floor {ig['captum_over_its_floor']:.2f}" if "captum_over_its_floor" in ig else ""))
+        add(f"  rounds: {rounds_summary(ig['results'])}")
+        for n, r in contenders(ig["results"]):
+            add(f"  {n:44s} {fmt_s(r['median_s']) + ('*' if r.get('noisy') else ''):>9}")
+        add("  IG / floor (fwd+bwd of 64): " + ", ".join(
+            f"{n[len('lumbarjax IG 64'):].strip() or 'unchunked'} {v:.2f}"
+            for n, v in ig.get("over_floor", {}).items()))
+        if ig.get("over_chunk_floor"):
+            add("  IG / floor of the same chunks: " + ", ".join(
+                f"{n[len('lumbarjax IG 64'):].strip()} {v:.2f}" for n, v in ig["over_chunk_floor"].items()))
+        if "captum_over_lumbarjax" in ig:
+            add(f"  Captum/lumbarjax: unchunked {ig['captum_over_lumbarjax']:.2f}x, chunk16 "
+                f"{ig['captum_over_lumbarjax_chunk16']:.2f}x; Captum/its torch floor "
+                f"{ig['captum_over_its_floor']:.2f}; lumbarjax floor/torch floor "
+                f"{ig['lumbarjax_floor_over_twin_floor']:.2f}")
     pr = results.get("profile")
     if pr:
         for net, r in pr.items():
@@ -899,7 +1210,7 @@ def print_table(results: dict) -> list[str]:
     if sc:
         add("")
         add("[6] scaling (median s per step)")
-        for n, r in sc["in_process"].items():
+        for n, r in contenders(sc["in_process"]):
             add(f"  {n:40s} {fmt_s(r['median_s']):>8}")
         for n, r in (sc.get("forced_cpu_devices") or {}).items():
             if "error" in r:
@@ -910,18 +1221,18 @@ def print_table(results: dict) -> list[str]:
     e2e = results.get("e2e")
     if e2e and "skipped" not in e2e:
         add("")
-        add(f"[7] demo end-to-end ESTIMATE (per-step medians x steps; {e2e['folds']} folds x "
-            f"{e2e['steps_per_fold']} steps, IG {e2e['ig_steps']} steps x {e2e['ig_patients']} patients)")
-        for k in ("lumbarjax", "pytorch_twin_captum", "monai_captum"):
-            if k in e2e:
-                r = e2e[k]
-                add(f"  {k:22s} total {r['total_s']:8.0f} s  (grader {r['grader_cv_s']:.0f}, "
-                    f"outcome {r['outcome_cv_s']:.0f}, IG {r['ig_s']:.0f}"
-                    + (f", compile {r['compile_s']:.0f}" if "compile_s" in r else "") + ")")
-        if "speedup" in e2e:
-            add(f"  MONAI+Captum / lumbarjax: {e2e['speedup']:.1f}x")
-        if e2e.get("measured_demo_timing_s"):
-            add(f"  measured demo (runs/demo/metrics.json) timing_s: {e2e['measured_demo_timing_s']}")
+        add(f"[7] demo outcome CV timed for real: {e2e['folds_run']} of {e2e['folds_in_cv']} folds x "
+            f"{e2e['steps_per_fold']} steps, batch {e2e['batch']}, {e2e['arch']}"
+            f"{' frozen' if e2e['freeze_mri'] else ''}, eval every {e2e['eval_every']} "
+            "(wall s per fold; x = pytorch/lumbarjax)")
+        for r in e2e["folds"]:
+            add(f"  fold {r['fold']}: lumbarjax {r['lumbarjax']['wall_s']:7.1f}  pytorch twin "
+                f"{r['pytorch_twin']['wall_s']:7.1f}  {r['pytorch_over_lumbarjax']:.2f}x"
+                f"  load {r['load1_start']:.1f}->{r['load1_end']:.1f}" + (" NOISY" if r["noisy"] else ""))
+        add(f"  total: lumbarjax {e2e['lumbarjax_s']:.1f} s, pytorch twin {e2e['pytorch_twin_s']:.1f} s"
+            f" -> {e2e['pytorch_over_lumbarjax']:.2f}x"
+            + (f" ({e2e['pytorch_over_lumbarjax_after_compile']:.2f}x without fold 0's compiles)"
+               if "pytorch_over_lumbarjax_after_compile" in e2e else ""))
     for n in results.get("peer_missing", []):
         add(f"NOTE {n}")
     print("\n" + "\n".join(lines))
@@ -934,7 +1245,15 @@ def main(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n", 1)[1])
     p.add_argument("--full", action="store_true", help="add realistic sizes")
-    p.add_argument("--out", default=os.path.join(HERE, "out", "results.json"))
+    p.add_argument("--out", default=os.path.join(HERE, "results", time.strftime("%Y-%m-%d") + ".json"),
+                   help="JSON of every figure (default benchmarks/results/<date>.json, committed)")
+    p.add_argument("--max-load", type=float, default=1.0,
+                   help="flag rounds started at a 1-min load average above this per core")
+    p.add_argument("--wait-quiet", type=float, default=0.0,
+                   help="before each round wait up to this many s for the load to drop")
+    p.add_argument("--e2e-folds", type=int, default=2, help="folds of the outcome CV run in e2e")
+    p.add_argument("--skip-resnet18", action="store_true",
+                   help="skip the MONAI resnet18 defaults (10-100x larger steps)")
     p.add_argument("--only", default="", help=f"comma-separated subset of {','.join(SECTIONS)}")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--patients", type=int, default=24, help="synthetic cohort size (data)")
@@ -962,15 +1281,20 @@ def main(argv=None):
     cfg = demo_config(a.quick)
     if a.quick:
         a.rounds, a.patients = 1, min(a.patients, 8)
+    MEASURE["max_load_per_core"], MEASURE["wait_quiet_s"] = a.max_load, a.wait_quiet
     ctx = SimpleNamespace(full=a.full, rounds=a.rounds, patients=a.patients, cfg=cfg,
-                          no_subprocess=a.no_subprocess, quick=a.quick, results={})
+                          no_subprocess=a.no_subprocess, quick=a.quick, results={},
+                          skip_resnet18=a.skip_resnet18, e2e_folds=a.e2e_folds)
     results = {"meta": {"command": "python benchmarks/run.py " + " ".join(argv or sys.argv[1:]),
                         "machine": platform.node(), "cpus": os.cpu_count(),
                         "backend": jax.default_backend(),
                         "devices": [str(d) for d in jax.devices()],
                         "load_start": os.getloadavg(), "versions": versions,
                         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-                        "rounds": a.rounds, "date": time.strftime("%Y-%m-%d %H:%M:%S")},
+                        "rounds": a.rounds, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+                        "max_load_per_core": a.max_load, "wait_quiet_s": a.wait_quiet,
+                        "gpu": "no GPU lent to this run" if jax.default_backend() == "cpu"
+                        else jax.devices()[0].device_kind},
                "peer_missing": [w for w in [why] if w]}
     for w in [why, monai_or_none()[1], captum_or_none()[1]]:
         if w and w not in results["peer_missing"]:

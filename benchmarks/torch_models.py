@@ -163,9 +163,13 @@ class TorchOutcomeModel(nn.Module):
 
     def __init__(self, width: int = 16, n_clinical: int = 20, clinical_hidden: int = 32,
                  fusion_hidden: int = 64, dropout: float = 0.1, modality_dropout: float = 0.25,
-                 arch: str = "slice2d"):
+                 arch: str = "slice2d", freeze_mri: bool = False):
         super().__init__()
         self.mri_encoder = TorchSliceEncoder(width) if arch == "slice2d" else TorchLesionCNN(width)
+        # frozen (pretrained) encoder as a PyTorch user writes it: no grads, forward in no_grad
+        self.freeze_mri = freeze_mri
+        for p in self.mri_encoder.parameters():
+            p.requires_grad_(not freeze_mri)
         f = self.mri_encoder.out_features
         self.mri_ln = nn.LayerNorm(f, eps=1e-6)
         self.clinical = nn.Linear(n_clinical, clinical_hidden)
@@ -177,7 +181,12 @@ class TorchOutcomeModel(nn.Module):
         self.dropout, self.modality_dropout = dropout, modality_dropout
 
     def forward(self, mri, clinical, mri_present):
-        feats = self.mri_ln(self.mri_encoder(mri))
+        if self.freeze_mri:
+            with torch.no_grad():
+                enc = self.mri_encoder(mri)
+        else:
+            enc = self.mri_encoder(mri)
+        feats = self.mri_ln(enc)
         present = mri_present.reshape(-1)
         if self.training and self.modality_dropout > 0:
             present = present * torch.bernoulli(torch.full_like(present, 1 - self.modality_dropout))
@@ -219,7 +228,8 @@ def make_train_step(model: nn.Module, loss_fn, lr: float = 1e-3, weight_decay: f
                     clip_norm: float = 1.0):
     """Eager train step: zero_grad, forward, loss, backward, clip, AdamW (as lumbarjax's optax
     chain clip_by_global_norm + adamw). Returns ``step(*inputs, labels) -> loss float``."""
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
+                            weight_decay=weight_decay)
     model.train()
 
     def step(inputs, labels):
@@ -232,3 +242,71 @@ def make_train_step(model: nn.Module, loss_fn, lr: float = 1e-3, weight_decay: f
         return float(loss.detach())
 
     return step
+
+
+# ------------------------------------------------------------------ MONAI at matched size
+# MONAI's own classes configured to our widths and depths (the fair MONAI peer, beside the
+# resnet18 defaults): the same stem stride, channels per stage, blocks per stage and GroupNorm;
+# what MONAI cannot express is said per function. Parameter counts are printed by the suite.
+
+def _monai_resnet(spatial_dims: int, inplanes, n_out: int | None, patch):
+    from monai.networks.nets import ResNet
+    return ResNet(block="basic", layers=[1, 1, 1, 1], block_inplanes=list(inplanes),
+                  spatial_dims=spatial_dims, n_input_channels=1, conv1_t_size=patch,
+                  conv1_t_stride=patch, no_max_pool=True, shortcut_type="B",
+                  bias_downsample=False, norm=("group", {"num_groups": 8}),
+                  feed_forward=n_out is not None, num_classes=n_out or 1)
+
+
+def monai_matched_grader(width: int = 16, num_classes: int = 4) -> nn.Module:
+    """monai.networks.nets.ResNet, basic blocks [1,1,1,1], channels (w, 2w, 4w, 8w), 4x4/4 stem
+    conv, no max-pool, GroupNorm(8) — the grader's backbone in MONAI's class (its stem conv pads
+    by 2, ours does not; its fc gives the 4 CORN logits)."""
+    return _monai_resnet(2, (width, 2 * width, 4 * width, 8 * width), num_classes, 4)
+
+
+class MonaiSliceModel(nn.Module):
+    """(B, 1, D, H, W) -> (B, n_out): a MONAI 2D model on every slice (slices folded into the
+    batch), features averaged over slices, then Linear — the outcome model's shape with MONAI's
+    classes for the per-slice trunk (no slice attention, no clinical branch)."""
+
+    def __init__(self, trunk: nn.Module, features: int, n_out: int = 5):
+        super().__init__()
+        self.trunk, self.fc = trunk, nn.Linear(features, n_out)
+
+    def forward(self, x):
+        b, c, d, h, w = x.shape
+        f = self.trunk(x.permute(0, 2, 1, 3, 4).reshape(b * d, c, h, w))
+        return self.fc(f.reshape(b, d, -1).mean(1))
+
+
+def monai_matched_slice2d(width: int = 16, n_out: int = 5) -> nn.Module:
+    """slice2d's trunk as monai.networks.nets.ResNet (2D, basic blocks, channels (w, 2w, 4w),
+    4x4/4 stem, GroupNorm(8)); MONAI's ResNet always has 4 stages, so its 4th is replaced by an
+    identity (3 stages, as ours)."""
+    trunk = _monai_resnet(2, (width, 2 * width, 4 * width, 4 * width), None, 4)
+    trunk.layer4 = nn.Identity()
+    return MonaiSliceModel(trunk, 4 * width, n_out)
+
+
+def monai_matched_lesion2d(width: int = 16, n_out: int = 5) -> nn.Module:
+    """lesion2d's per-slice CNN from monai.networks.blocks.Convolution: 2x2 pixel-unshuffle,
+    then 3x3 conv (no bias) + GroupNorm(groups of 4) + ReLU with channels (w, w, 2w, 2w), strides
+    1/2/1/2; global mean pool per slice (ours: max + mean)."""
+    from monai.networks.blocks import Convolution
+
+    class Trunk(nn.Module):
+        def __init__(self):
+            super().__init__()
+            chans, cin, layers = (width, width, 2 * width, 2 * width), 4, []
+            for i, c in enumerate(chans):
+                layers.append(Convolution(2, cin, c, strides=2 if i % 2 else 1, kernel_size=3,
+                                          act="relu", norm=("group", {"num_groups": c // 4}),
+                                          bias=False))
+                cin = c
+            self.body = nn.Sequential(*layers)
+
+        def forward(self, x):
+            return self.body(F.pixel_unshuffle(x, 2)).mean(dim=(2, 3))
+
+    return MonaiSliceModel(Trunk(), 2 * width, n_out)

@@ -27,12 +27,14 @@ Assumptions
 Cost and memory
 ---------------
 One call evaluates ``steps`` forward+backward passes of the whole batch, vectorised with
-``jax.vmap`` over the quadrature nodes and compiled with ``jax.jit``. Without ``chunk_size`` all
-nodes are evaluated at once (memory ~ ``steps`` x one fwd+bwd); with ``chunk_size=c`` the nodes are
-processed ``c`` at a time in a ``jax.lax.scan`` that accumulates the weighted gradient sum, so the
-peak memory is ~ ``c`` x one fwd+bwd whatever ``steps`` is (256 steps on a full volume fit).
-``chunk_loop="python"`` iterates the chunks in a host loop over a jitted chunk step instead (same
-result and memory; faster on XLA:CPU for some models, slower for others — see ``chunk_loop``).
+``jax.vmap`` over the quadrature nodes, in **one compiled program** (``jax.jit``; no host round
+trip between steps). Without ``chunk_size`` all nodes are evaluated at once (memory ~ ``steps``
+x one fwd+bwd); with ``chunk_size=c`` the nodes are processed ``c`` at a time and the weighted
+gradient sum is accumulated, so the peak memory is ~ ``c`` x one fwd+bwd whatever ``steps`` is
+(256 steps on a full volume fit). How the chunks are sequenced is ``chunk_loop``: by default
+(``"auto"``) written out one after another in the program, each chunk depending on the previous sum
+(up to ``MAX_UNROLL`` chunks; a ``lax.scan`` beyond); measured against the floor (one batched
+fwd+bwd of ``steps`` points) in benchmarks/RESULTS.md.
 Compiled functions are cached per ``fn`` object (keep passing the same ``fn``); inside that,
 ``jax.jit`` compiles once per (input shapes/dtypes, steps, chunk_size) — the quadrature nodes and
 weights are runtime arguments, so switching ``method`` does not recompile.
@@ -48,10 +50,14 @@ import numpy as np
 
 from lumbarjax.errors import ConfigError, LumbarjaxError
 
-__all__ = ["METHODS", "quadrature", "integrated_gradients", "clear_cache"]
+__all__ = ["METHODS", "CHUNK_LOOPS", "MAX_UNROLL", "quadrature", "integrated_gradients",
+           "clear_cache"]
 
 PyTree = Any
 
+CHUNK_LOOPS = ("auto", "unroll", "scan", "python")
+# "auto" unrolls up to this many chunks (compile time grows with the count), scans beyond.
+MAX_UNROLL = 16
 METHODS = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre")
 
 
@@ -114,20 +120,22 @@ def _batch_size(inputs: PyTree, what: str) -> int:
     return sizes.pop()
 
 
+@functools.lru_cache(maxsize=128)
 def _chunked_nodes(method: str, steps: int, chunk_size: int | None):
     """Nodes and weights reshaped to (n_chunks, chunk); padding nodes get weight 0 (their
-    gradients are computed and discarded)."""
+    gradients are computed and discarded). Cached (read-only arrays): no host work per call."""
     alphas, weights = quadrature(method, steps)
     chunk = steps if chunk_size is None or chunk_size >= steps else int(chunk_size)
     n_chunks = -(-steps // chunk)
     pad = n_chunks * chunk - steps
-    alphas = np.concatenate([alphas, np.zeros(pad)]).reshape(n_chunks, chunk)
-    weights = np.concatenate([weights, np.zeros(pad)]).reshape(n_chunks, chunk)
-    return alphas.astype(np.float32), weights.astype(np.float32)
+    alphas = np.concatenate([alphas, np.zeros(pad)]).reshape(n_chunks, chunk).astype(np.float32)
+    weights = np.concatenate([weights, np.zeros(pad)]).reshape(n_chunks, chunk).astype(np.float32)
+    alphas.flags.writeable = weights.flags.writeable = False
+    return alphas, weights
 
 
 class _Programs(NamedTuple):
-    run: Callable         # (inputs, baselines, static, alphas, weights) -> (attributions, delta)
+    run: Callable         # (inputs, baselines, static, alphas, weights, loop=) -> (attributions, delta)
     accumulate: Callable  # (acc, inputs, baselines, static, alphas_c, weights_c) -> acc
     finish: Callable      # (avg_grad, inputs, baselines, static) -> (attributions, delta)
 
@@ -139,7 +147,14 @@ def _compiled(fn: Callable, has_static: bool) -> _Programs:
     caches per shape (i.e. per steps, chunk_size and input shapes)."""
 
     def call(x, static):
-        return fn(x, static) if has_static else fn(x)
+        out = fn(x, static) if has_static else fn(x)
+        # checked while tracing (once per compiled shape), not by an extra trace per call
+        batch = _batch_size(x, "inputs")
+        if getattr(out, "shape", None) != (batch,):
+            raise LumbarjaxError(
+                f"integrated_gradients: fn must return one scalar per example, shape ({batch},); "
+                f"got {getattr(out, 'shape', type(out).__name__)}")
+        return out
 
     def weighted_sum(inputs, baselines, static, alphas_c, weights_c):
         """sum_k w_k grad F(x' + a_k (x - x')) over one chunk of nodes; leaves like inputs."""
@@ -163,10 +178,27 @@ def _compiled(fn: Callable, has_static: bool) -> _Programs:
         delta = total - (call(inputs, static) - call(baselines, static))
         return attributions, delta
 
-    def run(inputs, baselines, static, alphas, weights):
+    def run(inputs, baselines, static, alphas, weights, loop="unroll"):
         # alphas, weights: (n_chunks, chunk)
         if alphas.shape[0] == 1:
             avg_grad = weighted_sum(inputs, baselines, static, alphas[0], weights[0])
+        elif loop == "unroll":
+            # The chunks written out one after another in one program. Chunk k's points get a
+            # data dependency on the sum after chunk k-1 (a zero that XLA cannot fold away:
+            # (s != s) is 0/1, never NaN, times 0.0), so XLA runs the chunks in sequence and
+            # reuses their buffers: memory stays ~one chunk. (An optimization barrier is dropped
+            # by XLA:CPU before scheduling; a lax.scan/while body ran 3x slower on XLA:CPU —
+            # benchmarks/RESULTS.md.)
+            avg_grad = jax.tree_util.tree_map(jnp.zeros_like, inputs)
+            for k in range(alphas.shape[0]):
+                x_k, b_k = inputs, baselines
+                if k:
+                    first = jax.tree_util.tree_leaves(avg_grad)[0].ravel()[0]
+                    zero = (first != first).astype(jnp.float32) * 0.0
+                    x_k = jax.tree_util.tree_map(lambda v: v + zero.astype(v.dtype), inputs)
+                    b_k = jax.tree_util.tree_map(lambda v: v + zero.astype(v.dtype), baselines)
+                part = weighted_sum(x_k, b_k, static, alphas[k], weights[k])
+                avg_grad = jax.tree_util.tree_map(jnp.add, avg_grad, part)
         else:
             def body(acc, aw):
                 part = weighted_sum(inputs, baselines, static, *aw)
@@ -180,7 +212,8 @@ def _compiled(fn: Callable, has_static: bool) -> _Programs:
         part = weighted_sum(inputs, baselines, static, alphas_c, weights_c)
         return jax.tree_util.tree_map(jnp.add, acc, part)
 
-    return _Programs(jax.jit(run), jax.jit(accumulate, donate_argnums=0), jax.jit(finish))
+    return _Programs(jax.jit(run, static_argnames="loop"), jax.jit(accumulate, donate_argnums=0),
+                     jax.jit(finish))
 
 
 def clear_cache() -> None:
@@ -192,7 +225,7 @@ def integrated_gradients(fn: Callable, inputs: PyTree, baselines: PyTree | None 
                          steps: int = 64, method: str = "gausslegendre",
                          chunk_size: int | None = None,
                          static: PyTree | None = None,
-                         chunk_loop: str = "scan") -> tuple[PyTree, jax.Array]:
+                         chunk_loop: str = "auto") -> tuple[PyTree, jax.Array]:
     """Integrated gradients of ``fn`` at ``inputs`` relative to ``baselines``.
 
     Args:
@@ -212,13 +245,14 @@ def integrated_gradients(fn: Callable, inputs: PyTree, baselines: PyTree | None 
         result equals the unchunked one up to float summation order.
       static: optional pytree passed unchanged as ``fn``'s second argument and not attributed
         (presence flags, masks, parameters).
-      chunk_loop: how chunks are iterated when ``chunk_size < steps``: ``"scan"`` (default) —
-        one jitted program with a ``jax.lax.scan`` over chunks; ``"python"`` — a host loop
-        calling a jitted chunk step (accumulator donated) and a jitted finish. Both bound memory
-        to ~one chunk and give the same result; only speed differs, and on XLA:CPU it depends on
-        the model (benchmarks/bench_ig.py, 64 steps, 16x64x64): MRIEncoder (slice2d) "python"
-        1.9 s vs "scan" 7.0 s; a small 3D-conv CNN "scan" 0.4 s vs "python" 26 s (XLA:CPU picks
-        very different convolution code inside and outside loop bodies). Measure your model.
+      chunk_loop: how chunks are sequenced when ``chunk_size < steps`` (same result and
+        memory bound; only speed and compile time differ): ``"auto"`` (default) = ``"unroll"``
+        up to ``MAX_UNROLL`` chunks, else ``"scan"``; ``"unroll"`` — one program with the chunks
+        written out in sequence (a data dependency between chunks keeps one live at a time;
+        compile time grows with the number of chunks); ``"scan"`` — one program with a
+        ``jax.lax.scan`` over chunks (smallest program; on XLA:CPU the loop body ran ~3x
+        slower, benchmarks/RESULTS.md); ``"python"`` — a host loop calling a jitted chunk step
+        (accumulator donated) and a jitted finish (one dispatch per chunk).
     Returns:
       ``(attributions, delta)``: ``attributions`` has the structure and shapes of ``inputs``;
       ``delta`` (B,) = sum over all leaves and elements of the attributions minus
@@ -256,24 +290,21 @@ def integrated_gradients(fn: Callable, inputs: PyTree, baselines: PyTree | None 
                 f"integrated_gradients: leaf {jax.tree_util.keystr(path)} has dtype {x.dtype}; "
                 "only float leaves can be attributed (pass flags/indices via `static` or a "
                 "closure)")
-    batch = _batch_size(inputs, "inputs")
-    out = jax.eval_shape((lambda x, s: fn(x, s)) if static is not None else (lambda x, s: fn(x)),
-                         inputs, static)
-    if getattr(out, "shape", None) != (batch,):
-        raise LumbarjaxError(
-            f"integrated_gradients: fn must return one scalar per example, shape ({batch},); "
-            f"got {getattr(out, 'shape', type(out).__name__)}")
-    if chunk_loop not in ("scan", "python"):
+    _batch_size(inputs, "inputs")
+    if chunk_loop not in CHUNK_LOOPS:
         raise ConfigError(
-            f"integrated_gradients: chunk_loop must be 'scan' or 'python', got {chunk_loop!r}")
+            f"integrated_gradients: chunk_loop must be one of {CHUNK_LOOPS}, got {chunk_loop!r}")
     try:
         programs = _compiled(fn, static is not None)
     except TypeError as e:  # unhashable fn
         raise LumbarjaxError(f"integrated_gradients: fn must be hashable: {e}") from e
     alphas, weights = _chunked_nodes(method, int(steps),
                                      None if chunk_size is None else int(chunk_size))
-    if alphas.shape[0] == 1 or chunk_loop == "scan":
-        return programs.run(inputs, baselines, static, alphas, weights)
+    if chunk_loop == "auto":
+        chunk_loop = "unroll" if alphas.shape[0] <= MAX_UNROLL else "scan"
+    if alphas.shape[0] == 1 or chunk_loop in ("unroll", "scan"):
+        return programs.run(inputs, baselines, static, alphas, weights,
+                            loop="scan" if alphas.shape[0] == 1 else chunk_loop)
     acc = jax.tree_util.tree_map(jnp.zeros_like, inputs)
     for alphas_c, weights_c in zip(alphas, weights):
         acc = programs.accumulate(acc, inputs, baselines, static, alphas_c, weights_c)
