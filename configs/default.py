@@ -217,7 +217,8 @@ def get_config() -> ml_collections.ConfigDict:
 
     c.explain = ml_collections.ConfigDict(dict(
         head="zcq_success", steps=32, method="gausslegendre", chunk_size=8,
-        chunk_loop="python",       # "python": a host loop over jitted chunks (fastest on CPU); "scan"
+        chunk_loop="auto",         # "auto": all chunks in one compiled program (benchmarks/RESULTS.md);
+                                   # "python": a host loop over jitted chunks; "scan"; "unroll"
         baseline="blurred",        # "blurred" (MRI) | "zeros"; clinical features: training mean
         blur_sigma_vox=(1.0, 4.0, 4.0),  # (slices, rows, cols)
         max_patients=40, gallery=8))

@@ -194,7 +194,7 @@ def expected_gradients(fn: Callable, inputs: PyTree, baseline_samples: PyTree, *
                        n_samples: int | None = None, key: jax.Array | None = None,
                        steps: int = 64, method: str = "gausslegendre",
                        chunk_size: int | None = None, static: PyTree | None = None,
-                       chunk_loop: str = "scan"):
+                       chunk_loop: str = "auto"):
     """IG averaged over several baselines (expected gradients, Erion et al. 2021, with the path
     integral done by quadrature instead of a random alpha; or SmoothGrad-style noisy baselines).
 
