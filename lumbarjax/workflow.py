@@ -197,11 +197,12 @@ def stage_crossval(config, workdir: str, cohort: Cohort) -> dict:
                 encoder_params=None if clinical_only else encoder)
             results["timing_s"][key] = time.perf_counter() - t0
         results[f"{kind}_heatmaps"] = hook
-        if kind == "grader" and config.levels.enabled:
-            t0 = time.perf_counter()
-            results["grader"], results["levels"] = xray_levels.levels_beside_grader(
-                config, workdir, td, results["grader"], cohort_dir(config, workdir))
-            results["timing_s"]["levels"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        results[kind], extra = task.after_crossval(config, workdir, td, results[kind],
+                                                   cohort_dir(config, workdir))
+        results.update(extra)
+        for key in extra:
+            results["timing_s"][key] = time.perf_counter() - t0
     return results
 
 

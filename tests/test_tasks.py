@@ -4,6 +4,7 @@ import os
 
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 import pytest
 
 from conftest import tiny_config
@@ -82,3 +83,12 @@ def test_coral_head_trains_and_decodes_coral_through_crossval(cohort):
     np.testing.assert_array_equal(oof["pred_grade"], np.asarray(ordinal.coral_predict(logits))[:, 0])
     probs = np.asarray(ordinal.coral_probs(logits))[:, 0]
     np.testing.assert_allclose(oof[[f"prob_grade_{k}" for k in range(5)]].to_numpy(), probs, atol=1e-6)
+
+
+def test_grader_follow_up_is_the_level_pipeline_only_when_levels_are_on():
+    cfg = tiny_config("")
+    cfg.levels.enabled = False
+    oof = pd.DataFrame({"patient_id": ["A", "B"], "pred_grade": [1, 2]})
+    for name in ("grader", "outcome"):
+        out, extra = TASKS[name].after_crossval(cfg, "/nonexistent", None, oof, "/nonexistent")
+        assert out is oof and extra == {}

@@ -120,6 +120,17 @@ class GraderTask:
         """Whether this task starts from the pretrained MRI encoder (``config.pretrain``)."""
         return False
 
+    def after_crossval(self, config, workdir: str, td, oof: pd.DataFrame, cohort_root: str):
+        """Work that follows this task's cross-validation on the same patients and folds:
+        with ``config.levels.enabled`` the level-by-level X-ray pipeline, whose out-of-fold
+        columns are merged into the grader's table (``train.xray_levels``). Returns
+        ``(oof, {results key: extra results})``."""
+        if not config.levels.enabled:
+            return oof, {}
+        from lumbarjax.train import xray_levels  # the landmark models: only when levels are on
+        oof, levels = xray_levels.levels_beside_grader(config, workdir, td, oof, cohort_root)
+        return oof, {"levels": levels}
+
     def labels(self, records, cache, task_cfg):
         cols = grade_columns(task_cfg)
         missing = [c for c in cols if c not in records.columns]
@@ -157,6 +168,11 @@ class OutcomeTask:
 
     def uses_pretrained_encoder(self, config) -> bool:
         return bool(config.pretrain.enabled and config.outcome.model.mri.enabled)
+
+    def after_crossval(self, config, workdir: str, td, oof: pd.DataFrame, cohort_root: str):
+        """Nothing follows the outcome's cross-validation inside the task (baselines and the
+        report are workflow stages). Returns ``(oof, {})``."""
+        return oof, {}
 
     def labels(self, records, cache, task_cfg):
         mc = task_cfg.model
