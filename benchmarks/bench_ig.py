@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lumbarjax.explain import blurred, integrated_gradients
-from lumbarjax.explain.integrated_gradients import _chunked_nodes, _compiled
+from lumbarjax.explain.integrated_gradients import chunked_nodes, compiled_programs
 
 
 class SmallCNN3D(nn.Module):
@@ -127,11 +127,11 @@ def bench(model_name="auto", shape=(1, 16, 64, 64, 1), steps=64, chunks=(16, 8),
     print(f"floor  fwd+bwd batch {steps * shape[0]:>3}: run {floor_s:7.3f} s  "
           f"compile {floor_compile:6.2f} s  temp {results['floor']['temp_mib']:8.1f} MiB")
 
-    programs = _compiled(fn, True)
+    programs = compiled_programs(fn, True)
     configs = [(None, "-")] + [(c, loop) for c in chunks if c is not None and c < steps
                                for loop in loops]
     for chunk, loop in configs:
-        alphas, weights = _chunked_nodes(method, steps, chunk)
+        alphas, weights = chunked_nodes(method, steps, chunk)
         t = time.perf_counter()
         if loop in ("-", "scan"):
             compiled = [programs.run.lower(x, base, params, alphas, weights).compile()]

@@ -51,7 +51,7 @@ import numpy as np
 from lumbarjax.errors import ConfigError, LumbarjaxError
 
 __all__ = ["METHODS", "CHUNK_LOOPS", "MAX_UNROLL", "quadrature", "integrated_gradients",
-           "clear_cache"]
+           "clear_cache", "chunked_nodes", "compiled_programs"]
 
 PyTree = Any
 
@@ -121,7 +121,7 @@ def _batch_size(inputs: PyTree, what: str) -> int:
 
 
 @functools.lru_cache(maxsize=128)
-def _chunked_nodes(method: str, steps: int, chunk_size: int | None):
+def chunked_nodes(method: str, steps: int, chunk_size: int | None):
     """Nodes and weights reshaped to (n_chunks, chunk); padding nodes get weight 0 (their
     gradients are computed and discarded). Cached (read-only arrays): no host work per call."""
     alphas, weights = quadrature(method, steps)
@@ -141,7 +141,7 @@ class _Programs(NamedTuple):
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled(fn: Callable, has_static: bool) -> _Programs:
+def compiled_programs(fn: Callable, has_static: bool) -> _Programs:
     """The jitted IG programs for one ``fn``. Nodes and weights are arguments, so every method
     with the same (steps, chunk_size) and input shapes shares one compiled program; ``jax.jit``
     caches per shape (i.e. per steps, chunk_size and input shapes)."""
@@ -218,7 +218,7 @@ def _compiled(fn: Callable, has_static: bool) -> _Programs:
 
 def clear_cache() -> None:
     """Forget the compiled IG functions (they hold references to the ``fn`` they were built for)."""
-    _compiled.cache_clear()
+    compiled_programs.cache_clear()
 
 
 def integrated_gradients(fn: Callable, inputs: PyTree, baselines: PyTree | None = None, *,
@@ -295,10 +295,10 @@ def integrated_gradients(fn: Callable, inputs: PyTree, baselines: PyTree | None 
         raise ConfigError(
             f"integrated_gradients: chunk_loop must be one of {CHUNK_LOOPS}, got {chunk_loop!r}")
     try:
-        programs = _compiled(fn, static is not None)
+        programs = compiled_programs(fn, static is not None)
     except TypeError as e:  # unhashable fn
         raise LumbarjaxError(f"integrated_gradients: fn must be hashable: {e}") from e
-    alphas, weights = _chunked_nodes(method, int(steps),
+    alphas, weights = chunked_nodes(method, int(steps),
                                      None if chunk_size is None else int(chunk_size))
     if chunk_loop == "auto":
         chunk_loop = "unroll" if alphas.shape[0] <= MAX_UNROLL else "scan"
