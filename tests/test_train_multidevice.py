@@ -19,6 +19,9 @@ def _start(n_devices: int, out_path: str, workdir: str) -> subprocess.Popen:
     env = dict(os.environ)
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={n_devices}"
     env["JAX_PLATFORMS"] = "cpu"
+    # The worker builds its config from configs/default.py: the repository root must be importable.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
     return subprocess.Popen([sys.executable, WORKER, out_path, workdir], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
