@@ -80,7 +80,7 @@ def test_vindr_missing_columns_and_files(tmp_path):
     (root / "annotations" / "train.csv").write_text("image_id,lesion_type,xmin,ymin\n")
     with pytest.raises(CohortError, match=r"missing column\(s\) \['xmax', 'ymax', 'rad_id'\]"):
         vindr_spinexr.read_split(root, "train")
-    with pytest.raises(CohortError, match="test.csv: VinDr-SpineXR annotations CSV not found"):
+    with pytest.raises(CohortError, match=r"test.csv: not found \(incomplete download\? expected the VinDr-SpineXR annotations CSV"):
         vindr_spinexr.read_split(root, "test")
 
 

@@ -35,6 +35,7 @@ import pandas as pd
 from absl import logging
 
 from lumbarjax.data import dicom
+from lumbarjax.data.public.tables import read_table
 from lumbarjax.errors import CohortError, DicomError
 
 # Lesion types as spelled in the released CSVs (VinDr-SpineXR paper, Nguyen et al., MICCAI 2021:
@@ -63,20 +64,9 @@ def read_annotations(csv_path) -> pd.DataFrame:
     "No finding" rows), ``image_id``/``rad_id``/``lesion_type`` str and ``csv_line`` (the
     1-based line number in the file, header = line 1) for later messages."""
     csv_path = os.fspath(csv_path)
-    if not os.path.isfile(csv_path):
-        raise CohortError(f"{csv_path}: VinDr-SpineXR annotations CSV not found")
-    try:
-        df = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
-    except Exception as e:
-        raise CohortError(f"{csv_path}: unreadable CSV ({type(e).__name__}: {e})") from e
-    df.columns = [str(c).strip() for c in df.columns]
-    missing = [c for c in COLUMNS if c not in df.columns]
-    if missing:
-        raise CohortError(f"{csv_path}: missing column(s) {missing}; expected {list(COLUMNS)}")
-    df = df.copy()
+    df = read_table(csv_path, list(COLUMNS), "the VinDr-SpineXR annotations CSV "
+                    f"({', '.join(COLUMNS)})").copy()
     df["csv_line"] = np.arange(len(df)) + 2
-    for c in ("image_id", "lesion_type", "rad_id"):
-        df[c] = df[c].str.strip()
     bad_id = df["image_id"] == ""
     if bad_id.any():
         raise CohortError(f"{csv_path}: line {int(df.loc[bad_id, 'csv_line'].iloc[0])}: empty image_id")
