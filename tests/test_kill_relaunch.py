@@ -40,6 +40,7 @@ STAGES = [
 ]
 # metrics.json values that describe the run rather than its results
 RUN_DEPENDENT = ("timing_s", "images_decoded_this_run", "seconds")
+MAX_CAMPAIGNS = 4
 
 
 def stage_of(workdir: str) -> str:
@@ -124,7 +125,7 @@ def max_delta(ref, got) -> float:
 @pytest.mark.slow
 def test_sigkill_anywhere_then_relaunch_gives_the_uninterrupted_outputs(tmp_path):
     rng = random.Random(20261201)
-    ref_dir, dir_ = str(tmp_path / "reference"), str(tmp_path / "killed")
+    ref_dir = str(tmp_path / "reference")
     cache = str(tmp_path / "jax_cache")
     with open(tmp_path / "reference.log", "w") as log:
         proc = launch(ref_dir, log, cache)
@@ -135,32 +136,41 @@ def test_sigkill_anywhere_then_relaunch_gives_the_uninterrupted_outputs(tmp_path
     stages = [s for s, _ in STAGES]
     assert set(stages) <= set(durations), durations
 
-    targets = stages + rng.sample(stages, 2)  # every stage once, two at random again
-    kills, log_path = [], tmp_path / "killed.log"
-    for target in targets:
-        if stage_of(dir_) == "done":
-            break
-        if stages.index(target) < stages.index(stage_of(dir_)):
-            continue  # already past it
-        with open(log_path, "a") as log:
+    # Campaigns: each kills one fresh work directory stage by stage until it is done, then lets
+    # the last relaunch finish and compares its outputs with the reference. A relaunch reuses the
+    # compilation cache and can outrun the reference's stage timings, so one campaign may land
+    # fewer kills than there are stages: campaigns repeat until >= 10 kills have covered every
+    # stage but at most one (at most MAX_CAMPAIGNS).
+    kills, deltas, log_path = [], [], tmp_path / "killed.log"
+    for campaign in range(MAX_CAMPAIGNS):
+        dir_ = str(tmp_path / f"killed{campaign}")
+        for target in stages + rng.sample(stages, 2):  # every stage once, two at random again
+            if stage_of(dir_) == "done":
+                break
+            if stages.index(target) < stages.index(stage_of(dir_)):
+                continue  # already past it
+            with open(log_path, "a") as log:
+                proc = launch(dir_, log, cache)
+                while proc.poll() is None and stage_of(dir_) != target:
+                    time.sleep(0.05)
+                time.sleep(rng.uniform(0.0, max(durations[target], 0.2)))
+                if proc.poll() is None:
+                    where = stage_of(dir_)
+                    proc.send_signal(signal.SIGKILL)
+                    proc.wait()
+                    kills.append((campaign, target, where))
+                else:  # it ended on its own: it must have finished cleanly
+                    assert proc.returncode == 0, open(log_path).read()[-3000:]
+        with open(log_path, "a") as log:  # the last relaunch runs to the end
             proc = launch(dir_, log, cache)
-            while proc.poll() is None and stage_of(dir_) != target:
-                time.sleep(0.05)
-            time.sleep(rng.uniform(0.0, max(durations[target], 0.2)))
-            if proc.poll() is None:
-                where = stage_of(dir_)
-                proc.send_signal(signal.SIGKILL)
-                proc.wait()
-                kills.append((target, where))
-            else:  # it ended on its own: it must have finished cleanly
-                assert proc.returncode == 0, open(log_path).read()[-3000:]
-    with open(log_path, "a") as log:  # the last relaunch runs to the end
-        proc = launch(dir_, log, cache)
-        proc.wait()
-    assert proc.returncode == 0, open(log_path).read()[-3000:]
-    delta = max_delta(reference, outputs(dir_))
-    killed_in = sorted({w for _, w in kills})
-    print(f"\nkills survived {len(kills)}, max |delta| {delta:g}; stages killed in: {killed_in}")
+            proc.wait()
+        assert proc.returncode == 0, open(log_path).read()[-3000:]
+        deltas.append(max_delta(reference, outputs(dir_)))
+        killed_in = sorted({w for _, _, w in kills})
+        if len(kills) >= 10 and len(killed_in) >= len(stages) - 1:
+            break
+    print(f"\nkills survived {len(kills)} in {len(deltas)} campaign(s), max |delta| {max(deltas):g}; "
+          f"stages killed in: {killed_in}")
     assert len(kills) >= 10, kills
     assert len(killed_in) >= len(stages) - 1, kills
-    assert delta == 0.0
+    assert max(deltas) == 0.0
