@@ -39,7 +39,7 @@ from lumbarjax.errors import CohortError, ConfigError
 from lumbarjax.explain import heatmaps
 
 __all__ = ["FoldModel", "TASKS", "saved_config", "check_run_config", "load_fold_models",
-           "predict_patient", "report_from_workdir"]
+           "predict_patient", "report_from_workdir", "feature_frame"]
 
 
 
@@ -309,8 +309,9 @@ def _patient_records(config, patient_dir: str, clinical: str | None) -> tuple[pd
     return row, inputs, notes
 
 
-def _feature_frame(config, records: pd.DataFrame, enc) -> np.ndarray:
-    """(1, F) features of the fold's encoder; absent columns count as missing values."""
+def feature_frame(config, records: pd.DataFrame, enc) -> np.ndarray:
+    """(N, F) features of the fold's encoder for ``records``; absent columns count as missing
+    values."""
     df = records.copy()
     for c in list(enc.numeric) + list(enc.categorical):
         if c not in df.columns:
@@ -349,7 +350,7 @@ def _predict_outcome(config, workdir, records, cache, ex_mri_present, out_dir, p
     head_fn = _memo(("head_fn", id(model), ig_head), lambda: heatmaps.HeadFn(model, ig_head)) if do_ig else None
     batch0 = None
     for fm in folds:
-        batch = _example(config, cache, _feature_frame(config, records, fm.encoder))
+        batch = _example(config, cache, feature_frame(config, records, fm.encoder))
         batch0 = batch
         cols = TASKS["outcome"].decode(jax.device_get(fwd(fm.state.variables, batch)), config.outcome)
         vals = {h: float(cols[f"pred_{h}"][0]) for h in heads}

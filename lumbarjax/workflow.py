@@ -217,6 +217,19 @@ def stage_baselines(config, workdir: str, td: crossval.TaskData) -> dict:
     return out
 
 
+def bayes_auc(root: str) -> dict | None:
+    """``{binary head: Bayes-optimal AUC}`` of a synthetic cohort (its
+    ``ground_truth_summary.json``: the AUC of the true outcome probabilities), None otherwise."""
+    gt_path = os.path.join(root, "ground_truth_summary.json")
+    if not os.path.exists(gt_path):
+        return None
+    with open(gt_path) as f:
+        b = json.load(f)["bayes_auc"]
+    names = {"zcq_success": "zcq_success", "back_pain_improved50": "back_improved50",
+             "leg_pain_improved50": "leg_improved50"}
+    return {head: b[src]["population"] for head, src in names.items() if src in b}
+
+
 def stage_report(config, workdir: str, cohort: Cohort | dict, results: dict,
                  root: str) -> tuple[str, str]:
     """report.html + metrics.json from the results of ``stage_crossval`` (+ ``baselines``).
@@ -224,14 +237,8 @@ def stage_report(config, workdir: str, cohort: Cohort | dict, results: dict,
     re-draws a finished run's report from its saved artefacts)."""
     from lumbarjax.eval.report import write_report
     summary = cohort.summary if isinstance(cohort, Cohort) else dict(cohort)
-    bayes, localisation, heatmaps, completeness = None, None, None, None
-    gt_path = os.path.join(root, "ground_truth_summary.json")
-    if os.path.exists(gt_path):
-        with open(gt_path) as f:
-            b = json.load(f)["bayes_auc"]
-        names = {"zcq_success": "zcq_success", "back_pain_improved50": "back_improved50",
-                 "leg_pain_improved50": "leg_improved50"}
-        bayes = {head: b[src]["population"] for head, src in names.items() if src in b}
+    localisation, heatmaps, completeness = None, None, None
+    bayes = bayes_auc(root)
     hm = results.get("outcome_heatmaps")
     if hm is not None and hm.items:
         completeness = np.array([it["delta"] for it in hm.items])
