@@ -622,7 +622,7 @@ def report_from_workdir(config, workdir: str) -> tuple[str, str]:
     """Re-draw ``report.html`` and ``metrics.json`` of a finished run from its artefacts.
 
     Reads ``cohort_summary.json``, ``exclusions.csv``, ``<task>/oof.csv``,
-    ``outcome_clinical_only/oof.csv``, ``baseline_<head>.csv`` and the saved IG maps
+    ``outcome_clinical_only/oof.csv``, ``baseline_<head>.csv``, ``ablation.json`` and the saved IG maps
     (``heatmaps/*_ig.npz``) and calls :func:`lumbarjax.workflow.stage_report` — the very code of
     the run — so the numbers (same bootstrap seed) equal the run's. The timings of the run are
     carried over from its old ``metrics.json``. Overwrites both files in ``workdir``.
@@ -665,6 +665,10 @@ def report_from_workdir(config, workdir: str) -> tuple[str, str]:
                 results["timing_s"] = (json.load(f).get("extra") or {}).get("timing_s", {})
         except ValueError:
             pass
+    abl = os.path.join(workdir, "ablation.json")
+    if os.path.exists(abl):
+        with open(abl) as f:
+            results["ablation"] = json.load(f)
     pre_summary = os.path.join(workdir, "pretrain", "pretrain_summary.json")
     if config.pretrain.enabled and os.path.exists(pre_summary):
         with open(pre_summary) as f:
