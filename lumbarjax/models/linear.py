@@ -199,8 +199,8 @@ def fit_penalised(records: pd.DataFrame, label: str, train_idx: np.ndarray, feat
       task: ``binary`` | ``regression`` (inferred from the label's values when None).
       inner_folds: k of the stratified inner split of ``train_idx`` that scores the candidates.
       seed: seed of the inner split.
-      grid: candidates (default :func:`candidates`); with one candidate there is nothing to
-        choose and no inner split is made.
+      grid: candidates (default :func:`candidates`). One candidate on fewer than 8 labelled
+        rows (too few for an inner split) is fitted without inner scores (``selection`` empty).
 
     Returns a :class:`PenalisedFit` refitted on every labelled row of ``train_idx``.
     """
@@ -216,10 +216,10 @@ def fit_penalised(records: pd.DataFrame, label: str, train_idx: np.ndarray, feat
     numeric, categorical = split_features(records, list(features))
     X = prepare_X(records, numeric, categorical)
     grid = list(grid) if grid is not None else candidates(task)
-    if len(grid) == 1:  # nothing to choose: no inner split
+    k = int(min(inner_folds, len(rows) // 4))
+    if k < 2 and len(grid) == 1:  # too few rows to score it, and nothing to choose
         pipe = _fit(make_pipeline(grid[0], numeric, categorical), X.iloc[rows], y_all[rows])
         return PenalisedFit(task, grid[0], pipe, numeric, categorical, [])
-    k = int(min(inner_folds, len(rows) // 4))
     if k < 2:
         raise CohortError(f"linear model: {len(rows)} labelled training rows of '{label}' are too "
                           "few for an inner split")
