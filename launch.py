@@ -8,10 +8,17 @@ Modes (``--mode``, default ``config.mode``): ``index`` writes the editable manif
 ``crossval`` (and ``demo``) runs the whole job: index, cohort join, preprocessing, k-fold
 cross-validation of every task in ``config.tasks``, baselines, heat maps and the HTML report;
 ``report`` re-draws report.html / metrics.json of a finished run from its saved artefacts;
-``predict --patient_dir=FOLDER`` predicts one new patient with the run's fold models.
+``predict --patient_dir=FOLDER`` predicts one new patient with the run's fold models;
+``evaluate --cohort_dir=FOLDER`` is external validation: the run's outcome fold ensemble (mean
+of the k fold models) predicts every patient of another labelled cohort, indexed and
+preprocessed as the run's (its manifest and cache go to the output folder), and
+``metrics.json`` + ``report.html`` there give per head AUC / MAE with bootstrap CIs,
+calibration slope and intercept with a plot, and a decision curve (lumbarjax/external.py).
 
     python launch.py --config=configs/demo.py --workdir=runs/demo --mode=predict \
         --patient_dir=/data/new/patient_0421 [--clinical=/data/new/clinical.csv]
+    python launch.py --config=configs/demo.py --workdir=runs/demo --mode=evaluate \
+        --cohort_dir=/data/hospital_b [--out_dir=runs/demo/external/hospital_b]
 """
 
 from absl import app, flags, logging
@@ -23,13 +30,16 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "experiment config file (get_config())",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "output folder (manifest, cache, checkpoints, report)")
-flags.DEFINE_enum("mode", None, ["index", "crossval", "demo", "report", "predict"],
+flags.DEFINE_enum("mode", None, ["index", "crossval", "demo", "report", "predict", "evaluate"],
                   "stage(s) to run (default: config.mode)")
 flags.DEFINE_string("patient_dir", None, "--mode=predict: one new patient's DICOM folder "
                     "(optionally with its one-row clinical.csv)")
 flags.DEFINE_string("clinical", None, "--mode=predict: clinical table holding the patient's row")
-flags.DEFINE_string("out_dir", None, "--mode=predict: output folder "
-                    "(default <workdir>/predictions/<patient_id>)")
+flags.DEFINE_string("cohort_dir", None, "--mode=evaluate: another labelled cohort folder "
+                    "(clinical.csv/.xlsx + DICOM below it) for external validation")
+flags.DEFINE_string("out_dir", None, "--mode=predict: output folder (default "
+                    "<workdir>/predictions/<patient_id>); --mode=evaluate: default "
+                    "<workdir>/external/<cohort folder name>")
 flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() (multi-host)")
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -61,6 +71,14 @@ def main(argv):
             res = predict.predict_patient(config, FLAGS.workdir, FLAGS.patient_dir,
                                           out_dir=FLAGS.out_dir, clinical=FLAGS.clinical)
             print(f"prediction: {res['html']}\njson: {res['json']}")
+            return
+        if mode == "evaluate":
+            if not FLAGS.cohort_dir:
+                raise app.UsageError("--mode=evaluate needs --cohort_dir=FOLDER (another labelled cohort)")
+            from lumbarjax import external
+            res = external.evaluate_cohort(config, FLAGS.workdir, FLAGS.cohort_dir, out_dir=FLAGS.out_dir)
+            print(f"external validation ({res['n_patients']} patients): {res['html']}\n"
+                  f"metrics: {res['metrics']}")
             return
         results = workflow.run(config, FLAGS.workdir, "crossval" if mode == "demo" else mode)
     except LumbarjaxError as e:  # bad input or config: the message says what and where

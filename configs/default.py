@@ -169,7 +169,8 @@ def levels_config() -> ml_collections.ConfigDict:
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.mode = "crossval"            # index | crossval | report | predict | demo
+    c.mode = "crossval"            # index | crossval | report | predict | demo | evaluate (external
+                                   # validation of a finished run on --cohort_dir; launch.py)
     c.tasks = ("grader", "outcome")
 
     c.data = ml_collections.ConfigDict(dict(

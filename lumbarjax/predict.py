@@ -39,7 +39,7 @@ from lumbarjax.errors import CohortError, ConfigError
 from lumbarjax.explain import heatmaps
 
 __all__ = ["FoldModel", "TASKS", "saved_config", "check_run_config", "load_fold_models",
-           "predict_patient", "report_from_workdir"]
+           "predict_patient", "report_from_workdir", "feature_frame"]
 
 
 
@@ -309,8 +309,9 @@ def _patient_records(config, patient_dir: str, clinical: str | None) -> tuple[pd
     return row, inputs, notes
 
 
-def _feature_frame(config, records: pd.DataFrame, enc) -> np.ndarray:
-    """(1, F) features of the fold's encoder; absent columns count as missing values."""
+def feature_frame(config, records: pd.DataFrame, enc) -> np.ndarray:
+    """(N, F) features of the fold's encoder for ``records``; absent columns count as missing
+    values."""
     df = records.copy()
     for c in list(enc.numeric) + list(enc.categorical):
         if c not in df.columns:
@@ -349,7 +350,7 @@ def _predict_outcome(config, workdir, records, cache, ex_mri_present, out_dir, p
     head_fn = _memo(("head_fn", id(model), ig_head), lambda: heatmaps.HeadFn(model, ig_head)) if do_ig else None
     batch0 = None
     for fm in folds:
-        batch = _example(config, cache, _feature_frame(config, records, fm.encoder))
+        batch = _example(config, cache, feature_frame(config, records, fm.encoder))
         batch0 = batch
         cols = TASKS["outcome"].decode(jax.device_get(fwd(fm.state.variables, batch)), config.outcome)
         vals = {h: float(cols[f"pred_{h}"][0]) for h in heads}
@@ -621,7 +622,7 @@ def report_from_workdir(config, workdir: str) -> tuple[str, str]:
     """Re-draw ``report.html`` and ``metrics.json`` of a finished run from its artefacts.
 
     Reads ``cohort_summary.json``, ``exclusions.csv``, ``<task>/oof.csv``,
-    ``outcome_clinical_only/oof.csv``, ``baseline_<head>.csv`` and the saved IG maps
+    ``outcome_clinical_only/oof.csv``, ``baseline_<head>.csv``, ``ablation.json`` and the saved IG maps
     (``heatmaps/*_ig.npz``) and calls :func:`lumbarjax.workflow.stage_report` — the very code of
     the run — so the numbers (same bootstrap seed) equal the run's. The timings of the run are
     carried over from its old ``metrics.json``. Overwrites both files in ``workdir``.
@@ -664,6 +665,10 @@ def report_from_workdir(config, workdir: str) -> tuple[str, str]:
                 results["timing_s"] = (json.load(f).get("extra") or {}).get("timing_s", {})
         except ValueError:
             pass
+    abl = os.path.join(workdir, "ablation.json")
+    if os.path.exists(abl):
+        with open(abl) as f:
+            results["ablation"] = json.load(f)
     pre_summary = os.path.join(workdir, "pretrain", "pretrain_summary.json")
     if config.pretrain.enabled and os.path.exists(pre_summary):
         with open(pre_summary) as f:

@@ -27,7 +27,7 @@ from lumbarjax.data import index as index_lib
 from lumbarjax.data import preprocess as preprocess_lib
 from lumbarjax.data import synthetic
 from lumbarjax.data.public.pretraining import pretraining_inputs
-from lumbarjax.errors import CohortError, ConfigError
+from lumbarjax.errors import ClinicalError, CohortError, ConfigError
 from lumbarjax.explain.heatmaps import HeatmapCollector
 from lumbarjax.train import crossval, xray_levels
 from lumbarjax.train.pretrain import load_pretrained, pretrain_encoder
@@ -218,6 +218,72 @@ def stage_baselines(config, workdir: str, td: crossval.TaskData) -> dict:
     return out
 
 
+def stage_ablation(config, workdir: str, td: crossval.TaskData, grader_oof: pd.DataFrame | None,
+                   root: str) -> dict:
+    """Source ablation of every outcome head on the outcome task's folds (lumbarjax.eval.ablation):
+    clinical / + X-ray (the grader's out-of-fold grades, stage1.xray_scores, checked fold-honest
+    against ``<workdir>/grader/fold_*/split.json``) / + MRI / all, each with the penalised linear
+    family, vs clinical logistic regression (ridge for VAS), with the Bayes-optimal AUC of a
+    synthetic cohort. Sets without their source's scores are left out and named in ``notes``.
+    Writes and returns ``<workdir>/ablation.json``."""
+    from lumbarjax.eval import ablation as ablation_lib
+    from lumbarjax.models import linear, stage1
+    feats = list(config.outcome.features.numeric) + list(config.outcome.features.categorical)
+    clinical = [c for c in feats if c in td.records.columns]
+    records, xray_cols, notes = td.records, [], []
+    if grader_oof is not None and len(grader_oof):
+        n = stage1.check_fold_honest(grader_oof, run_dir=os.path.join(workdir, "grader"),
+                                     what="X-ray grades")
+        records, xray_cols = stage1.attach(td.records, stage1.xray_scores(grader_oof))
+        n_scored = int(np.isfinite(records[xray_cols[0]].to_numpy(float)).sum())
+        notes.append(f"+ X-ray: the grader's out-of-fold grades ({', '.join(xray_cols)}); {n} grader "
+                     f"predictions checked fold-honest, {n_scored} of {len(records)} outcome patients "
+                     "scored (the rest: missing, imputed with an indicator)")
+    else:
+        notes.append("+ X-ray and all three left out: the grader did not run (config.tasks)")
+    notes.append("+ MRI and all three left out: this run computes no MRI stenosis scores for the "
+                 "outcome patients (the pretrained encoder is used inside the network only)")
+    sets = ablation_lib.feature_sets(clinical, xray_cols)
+    bayes = bayes_auc(root) or {}
+    heads = []
+    for h in td.heads:
+        y = pd.to_numeric(td.records[h], errors="coerce").to_numpy(float)
+        fewest = min(int((np.isfinite(y) & (td.folds != f)).sum()) for f in np.unique(td.folds))
+        grid = None
+        if fewest < 8:  # linear.fit_penalised's inner split needs >= 2 folds of >= 4 patients
+            task = "binary" if h in config.outcome.model.binary_heads else "regression"
+            grid = [linear.REFERENCE[task]]
+            notes.append(f"{h}: {fewest} labelled training patients in a fold are too few for an "
+                         f"inner penalty choice; every set uses the reference model "
+                         f"{grid[0].name} only")
+        try:
+            heads.append(ablation_lib.ablation(records, td.folds, h, sets, n_boot=int(config.eval.n_boot),
+                                               seed=int(config.seed), bayes_auc=bayes.get(h), grid=grid))
+        except (CohortError, ClinicalError) as e:  # e.g. a fold's training rows with one class
+            logging.warning("ablation of %s not computed: %s", h, e)
+            notes.append(f"{h}: not computed ({e})")
+    out = {"feature_sets": {k: list(v) for k, v in sets.items()}, "notes": notes, "heads": heads,
+           "definition": "out-of-fold AUC (binary) or MAE in VAS mm (regression) of the penalised "
+                         "linear family (lumbarjax.models.linear; penalty chosen in the training "
+                         "folds) on each column set; difference = set − clinical logistic "
+                         "regression (ridge for VAS) on the same patients and folds"}
+    _dump(out, os.path.join(workdir, "ablation.json"))
+    return out
+
+
+def bayes_auc(root: str) -> dict | None:
+    """``{binary head: Bayes-optimal AUC}`` of a synthetic cohort (its
+    ``ground_truth_summary.json``: the AUC of the true outcome probabilities), None otherwise."""
+    gt_path = os.path.join(root, "ground_truth_summary.json")
+    if not os.path.exists(gt_path):
+        return None
+    with open(gt_path) as f:
+        b = json.load(f)["bayes_auc"]
+    names = {"zcq_success": "zcq_success", "back_pain_improved50": "back_improved50",
+             "leg_pain_improved50": "leg_improved50"}
+    return {head: b[src]["population"] for head, src in names.items() if src in b}
+
+
 def stage_report(config, workdir: str, cohort: Cohort | dict, results: dict,
                  root: str) -> tuple[str, str]:
     """report.html + metrics.json from the results of ``stage_crossval`` (+ ``baselines``).
@@ -225,14 +291,8 @@ def stage_report(config, workdir: str, cohort: Cohort | dict, results: dict,
     re-draws a finished run's report from its saved artefacts)."""
     from lumbarjax.eval.report import write_report
     summary = cohort.summary if isinstance(cohort, Cohort) else dict(cohort)
-    bayes, localisation, heatmaps, completeness = None, None, None, None
-    gt_path = os.path.join(root, "ground_truth_summary.json")
-    if os.path.exists(gt_path):
-        with open(gt_path) as f:
-            b = json.load(f)["bayes_auc"]
-        names = {"zcq_success": "zcq_success", "back_pain_improved50": "back_improved50",
-                 "leg_pain_improved50": "leg_improved50"}
-        bayes = {head: b[src]["population"] for head, src in names.items() if src in b}
+    localisation, heatmaps, completeness = None, None, None
+    bayes = bayes_auc(root)
     hm = results.get("outcome_heatmaps")
     if hm is not None and hm.items:
         completeness = np.array([it["delta"] for it in hm.items])
@@ -256,7 +316,7 @@ def stage_report(config, workdir: str, cohort: Cohort | dict, results: dict,
         grader_oof=results.get("grader"), outcome_oof=results.get("outcome"),
         baseline_oof=results.get("baselines"), clinical_only_oof=results.get("clinical_only"),
         bayes=bayes, heatmaps=heatmaps, completeness=completeness, localisation=localisation,
-        extra=extra, n_boot=int(config.eval.n_boot), seed=int(config.seed),
+        ablation=results.get("ablation"), extra=extra, n_boot=int(config.eval.n_boot), seed=int(config.seed),
         threshold=float(config.eval.threshold))
 
 
@@ -274,6 +334,10 @@ def run(config, workdir: str, mode: str) -> dict:
     results = stage_crossval(config, workdir, cohort)
     if "outcome" in config.tasks:
         results["baselines"] = stage_baselines(config, workdir, results["outcome_task"])
+        t1 = time.perf_counter()
+        results["ablation"] = stage_ablation(config, workdir, results["outcome_task"],
+                                             results.get("grader"), manifest.attrs["root"])
+        results["timing_s"]["ablation"] = time.perf_counter() - t1
     results["timing_s"]["total_before_report"] = time.perf_counter() - t0
     html, metrics = stage_report(config, workdir, cohort, results, manifest.attrs["root"])
     results["report"] = html

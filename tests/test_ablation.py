@@ -45,3 +45,43 @@ def test_ablation_rows_and_paired_difference_to_clinical_logreg():
     assert "| zcq_success | +xray | auc " in md and md.count("\n") == 1 + 1 + 4
     with pytest.raises(ClinicalError, match="'clinical' entry"):
         ablation.ablation(df, folds, "zcq_success", {"+xray": ["age"]})
+
+
+def test_cross_validation_run_reports_the_ablation(tiny_run):
+    """The tiny CV run's metrics.json holds the source ablation of every outcome head: clinical
+    and + X-ray (the grader ran) with finite values and CIs, no + MRI row (no MRI scores), the
+    Bayes-optimal AUC of the synthetic cohort, and the table in report.html."""
+    import json
+    import os
+    from lumbarjax.models import stage1
+    m = tiny_run["metrics"]
+    abl = m["ablation"]
+    td = tiny_run["results"]["outcome_task"]
+    done = {r["head"]: r for r in abl["heads"]}
+    skipped = [n for n in abl["notes"] if "not computed" in n]
+    assert len(done) + len(skipped) == len(td.heads) and len(done) >= 3, abl["notes"]
+    assert "zcq_success" in done
+    assert any("+ MRI" in n and "left out" in n for n in abl["notes"])
+    assert set(abl["feature_sets"]) == {"clinical", "+xray"}
+    assert "xray_expected_grade" in abl["feature_sets"]["+xray"]
+    for head, r in done.items():
+        assert [row["features"] for row in r["rows"]] == ["clinical", "+xray"]
+        for ci in [r["clinical_logreg"]] + [row["value"] for row in r["rows"]]:
+            assert np.isfinite(ci["point"]) and ci["lo"] <= ci["point"] <= ci["hi"], (head, ci)
+            assert ci["n_boot"] == tiny_run["config"].eval.n_boot
+        d = r["rows"][1]["diff_vs_clinical_logreg"]
+        assert d["lo"] <= d["diff"] <= d["hi"]
+        if r["metric"] == "auc":
+            assert 0.5 < r["bayes_auc"] <= 1.0
+    # the X-ray scores are the grader's out-of-fold grades, each from a fold model that held
+    # the patient out; a score from a model that trained on the patient is refused
+    oof = pd.read_csv(os.path.join(tiny_run["workdir"], "grader", "oof.csv"), dtype={"patient_id": str})
+    grader_dir = os.path.join(tiny_run["workdir"], "grader")
+    assert stage1.check_fold_honest(oof, run_dir=grader_dir) == len(oof)
+    leaky = oof.assign(fold=1 - oof["fold"])
+    with pytest.raises(Exception, match="trained on"):
+        stage1.check_fold_honest(leaky, run_dir=grader_dir)
+    html = open(os.path.join(tiny_run["workdir"], "report.html"), encoding="utf-8").read()
+    assert "Source ablation" in html and "clinical logistic regression" in html
+    with open(os.path.join(tiny_run["workdir"], "ablation.json")) as f:
+        assert json.load(f)["heads"][0]["head"] == abl["heads"][0]["head"]

@@ -120,3 +120,11 @@ def test_bad_input_errors():
         linear.fit_penalised(df.assign(y=1.0), "y", np.arange(30), FEATS)
     with pytest.raises(CohortError, match="too few"):
         linear.fit_penalised(df, "y", np.arange(6), FEATS)
+
+
+def test_single_candidate_on_too_few_rows_is_fitted_without_inner_scores():
+    df = _records(60)
+    fit = linear.fit_penalised(df, "y", np.arange(7), FEATS, grid=[linear.REFERENCE["binary"]])
+    assert fit.selection == [] and fit.candidate == linear.REFERENCE["binary"]
+    p = fit.predict(df.iloc[7:12])
+    assert p.shape == (5,) and np.all((p > 0) & (p < 1))

@@ -163,6 +163,7 @@ def test_report_from_workdir_reproduces_the_runs_metrics(run, patient):
     assert new["grader"]["qwk"] == old["grader"]["qwk"]
     assert new["completeness"] == old["completeness"]
     assert new["cohort"] == old["cohort"] and new["extra"] == old["extra"]
+    assert new["ablation"] == old["ablation"] and old["ablation"]["heads"]
 
 
 def test_bad_inputs_name_what_is_wrong(run, tmp_path):

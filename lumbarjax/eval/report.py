@@ -340,6 +340,30 @@ def _bayes_value(bayes, head):
     return v
 
 
+def _ablation_html(ablation: Mapping, level: str) -> str:
+    """One table: per head the clinical logistic regression, then each column set with its
+    paired difference to it (and the Bayes-optimal AUC where known); the notes below."""
+    rows = []
+    for r in ablation["heads"]:
+        bin_ = r["metric"] == "auc"
+        d = 3 if bin_ else 1
+        ref = "clinical logistic regression" if bin_ else "clinical ridge"
+        b = fmt_value(r.get("bayes_auc")) if r.get("bayes_auc") is not None else "–"
+        rows.append([_e(r["head"]), _e(ref), _e(r["metric"].upper()), _fmt_ci(r["clinical_logreg"], d),
+                     "–", "–", b])
+        for row in r["rows"]:
+            rows.append([_e(r["head"]), _e(f"{row['features']} ({row['n_columns']} columns)"),
+                         _e(r["metric"].upper()), _fmt_ci(row["value"], d),
+                         _fmt_ci(row["diff_vs_clinical_logreg"], d), _fmt_p(row["diff_vs_clinical_logreg"]), b])
+    notes = "".join(f"<li>{_e(n)}</li>" for n in ablation.get("notes", []))
+    return (f'<p class="note">{_e(ablation.get("definition", ""))}. For MAE a negative difference '
+            "is better.</p>"
+            + html_table(["head", "features", "metric", f"value ({level} CI)",
+                          f"− clinical reference ({level} CI)", "bootstrap p", "Bayes-optimal AUC"],
+                         rows, "metrics")
+            + (f"<ul class='muted'>{notes}</ul>" if notes else ""))
+
+
 def _heatmap_gallery(heatmaps) -> tuple[str, list]:
     items = {"correct": [], "wrong": []}
     meta = []
@@ -404,7 +428,7 @@ def write_report(out_dir, *, title: str, cohort_summary: dict, grader_oof: pd.Da
                  outcome_oof: pd.DataFrame = None, baseline_oof: dict = None,
                  clinical_only_oof: pd.DataFrame = None, bayes: dict = None,
                  heatmaps: list = None, completeness=None, localisation: dict = None,
-                 extra: dict = None, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05,
+                 ablation: dict = None, extra: dict = None, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05,
                  threshold: float = 0.5) -> tuple[str, str]:
     """Write ``report.html`` and ``metrics.json`` into ``out_dir``.
 
@@ -423,6 +447,9 @@ def write_report(out_dir, *, title: str, cohort_summary: dict, grader_oof: pd.Da
       heatmaps: list of ``dict(patient_id, png (bytes or path), caption, correct)``.
       completeness: ``(N,)`` IG completeness errors ``|Σ attr − (F(x) − F(x'))|``.
       localisation: output of :func:`lumbarjax.eval.localisation.localisation_summary`.
+      ablation: the source ablation (``workflow.stage_ablation``: ``feature_sets, notes,
+        definition, heads`` = a list of :func:`lumbarjax.eval.ablation.ablation` results),
+        stored as ``metrics["ablation"]`` and shown as a table.
       extra: any further JSON-like numbers (shown as a table and stored in metrics.json).
       n_boot, seed, alpha: patient bootstrap settings for every CI; threshold: the
         probability cut-off for sensitivity / specificity.
@@ -432,7 +459,7 @@ def write_report(out_dir, *, title: str, cohort_summary: dict, grader_oof: pd.Da
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for name, obj in (("cohort_summary", cohort_summary), ("bayes", bayes), ("extra", extra),
-                      ("localisation", localisation)):
+                      ("localisation", localisation), ("ablation", ablation)):
         _check_no_phi(obj, name)
     kw = dict(n_boot=n_boot, seed=seed, alpha=alpha)
     level = f"{100 * (1 - alpha):.0f}%"
@@ -530,6 +557,12 @@ def write_report(out_dir, *, title: str, cohort_summary: dict, grader_oof: pd.Da
         if scatter:
             sections.append(("regression", "Post-operative pain (VAS)",
                              _img(_fig_scatter(scatter), "predicted vs observed VAS")))
+
+    # -- source ablation
+    if ablation:
+        metrics["ablation"] = ablation
+        sections.append(("ablation", "Source ablation (clinical / + X-ray / + MRI / all)",
+                         _ablation_html(ablation, level)))
 
     # -- bayes
     if bayes:

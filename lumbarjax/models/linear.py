@@ -199,7 +199,8 @@ def fit_penalised(records: pd.DataFrame, label: str, train_idx: np.ndarray, feat
       task: ``binary`` | ``regression`` (inferred from the label's values when None).
       inner_folds: k of the stratified inner split of ``train_idx`` that scores the candidates.
       seed: seed of the inner split.
-      grid: candidates (default :func:`candidates`).
+      grid: candidates (default :func:`candidates`). One candidate on fewer than 8 labelled
+        rows (too few for an inner split) is fitted without inner scores (``selection`` empty).
 
     Returns a :class:`PenalisedFit` refitted on every labelled row of ``train_idx``.
     """
@@ -212,15 +213,18 @@ def fit_penalised(records: pd.DataFrame, label: str, train_idx: np.ndarray, feat
     task = _task_of(y_all[rows], task)
     if task == "binary" and len(set(y_all[rows].tolist())) < 2:
         raise CohortError(f"linear model: the training rows of '{label}' have a single class")
+    numeric, categorical = split_features(records, list(features))
+    X = prepare_X(records, numeric, categorical)
+    grid = list(grid) if grid is not None else candidates(task)
     k = int(min(inner_folds, len(rows) // 4))
+    if k < 2 and len(grid) == 1:  # too few rows to score it, and nothing to choose
+        pipe = _fit(make_pipeline(grid[0], numeric, categorical), X.iloc[rows], y_all[rows])
+        return PenalisedFit(task, grid[0], pipe, numeric, categorical, [])
     if k < 2:
         raise CohortError(f"linear model: {len(rows)} labelled training rows of '{label}' are too "
                           "few for an inner split")
-    numeric, categorical = split_features(records, list(features))
-    X = prepare_X(records, numeric, categorical)
     sub = pd.DataFrame({"patient_id": records["patient_id"].to_numpy()[rows], "_y": y_all[rows]})
     inner = make_folds(sub, k=k, seed=seed, stratify_on="_y" if task == "binary" else None)
-    grid = list(grid) if grid is not None else candidates(task)
     table, scored = [], []
     for cand in grid:
         pred = np.full(len(rows), np.nan)

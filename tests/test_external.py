@@ -1,0 +1,88 @@
+"""--mode=evaluate: a finished run's outcome fold ensemble on a second labelled synthetic cohort."""
+
+import glob
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import phi_strings
+from lumbarjax import external, predict
+from lumbarjax.errors import ConfigError
+
+BINARY = ("zcq_success", "back_pain_improved50", "leg_pain_improved50")
+
+
+@pytest.fixture(scope="module")
+def evaluated(tiny_run, tmp_path_factory):
+    from lumbarjax.data.synthetic import make_cohort
+    other = str(tmp_path_factory.mktemp("hospital_b"))
+    make_cohort(other, n_patients=12, seed=11, xray_size=(96, 80), mri_size=(48, 48), n_mc=2000)
+    out_dir = str(tmp_path_factory.mktemp("external"))
+    res = external.evaluate_cohort(tiny_run["config"], tiny_run["workdir"], other, out_dir=out_dir)
+    with open(res["metrics"]) as f:
+        metrics = json.load(f)
+    return dict(other=other, out_dir=out_dir, res=res, metrics=metrics, run=tiny_run)
+
+
+def test_metrics_hold_each_binary_head_auc_with_ci(evaluated):
+    m = evaluated["metrics"]
+    pred = pd.read_csv(evaluated["res"]["predictions"], dtype={"patient_id": str})
+    clin = pd.read_csv(os.path.join(evaluated["other"], "clinical.csv"), dtype={"patient_id": str})
+    assert set(pred["patient_id"]) <= set(clin["patient_id"])
+    assert evaluated["res"]["n_patients"] == len(pred) > 0
+    for head in BINARY:
+        rep = m["outcomes"][head]["model"]
+        a = rep["auc"]
+        assert a["point"] is not None and a["lo"] <= a["point"] <= a["hi"], (head, a)
+        assert rep["n"] == int(pred[f"label_{head}"].notna().sum())
+        assert rep["calibration"]["n"] == rep["n"] and sum(rep["calibration"]["bins"]["count"]) == rep["n"]
+        assert {"point", "lo", "hi"} <= set(rep["calibration_slope"]) and "intercept" in rep["calibration"]
+        assert len(rep["decision_curve"]["model"]) == len(rep["decision_curve"]["thresholds"])
+    for head in ("back_pain_post", "leg_pain_post"):
+        assert m["outcomes"][head]["model"]["mae"]["point"] >= 0
+    ev = m["extra"]["external_validation"]
+    assert ev["n_fold_models"] == int(evaluated["run"]["config"].outcome.cv.num_folds)
+    # the Bayes-optimal AUC of the second (synthetic) cohort is reported beside the results
+    assert set(BINARY) <= set(m["bayes_optimal"])
+    html = open(evaluated["res"]["html"], encoding="utf-8").read()
+    assert "Calibration" in html and "Decision curves" in html
+
+
+def test_ensemble_is_the_mean_of_the_fold_models(evaluated):
+    """On the run's own patients each restored fold model reproduces the run's out-of-fold
+    prediction for the patients it held out, and the ensemble is the mean of the fold models."""
+    run = evaluated["run"]
+    td = run["results"]["outcome_task"]
+    ens = external.ensemble_predictions(run["config"], run["workdir"], td.records, td.cache)
+    per_fold = ens.attrs["per_fold"]
+    assert len(per_fold) == ens.attrs["n_fold_models"] == int(run["config"].outcome.cv.num_folds)
+    oof = pd.read_csv(os.path.join(run["workdir"], "outcome", "oof.csv"), dtype={"patient_id": str})
+    oof = oof.set_index("patient_id").loc[ens["patient_id"]]
+    for head in BINARY + ("back_pain_post",):
+        c = f"pred_{head}"
+        np.testing.assert_allclose(ens[c], np.mean([p[c] for p in per_fold], axis=0), atol=1e-12)
+        for f, p in enumerate(per_fold):
+            held_out = oof["fold"].to_numpy() == f
+            tol = 1e-5 if head in BINARY else 1e-3
+            np.testing.assert_allclose(p[c][held_out], oof[c].to_numpy()[held_out], atol=tol, rtol=0)
+
+
+def test_nothing_written_holds_phi_of_the_second_cohort(evaluated):
+    phi = phi_strings(evaluated["other"])
+    assert phi, "the synthetic export should carry fake PHI in its headers"
+    written = [p for p in glob.glob(os.path.join(evaluated["out_dir"], "**", "*"), recursive=True)
+               if os.path.isfile(p)]
+    assert any(p.endswith("manifest.csv") for p in written) and len(written) >= 5
+    for path in written:
+        text = open(path, "rb").read().decode("latin-1")
+        leaked = [p for p in phi if p in text]
+        assert not leaked, f"{path} contains PHI {leaked[:3]}"
+
+
+def test_own_cohort_is_refused(tiny_run, tmp_path):
+    with pytest.raises(ConfigError, match="own cohort"):
+        external.evaluate_cohort(tiny_run["config"], tiny_run["workdir"], tiny_run["root"],
+                                 out_dir=str(tmp_path))
