@@ -7,7 +7,7 @@ import re
 import pytest
 
 from configs import default, demo
-from lumbarjax.data import clinical
+from lumbarjax.data import clinical, sanity
 from lumbarjax.errors import ConfigError
 from lumbarjax.train.loop import train_config
 from lumbarjax.train.state import make_optimizer
@@ -26,6 +26,16 @@ def test_clinical_defaults_match_the_data_layer():
     """The data layer's own schema (used when it is called without a config) and the config
     file agree, so an experiment and a direct call read a table the same way."""
     assert default.clinical_config().to_dict() == clinical.default_outcome_config().to_dict()
+
+
+def test_spacing_limits_match_the_data_layer():
+    # sanity.default_limits serves library calls made without a config; the config must not drift.
+    assert sanity.spacing_limits(default.get_config()) == sanity.default_limits()
+    limits = sanity.default_limits()
+    c = default.get_config()
+    assert tuple(c.mri.plausible_spacing_mm.in_plane) == tuple(limits["in_plane"])
+    assert tuple(c.mri.plausible_spacing_mm.between_slices) == tuple(limits["between_slices"])
+    assert tuple(c.xray.plausible_spacing_mm) == tuple(limits["xray"])
 
 
 def test_every_task_section_is_complete_and_pretrain_reuses_task_config():
