@@ -80,6 +80,29 @@ def write_csv(df, path: str, **kwargs) -> str:
     return path
 
 
+def is_temporary(name: str) -> bool:
+    """True for the name of an ``atomic_path`` temporary file (``.<stem>.tmp-<random><ext>``)."""
+    return name.startswith(".") and ".tmp-" in name
+
+
+def sweep_temporary(folder: str) -> list[str]:
+    """Remove the temporary files that killed writers left under ``folder`` (recursively) and
+    return their paths relative to ``folder``. Call it before a job starts writing there: a
+    temporary file is never trusted, but thousands of them would fill the disk over many
+    interrupted runs. Only one job may write into a folder at a time."""
+    removed = []
+    if not os.path.isdir(folder):
+        return removed
+    for dirpath, _, files in os.walk(folder):
+        for name in files:
+            if is_temporary(name):
+                path = os.path.join(dirpath, name)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                    removed.append(os.path.relpath(path, folder))
+    return sorted(removed)
+
+
 def mark_complete(folder: str, info: Mapping | None = None) -> str:
     """Write the completion marker of a folder written in several steps (call it last)."""
     return write_json(os.path.join(folder, MARKER), dict(info or {}))

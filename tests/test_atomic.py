@@ -43,3 +43,23 @@ def test_completion_marker(tmp_path):
     os.remove(folder / atomic.MARKER)
     atomic.clear_incomplete(folder)
     assert not folder.exists()
+
+
+def test_sweep_removes_only_the_temporaries_a_killed_writer_left(tmp_path):
+    kept = [tmp_path / "manifest.csv", tmp_path / "grader" / "oof.csv", tmp_path / ".complete.json",
+            tmp_path / "cache" / ".hidden_setting"]
+    for p in kept:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text("x")
+    # what atomic_path makes, at two depths; a killed process leaves them behind
+    with pytest.raises(KeyboardInterrupt), atomic.atomic_path(str(tmp_path / "x.csv")) as tmp:
+        raise KeyboardInterrupt  # (a clean exception removes its temporary: not what a kill does)
+    assert not os.path.exists(tmp)
+    left = [tmp_path / ".oof.tmp-abc123.csv", tmp_path / "cache" / "p1" / ".mri.tmp-zz9.nii.gz"]
+    for p in left:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"half")
+    removed = atomic.sweep_temporary(str(tmp_path))
+    assert removed == sorted(os.path.relpath(p, tmp_path) for p in left)
+    assert all(p.exists() for p in kept) and not any(p.exists() for p in left)
+    assert atomic.sweep_temporary(str(tmp_path / "absent")) == []

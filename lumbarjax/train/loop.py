@@ -124,6 +124,7 @@ def make_checkpoint_manager(directory, *, best_metric: str = "loss", best_mode: 
         preservation_policy=policy,
         enable_async_checkpointing=async_checkpointing,
         create=True,
+        cleanup_tmp_directories=True,  # a killed save leaves an orbax tmp folder behind
     )
     return ocp.CheckpointManager(os.path.abspath(os.fspath(directory)), options=options,
                                  item_names=_ITEMS)

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from lumbarjax import atomic
+
 __all__ = ["MetricsLogger", "flatten_metrics", "scalar_metrics", "read_metrics"]
 
 
@@ -99,10 +101,7 @@ class MetricsLogger:
                     continue  # a half-written last line from a killed run
                 if int(rec.get("step", 0)) <= step:
                     keep.append(line if line.endswith("\n") else line + "\n")
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            f.writelines(keep)
-        os.replace(tmp, self.path)
+        atomic.write_text(self.path, "".join(keep))
 
     def write(self, step: int, split: str, metrics: Mapping[str, Any]) -> dict:
         """Log ``metrics`` (scalars, nested dicts allowed); returns the flattened record."""
