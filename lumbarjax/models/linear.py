@@ -83,6 +83,12 @@ def candidates(task: str) -> list[Candidate]:
 
 def make_pipeline(cand: Candidate, numeric: Sequence[str], categorical: Sequence[str]) -> Pipeline:
     """Unfitted sklearn pipeline (preprocessing + the penalised model) of one candidate."""
+    return Pipeline([("prep", preprocessor(list(numeric), list(categorical), scale=True)),
+                     ("model", make_model(cand))])
+
+
+def make_model(cand: Candidate):
+    """The unfitted penalised model of one candidate (no preprocessing)."""
     if cand.family == "logreg_l2":
         model = LogisticRegression(C=cand.strength, max_iter=5000)
     elif cand.family == "logreg_elasticnet":
@@ -95,8 +101,7 @@ def make_pipeline(cand: Candidate, numeric: Sequence[str], categorical: Sequence
                                                       max_iter=20000), transformer=StandardScaler())
     else:
         raise ClinicalError(f"linear model: unknown family {cand.family!r}")
-    return Pipeline([("prep", preprocessor(list(numeric), list(categorical), scale=True)),
-                     ("model", model)])
+    return model
 
 
 def _predict(pipe: Pipeline, X: pd.DataFrame, task: str) -> np.ndarray:
@@ -104,8 +109,7 @@ def _predict(pipe: Pipeline, X: pd.DataFrame, task: str) -> np.ndarray:
 
 
 def _fit(pipe: Pipeline, X: pd.DataFrame, y: np.ndarray) -> Pipeline:
-    # One thread: ~130 patients gain nothing from threads on a shared 2-core machine.
-    with warnings.catch_warnings(), threadpool_limits(limits=1):
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=ConvergenceWarning)
         warnings.simplefilter("ignore", category=UserWarning)
         return pipe.fit(X, y)
@@ -204,6 +208,14 @@ def fit_penalised(records: pd.DataFrame, label: str, train_idx: np.ndarray, feat
 
     Returns a :class:`PenalisedFit` refitted on every labelled row of ``train_idx``.
     """
+    # One thread: ~130 patients gain nothing from threads on a shared 2-core machine (set once
+    # here: threadpoolctl's library scan costs ~4 ms per call).
+    with threadpool_limits(limits=1):
+        return _fit_penalised(records, label, train_idx, features, task=task, inner_folds=inner_folds,
+                              seed=seed, grid=grid)
+
+
+def _fit_penalised(records, label, train_idx, features, *, task, inner_folds, seed, grid) -> PenalisedFit:
     missing = [c for c in [*features, label] if c not in records.columns]
     if missing:
         raise ClinicalError(f"linear model: column(s) {missing} not in the records")
@@ -225,16 +237,19 @@ def fit_penalised(records: pd.DataFrame, label: str, train_idx: np.ndarray, feat
                           "few for an inner split")
     sub = pd.DataFrame({"patient_id": records["patient_id"].to_numpy()[rows], "_y": y_all[rows]})
     inner = make_folds(sub, k=k, seed=seed, stratify_on="_y" if task == "binary" else None)
+    preds = np.full((len(grid), len(rows)), np.nan)
+    for f in range(k):
+        tr, te = rows[inner != f], rows[inner == f]
+        if task == "binary" and len(set(y_all[tr].tolist())) < 2:
+            preds[:, inner == f] = y_all[tr].mean()
+            continue
+        # the preprocessing depends on the training rows only, not on the candidate: fit it once
+        prep = preprocessor(list(numeric), list(categorical), scale=True).fit(X.iloc[tr])
+        X_tr, X_te = prep.transform(X.iloc[tr]), prep.transform(X.iloc[te])
+        for c, cand in enumerate(grid):
+            preds[c, inner == f] = _predict(_fit(make_model(cand), X_tr, y_all[tr]), X_te, task)
     table, scored = [], []
-    for cand in grid:
-        pred = np.full(len(rows), np.nan)
-        for f in range(k):
-            tr, te = rows[inner != f], rows[inner == f]
-            if task == "binary" and len(set(y_all[tr].tolist())) < 2:
-                pred[inner == f] = y_all[tr].mean()
-                continue
-            pipe = _fit(make_pipeline(cand, numeric, categorical), X.iloc[tr], y_all[tr])
-            pred[inner == f] = _predict(pipe, X.iloc[te], task)
+    for cand, pred in zip(grid, preds):
         scored.append((cand, pred))
         quality = metrics_lib.auc(y_all[rows], pred) if task == "binary" else np.abs(y_all[rows] - pred).mean()
         table.append({"model": cand.name, "inner_auc" if task == "binary" else "inner_mae": round(float(quality), 6)})
