@@ -126,13 +126,19 @@ def task_config(kind: str) -> ml_collections.ConfigDict:
         return t
     # Patient-level stratified k-fold; an inner validation split of the training folds picks the
     # best checkpoint, so the outer fold's out-of-fold predictions never inform training.
+    # refit: retrain on all the fold's training patients, stopped at the step the inner split
+    # chose, before predicting the test fold (costs up to a second training per fold).
     t.cv = ml_collections.ConfigDict(dict(
         num_folds=5, stratify_on="xray_grade" if kind == "grader" else "zcq_success",
-        inner_val_fraction=0.2))
+        inner_val_fraction=0.2, refit=kind == "outcome"))
     if kind == "outcome":
         t.features = ml_collections.ConfigDict(dict(numeric=CLINICAL_NUMERIC,
                                                     categorical=CLINICAL_CATEGORICAL))
         t.clinical_only = True  # also cross-validate the same network without images (baseline)
+        # The report's outcome model: per fold and head, the fusion network or the penalised
+        # linear family on [clinical + stage-1 X-ray/MRI scores], chosen on the inner
+        # validation split (lumbarjax.train.select). False: the network alone.
+        t.select_model = True
     return t
 
 

@@ -177,7 +177,7 @@ def load_fold_models(config, workdir: str, task: str) -> list[FoldModel]:
     Returns:
       ``[FoldModel(model, state, encoder, fold), …]`` for folds 0..k-1, each state restored
       from the fold's best checkpoint (the loop's recorded best step; orbax's best or the
-      latest step as fall-backs) into a state built by ``create_train_state`` with inputs of
+      latest step as fall-backs; with ``cv.refit`` the refitted model in ``fold_<k>/refit/``) into a state built by ``create_train_state`` with inputs of
       ``config.mri.shape`` / ``config.xray.shape`` and F = the fold encoder's features.
 
     Raises:
@@ -214,7 +214,13 @@ def load_fold_models(config, workdir: str, task: str) -> list[FoldModel]:
                 raise CohortError(f"{path}: cannot read the fold's clinical encoder: {e}") from e
         n_feat = enc.num_features if enc is not None else 0
         like = _abstract_state(config, model, n_feat, run_cfg, tc["num_steps"])
-        mngr = make_checkpoint_manager(os.path.join(fold_dir, "checkpoints"),
+        # with cv.refit the test fold was predicted by the model retrained on all its training
+        # patients (fold_<k>/refit/, stopped at the chosen step): that one is the fold model
+        ckpt_dir = os.path.join(fold_dir, "refit" if task_cfg.cv.get("refit", False) else "", "checkpoints")
+        if not os.path.isdir(ckpt_dir):
+            raise CohortError(f"{ckpt_dir}: missing (config.{kind}.cv.refit is on): not a finished "
+                              f"{task} cross-validation")
+        mngr = make_checkpoint_manager(ckpt_dir,
                                        best_metric=tc["best_metric"], best_mode=tc["best_metric_mode"],
                                        max_to_keep=tc["max_to_keep"], keep_best=tc["keep_best"],
                                        async_checkpointing=False)
@@ -622,7 +628,8 @@ def report_from_workdir(config, workdir: str) -> tuple[str, str]:
     """Re-draw ``report.html`` and ``metrics.json`` of a finished run from its artefacts.
 
     Reads ``cohort_summary.json``, ``exclusions.csv``, ``<task>/oof.csv``,
-    ``outcome_clinical_only/oof.csv``, ``baseline_<head>.csv``, ``ablation.json`` and the saved IG maps
+    ``outcome_clinical_only/oof.csv``, ``outcome/selected_oof.csv`` + ``selection.json``,
+    ``baseline_<head>.csv``, ``ablation.json`` and the saved IG maps
     (``heatmaps/*_ig.npz``) and calls :func:`lumbarjax.workflow.stage_report` — the very code of
     the run — so the numbers (same bootstrap seed) equal the run's. The timings of the run are
     carried over from its old ``metrics.json``. Overwrites both files in ``workdir``.
@@ -665,6 +672,11 @@ def report_from_workdir(config, workdir: str) -> tuple[str, str]:
                 results["timing_s"] = (json.load(f).get("extra") or {}).get("timing_s", {})
         except ValueError:
             pass
+    sel_oof = _read_oof(os.path.join(workdir, "outcome", "selected_oof.csv"))
+    sel_json = os.path.join(workdir, "outcome", "selection.json")
+    if "outcome" in results and sel_oof is not None and os.path.exists(sel_json):
+        with open(sel_json) as f:
+            results["selected"], results["selection"] = sel_oof, json.load(f)
     abl = os.path.join(workdir, "ablation.json")
     if os.path.exists(abl):
         with open(abl) as f:

@@ -126,6 +126,18 @@ def stage_cohort(config, workdir: str, manifest: pd.DataFrame) -> Cohort:
     return Cohort(records, cache, exclusions, summary)
 
 
+def sweep_temporary(config, workdir: str) -> int:
+    """Remove the temporary files a killed run left in ``workdir`` (and the cache folders when
+    they lie elsewhere); returns how many. Logged, since it means an earlier run was interrupted."""
+    folders = [workdir] + [d for d in (config.data.cache_dir,) if d and not
+                           os.path.abspath(d).startswith(os.path.abspath(workdir) + os.sep)]
+    removed = [p for d in folders for p in atomic.sweep_temporary(d)]
+    if removed:
+        logging.warning("removed %d temporary file(s) of an interrupted run, e.g. %s",
+                        len(removed), removed[0])
+    return len(removed)
+
+
 # -- the whole job ------------------------------------------------------------------------
 
 def stage_pretrain(config, workdir: str, outcome_ids=()):
@@ -176,6 +188,25 @@ def stage_pretrain(config, workdir: str, outcome_ids=()):
     return pretrain_encoder(config, pdir, cohort.records, cohort.cache, training_data=training_data)
 
 
+def stage_mri_scores(config, workdir: str, cohort: Cohort) -> pd.DataFrame | None:
+    """Stage-1 MRI scores of the outcome cohort: the pretrained stenosis grader's (encoder +
+    grading head) expected grade and class probabilities per patient (``stage1.mri_scores``),
+    written to ``<workdir>/mri_scores.csv``. Out of sample for every patient: the pretraining
+    cohort shares no patient with this one (``stage_pretrain`` checks). None when the encoder
+    file has no grading head."""
+    from lumbarjax.models import stage1
+    from lumbarjax.train.pretrain import encoder_path, stenosis_probs
+    path = encoder_path(config, workdir)
+    probs = stenosis_probs(config, path, cohort.cache)
+    if probs is None:
+        logging.warning("%s has no grading head: no MRI stage-1 scores", path)
+        return None
+    present = np.isfinite(probs).all(axis=1)
+    scores = stage1.mri_scores(cohort.records["patient_id"].to_numpy(), np.nan_to_num(probs), present)
+    atomic.write_csv(scores, os.path.join(workdir, "mri_scores.csv"))
+    return scores
+
+
 def stage_crossval(config, workdir: str, cohort: Cohort) -> dict:
     """Cross-validate every task in ``config.tasks``; returns OOF tables and heat-map items."""
     results: dict[str, Any] = {"timing_s": {}}
@@ -189,6 +220,7 @@ def stage_crossval(config, workdir: str, cohort: Cohort) -> dict:
             t0 = time.perf_counter()
             encoder, results["pretrain"] = stage_pretrain(config, workdir, cohort.records["patient_id"])
             results["timing_s"]["pretrain"] = time.perf_counter() - t0
+            results["mri_scores"] = stage_mri_scores(config, workdir, cohort)
         for key, sub, clinical_only in task.variants(config[kind]):
             t0 = time.perf_counter()
             results[key] = crossval.run_crossval(
@@ -218,47 +250,71 @@ def stage_baselines(config, workdir: str, td: crossval.TaskData) -> dict:
     return out
 
 
-def stage_ablation(config, workdir: str, td: crossval.TaskData, grader_oof: pd.DataFrame | None,
-                   root: str) -> dict:
-    """Source ablation of every outcome head on the outcome task's folds (lumbarjax.eval.ablation):
-    clinical / + X-ray (the grader's out-of-fold grades, stage1.xray_scores, checked fold-honest
-    against ``<workdir>/grader/fold_*/split.json``) / + MRI / all, each with the penalised linear
-    family, vs clinical logistic regression (ridge for VAS), with the Bayes-optimal AUC of a
-    synthetic cohort. Sets without their source's scores are left out and named in ``notes``.
-    Writes and returns ``<workdir>/ablation.json``."""
-    from lumbarjax.eval import ablation as ablation_lib
-    from lumbarjax.models import linear, stage1
+def stage1_records(config, workdir: str, td: crossval.TaskData, grader_oof: pd.DataFrame | None,
+                   mri_scores: pd.DataFrame | None) -> tuple[pd.DataFrame, dict, list]:
+    """The outcome task's records with the stage-1 score columns joined (``models.stage1``):
+    the grader's out-of-fold X-ray grades (checked fold-honest against
+    ``<workdir>/grader/fold_*/split.json``) and the pretrained grader's MRI stenosis scores.
+    Returns ``(records, {"clinical": cols, "xray": cols, "mri": cols}, notes)``."""
+    from lumbarjax.models import stage1
     feats = list(config.outcome.features.numeric) + list(config.outcome.features.categorical)
-    clinical = [c for c in feats if c in td.records.columns]
-    records, xray_cols, notes = td.records, [], []
+    cols = {"clinical": [c for c in feats if c in td.records.columns], "xray": [], "mri": []}
+    records, notes = td.records, []
     if grader_oof is not None and len(grader_oof):
         n = stage1.check_fold_honest(grader_oof, run_dir=os.path.join(workdir, "grader"),
                                      what="X-ray grades")
-        records, xray_cols = stage1.attach(td.records, stage1.xray_scores(grader_oof))
-        n_scored = int(np.isfinite(records[xray_cols[0]].to_numpy(float)).sum())
-        notes.append(f"+ X-ray: the grader's out-of-fold grades ({', '.join(xray_cols)}); {n} grader "
+        records, cols["xray"] = stage1.attach(records, stage1.xray_scores(grader_oof))
+        n_scored = int(np.isfinite(records[cols["xray"][0]].to_numpy(float)).sum())
+        notes.append(f"X-ray: the grader's out-of-fold grades ({', '.join(cols['xray'])}); {n} grader "
                      f"predictions checked fold-honest, {n_scored} of {len(records)} outcome patients "
                      "scored (the rest: missing, imputed with an indicator)")
     else:
-        notes.append("+ X-ray and all three left out: the grader did not run (config.tasks)")
-    notes.append("+ MRI and all three left out: this run computes no MRI stenosis scores for the "
-                 "outcome patients (the pretrained encoder is used inside the network only)")
-    sets = ablation_lib.feature_sets(clinical, xray_cols)
-    bayes = bayes_auc(root) or {}
-    heads = []
+        notes.append("X-ray scores left out: the grader did not run (config.tasks)")
+    if mri_scores is not None and len(mri_scores):
+        records, cols["mri"] = stage1.attach(records, mri_scores)
+        n_scored = int(np.isfinite(records[cols["mri"][0]].to_numpy(float)).sum())
+        notes.append(f"MRI: the pretrained stenosis grader's scores ({', '.join(cols['mri'])}); it never "
+                     f"saw an outcome patient, {n_scored} of {len(records)} outcome patients scored")
+    else:
+        notes.append("MRI scores left out: no pretrained encoder with a grading head")
+    return records, cols, notes
+
+
+def _linear_grids(config, td: crossval.TaskData, notes: list) -> dict:
+    """``{head: None (the full linear grid) | [reference candidate]}``: a head with fewer than 8
+    labelled training patients in some fold gets no inner penalty choice."""
+    from lumbarjax.models import linear
+    grids = {}
     for h in td.heads:
         y = pd.to_numeric(td.records[h], errors="coerce").to_numpy(float)
         fewest = min(int((np.isfinite(y) & (td.folds != f)).sum()) for f in np.unique(td.folds))
-        grid = None
+        grids[h] = None
         if fewest < 8:  # linear.fit_penalised's inner split needs >= 2 folds of >= 4 patients
             task = "binary" if h in config.outcome.model.binary_heads else "regression"
-            grid = [linear.REFERENCE[task]]
+            grids[h] = [linear.REFERENCE[task]]
             notes.append(f"{h}: {fewest} labelled training patients in a fold are too few for an "
-                         f"inner penalty choice; every set uses the reference model "
-                         f"{grid[0].name} only")
+                         f"inner penalty choice; the linear family is the reference model "
+                         f"{grids[h][0].name} only")
+    return grids
+
+
+def stage_ablation(config, workdir: str, td: crossval.TaskData, grader_oof: pd.DataFrame | None,
+                   root: str, mri_scores: pd.DataFrame | None = None) -> dict:
+    """Source ablation of every outcome head on the outcome task's folds (lumbarjax.eval.ablation):
+    clinical / + X-ray / + MRI / all three (the stage-1 scores of :func:`stage1_records`), each
+    with the penalised linear family, vs clinical logistic regression (ridge for VAS), with the
+    Bayes-optimal AUC of a synthetic cohort. Sets without their source's scores are left out and
+    named in ``notes``. Writes and returns ``<workdir>/ablation.json``."""
+    from lumbarjax.eval import ablation as ablation_lib
+    records, cols, notes = stage1_records(config, workdir, td, grader_oof, mri_scores)
+    sets = ablation_lib.feature_sets(cols["clinical"], cols["xray"], cols["mri"])
+    grids = _linear_grids(config, td, notes)
+    bayes = bayes_auc(root) or {}
+    heads = []
+    for h in td.heads:
         try:
             heads.append(ablation_lib.ablation(records, td.folds, h, sets, n_boot=int(config.eval.n_boot),
-                                               seed=int(config.seed), bayes_auc=bayes.get(h), grid=grid))
+                                               seed=int(config.seed), bayes_auc=bayes.get(h), grid=grids[h]))
         except (CohortError, ClinicalError) as e:  # e.g. a fold's training rows with one class
             logging.warning("ablation of %s not computed: %s", h, e)
             notes.append(f"{h}: not computed ({e})")
@@ -269,6 +325,23 @@ def stage_ablation(config, workdir: str, td: crossval.TaskData, grader_oof: pd.D
                          "regression (ridge for VAS) on the same patients and folds"}
     _dump(out, os.path.join(workdir, "ablation.json"))
     return out
+
+
+def stage_selection(config, workdir: str, td: crossval.TaskData, network_oof: pd.DataFrame,
+                    grader_oof: pd.DataFrame | None, mri_scores: pd.DataFrame | None):
+    """The outcome model the report leads with (``train.select``): per outer fold and head, the
+    fusion network or the penalised linear family on [clinical + X-ray + MRI scores], chosen on
+    the inner validation split only. Writes ``<workdir>/outcome/selected_oof.csv`` and
+    ``selection.json``; returns ``(selected oof, summary)``."""
+    from lumbarjax.train.select import select_models
+    records, cols, notes = stage1_records(config, workdir, td, grader_oof, mri_scores)
+    grids = _linear_grids(config, td, notes)
+    oof, summary = select_models(records, td.folds, td.heads, tuple(config.outcome.model.binary_heads),
+                                 cols["clinical"] + cols["xray"] + cols["mri"], network_oof,
+                                 os.path.join(workdir, "outcome"), seed=int(config.seed),
+                                 grid_for=grids.get)
+    summary["notes"] = notes
+    return oof, summary
 
 
 def bayes_auc(root: str) -> dict | None:
@@ -311,9 +384,15 @@ def stage_report(config, workdir: str, cohort: Cohort | dict, results: dict,
         extra["xray_levels"] = xray_levels.report_summary(results["levels"])
     if results.get("pretrain"):
         extra["pretrained_mri_encoder"] = {k: v for k, v in results["pretrain"].items() if k != "signature"}
+    outcome_oof, others = results.get("outcome"), {}
+    if results.get("selected") is not None:  # the selected model leads; the network is a comparator
+        outcome_oof, others = results["selected"], {"fusion network": results.get("outcome")}
+        sel = results["selection"]
+        extra["outcome_model_selection"] = {"rule": sel["rule"], "folds": sel["folds"],
+                                            "network_chosen_in_folds": sel["network_chosen"]}
     return write_report(
         workdir, title="lumbarjax cross-validated report", cohort_summary=summary,
-        grader_oof=results.get("grader"), outcome_oof=results.get("outcome"),
+        grader_oof=results.get("grader"), outcome_oof=outcome_oof, other_models=others,
         baseline_oof=results.get("baselines"), clinical_only_oof=results.get("clinical_only"),
         bayes=bayes, heatmaps=heatmaps, completeness=completeness, localisation=localisation,
         ablation=results.get("ablation"), extra=extra, n_boot=int(config.eval.n_boot), seed=int(config.seed),
@@ -324,6 +403,7 @@ def run(config, workdir: str, mode: str) -> dict:
     """Run ``mode``: ``index`` | ``crossval`` (= the whole job incl. report) | ``demo``."""
     os.makedirs(workdir, exist_ok=True)
     t0 = time.perf_counter()
+    sweep_temporary(config, workdir)
     manifest = stage_index(config, workdir)
     if mode == "index":
         return {"manifest": manifest}
@@ -336,8 +416,15 @@ def run(config, workdir: str, mode: str) -> dict:
         results["baselines"] = stage_baselines(config, workdir, results["outcome_task"])
         t1 = time.perf_counter()
         results["ablation"] = stage_ablation(config, workdir, results["outcome_task"],
-                                             results.get("grader"), manifest.attrs["root"])
+                                             results.get("grader"), manifest.attrs["root"],
+                                             results.get("mri_scores"))
         results["timing_s"]["ablation"] = time.perf_counter() - t1
+        if config.outcome.select_model:
+            t1 = time.perf_counter()
+            results["selected"], results["selection"] = stage_selection(
+                config, workdir, results["outcome_task"], results["outcome"], results.get("grader"),
+                results.get("mri_scores"))
+            results["timing_s"]["selection"] = time.perf_counter() - t1
     results["timing_s"]["total_before_report"] = time.perf_counter() - t0
     html, metrics = stage_report(config, workdir, cohort, results, manifest.attrs["root"])
     results["report"] = html

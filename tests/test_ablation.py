@@ -48,9 +48,10 @@ def test_ablation_rows_and_paired_difference_to_clinical_logreg():
 
 
 def test_cross_validation_run_reports_the_ablation(tiny_run):
-    """The tiny CV run's metrics.json holds the source ablation of every outcome head: clinical
-    and + X-ray (the grader ran) with finite values and CIs, no + MRI row (no MRI scores), the
-    Bayes-optimal AUC of the synthetic cohort, and the table in report.html."""
+    """The tiny CV run's metrics.json holds the source ablation of every outcome head: clinical,
+    + X-ray (the grader ran), + MRI (the pretrained stenosis grader scores the outcome patients)
+    and all three, with finite values and CIs, the Bayes-optimal AUC of the synthetic cohort,
+    and the table in report.html."""
     import json
     import os
     from lumbarjax.models import stage1
@@ -61,11 +62,12 @@ def test_cross_validation_run_reports_the_ablation(tiny_run):
     skipped = [n for n in abl["notes"] if "not computed" in n]
     assert len(done) + len(skipped) == len(td.heads) and len(done) >= 3, abl["notes"]
     assert "zcq_success" in done
-    assert any("+ MRI" in n and "left out" in n for n in abl["notes"])
-    assert set(abl["feature_sets"]) == {"clinical", "+xray"}
+    assert list(abl["feature_sets"]) == ["clinical", "+xray", "+mri", "all"]
     assert "xray_expected_grade" in abl["feature_sets"]["+xray"]
+    assert "mri_stenosis_expected" in abl["feature_sets"]["+mri"]
+    assert set(abl["feature_sets"]["all"]) == set(abl["feature_sets"]["+xray"]) | set(abl["feature_sets"]["+mri"])
     for head, r in done.items():
-        assert [row["features"] for row in r["rows"]] == ["clinical", "+xray"]
+        assert [row["features"] for row in r["rows"]] == ["clinical", "+xray", "+mri", "all"]
         for ci in [r["clinical_logreg"]] + [row["value"] for row in r["rows"]]:
             assert np.isfinite(ci["point"]) and ci["lo"] <= ci["point"] <= ci["hi"], (head, ci)
             assert ci["n_boot"] == tiny_run["config"].eval.n_boot
@@ -85,3 +87,56 @@ def test_cross_validation_run_reports_the_ablation(tiny_run):
     assert "Source ablation" in html and "clinical logistic regression" in html
     with open(os.path.join(tiny_run["workdir"], "ablation.json")) as f:
         assert json.load(f)["heads"][0]["head"] == abl["heads"][0]["head"]
+
+
+def test_mri_scores_come_from_the_pretrained_grader_and_cover_the_outcome_patients(tiny_run):
+    """mri_scores.csv: one row per included patient, class probabilities summing to 1 from the
+    pretrained stenosis grader (encoder + grading head in the encoder file), expected grade in
+    [0, K-1], and the same numbers when the file is applied again."""
+    import os
+    from lumbarjax.train.pretrain import stenosis_probs
+    wd = tiny_run["workdir"]
+    scores = pd.read_csv(os.path.join(wd, "mri_scores.csv"), dtype={"patient_id": str})
+    td = tiny_run["results"]["outcome_task"]
+    assert set(td.records["patient_id"]) <= set(scores["patient_id"])
+    probs = scores[[c for c in scores.columns if c.startswith("mri_stenosis_prob_")]].to_numpy(float)
+    ok = np.isfinite(probs).all(axis=1)
+    assert ok.sum() >= len(td.records) - 2
+    np.testing.assert_allclose(probs[ok].sum(axis=1), 1.0, atol=1e-5)
+    assert scores["mri_stenosis_expected"][ok].between(0, probs.shape[1] - 1).all()
+    # the same numbers as applying the file's grader again
+    cohort_cache = tiny_run["results"]["outcome_task"].cache
+    again = stenosis_probs(tiny_run["config"], os.path.join(wd, "pretrain", "mri_encoder.msgpack"), cohort_cache)
+    got = scores.set_index("patient_id").loc[td.records["patient_id"]]
+    np.testing.assert_allclose(again, got[[f"mri_stenosis_prob_{k}" for k in range(probs.shape[1])]].to_numpy(float),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_the_report_leads_with_the_selected_model_and_keeps_the_network_as_a_comparator(tiny_run):
+    """selection.json has one choice per fold and head, made on the inner validation patients;
+    selected_oof.csv predicts every outcome patient once; metrics.json's outcome "model" is the
+    selected model and "fusion network" is among its comparators."""
+    import json
+    import os
+    wd = tiny_run["workdir"]
+    td = tiny_run["results"]["outcome_task"]
+    sel = json.load(open(os.path.join(wd, "outcome", "selection.json")))
+    assert len(sel["choices"]) == len(td.heads) * len(np.unique(td.folds))
+    assert {c["choice"] for c in sel["choices"]} <= {"network", "linear"}
+    assert "mri_stenosis_expected" in sel["features"] and "xray_expected_grade" in sel["features"]
+    oof = pd.read_csv(os.path.join(wd, "outcome", "selected_oof.csv"), dtype={"patient_id": str})
+    assert sorted(oof["patient_id"]) == sorted(td.records["patient_id"])
+    net = pd.read_csv(os.path.join(wd, "outcome", "oof.csv"), dtype={"patient_id": str}).set_index("patient_id")
+    for c in sel["choices"]:
+        rows = oof[(oof["fold"] == c["fold"])]
+        if c["choice"] == "network":
+            np.testing.assert_allclose(rows[f"pred_{c['head']}"], net.loc[rows["patient_id"], f"pred_{c['head']}"])
+            assert (rows[f"model_{c['head']}"] == "network").all()
+        else:
+            assert (rows[f"model_{c['head']}"] == c["linear_model_refit"]).all()
+    m = tiny_run["metrics"]["outcomes"]["zcq_success"]
+    assert "fusion network" in m["comparators"] and "clinical logreg" in m["comparators"]
+    y = oof["label_zcq_success"].to_numpy(float)
+    from lumbarjax.eval.metrics import auc
+    keep = np.isfinite(y)
+    assert abs(m["model"]["auc"]["point"] - auc(y[keep], oof["pred_zcq_success"].to_numpy(float)[keep])) < 1e-9

@@ -4,9 +4,14 @@ the same --workdir each time, ends with the outputs of an uninterrupted run.
     bash scripts/test.sh -m slow -k kill      # or: python -m pytest -m slow tests/test_kill_relaunch.py -s
 
 The stage a run is in is read from the work directory (the first artefact of STAGES still
-missing); the uninterrupted reference run measures each stage's duration, and each kill lands
-at a uniformly random moment within one stage's duration after the relaunched process reached it
-(every stage is targeted at least once, in turn). Prints "kills survived N, max |delta| D".
+missing). A campaign runs one fresh work directory to the end, killing it once in each stage it
+targets: when the relaunched process reaches that stage, the kill waits a uniformly random time
+up to ``scale`` × the stage's duration in the uninterrupted reference run, and lands only if the
+process is still in that stage. A relaunch reuses the compilation cache and can run a stage much
+faster than the reference, so a stage that was missed has its ``scale`` cut and is targeted
+again by the next campaign, until every stage has been killed in. The killed runs' final
+outputs must equal the reference's, and no temporary file of a killed writer may be left.
+Prints "kills survived N, max |delta| D" and the stages killed in.
 """
 
 import glob
@@ -40,7 +45,7 @@ STAGES = [
 ]
 # metrics.json values that describe the run rather than its results
 RUN_DEPENDENT = ("timing_s", "images_decoded_this_run", "seconds")
-MAX_CAMPAIGNS = 4
+MAX_CAMPAIGNS = 5
 
 
 def stage_of(workdir: str) -> str:
@@ -96,6 +101,8 @@ def outputs(workdir):
     """Out-of-fold / baseline tables and metrics.json numbers of a finished run."""
     tables = {os.path.relpath(p, workdir): pd.read_csv(p, dtype={"patient_id": str})
               for p in sorted(glob.glob(os.path.join(workdir, "*", "oof.csv"))
+                              + glob.glob(os.path.join(workdir, "*", "selected_oof.csv"))
+                              + glob.glob(os.path.join(workdir, "mri_scores.csv"))
                               + glob.glob(os.path.join(workdir, "baseline_*.csv")))}
     with open(os.path.join(workdir, "metrics.json")) as f:
         return tables, numbers(json.load(f))
@@ -111,6 +118,8 @@ def max_delta(ref, got) -> float:
         b = got_t[name]
         assert list(a.columns) == list(b.columns) and list(a["patient_id"]) == list(b["patient_id"]), name
         num = a.select_dtypes("number").columns
+        text = [c for c in a.columns if c not in num]
+        assert a[text].fillna("").equals(b[text].fillna("")), name
         d = np.abs(a[num].to_numpy(float) - b[num].to_numpy(float))
         assert np.array_equal(np.isnan(a[num].to_numpy(float)), np.isnan(b[num].to_numpy(float))), name
         worst = max(worst, float(np.nanmax(d, initial=0.0)))
@@ -120,6 +129,49 @@ def max_delta(ref, got) -> float:
         if not np.isnan(v):
             worst = max(worst, abs(v - w))
     return worst
+
+
+def temporary_files(workdir):
+    from lumbarjax.atomic import is_temporary
+    return [os.path.join(d, f) for d, _, fs in os.walk(workdir) for f in fs if is_temporary(f)]
+
+
+def campaign(dir_, targets, durations, scale, rng, log_path, cache):
+    """One fresh work directory, killed once in each stage of ``targets`` it can catch, then run
+    to the end. Returns [(target, stage at the kill)] and the targets it missed."""
+    stages = [s for s, _ in STAGES]
+    hits, missed, proc = [], [], None
+    for target in targets:
+        with open(log_path, "a") as log:
+            if proc is None:
+                proc = launch(dir_, log, cache)
+            while proc.poll() is None and stages.index(target) > _index(stage_of(dir_)):
+                time.sleep(0.02)
+            if proc.poll() is not None or stage_of(dir_) != target:
+                missed.append(target)  # ended, or ran through the stage between two polls
+                continue
+            deadline = time.monotonic() + rng.uniform(0.0, scale[target] * durations[target])
+            while proc.poll() is None and stage_of(dir_) == target and time.monotonic() < deadline:
+                time.sleep(0.01)
+            where = stage_of(dir_)
+            if proc.poll() is None and where == target:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                hits.append((target, where))
+                proc = None
+            else:
+                missed.append(target)
+    with open(log_path, "a") as log:  # the last relaunch (or the one still running) ends the job
+        if proc is None:
+            proc = launch(dir_, log, cache)
+        proc.wait()
+    assert proc.returncode == 0, open(log_path).read()[-3000:]
+    return hits, missed
+
+
+def _index(stage):
+    stages = [s for s, _ in STAGES]
+    return len(stages) if stage == "done" else stages.index(stage)
 
 
 @pytest.mark.slow
@@ -136,41 +188,28 @@ def test_sigkill_anywhere_then_relaunch_gives_the_uninterrupted_outputs(tmp_path
     stages = [s for s, _ in STAGES]
     assert set(stages) <= set(durations), durations
 
-    # Campaigns: each kills one fresh work directory stage by stage until it is done, then lets
-    # the last relaunch finish and compares its outputs with the reference. A relaunch reuses the
-    # compilation cache and can outrun the reference's stage timings, so one campaign may land
-    # fewer kills than there are stages: campaigns repeat until >= 10 kills have covered every
-    # stage but at most one (at most MAX_CAMPAIGNS).
     kills, deltas, log_path = [], [], tmp_path / "killed.log"
-    for campaign in range(MAX_CAMPAIGNS):
-        dir_ = str(tmp_path / f"killed{campaign}")
-        for target in stages + rng.sample(stages, 2):  # every stage once, two at random again
-            if stage_of(dir_) == "done":
-                break
-            if stages.index(target) < stages.index(stage_of(dir_)):
-                continue  # already past it
-            with open(log_path, "a") as log:
-                proc = launch(dir_, log, cache)
-                while proc.poll() is None and stage_of(dir_) != target:
-                    time.sleep(0.05)
-                time.sleep(rng.uniform(0.0, max(durations[target], 0.2)))
-                if proc.poll() is None:
-                    where = stage_of(dir_)
-                    proc.send_signal(signal.SIGKILL)
-                    proc.wait()
-                    kills.append((campaign, target, where))
-                else:  # it ended on its own: it must have finished cleanly
-                    assert proc.returncode == 0, open(log_path).read()[-3000:]
-        with open(log_path, "a") as log:  # the last relaunch runs to the end
-            proc = launch(dir_, log, cache)
-            proc.wait()
-        assert proc.returncode == 0, open(log_path).read()[-3000:]
-        deltas.append(max_delta(reference, outputs(dir_)))
-        killed_in = sorted({w for _, _, w in kills})
-        if len(kills) >= 10 and len(killed_in) >= len(stages) - 1:
+    scale = {s: 1.0 for s in stages}
+    for c in range(MAX_CAMPAIGNS):
+        killed_in = {w for _, w in kills}
+        todo = [s for s in stages if s not in killed_in]
+        if not todo and len(kills) >= 10:
             break
+        # every stage not yet killed in, and more at random until the campaigns reach 10 kills
+        extra = rng.sample([s for s in stages if s not in todo], max(0, min(10 - len(kills) - len(todo),
+                                                                          len(stages) - len(todo))))
+        targets = [s for s in stages if s in todo or s in extra]
+        dir_ = str(tmp_path / f"killed{c}")
+        hits, missed = campaign(dir_, targets, durations, scale, rng, log_path, cache)
+        for s in missed:
+            scale[s] /= 4.0
+        kills += hits
+        deltas.append(max_delta(reference, outputs(dir_)))
+        assert temporary_files(dir_) == [], temporary_files(dir_)
+        print(f"campaign {c}: killed in {[w for _, w in hits]}, missed {missed}, max |delta| {deltas[-1]:g}")
+    killed_in = sorted({w for _, w in kills}, key=stages.index)
     print(f"\nkills survived {len(kills)} in {len(deltas)} campaign(s), max |delta| {max(deltas):g}; "
           f"stages killed in: {killed_in}")
     assert len(kills) >= 10, kills
-    assert len(killed_in) >= len(stages) - 1, kills
+    assert killed_in == stages, kills
     assert max(deltas) == 0.0

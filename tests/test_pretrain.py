@@ -76,6 +76,20 @@ def test_pretrain_saves_a_drop_in_encoder_and_reuses_it(pre, tmp_path):
     for a, b in zip(jax.tree.leaves(swapped["mri_encoder"]), jax.tree.leaves(params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
+    # the file also holds the grading head: it grades the stenosis of any cached MRI
+    path = str(tmp_path / "mri_encoder.msgpack")
+    from lumbarjax.models import encoder_file
+    assert set(encoder_file.load_grading_head(path)) == {"ln", "head"}
+    assert encoder_file.load_encoder_file(path)[1]["grading_head"]["num_grades"] == cfg.pretrain.num_grades
+    probs = pretrain.stenosis_probs(cfg, path, cohort.cache)
+    assert probs.shape == (12, cfg.pretrain.num_grades)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    assert np.ptp(probs[:, 0]) > 0                      # depends on the image
+    no_head = str(tmp_path / "encoder_only.msgpack")
+    encoder_file.save_encoder_file(no_head, params, encoder_file.load_encoder_file(path)[1])
+    assert encoder_file.load_grading_head(no_head) is None
+    assert pretrain.stenosis_probs(cfg, no_head, cohort.cache) is None
+
     # a second call with the same settings loads the saved encoder (no training)
     again, summary2 = pretrain.pretrain_encoder(cfg, str(tmp_path), cohort.records, cohort.cache)
     assert summary2 == json.loads(json.dumps(summary))

@@ -264,9 +264,14 @@ def _fig_hist(values: np.ndarray, xlabel: str, title: str) -> bytes:
 
 
 # ----------------------------------------------------------------------------- sections
-def _comparators(outcome_oof, head, baseline_oof, clinical_only_oof, binary):
+def _comparators(outcome_oof, head, baseline_oof, clinical_only_oof, binary, other_models=None):
     """{name: pred array aligned with outcome_oof rows} for the available comparators."""
     out = {}
+    for name, df in dict(other_models or {}).items():
+        if df is not None and f"pred_{head}" in df.columns:
+            o = df.assign(patient_id=df["patient_id"].astype(str)).drop_duplicates("patient_id")
+            out[name] = pd.to_numeric(o.set_index("patient_id")[f"pred_{head}"].reindex(
+                outcome_oof["patient_id"].astype(str)), errors="coerce").to_numpy(float)
     pid = outcome_oof["patient_id"].astype(str)
     if baseline_oof and head in baseline_oof and baseline_oof[head] is not None:
         b = baseline_oof[head].copy()
@@ -285,7 +290,7 @@ def _comparators(outcome_oof, head, baseline_oof, clinical_only_oof, binary):
     return out
 
 
-def _outcomes(outcome_oof, baseline_oof, clinical_only_oof, kw, threshold):
+def _outcomes(outcome_oof, baseline_oof, clinical_only_oof, kw, threshold, other_models=None):
     """Per-head metrics (+ comparators and paired differences) and the figure inputs."""
     heads = [c[len("label_"):] for c in outcome_oof.columns
              if str(c).startswith("label_") and f"pred_{c[len('label_'):]}" in outcome_oof.columns]
@@ -302,7 +307,7 @@ def _outcomes(outcome_oof, baseline_oof, clinical_only_oof, kw, threshold):
         entry = {"task": "binary" if binary else "regression", "model": rep, "comparators": {},
                  "paired_difference": {}}
         metric_fn, metric_name = (M.auc, "auc") if binary else (M.mae, "mae")
-        comps = _comparators(outcome_oof, head, baseline_oof, clinical_only_oof, binary)
+        comps = _comparators(outcome_oof, head, baseline_oof, clinical_only_oof, binary, other_models)
         lab = np.isfinite(y)
         for name, q in comps.items():
             both = lab & np.isfinite(q) & np.isfinite(p)
@@ -426,7 +431,7 @@ figcaption { font-size: .82em; color: var(--muted); margin-top: 4px; }
 # ----------------------------------------------------------------------------- main entry
 def write_report(out_dir, *, title: str, cohort_summary: dict, grader_oof: pd.DataFrame = None,
                  outcome_oof: pd.DataFrame = None, baseline_oof: dict = None,
-                 clinical_only_oof: pd.DataFrame = None, bayes: dict = None,
+                 clinical_only_oof: pd.DataFrame = None, other_models: dict = None, bayes: dict = None,
                  heatmaps: list = None, completeness=None, localisation: dict = None,
                  ablation: dict = None, extra: dict = None, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05,
                  threshold: float = 0.5) -> tuple[str, str]:
@@ -442,6 +447,8 @@ def write_report(out_dir, *, title: str, cohort_summary: dict, grader_oof: pd.Da
       baseline_oof: head → :func:`lumbarjax.eval.baselines.clinical_baselines` output.
       clinical_only_oof: OOF predictions of the network trained on clinical features only
         (same columns as ``outcome_oof``).
+      other_models: further comparators, name → OOF table with ``patient_id, pred_<head>``
+        (e.g. the fusion network when ``outcome_oof`` is the selected model).
       bayes: demo only — head → Bayes-optimal AUC (a number, or a dict with ``auc``), e.g. the
         AUC of the true outcome probabilities in ``ground_truth.csv``.
       heatmaps: list of ``dict(patient_id, png (bytes or path), caption, correct)``.
@@ -502,7 +509,7 @@ def write_report(out_dir, *, title: str, cohort_summary: dict, grader_oof: pd.Da
         if "patient_id" not in outcome_oof.columns:
             raise LumbarjaxError("write_report: outcome_oof has no column 'patient_id'")
         res, roc, cal, dcs, scatter = _outcomes(outcome_oof, baseline_oof, clinical_only_oof,
-                                                kw, threshold)
+                                                kw, threshold, other_models)
         metrics["outcomes"] = res
         body = ""
         for head, entry in res.items():

@@ -68,10 +68,20 @@ def model_card(*, encoder_kwargs: Mapping, preprocessing: Mapping, label_column:
     })
 
 
-def save_encoder_file(path: str, params, card: Mapping) -> tuple[str, str]:
-    """Write the encoder file and its readable card copy; returns (path, card_path)."""
+def save_encoder_file(path: str, params, card: Mapping, head=None) -> tuple[str, str]:
+    """Write the encoder file and its readable card copy; returns (path, card_path).
+
+    ``head``: the pretraining model's grading head (``StenosisGrader``'s ``ln`` and ``head``
+    parameters), stored beside the encoder so that the file can also grade stenosis — the
+    outcome model's MRI stage-1 scores (:func:`load_grading_head`). The card then says so."""
     path = os.fspath(path)
+    card = dict(card)
+    if head is not None:
+        card["grading_head"] = {"layers": "LayerNorm 'ln' + Dense 'head' -> CORN logits (K-1)",
+                                "num_grades": card.get("labels", {}).get("num_grades")}
     blob = {"format": FORMAT, "card": json.dumps(_jsonable(card), sort_keys=True), "params": params}
+    if head is not None:
+        blob["head"] = head
     atomic.write_bytes(path, flax.serialization.msgpack_serialize(blob))
     card_path = card_path_for(path)
     atomic.write_json(card_path, _jsonable(card))
@@ -85,6 +95,17 @@ def card_path_for(path: str) -> str:
 
 def load_encoder_file(path: str):
     """(params as numpy pytree, card dict); ConfigError naming the file when it is not one."""
+    blob = _load_blob(path)
+    return blob["params"], json.loads(blob["card"])
+
+
+def load_grading_head(path: str):
+    """The grading head's parameters (``{"ln": …, "head": …}``) stored with the encoder, or None
+    for a file written without one (an older file, or a head that was not saved)."""
+    return _load_blob(path).get("head")
+
+
+def _load_blob(path: str) -> dict:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ConfigError(f"config.pretrain.encoder_file={path!r}: file not found")
@@ -98,7 +119,7 @@ def load_encoder_file(path: str):
         raise ConfigError(f"config.pretrain.encoder_file={path!r}: not a lumbarjax encoder file "
                           f"(format {blob.get('format') if isinstance(blob, dict) else None!r}, "
                           f"expected {FORMAT!r})")
-    return blob["params"], json.loads(blob["card"])
+    return blob
 
 
 def check_compatible(card: Mapping, *, encoder_kwargs: Mapping, preprocessing: Mapping,
@@ -127,5 +148,5 @@ def check_compatible(card: Mapping, *, encoder_kwargs: Mapping, preprocessing: M
                           f"mri.norm_percentiles={pct}, config has {mri.get('norm_percentiles')}")
 
 
-__all__ = ["FORMAT", "card_path_for", "check_compatible", "load_encoder_file", "model_card",
+__all__ = ["FORMAT", "card_path_for", "check_compatible", "load_encoder_file", "load_grading_head", "model_card",
            "save_encoder_file"]

@@ -3,14 +3,20 @@
 For each outer fold ``f`` the patients of the other folds are split once more (stratified,
 seeded) into an inner training and an inner validation part. The model is trained on the inner
 training part; the inner validation part alone picks the best checkpoint. Fold ``f`` is then
-predicted once with that checkpoint: its labels never influence training or model selection, and
-the clinical features are standardised with statistics of the training patients only.
+predicted once with that checkpoint — or, with ``cv.refit``, with the same model retrained on
+all training patients of the fold and stopped at the chosen step (``fold_<k>/refit/``): fold
+``f``'s labels never influence training or model selection, and the clinical features are
+standardised with statistics of the inner training patients only.
 
 Tasks:
   ``grader``  — X-ray -> ordinal grade (CORN or CORAL, ``model.head``); label ``xray_grade`` (0..K-1), or one grade per
                 level (``xray_grade_L1L2`` …) when ``model.num_levels > 1``.
   ``outcome`` — MRI (+ X-ray) + clinical -> ZCQ success, ≥50% back/leg improvement (binary) and
                 post-operative back/leg VAS (0–100 mm).
+
+Each fold also writes ``fold_<k>/split.json`` (test / inner_train / inner_val patient ids) and
+``fold_<k>/inner_val.csv`` (the selected checkpoint's predictions of its inner-validation
+patients, for ``train.select``).
 
 Out-of-fold CSV columns: ``patient_id, fold``, ``label_<head>`` and ``pred_<head>``
 (probabilities for binary heads, VAS for regression heads); for the grader ``label_grade``,
@@ -159,6 +165,24 @@ def run_fold(td: TaskData, fold: int, config, workdir: str, *, clinical_only: bo
                                 train_source=Subset(source, inner_train), eval_fn=eval_fn,
                                 init_params=init, row_ids=td.records["patient_id"].to_numpy())
     state = result["state"]
+    # The selected checkpoint's inner-validation predictions: what train.select compares with
+    # the penalised linear family fitted on the same inner training patients.
+    val = predict(state, model, loader(inner_val))
+    val_cols = task.decode(val, task_cfg)
+    atomic.write_csv(pd.DataFrame({"patient_id": td.records["patient_id"].to_numpy()[np.asarray(val["index"])],
+                                   **{c: np.asarray(v) for c, v in val_cols.items() if np.ndim(v) == 1}}),
+                     os.path.join(fold_dir, "inner_val.csv"))
+    best_step = result["best"]["step"]
+    if task_cfg.cv.get("refit", False):
+        # The inner split chose the number of steps; the model that predicts the test fold
+        # then learns from every training patient (inner train + inner validation), on the
+        # same schedule, stopped at that step. On ~160 patients the 20 % held out for the
+        # choice cost a logistic regression 0.045 ZCQ AUC on the demo (0.562 vs 0.606).
+        refit = train_and_evaluate(run_cfg, os.path.join(fold_dir, "refit"), model=model, loss_fn=loss_fn,
+                                   train_source=Subset(source, train_idx), init_params=init,
+                                   stop_at=int(best_step or task_cfg.train.num_steps),
+                                   row_ids=td.records["patient_id"].to_numpy())
+        state = refit["state"]
     out = predict(state, model, loader(test_idx))
     idx = np.asarray(out["index"])
     cols = task.decode(out, task_cfg)
@@ -174,7 +198,7 @@ def run_fold(td: TaskData, fold: int, config, workdir: str, *, clinical_only: bo
             oof[f"label_{hname}"] = np.nanmax(lab[idx], axis=1)
     for c, v in cols.items():
         oof[c] = v
-    oof["best_step"] = result["best"]["step"]
+    oof["best_step"] = best_step
     if after_fold is not None:
         after_fold(fold=fold, state=state, model=model, source=source, test_idx=test_idx,
                    encoder=enc, task=td)

@@ -143,7 +143,9 @@ def pretrain_encoder(config, workdir: str, records: pd.DataFrame, cache: pd.Data
     result = train_and_evaluate(run_cfg, workdir, model=model, loss_fn=task.loss(pc),
                                 train_source=Subset(source, train_idx), eval_fn=eval_fn,
                                 row_ids=recs["patient_id"].to_numpy())
-    params = jax.device_get(result["state"].params["mri_encoder"])
+    all_params = jax.device_get(result["state"].params)
+    params = all_params["mri_encoder"]
+    head = {k: v for k, v in all_params.items() if k != "mri_encoder"}
     summary = {"patients_train": int(len(train_idx)), "patients_val": int(len(val_idx)),
                "patients_not_used": n_skipped, "best_step": int(result["best"]["step"] or 0),
                "val_qwk": float((result["best"]["metrics"] or {}).get("qwk", float("nan"))),
@@ -156,9 +158,45 @@ def pretrain_encoder(config, workdir: str, records: pd.DataFrame, cache: pd.Data
         label_names=label_names(col, k), training_data=data,
         validation={"qwk": summary["val_qwk"], "best_step": summary["best_step"],
                     "patients": summary["patients_val"]})
-    encoder_file.save_encoder_file(os.path.join(workdir, ENCODER_FILE), params, card)
+    encoder_file.save_encoder_file(os.path.join(workdir, ENCODER_FILE), params, card, head=head)
     atomic.write_json(summary_path, summary, indent=1, sort_keys=False)  # last: marks the encoder complete
     return params, summary
+
+
+def encoder_path(config, workdir: str) -> str:
+    """The encoder file the job's outcome model starts from: ``pretrain.encoder_file``, or the
+    one pretraining writes under ``<workdir>/pretrain``."""
+    return config.pretrain.encoder_file or os.path.join(workdir, "pretrain", ENCODER_FILE)
+
+
+def stenosis_probs(config, path: str, cache: pd.DataFrame, *, batch_size: int = 16) -> np.ndarray | None:
+    """(N, K) stenosis-grade probabilities of every patient of ``cache`` (a preprocess cache
+    table) from the pretrained grader in the encoder file ``path`` (encoder + its grading head,
+    CORN decoding), NaN rows where a patient has no MRI; None when the file holds no head.
+
+    The pretraining patients are never the outcome patients (``workflow.stage_pretrain``
+    checks), so these scores are out of sample for every outcome patient and fold."""
+    from lumbarjax.models.ordinal import corn_probs
+
+    head = encoder_file.load_grading_head(path)
+    if head is None:
+        return None
+    params, card = encoder_file.load_encoder_file(path)
+    k = int(card.get("labels", {}).get("num_grades") or config.pretrain.num_grades)
+    model = TASKS["pretrain"].build_model(ml_collections.ConfigDict({"num_grades": k}),
+                                          encoder=encoder_kwargs(config))
+    variables = {"params": {**head, "mri_encoder": params}}
+    apply = jax.jit(lambda v, mri: corn_probs(model.apply(v, {"mri": mri}, train=False)["grade"][:, 0]))
+    d, h, w = config.mri.shape
+    source = CachedExamples(cache, {}, mri_shape=(d, h, w), xray_shape=tuple(config.xray.shape))
+    present = (cache["mri_file"].fillna("").astype(str) != "").to_numpy() & ~cache["excluded"].to_numpy(bool)
+    probs = np.full((len(cache), k), np.nan)
+    idx = np.flatnonzero(present)
+    for batch in make_loader(source, batch_size=batch_size, shuffle=False, seed=0, num_epochs=1, indices=idx):
+        keep = np.asarray(batch["valid"]) > 0
+        p = np.asarray(apply(variables, batch["mri"]))
+        probs[np.asarray(batch["index"])[keep]] = p[keep]
+    return probs
 
 
 def with_encoder(encoder_params) -> callable:

@@ -1,0 +1,97 @@
+"""train.select: the network or the penalised linear family per fold and head, chosen on the
+inner validation patients only; the test fold never enters a choice."""
+
+import json
+import os
+
+import numpy as np
+import pandas as pd
+
+from lumbarjax.data.cohort import make_folds
+from lumbarjax.models import linear
+from lumbarjax.train import select
+
+# two candidates per head keep the test quick; the choice among them is models.linear's
+GRIDS = {"zcq_success": [linear.Candidate("logreg_l2", 1.0), linear.Candidate("logreg_l2", 0.1)],
+         "back_pain_post": [linear.Candidate("ridge", 1.0), linear.Candidate("ridge", 10.0)]}
+
+
+def _run(tmp_path, n=160, seed=0):
+    """A cohort whose zcq_success follows `age` (linear signal) and whose VAS follows `score`,
+    with the outer folds and inner splits written as train.crossval writes them."""
+    rng = np.random.default_rng(seed)
+    age = rng.normal(60, 10, n)
+    score = rng.normal(0, 1, n)
+    p = 1 / (1 + np.exp(-(age - 60) / 4))
+    rec = pd.DataFrame({"patient_id": [f"P{i:03d}" for i in range(n)], "age": age, "score": score,
+                        "zcq_success": (rng.random(n) < p).astype(float),
+                        "back_pain_post": 50 + 15 * score + rng.normal(0, 5, n)})
+    folds = make_folds(rec, k=4, seed=seed, stratify_on="zcq_success")
+    run = tmp_path / "outcome"
+    for f in range(4):
+        tr = np.flatnonzero(folds != f)
+        val, itr = tr[::5], np.setdiff1d(tr, tr[::5])
+        d = run / f"fold_{f}"
+        d.mkdir(parents=True)
+        ids = rec["patient_id"].to_numpy()
+        (d / "split.json").write_text(json.dumps({"test": ids[folds == f].tolist(),
+                                                  "inner_train": ids[itr].tolist(),
+                                                  "inner_val": ids[val].tolist()}))
+    return rec, folds, str(run)
+
+
+def _network_files(rec, folds, run, pred_zcq, pred_vas):
+    for f in range(4):
+        d = os.path.join(run, f"fold_{f}")
+        val = json.load(open(os.path.join(d, "split.json")))["inner_val"]
+        rows = rec.set_index("patient_id").index.get_indexer(val)
+        pd.DataFrame({"patient_id": val, "pred_zcq_success": pred_zcq[rows],
+                      "pred_back_pain_post": pred_vas[rows]}).to_csv(os.path.join(d, "inner_val.csv"), index=False)
+    return pd.DataFrame({"patient_id": rec["patient_id"], "fold": folds, "pred_zcq_success": pred_zcq,
+                         "pred_back_pain_post": pred_vas})
+
+
+def test_a_network_no_better_than_chance_gives_way_to_the_refitted_linear_model(tmp_path):
+    rec, folds, run = _run(tmp_path)
+    rng = np.random.default_rng(1)
+    net = _network_files(rec, folds, run, rng.random(len(rec)), np.full(len(rec), 50.0))
+    oof, summary = select.select_models(rec, folds, ["zcq_success", "back_pain_post"], ["zcq_success"],
+                                        ["age", "score"], net, run, seed=0, grid_for=GRIDS.get)
+    assert summary["network_chosen"] == {"zcq_success": 0, "back_pain_post": 0}
+    assert set(oof["model_zcq_success"]) <= {c.name for c in GRIDS["zcq_success"]}
+    # fold 2's predictions are the linear family refitted on all of fold 2's training patients
+    split = json.load(open(os.path.join(run, "fold_2", "split.json")))
+    train = rec.index[rec["patient_id"].isin(split["inner_train"] + split["inner_val"])].to_numpy()
+    refit = linear.fit_penalised(rec, "zcq_success", train, ["age", "score"], task="binary", seed=2,
+                                 grid=GRIDS["zcq_success"])
+    test = folds == 2
+    np.testing.assert_allclose(oof.loc[test, "pred_zcq_success"], refit.predict(rec.loc[test]), rtol=1e-12)
+    assert oof.loc[test, "model_zcq_success"].eq(refit.candidate.name).all()
+    assert pd.read_csv(os.path.join(run, "selected_oof.csv"))["pred_zcq_success"].notna().all()
+    saved = json.load(open(os.path.join(run, "selection.json")))
+    assert len(saved["choices"]) == 8 and all(c["choice"] == "linear" for c in saved["choices"])
+
+
+def test_a_clearly_better_network_keeps_its_own_out_of_fold_predictions(tmp_path):
+    rec, folds, run = _run(tmp_path)
+    # the linear model sees `score` only: no ZCQ signal, VAS up to noise of 5 mm
+    truth_z = rec["zcq_success"].to_numpy() * 0.8 + 0.1     # separates the classes perfectly
+    truth_v = rec["back_pain_post"].to_numpy()               # exact VAS
+    net = _network_files(rec, folds, run, truth_z, truth_v)
+    oof, summary = select.select_models(rec, folds, ["zcq_success", "back_pain_post"], ["zcq_success"],
+                                        ["score"], net, run, seed=0, grid_for=GRIDS.get)
+    assert summary["network_chosen"] == {"zcq_success": 4, "back_pain_post": 4}
+    np.testing.assert_array_equal(oof["pred_zcq_success"], truth_z)
+    assert (oof["model_back_pain_post"] == "network").all()
+    c = summary["choices"][0]
+    assert c["metric"] == "auc" and c["network"] == 1.0 and c["linear"] < 1.0
+
+
+def test_clearly_better_needs_more_than_a_higher_score():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 25).astype(float)
+    base = y + rng.normal(0, 1.5, 25)
+    slightly = base + 0.05 * y            # a hair better in AUC: not clearly
+    assert not select.clearly_better(y, slightly, base, "binary")
+    assert select.clearly_better(y, y + rng.normal(0, 0.1, 25), base, "binary")
+    assert not select.clearly_better(y, base, base, "binary")
