@@ -35,7 +35,7 @@ from absl import logging
 from lumbarjax import atomic
 from lumbarjax.atomic import atomic_path
 from lumbarjax.data.preprocess import load_affine
-from lumbarjax.errors import CohortError, ConfigError
+from lumbarjax.errors import CohortError, ConfigError, DicomError
 from lumbarjax.explain import heatmaps
 
 __all__ = ["FoldModel", "TASKS", "saved_config", "check_run_config", "load_fold_models",
@@ -547,6 +547,13 @@ def predict_patient(config, workdir: str, patient_dir: str, *, out_dir: str | No
         if xray_present:
             pred["grader"], f = _predict_grader(config, workdir, cache, out_dir, pid)
             figs += f
+            if config.levels.enabled:  # the level-by-level scale of the run (train.xray_levels)
+                from lumbarjax.train.xray_levels import predict_levels
+                try:
+                    pred["grader"]["levels"] = predict_levels(config.levels, os.path.join(workdir, "levels"),
+                                                              records["xray_paths"].iloc[0])
+                except (CohortError, DicomError) as e:
+                    notes.append(f"grader levels: not predicted ({e})")
         else:
             notes.append("grader: no X-ray, no grade predicted")
     json_path = os.path.join(out_dir, "prediction.json")
@@ -601,6 +608,18 @@ def _prediction_html(pred: dict, figs: list) -> str:
                   f"(SD {f3(eg['sd'], 2)}, range {f3(eg['min'], 2)} – {f3(eg['max'], 2)} across "
                   f"{eg['n_folds']} folds).</p>",
                   report_lib.html_table(["grade", "probability (mean of folds)", "SD"], rows, "metrics")]
+        lv = g.get("levels")
+        if lv:
+            ind = lv["indices"]
+            lrows = [[e(name), str(lv["grade_per_level"][name]), f3(ind[f"dhi_{name}"]),
+                      f3(ind[f"disc_height_mm_{name}"], 1), f3(ind[f"listhesis_mm_{name}"], 1)]
+                     for name in lv["grade_per_level"]]
+            parts += [f"<h3>Level by level (rule {e(lv['rule'])})</h3>",
+                      f"<p>Patient grade <b>{lv['grade']}</b>; scale (sum over L1–S1) "
+                      f"{f3(lv['scale']['mean'], 1)} (SD {f3(lv['scale']['sd'], 1)} across "
+                      f"{len(lv['folds'])} fold graders).</p>",
+                      report_lib.html_table(["level", "grade (median of folds)", "disc height index",
+                                             "disc height (mm)", "listhesis (mm)"], lrows, "metrics")]
     if figs:
         parts.append("<h2>Heat maps</h2><div class='gallery'>")
         for path, caption in figs:

@@ -39,6 +39,17 @@ def test_xray_and_mri_scores_and_attach():
         stage1.xray_scores(_grader_oof().drop(columns="fold"))
 
 
+def test_the_level_scale_and_its_measurements_become_xray_scores():
+    g = _grader_oof().assign(level_pred_grade=[2, 3, 0], scale=[6, 11, 1],
+                             dhi_L4L5=[0.21, 0.09, 0.30], listhesis_mm_L4L5=[0.4, -3.5, 0.0])
+    x = stage1.xray_scores(g)
+    assert list(x.columns)[-4:] == ["xray_level_grade", "xray_scale", "xray_dhi_L4L5",
+                                    "xray_listhesis_abs_mm_L4L5"]
+    np.testing.assert_allclose(x["xray_scale"], [6, 11, 1])
+    np.testing.assert_allclose(x["xray_dhi_L4L5"], [0.21, 0.09, 0.30])
+    np.testing.assert_allclose(x["xray_listhesis_abs_mm_L4L5"], [0.4, 3.5, 0.0])  # a slip either way
+
+
 def test_fold_honesty_from_split_files(tmp_path):
     """Out-of-fold grades pass; a table whose rows were scored by a fold model that trained on
     them (e.g. in-sample predictions) is refused, naming the patient and fold."""

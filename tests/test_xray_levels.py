@@ -158,6 +158,17 @@ def test_run_levels_end_to_end_on_a_tiny_synthetic_cohort(tmp_path):
     saved = json.loads((tmp_path / "levels" / "levels_metrics.json").read_text())
     assert saved["n_measured"] == len(records) and "landmark_corner_error_mm" in saved
     assert (tmp_path / "levels" / "landmarks_finder.json").exists()
+    # --mode=predict's path: one film through the saved models = that patient's out-of-fold row
+    new = levels_train.predict_levels(cfg, str(tmp_path / "levels"), records["xray_paths"].iloc[0])
+    for c in ("dhi_L4L5", "listhesis_mm_L2L3", "disc_height_mm_L5S1"):
+        # (one film vs a batch of 22 through the landmark nets: float32 kernels differ ~1e-5)
+        assert new["indices"][c] == pytest.approx(oof[c].iloc[0], rel=1e-3, abs=1e-3), c
+    f0 = int(folds[0])
+    assert new["folds"][f0]["grade"] == int(oof["pred_grade"].iloc[0])
+    assert new["folds"][f0]["scale"] == int(oof["scale"].iloc[0])
+    assert len(new["folds"]) == 2 and set(new["grade_per_level"]) == set(LEVELS)
+    with pytest.raises(CohortError, match="landmarks_finder.msgpack is missing: the run has no level"):
+        levels_train.predict_levels(cfg, str(tmp_path / "graded"), records["xray_paths"].iloc[0])
     # beside the grader: the same run (saved landmark models reused, same card signature), its
     # columns merged into the grader's oof.csv under names that do not clash
     import types

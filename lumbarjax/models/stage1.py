@@ -5,7 +5,11 @@ stenosis grade become columns of the outcome records, without leakage.
   every patient a grade predicted by the fold model that held that patient out. From it come
   ``xray_expected_grade`` = Σ_k k·prob_grade_k and ``xray_prob_grade_k`` when the table has class
   probabilities, else ``xray_pred_grade``, and ``xray_pred_grade_<LEVEL>`` per level when the
-  grader predicts levels (columns ``pred_grade_L1L2`` …).
+  grader predicts levels (columns ``pred_grade_L1L2`` …); with the level-by-level scale
+  (train.xray_levels, whose columns join grader/oof.csv) also ``xray_level_grade``,
+  ``xray_scale``, ``xray_dhi_<LEVEL>`` (disc height index) and ``xray_listhesis_abs_mm_<LEVEL>``.
+  The level grades' cut points are fitted in the grader's training folds and the landmark
+  models on a separate landmark cohort, so these columns are out of fold too.
 * MRI: CORN logits of the pretrained stenosis grader (lumbarjax.train.pretrain), which never saw
   the outcome cohort, give ``mri_stenosis_expected`` and ``mri_stenosis_prob_k``.
 
@@ -50,6 +54,16 @@ def xray_scores(grader_oof: pd.DataFrame) -> pd.DataFrame:
     for lv in LEVELS:
         if f"pred_grade_{lv}" in grader_oof.columns:
             out[f"xray_pred_grade_{lv}"] = grader_oof[f"pred_grade_{lv}"].to_numpy(float)
+    # the level-by-level X-ray scale (train.xray_levels): patient grade, scale and the measured
+    # per-level disc height index and listhesis (magnitude, mm)
+    for src, dst in (("level_pred_grade", "xray_level_grade"), ("scale", "xray_scale")):
+        if src in grader_oof.columns:
+            out[dst] = grader_oof[src].to_numpy(float)
+    for lv in LEVELS:
+        if f"dhi_{lv}" in grader_oof.columns:
+            out[f"xray_dhi_{lv}"] = grader_oof[f"dhi_{lv}"].to_numpy(float)
+        if f"listhesis_mm_{lv}" in grader_oof.columns:
+            out[f"xray_listhesis_abs_mm_{lv}"] = np.abs(grader_oof[f"listhesis_mm_{lv}"].to_numpy(float))
     return out
 
 

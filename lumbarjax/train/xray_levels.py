@@ -383,6 +383,52 @@ def levels_beside_grader(config, workdir: str, td, grader_oof: pd.DataFrame, coh
     return merged, metrics
 
 
+def predict_levels(cfg, levels_dir: str, xray_paths: str) -> dict:
+    """The level-by-level scale of one new film with a finished run's models
+    (``--mode=predict``): the landmark models saved in ``levels_dir`` (``landmarks_finder`` /
+    ``landmarks_refiner``) measure the film, and each fold's level grader
+    (``levels_metrics.json`` → ``fitted``) grades it.
+
+    Returns ``{"indices": {dhi_LEVEL, disc_height_mm_LEVEL, listhesis_mm_LEVEL: float},
+    "grade_per_level": {LEVEL: median over folds}, "grade": median fold patient grade,
+    "scale": {"mean", "sd"} over folds, "expected_grade": {"mean", "sd"}, "folds": [...]}``.
+    Raises CohortError naming the missing file when the run has no level models.
+    """
+    from lumbarjax.models.level_grader import LevelGrader
+    stem = os.path.join(levels_dir, "landmarks")
+    metrics_path = os.path.join(levels_dir, "levels_metrics.json")
+    for need in (stem + "_finder.msgpack", stem + "_refiner.msgpack", metrics_path):
+        if not os.path.exists(need):
+            raise CohortError(f"{need} is missing: the run has no level-by-level models (config.levels)")
+    finder, fp, card = landmarks.load(stem + "_finder")
+    refiner, rp, _ = landmarks.load(stem + "_refiner")
+    meas = measure([film_of(xray_paths)], {"finder": (finder, fp), "refiner": (refiner, rp)}, cfg)
+    ind = meas["indices"].iloc[0]
+    dhi = ind[[f"dhi_{lv}" for lv in LEVELS]].to_numpy(float)[None]
+    with open(metrics_path) as f:
+        fitted = json.load(f)["fitted"]
+    folds = []
+    for k, d in enumerate(fitted):
+        g = LevelGrader(ref=np.asarray(d["ref"], float), cuts=np.asarray(d["cuts"], float), rule=d["rule"],
+                        sum_cuts=None if d.get("sum_cuts") is None else np.asarray(d["sum_cuts"], float),
+                        tau=float(d["tau"]))
+        lg = g.level_grades(dhi)[0]
+        folds.append({"fold": k, "grade": int(g.patient_grade(dhi)[0]), "scale": int(lg.sum()),
+                      "expected_grade": float(g.expected_grade(dhi)[0]),
+                      "grade_per_level": {lv: int(v) for lv, v in zip(LEVELS, lg)}})
+
+    def spread(key):
+        v = np.array([f[key] for f in folds], float)
+        return {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if len(v) > 1 else 0.0}
+
+    return {"rule": fitted[0]["rule"] if fitted else cfg.rule,
+            "indices": {k: float(v) for k, v in ind.items()},
+            "grade_per_level": {lv: int(np.median([f["grade_per_level"][lv] for f in folds])) for lv in LEVELS},
+            "grade": int(np.median([f["grade"] for f in folds])), "scale": spread("scale"),
+            "expected_grade": spread("expected_grade"), "folds": folds,
+            "centres_px": meas["centres"][0].tolist()}
+
+
 def report_summary(metrics: dict) -> dict:
     """The numbers of :func:`run_levels` shown in the report (``extra``)."""
     keys = [k for k in metrics if k.startswith("qwk_") or (k.startswith("landmark_") and k.endswith("_mm"))]

@@ -1,0 +1,134 @@
+"""The whole chain per generator regime and seed (issue 13's acceptance table): the demo job
+(`configs/demo.py`: grader + levels, pretrained MRI encoder, outcome CV with model selection,
+baselines, ablation) on the cohort of each ``--regimes`` × ``--seeds``, and one table of
+out-of-fold ZCQ-success AUC:
+
+* ``selected``: the report's outcome model (``train.select``: network or penalised linear family
+  per fold, chosen on the inner validation split), with its paired bootstrap difference to
+* ``logreg``: the clinical logistic regression on the same folds (95 % CI);
+* ``network``: the fusion network alone; ``clinical net``: the clinical-only network;
+* ``Bayes``: the Bayes-optimal AUC of the cohort's true outcome probabilities (population);
+* ``network folds``: in how many folds the selection kept the network.
+
+    PYTHONPATH=$PWD python benchmarks/outcome_chain_regimes.py --seeds 0,1,2 \\
+        --regimes demo,clinical_dominant,xray_contributing,null --out benchmarks/OUTCOME_CHAIN.md
+
+Each run is a separate ``launch.py`` process in ``<--root>/<regime>_s<seed>`` (kept: a rerun
+resumes or reuses finished runs). One run takes the demo's time (about 15-20 min on 2 cores), so
+the full 4 × 3 table takes hours; ``--pretrained`` reuses the MRI encoder file of the same seed's
+first run (the pretraining cohort does not depend on the outcome regime, so the file is the same
+one that run would write), which saves the pretraining of the other regimes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_one(root: str, regime: str, seed: int, encoder_file: str | None, extra: list[str]) -> str:
+    wd = os.path.join(root, f"{regime}_s{seed}")
+    if os.path.exists(os.path.join(wd, "metrics.json")):
+        return wd
+    cmd = [sys.executable, "launch.py", "--config=configs/demo.py", f"--workdir={wd}",
+           f"--config.seed={seed}", f"--config.data.demo_regime={regime}", *extra]
+    if encoder_file:
+        cmd.append(f"--config.pretrain.encoder_file={encoder_file}")
+    env = dict(os.environ, PYTHONPATH=REPO,
+               XLA_FLAGS=os.environ.get("XLA_FLAGS", "--xla_force_host_platform_device_count=2"))
+    os.makedirs(wd, exist_ok=True)
+    t0 = time.time()
+    with open(os.path.join(wd, "launch.log"), "w") as log:
+        rc = subprocess.call(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    if rc:
+        raise SystemExit(f"{' '.join(cmd)} failed ({rc}); see {wd}/launch.log")
+    print(f"{regime} seed {seed}: {time.time() - t0:.0f} s", flush=True)
+    return wd
+
+
+def row(wd: str, regime: str, seed: int) -> dict:
+    with open(os.path.join(wd, "metrics.json")) as f:
+        m = json.load(f)
+    z = m["outcomes"]["zcq_success"]
+    comp = z["comparators"]
+    d = z["paired_difference"]["clinical logreg"]
+    sel = (m.get("extra") or {}).get("outcome_model_selection", {})
+    bayes = (m.get("bayes_optimal") or {}).get("zcq_success")
+    if isinstance(bayes, dict):
+        bayes = bayes.get("auc")
+
+    def point(name):
+        return comp[name]["auc"]["point"] if name in comp else None
+
+    return {"regime": regime, "seed": seed, "selected": z["model"]["auc"]["point"],
+            "logreg": point("clinical logreg"), "diff": d["diff"], "lo": d["lo"], "hi": d["hi"],
+            "network": point("fusion network"), "clinical_net": point("clinical-only network"),
+            "bayes": bayes, "network_folds": sel.get("network_chosen_in_folds", {}).get("zcq_success")}
+
+
+def fmt(v, signed=False):
+    if v is None:
+        return "–"
+    return f"{v:+.3f}" if signed else f"{v:.3f}"
+
+
+def markdown(rows: list[dict], header: str) -> str:
+    out = [header, "", "| regime | seed | selected | logreg | selected − logreg [95 % CI] | network | "
+           "clinical net | Bayes | network folds |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        out.append(f"| {r['regime']} | {r['seed']} | {fmt(r['selected'])} | {fmt(r['logreg'])} | "
+                   f"{fmt(r['diff'], True)} [{fmt(r['lo'], True)}, {fmt(r['hi'], True)}] | {fmt(r['network'])} | "
+                   f"{fmt(r['clinical_net'])} | {fmt(r['bayes'])} | {r['network_folds']} |")
+    for regime in dict.fromkeys(r["regime"] for r in rows):
+        rs = [r for r in rows if r["regime"] == regime]
+
+        def mean(k):
+            v = [r[k] for r in rs if r[k] is not None]
+            return sum(v) / len(v) if v else None
+        out.append(f"| **{regime}** | mean of {len(rs)} | {fmt(mean('selected'))} | {fmt(mean('logreg'))} | "
+                   f"{fmt(mean('diff'), True)} | {fmt(mean('network'))} | {fmt(mean('clinical_net'))} | "
+                   f"{fmt(mean('bayes'))} | |")
+    return "\n".join(out) + "\n"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--regimes", default="demo,clinical_dominant,xray_contributing,null")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--root", default="/tmp/lj_regimes")
+    ap.add_argument("--pretrained", action="store_true",
+                    help="reuse each seed's first MRI encoder file for the other regimes")
+    ap.add_argument("--out", default="")
+    ap.add_argument("extra", nargs="*", help="further --config.… overrides for every run")
+    a = ap.parse_args(argv)
+    rows = []
+    for seed in [int(s) for s in a.seeds.split(",")]:
+        encoder = None
+        for regime in a.regimes.split(","):
+            wd = run_one(a.root, regime, seed, encoder, a.extra)
+            if a.pretrained and encoder is None:
+                encoder = os.path.join(wd, "pretrain", "mri_encoder.msgpack")
+            rows.append(row(wd, regime, seed))
+            print(json.dumps(rows[-1]), flush=True)
+    load = os.getloadavg()
+    header = (f"# The whole chain per regime (OOF ZCQ-success AUC, 5-fold, demo budget)\n\n"
+              f"`PYTHONPATH=$PWD python benchmarks/outcome_chain_regimes.py --regimes {a.regimes} "
+              f"--seeds {a.seeds}{' --pretrained' if a.pretrained else ''}`; load at the end "
+              f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} on {os.cpu_count()} cores.")
+    text = markdown(rows, header)
+    print(text)
+    if a.out:
+        with open(a.out, "w") as f:
+            f.write(text)
+        with open(os.path.splitext(a.out)[0] + ".json", "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
