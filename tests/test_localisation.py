@@ -113,5 +113,14 @@ def test_localisation_summary():
     assert out["chance_hit_rate"] == pytest.approx(expected)
     assert 0.1 < out["chance_hit_rate"] < 0.25
     assert LEVELS[3] == "L4L5"
+    # level by level: each map's positive mass over the five regions, and hits per true level
+    for p in out["per_patient"]:
+        masses = list(p["mass_by_level"].values())
+        assert sum(masses) <= 1.0 + 1e-9 and max(masses) == p["mass_by_level"][p["argmax_level"]]
+    bl = out["by_level"]
+    assert bl["L4L5"]["n_true"] == 2 and bl["L4L5"]["hit_rate_true"] == 1.0
+    assert bl["L2L3"]["n_true"] == 1 and bl["L2L3"]["hit_rate_true"] == 0.0
+    assert bl["L1L2"]["n_true"] == 0 and bl["L1L2"]["hit_rate_true"] is None
+    assert bl["L4L5"]["mean_mass_fraction"] > bl["L1L2"]["mean_mass_fraction"]
     with pytest.raises(LumbarjaxError, match="must be aligned"):
         localisation_summary(attrs[:2], [AFFINE] * 5, gt)

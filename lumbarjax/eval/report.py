@@ -614,6 +614,13 @@ def write_report(out_dir, *, title: str, cohort_summary: dict, grader_oof: pd.Da
                 ["patients", fmt_value(localisation.get("n"))],
                 ["excluded", fmt_value(localisation.get("n_excluded"))]]
         body = html_table(["measure", f"value ({level} CI)"], rows)
+        if localisation.get("by_level"):
+            lrows = [[_e(lv), fmt_value(v["mean_mass_fraction"]), _e(v["n_true"]),
+                      fmt_value(v["hit_rate_true"]) if v["hit_rate_true"] is not None else "–"]
+                     for lv, v in localisation["by_level"].items()]
+            body += ("<h3>Level by level</h3>"
+                     + html_table(["level", "mean share of positive attribution", "patients stenotic here",
+                                   "pointing-game hit rate among them"], lrows, "metrics"))
         if localisation.get("exclusions"):
             body += "<h3>Exclusions</h3>" + _generic(localisation["exclusions"])
         if localisation.get("per_patient"):
