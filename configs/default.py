@@ -139,6 +139,11 @@ def task_config(kind: str) -> ml_collections.ConfigDict:
         # linear family on [clinical + stage-1 X-ray/MRI scores], chosen on the inner
         # validation split (lumbarjax.train.select). False: the network alone.
         t.select_model = True
+        t.select_rule = "higher"  # or "clear": the network only when clearly better (train.select)
+        # Which of the grader's out-of-fold X-ray scores the linear models see (models.stage1):
+        # "summary" (expected grade, level grade, scale) or "full" (+ class probabilities,
+        # per-level grades, disc height indices and listhesis).
+        t.stage1_xray = "summary"
     return t
 
 

@@ -165,7 +165,8 @@ def stage_pretrain(config, workdir: str, outcome_ids=()):
     sub = ml_collections.ConfigDict(config.to_dict())
     sub.data.manifest, sub.data.cache_dir, sub.data.make_demo = "", "", False
     sub.clinical.mri_label_columns = (pc.label_column,)
-    public = pretraining_inputs(pc, root, pdir, seed=int(config.seed) + 1)
+    public = pretraining_inputs(pc, root, pdir, seed=int(config.seed) + 1,
+                                num_workers=int(config.data.num_workers))
     if public is not None:
         manifest, labels, training_data = public
         sub.data.cohort_dir, sub.data.clinical_file = root, labels
@@ -263,7 +264,8 @@ def stage1_records(config, workdir: str, td: crossval.TaskData, grader_oof: pd.D
     if grader_oof is not None and len(grader_oof):
         n = stage1.check_fold_honest(grader_oof, run_dir=os.path.join(workdir, "grader"),
                                      what="X-ray grades")
-        records, cols["xray"] = stage1.attach(records, stage1.xray_scores(grader_oof))
+        records, cols["xray"] = stage1.attach(records, stage1.xray_scores(
+            grader_oof, detail=str(config.outcome.stage1_xray)))
         n_scored = int(np.isfinite(records[cols["xray"][0]].to_numpy(float)).sum())
         notes.append(f"X-ray: the grader's out-of-fold grades ({', '.join(cols['xray'])}); {n} grader "
                      f"predictions checked fold-honest, {n_scored} of {len(records)} outcome patients "
@@ -339,7 +341,7 @@ def stage_selection(config, workdir: str, td: crossval.TaskData, network_oof: pd
     oof, summary = select_models(records, td.folds, td.heads, tuple(config.outcome.model.binary_heads),
                                  cols["clinical"] + cols["xray"] + cols["mri"], network_oof,
                                  os.path.join(workdir, "outcome"), seed=int(config.seed),
-                                 grid_for=grids.get)
+                                 grid_for=grids.get, rule=str(config.outcome.select_rule))
     summary["notes"] = notes
     return oof, summary
 

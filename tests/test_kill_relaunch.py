@@ -41,6 +41,7 @@ STAGES = [
     ("outcome CV + heat maps", "outcome/oof.csv"),
     ("clinical-only CV", "outcome_clinical_only/oof.csv"),
     ("baselines", "baseline_leg_pain_post.csv"),
+    ("ablation + model selection", "outcome/selected_oof.csv"),
     ("report", "metrics.json"),
 ]
 # metrics.json values that describe the run rather than its results

@@ -56,7 +56,7 @@ def test_a_network_no_better_than_chance_gives_way_to_the_refitted_linear_model(
     rng = np.random.default_rng(1)
     net = _network_files(rec, folds, run, rng.random(len(rec)), np.full(len(rec), 50.0))
     oof, summary = select.select_models(rec, folds, ["zcq_success", "back_pain_post"], ["zcq_success"],
-                                        ["age", "score"], net, run, seed=0, grid_for=GRIDS.get)
+                                        ["age", "score"], net, run, seed=0, grid_for=GRIDS.get, rule="clear")
     assert summary["network_chosen"] == {"zcq_success": 0, "back_pain_post": 0}
     assert set(oof["model_zcq_success"]) <= {c.name for c in GRIDS["zcq_success"]}
     # fold 2's predictions are the linear family refitted on all of fold 2's training patients
@@ -95,3 +95,21 @@ def test_clearly_better_needs_more_than_a_higher_score():
     assert not select.clearly_better(y, slightly, base, "binary")
     assert select.clearly_better(y, y + rng.normal(0, 0.1, 25), base, "binary")
     assert not select.clearly_better(y, base, base, "binary")
+
+
+def test_the_higher_rule_follows_the_inner_validation_score(tmp_path):
+    """rule "higher": the network wherever its inner-validation AUC beats the linear model's
+    (each fold's entry records both), the linear model elsewhere; an unknown rule is an error."""
+    import pytest
+    from lumbarjax.errors import ConfigError
+    rec, folds, run = _run(tmp_path)
+    rng = np.random.default_rng(3)
+    noisy = rec["zcq_success"].to_numpy() + rng.normal(0, 0.9, len(rec))   # some folds win, some lose
+    net = _network_files(rec, folds, run, noisy, np.full(len(rec), 50.0))
+    oof, summary = select.select_models(rec, folds, ["zcq_success"], ["zcq_success"], ["age"], net, run,
+                                        seed=0, grid_for=GRIDS.get, rule="higher")
+    for c in summary["choices"]:
+        assert c["choice"] == ("network" if c["network"] > c["linear"] else "linear"), c
+    assert "ties go to the linear model" in summary["rule"]
+    with pytest.raises(ConfigError, match="select_rule='best'"):
+        select.select_models(rec, folds, ["zcq_success"], ["zcq_success"], ["age"], net, run, rule="best")

@@ -32,7 +32,7 @@ LABEL_NAMES = {"stenosis_grade": ("normal/mild", "moderate", "severe"),
                                    "Pfirrmann 5")}
 
 
-def pretraining_inputs(pc, root: str, out_dir: str, *, seed: int):
+def pretraining_inputs(pc, root: str, out_dir: str, *, seed: int, num_workers: int = 0):
     """For ``pc = config.pretrain``: None for ``format="lumbarjax"``, else
     ``(manifest, labels_csv, description)`` — the manifest (``attrs["root"]`` = ``root``), the
     labels table written to ``out_dir`` (``patient_id`` + the label column), and a description
@@ -56,7 +56,8 @@ def pretraining_inputs(pc, root: str, out_dir: str, *, seed: int):
                                   "(point it at the RSNA 2024 download, or set pretrain.make_demo=True)")
             from lumbarjax.data.public.rsna_layout import write_synthetic_pretraining
 
-            write_synthetic_pretraining(root, n_patients=int(pc.demo_patients), seed=seed)
+            write_synthetic_pretraining(root, n_patients=int(pc.demo_patients), seed=seed,
+                                        num_workers=num_workers)
         data = rsna2024.read_rsna2024(root)
         labels = rsna2024.level_grades(data.labels)
         label_col = "stenosis_grade"

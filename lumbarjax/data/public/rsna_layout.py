@@ -144,13 +144,14 @@ SERIES_ID_BASE = 700_000_000
 
 
 def write_synthetic_pretraining(out_dir, n_patients: int = 240, seed: int = 1, *,
-                                mri_size: Sequence[int] = (176, 176)) -> dict:
+                                mri_size: Sequence[int] = (176, 176), num_workers: int = 0) -> dict:
     """Write the synthetic pretraining cohort in the RSNA 2024 training layout (see module doc).
 
     The cohort is generated in ``<out_dir>/.source`` (removed afterwards), its sagittal T2 found
     by ``index_cohort`` exactly as before, and re-written slice by slice. A completion marker
     records the settings; a folder written with the same settings is reused as it is.
-    Returns a summary (counts, paths).
+    ``num_workers``: processes for indexing the generated cohort (``index_cohort``; the result
+    does not depend on it). Returns a summary (counts, paths).
     """
     from lumbarjax.data.index import index_cohort, resolve_paths
     from lumbarjax.data.synthetic import make_pretraining_cohort
@@ -168,7 +169,7 @@ def write_synthetic_pretraining(out_dir, n_patients: int = 240, seed: int = 1, *
                               "refusing to overwrite it (choose an empty folder)")
         shutil.rmtree(out_dir)  # ours: other settings, or an interrupted write
     summary = make_pretraining_cohort(src, n_patients=n_patients, seed=seed, mri_size=mri_size)
-    manifest = index_cohort(summary["export_dir"])
+    manifest = index_cohort(summary["export_dir"], num_workers=num_workers)
     t2 = manifest[manifest["role"] == "mri_t2_sag"].set_index("patient_id")
     labels = pd.read_csv(summary["labels_csv"], dtype={"patient_id": str}).set_index("patient_id")
     truth = pd.read_csv(summary["ground_truth_csv"], dtype={"patient_id": str}).set_index("patient_id")
