@@ -139,7 +139,9 @@ def task_config(kind: str) -> ml_collections.ConfigDict:
         # linear family on [clinical + stage-1 X-ray/MRI scores], chosen on the inner
         # validation split (lumbarjax.train.select). False: the network alone.
         t.select_model = True
-        t.select_rule = "higher"  # or "clear": the network only when clearly better (train.select)
+        # "guarded": clinical logistic regression unless the linear family on all columns or the
+        # network is clearly better on the inner split; "higher" | "clear" (train.select)
+        t.select_rule = "guarded"
         # Which of the grader's out-of-fold X-ray scores the linear models see (models.stage1):
         # "summary" (expected grade, level grade, scale) or "full" (+ class probabilities,
         # per-level grades, disc height indices and listhesis).

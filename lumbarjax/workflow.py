@@ -341,7 +341,8 @@ def stage_selection(config, workdir: str, td: crossval.TaskData, network_oof: pd
     oof, summary = select_models(records, td.folds, td.heads, tuple(config.outcome.model.binary_heads),
                                  cols["clinical"] + cols["xray"] + cols["mri"], network_oof,
                                  os.path.join(workdir, "outcome"), seed=int(config.seed),
-                                 grid_for=grids.get, rule=str(config.outcome.select_rule))
+                                 grid_for=grids.get, rule=str(config.outcome.select_rule),
+                                 reference_features=cols["clinical"])
     summary["notes"] = notes
     return oof, summary
 

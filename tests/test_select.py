@@ -113,3 +113,25 @@ def test_the_higher_rule_follows_the_inner_validation_score(tmp_path):
     assert "ties go to the linear model" in summary["rule"]
     with pytest.raises(ConfigError, match="select_rule='best'"):
         select.select_models(rec, folds, ["zcq_success"], ["zcq_success"], ["age"], net, run, rule="best")
+
+
+def test_guarded_keeps_the_clinical_reference_unless_a_challenger_is_clearly_better(tmp_path):
+    """rule "guarded" (default): with a chance-level network and no extra signal in the other
+    columns, every fold keeps the clinical reference model, refitted on all of the fold's
+    training patients: the selected predictions are that logistic regression's."""
+    rec, folds, run = _run(tmp_path)
+    rng = np.random.default_rng(5)
+    rec["noise"] = rng.normal(size=len(rec))
+    net = _network_files(rec, folds, run, rng.random(len(rec)), np.full(len(rec), 50.0))
+    oof, summary = select.select_models(rec, folds, ["zcq_success"], ["zcq_success"], ["age", "noise"], net, run,
+                                        seed=0, grid_for=GRIDS.get, reference_features=["age"])
+    assert [c["choice"] for c in summary["choices"]] == ["reference"] * 4, summary["choices"]
+    for f in range(4):
+        split = json.load(open(os.path.join(run, f"fold_{f}", "split.json")))
+        train = rec.index[rec["patient_id"].isin(split["inner_train"] + split["inner_val"])].to_numpy()
+        ref = linear.fit_penalised(rec, "zcq_success", train, ["age"], task="binary", seed=f,
+                                   grid=[linear.REFERENCE["binary"]])
+        test = folds == f
+        np.testing.assert_allclose(oof.loc[test, "pred_zcq_success"], ref.predict(rec.loc[test]), rtol=1e-12)
+    assert oof["model_zcq_success"].str.startswith("reference").all()
+    assert "clinical reference model" in summary["rule"]
