@@ -13,6 +13,9 @@ out-of-fold ZCQ-success AUC:
     PYTHONPATH=$PWD python benchmarks/outcome_chain_regimes.py --seeds 0,1,2 \\
         --regimes demo,clinical_dominant,xray_contributing,null --out benchmarks/OUTCOME_CHAIN.md
 
+``--reselect`` redoes the model selection of finished runs with the current ``train.select``
+(no training: it reads the runs' saved fold predictions) and re-draws their reports.
+
 Each run is a separate ``launch.py`` process in ``<--root>/<regime>_s<seed>`` (kept: a rerun
 resumes or reuses finished runs). One run takes the demo's time (about 15-20 min on 2 cores), so
 the full 4 × 3 table takes hours; ``--pretrained`` reuses the MRI encoder file of the same seed's
@@ -28,6 +31,8 @@ import os
 import subprocess
 import sys
 import time
+
+import pandas as pd
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -50,6 +55,28 @@ def run_one(root: str, regime: str, seed: int, encoder_file: str | None, extra: 
         raise SystemExit(f"{' '.join(cmd)} failed ({rc}); see {wd}/launch.log")
     print(f"{regime} seed {seed}: {time.time() - t0:.0f} s", flush=True)
     return wd
+
+
+def reselect(wd: str, regime: str, seed: int, encoder_file: str | None) -> None:
+    """Redo a finished run's model selection with this checkout's ``train.select`` and re-draw
+    its report (``predict.report_from_workdir``). Selection only reads the run's saved artefacts
+    (fold splits, the networks' inner-validation and out-of-fold predictions, stage-1 scores),
+    so the result equals a fresh run of the same config with this selection code."""
+    sys.path.insert(0, REPO)
+    from configs import demo
+    from lumbarjax import atomic, predict, workflow
+    from lumbarjax.train import crossval
+    c = demo.get_config()
+    c.seed, c.data.demo_regime = seed, regime
+    if encoder_file:
+        c.pretrain.encoder_file = encoder_file
+    manifest = workflow.stage_index(c, wd)
+    cohort = workflow.stage_cohort(c, wd, manifest)
+    td = crossval.prepare_task("outcome", c, cohort.records, cohort.cache)
+    read = lambda p: pd.read_csv(os.path.join(wd, p), dtype={"patient_id": str})  # noqa: E731
+    workflow.stage_selection(c, wd, td, read("outcome/oof.csv"), read("grader/oof.csv"), read("mri_scores.csv"))
+    atomic.write_text(os.path.join(wd, "config.json"), c.to_json_best_effort(indent=2, sort_keys=True))
+    predict.report_from_workdir(c, wd)
 
 
 def row(wd: str, regime: str, seed: int) -> dict:
@@ -104,6 +131,8 @@ def main(argv=None):
     ap.add_argument("--root", default="/tmp/lj_regimes")
     ap.add_argument("--pretrained", action="store_true",
                     help="reuse each seed's first MRI encoder file for the other regimes")
+    ap.add_argument("--reselect", action="store_true",
+                    help="redo the model selection of finished runs with this checkout's code (no training)")
     ap.add_argument("--out", default="")
     ap.add_argument("extra", nargs="*", help="further --config.… overrides for every run")
     a = ap.parse_args(argv)
@@ -112,6 +141,8 @@ def main(argv=None):
         encoder = None
         for regime in a.regimes.split(","):
             wd = run_one(a.root, regime, seed, encoder, a.extra)
+            if a.reselect:
+                reselect(wd, regime, seed, encoder)
             if a.pretrained and encoder is None:
                 encoder = os.path.join(wd, "pretrain", "mri_encoder.msgpack")
             rows.append(row(wd, regime, seed))

@@ -122,7 +122,7 @@ def test_the_report_leads_with_the_selected_model_and_keeps_the_network_as_a_com
     td = tiny_run["results"]["outcome_task"]
     sel = json.load(open(os.path.join(wd, "outcome", "selection.json")))
     assert len(sel["choices"]) == len(td.heads) * len(np.unique(td.folds))
-    assert {c["choice"] for c in sel["choices"]} <= {"network", "linear"}
+    assert {c["choice"] for c in sel["choices"]} <= {"network", "linear", "reference"}
     assert "mri_stenosis_expected" in sel["features"] and "xray_expected_grade" in sel["features"]
     oof = pd.read_csv(os.path.join(wd, "outcome", "selected_oof.csv"), dtype={"patient_id": str})
     assert sorted(oof["patient_id"]) == sorted(td.records["patient_id"])
