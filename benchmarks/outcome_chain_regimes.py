@@ -74,7 +74,8 @@ def reselect(wd: str, regime: str, seed: int, encoder_file: str | None) -> None:
     cohort = workflow.stage_cohort(c, wd, manifest)
     td = crossval.prepare_task("outcome", c, cohort.records, cohort.cache)
     read = lambda p: pd.read_csv(os.path.join(wd, p), dtype={"patient_id": str})  # noqa: E731
-    workflow.stage_selection(c, wd, td, read("outcome/oof.csv"), read("grader/oof.csv"), read("mri_scores.csv"))
+    stage1 = workflow.stage1_records(c, wd, td, read("grader/oof.csv"), read("mri_scores.csv"))
+    workflow.stage_selection(c, wd, td, read("outcome/oof.csv"), stage1)
     atomic.write_text(os.path.join(wd, "config.json"), c.to_json_best_effort(indent=2, sort_keys=True))
     predict.report_from_workdir(c, wd)
 

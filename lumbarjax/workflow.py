@@ -300,15 +300,14 @@ def _linear_grids(config, td: crossval.TaskData, notes: list) -> dict:
     return grids
 
 
-def stage_ablation(config, workdir: str, td: crossval.TaskData, grader_oof: pd.DataFrame | None,
-                   root: str, mri_scores: pd.DataFrame | None = None) -> dict:
+def stage_ablation(config, workdir: str, td: crossval.TaskData, stage1: tuple, root: str) -> dict:
     """Source ablation of every outcome head on the outcome task's folds (lumbarjax.eval.ablation):
-    clinical / + X-ray / + MRI / all three (the stage-1 scores of :func:`stage1_records`), each
+    clinical / + X-ray / + MRI / all three (``stage1`` = :func:`stage1_records`'s result), each
     with the penalised linear family, vs clinical logistic regression (ridge for VAS), with the
     Bayes-optimal AUC of a synthetic cohort. Sets without their source's scores are left out and
     named in ``notes``. Writes and returns ``<workdir>/ablation.json``."""
     from lumbarjax.eval import ablation as ablation_lib
-    records, cols, notes = stage1_records(config, workdir, td, grader_oof, mri_scores)
+    records, cols, notes = stage1[0], stage1[1], list(stage1[2])
     sets = ablation_lib.feature_sets(cols["clinical"], cols["xray"], cols["mri"])
     grids = _linear_grids(config, td, notes)
     bayes = bayes_auc(root) or {}
@@ -329,14 +328,14 @@ def stage_ablation(config, workdir: str, td: crossval.TaskData, grader_oof: pd.D
     return out
 
 
-def stage_selection(config, workdir: str, td: crossval.TaskData, network_oof: pd.DataFrame,
-                    grader_oof: pd.DataFrame | None, mri_scores: pd.DataFrame | None):
+def stage_selection(config, workdir: str, td: crossval.TaskData, network_oof: pd.DataFrame, stage1: tuple):
     """The outcome model the report leads with (``train.select``): per outer fold and head, the
     fusion network or the penalised linear family on [clinical + X-ray + MRI scores], chosen on
-    the inner validation split only. Writes ``<workdir>/outcome/selected_oof.csv`` and
+    the inner validation split only (``stage1`` = :func:`stage1_records`'s result). Writes
+    ``<workdir>/outcome/selected_oof.csv`` and
     ``selection.json``; returns ``(selected oof, summary)``."""
     from lumbarjax.train.select import select_models
-    records, cols, notes = stage1_records(config, workdir, td, grader_oof, mri_scores)
+    records, cols, notes = stage1[0], stage1[1], list(stage1[2])
     grids = _linear_grids(config, td, notes)
     oof, summary = select_models(records, td.folds, td.heads, tuple(config.outcome.model.binary_heads),
                                  cols["clinical"] + cols["xray"] + cols["mri"], network_oof,
@@ -418,15 +417,15 @@ def run(config, workdir: str, mode: str) -> dict:
     if "outcome" in config.tasks:
         results["baselines"] = stage_baselines(config, workdir, results["outcome_task"])
         t1 = time.perf_counter()
-        results["ablation"] = stage_ablation(config, workdir, results["outcome_task"],
-                                             results.get("grader"), manifest.attrs["root"],
-                                             results.get("mri_scores"))
+        stage1 = stage1_records(config, workdir, results["outcome_task"], results.get("grader"),
+                                results.get("mri_scores"))
+        results["ablation"] = stage_ablation(config, workdir, results["outcome_task"], stage1,
+                                             manifest.attrs["root"])
         results["timing_s"]["ablation"] = time.perf_counter() - t1
         if config.outcome.select_model:
             t1 = time.perf_counter()
             results["selected"], results["selection"] = stage_selection(
-                config, workdir, results["outcome_task"], results["outcome"], results.get("grader"),
-                results.get("mri_scores"))
+                config, workdir, results["outcome_task"], results["outcome"], stage1)
             results["timing_s"]["selection"] = time.perf_counter() - t1
     results["timing_s"]["total_before_report"] = time.perf_counter() - t0
     html, metrics = stage_report(config, workdir, cohort, results, manifest.attrs["root"])

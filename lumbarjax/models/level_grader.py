@@ -72,6 +72,13 @@ class LevelGrader:
         s = p.sum(axis=(1, 2))
         return (1.0 / (1.0 + np.exp(-(s[:, None] - self.sum_cuts) / 0.5))).sum(axis=1)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "LevelGrader":
+        """The inverse of :meth:`to_dict`."""
+        return cls(ref=np.asarray(d["ref"], float), cuts=np.asarray(d["cuts"], float), rule=d["rule"],
+                   sum_cuts=None if d.get("sum_cuts") is None else np.asarray(d["sum_cuts"], float),
+                   tau=float(d["tau"]))
+
     def to_dict(self) -> dict:
         return {"ref": self.ref.tolist(), "cuts": self.cuts.tolist(), "rule": self.rule,
                 "sum_cuts": None if self.sum_cuts is None else self.sum_cuts.tolist(), "tau": self.tau,

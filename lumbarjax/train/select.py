@@ -51,7 +51,8 @@ from lumbarjax.eval import metrics as metrics_lib
 from lumbarjax.models import linear
 
 NETWORK = "network"
-CLEAR_WIN = 0.84   # fraction of paired bootstrap resamples (as models.linear.choose)
+CLEAR_WIN = linear.CLEAR_WIN
+clearly_better = linear.clearly_better   # the penalty choice's rule, shared
 RULES = {"guarded": "the clinical reference model (logistic regression C=1 / ridge alpha=1 on the clinical "
                    "columns) unless the linear family on all columns or the network is clearly better on "
                    f"the inner validation patients (paired bootstrap > {CLEAR_WIN:.0%} for AUC; one standard "
@@ -68,21 +69,6 @@ def better(y: np.ndarray, p_net: np.ndarray, p_lin: np.ndarray, task: str) -> bo
     if task == "binary":
         return len(set(y.tolist())) == 2 and metrics_lib.auc(y, p_net) > metrics_lib.auc(y, p_lin)
     return float(np.abs(y - p_net).mean()) < float(np.abs(y - p_lin).mean())
-
-
-def clearly_better(y: np.ndarray, p_net: np.ndarray, p_lin: np.ndarray, task: str, *,
-                   seed: int = 0) -> bool:
-    """Whether ``p_net`` beats ``p_lin`` on labels ``y`` by about one standard error (module
-    docstring). Rows must be labelled and finite."""
-    y, p_net, p_lin = (np.asarray(a, float) for a in (y, p_net, p_lin))
-    if task == "binary":
-        if len(set(y.tolist())) < 2 or metrics_lib.auc(y, p_net) <= metrics_lib.auc(y, p_lin):
-            return False
-        d = linear.paired_auc_diff(y, p_net, p_lin, seed=seed)
-        d = d[np.isfinite(d)]
-        return len(d) > 0 and float(np.mean(d > 0)) > CLEAR_WIN
-    d = np.abs(y - p_lin) - np.abs(y - p_net)
-    return len(d) > 1 and float(d.mean() - d.std(ddof=1) / np.sqrt(len(d))) > 0
 
 
 def _rows(ids: pd.Series, wanted: Sequence[str], what: str) -> np.ndarray:
@@ -122,6 +108,18 @@ def select_models(records: pd.DataFrame, folds: np.ndarray, heads: Sequence[str]
     ids = records["patient_id"].astype(str)
     net = network_oof.assign(patient_id=network_oof["patient_id"].astype(str)).set_index("patient_id")
     out = pd.DataFrame({"patient_id": ids.to_numpy(), "fold": np.asarray(folds, int)})
+    fold_data = {}   # fold -> (inner_train, inner_val, test rows, the network's inner-val table)
+    for f in sorted(np.unique(folds)):
+        fold_dir = os.path.join(run_dir, f"fold_{int(f)}")
+        with open(os.path.join(fold_dir, "split.json")) as fh:
+            split = json.load(fh)
+        test = np.flatnonzero(np.asarray(folds) == f)
+        if set(ids.iloc[test]) != set(map(str, split["test"])):
+            raise CohortError(f"model selection: {fold_dir}/split.json's test patients are not fold {f}")
+        val_net = pd.read_csv(os.path.join(fold_dir, "inner_val.csv"), dtype={"patient_id": str})
+        fold_data[f] = (_rows(ids, split["inner_train"], f"{fold_dir}/split.json"),
+                        _rows(ids, split["inner_val"], f"{fold_dir}/split.json"), test,
+                        val_net.set_index("patient_id"))
     choices = []
     for h in heads:
         task = "binary" if h in binary_heads else "regression"
@@ -129,17 +127,8 @@ def select_models(records: pd.DataFrame, folds: np.ndarray, heads: Sequence[str]
         out[f"label_{h}"] = y
         pred = net[f"pred_{h}"].reindex(ids).to_numpy(float).copy()
         model = np.full(len(ids), NETWORK, dtype=object)
-        for f in sorted(np.unique(folds)):
-            fold_dir = os.path.join(run_dir, f"fold_{int(f)}")
-            with open(os.path.join(fold_dir, "split.json")) as fh:
-                split = json.load(fh)
-            inner_train = _rows(ids, split["inner_train"], f"{fold_dir}/split.json")
-            inner_val = _rows(ids, split["inner_val"], f"{fold_dir}/split.json")
-            test = np.flatnonzero(np.asarray(folds) == f)
-            if set(ids.iloc[test]) != set(map(str, split["test"])):
-                raise CohortError(f"model selection: {fold_dir}/split.json's test patients are not fold {f}")
-            val_net = pd.read_csv(os.path.join(fold_dir, "inner_val.csv"), dtype={"patient_id": str})
-            p_net = val_net.set_index("patient_id")[f"pred_{h}"].reindex(ids.iloc[inner_val]).to_numpy(float)
+        for f, (inner_train, inner_val, test, val_net) in fold_data.items():
+            p_net = val_net[f"pred_{h}"].reindex(ids.iloc[inner_val]).to_numpy(float)
             grid = grid_for(h) if grid_for is not None else None
             entry = {"fold": int(f), "head": h}
             try:

@@ -409,9 +409,7 @@ def predict_levels(cfg, levels_dir: str, xray_paths: str) -> dict:
         fitted = json.load(f)["fitted"]
     folds = []
     for k, d in enumerate(fitted):
-        g = LevelGrader(ref=np.asarray(d["ref"], float), cuts=np.asarray(d["cuts"], float), rule=d["rule"],
-                        sum_cuts=None if d.get("sum_cuts") is None else np.asarray(d["sum_cuts"], float),
-                        tau=float(d["tau"]))
+        g = LevelGrader.from_dict(d)
         lg = g.level_grades(dhi)[0]
         folds.append({"fold": k, "grade": int(g.patient_grade(dhi)[0]), "scale": int(lg.sum()),
                       "expected_grade": float(g.expected_grade(dhi)[0]),
