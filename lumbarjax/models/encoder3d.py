@@ -23,7 +23,6 @@ The default is chosen from the measured table (see MRIEncoder.arch).
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
@@ -32,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lumbarjax.errors import ConfigError
+from lumbarjax.models.conv import Conv2D
 from lumbarjax.models.resnet2d import (BasicBlock, PatchifyStem, ResNet2D, global_pool, norm_layer,
                                        space_to_depth)
 
@@ -137,77 +137,6 @@ class SliceEncoder(nn.Module):
         return global_pool(fmap, self.pool)
 
 
-def _conv_pads(spatial, kernel, stride):
-    return jax.lax.padtype_to_pads(spatial, kernel, stride, "SAME")
-
-
-def _patches(x, kernel, stride, out_hw, pads):
-    """(N, H, W, C) -> (N, h, w, kh*kw*C): the input window of every output position (im2col by
-    kh*kw strided slices; (i, j, c) order = the HWIO kernel's flattening)."""
-    xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
-    (kh, kw), (sh, sw), (ho, wo) = kernel, stride, out_hw
-    cols = [xp[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw, :]
-            for i in range(kh) for j in range(kw)]
-    return jnp.concatenate(cols, axis=-1)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def conv2d_im2col_dw(x: jax.Array, kernel: jax.Array, stride: tuple) -> jax.Array:
-    """2D "SAME" convolution, NHWC x HWIO, without bias: XLA's convolution forward and input
-    gradient, but the kernel gradient as one matmul of the im2col patches with the output
-    gradient ((kh*kw*Cin, N*h*w) @ (N*h*w, Cout)). XLA:CPU's backward-filter convolution was
-    2-6x slower than that at lesion2d's sizes (4-32 channels on 48x32 / 24x16 maps, 128 slices;
-    benchmarks/RESULTS.md); the maths is the same (summation order differs)."""
-    return _conv_fwd(x, kernel, stride)
-
-
-def _conv_fwd(x, kernel, stride):
-    pads = _conv_pads(x.shape[1:3], kernel.shape[:2], stride)
-    return jax.lax.conv_general_dilated(x, kernel, stride, pads,
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-
-def _conv_vjp_fwd(x, kernel, stride):
-    return _conv_fwd(x, kernel, stride), (x, kernel)
-
-
-def _conv_vjp_bwd(stride, res, dy):
-    x, kernel = res
-    _, vjp_x = jax.vjp(lambda v: _conv_fwd(v, kernel, stride), x)
-    (dx,) = vjp_x(dy)
-    kh, kw, cin, cout = kernel.shape
-    pads = _conv_pads(x.shape[1:3], (kh, kw), stride)
-    p = _patches(x, (kh, kw), stride, dy.shape[1:3], pads)
-    dw = jnp.dot(p.reshape(-1, p.shape[-1]).T, dy.reshape(-1, cout),
-                 preferred_element_type=jnp.float32)
-    return dx, dw.reshape(kernel.shape).astype(kernel.dtype)
-
-
-conv2d_im2col_dw.defvjp(_conv_vjp_fwd, _conv_vjp_bwd)
-
-
-class Conv3x3(nn.Module):
-    """Drop-in for ``nn.Conv(features, (3, 3), strides, padding="SAME", use_bias=False)`` (same
-    parameter name "kernel", shape, initialiser and output) whose kernel gradient is computed by
-    :func:`conv2d_im2col_dw` when ``weight_grad="im2col"``."""
-
-    features: int
-    strides: tuple = (1, 1)
-    weight_grad: str = "im2col"   # "im2col" | "xla"
-    dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        kernel = self.param("kernel", nn.initializers.lecun_normal(),
-                            (3, 3, x.shape[-1], self.features), jnp.float32)
-        x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-        if self.weight_grad == "im2col":
-            return conv2d_im2col_dw(x, kernel, tuple(self.strides))
-        if self.weight_grad == "xla":
-            return _conv_fwd(x, kernel, tuple(self.strides))
-        raise ConfigError(f"Conv3x3.weight_grad: expected 'im2col' or 'xla', got {self.weight_grad!r}")
-
-
 class LesionCNN(nn.Module):
     """(B, D, H, W, 1) -> (B, 2 * channels[-1]): per-slice plain CNN, max + mean over (D, h, w).
 
@@ -234,7 +163,7 @@ class LesionCNN(nn.Module):
         for i, c in enumerate(self.channels):
             stride = (2, 2) if i % 2 else (1, 1)
             wg = "im2col" if self.weight_grad[i % len(self.weight_grad)] == "i" else "xla"
-            y = Conv3x3(int(c), stride, wg, self.dtype, name=f"conv{i}")(y)
+            y = Conv2D(int(c), (3, 3), stride, "SAME", wg, self.dtype, name=f"conv{i}")(y)
             # groups of 4 channels, as in the small CNN that generalised (ENCODER_DESIGNS.md)
             y = nn.relu(norm_layer(self.norm, int(c), train, self.dtype, name=f"norm{i}", group_size=4)(y))
         y = y.astype(jnp.float32).reshape((b, d) + y.shape[1:])

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 
 from lumbarjax.errors import ConfigError
 from lumbarjax.models import ordinal
+from lumbarjax.models.conv import WEIGHT_GRAD, Conv2D
 
 Dtype = Any
 
@@ -92,22 +93,26 @@ class PatchifyStem(nn.Module):
 
 
 class ConvND(nn.Module):
-    """Channel-last conv of any rank; a (1, k, k) 3D kernel with depth stride 1 runs as a 2D conv
-    with depth folded into the batch (same maths, XLA's 2D path)."""
+    """Channel-last conv of any rank; a 2D kernel, or a (1, k, k) 3D kernel with depth stride 1
+    (depth folded into the batch: same maths), runs as :class:`~lumbarjax.models.conv.Conv2D`,
+    whose kernel gradient is an im2col matmul when ``weight_grad="im2col"``."""
 
     features: int
     kernel: Sequence[int]
     strides: Sequence[int]
     dtype: Dtype = jnp.float32
+    weight_grad: str = WEIGHT_GRAD
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         kernel, strides = tuple(self.kernel), tuple(self.strides)
         pad = [((k - 1) // 2, k // 2) for k in kernel]
+        if len(kernel) == 2:
+            return Conv2D(self.features, kernel, strides, pad, self.weight_grad, self.dtype, name="conv")(x)
         if len(kernel) == 3 and kernel[0] == 1 and strides[0] == 1:
             b, d = x.shape[:2]
-            conv = nn.Conv(self.features, kernel[1:], strides[1:], padding=pad[1:], use_bias=False,
-                           dtype=self.dtype, name="conv")
+            conv = Conv2D(self.features, kernel[1:], strides[1:], pad[1:], self.weight_grad, self.dtype,
+                          name="conv")
             y = conv(x.reshape((b * d,) + x.shape[2:]))
             return y.reshape((b, d) + y.shape[1:])
         return nn.Conv(self.features, kernel, strides, padding=pad, use_bias=False, dtype=self.dtype,
@@ -122,16 +127,18 @@ class BasicBlock(nn.Module):
     strides: Sequence[int]
     norm: str = "group"
     dtype: Dtype = jnp.float32
+    weight_grad: str = WEIGHT_GRAD
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         ones = (1,) * len(self.kernel)
-        y = ConvND(self.features, self.kernel, self.strides, self.dtype, name="conv1")(x)
+        wg = self.weight_grad
+        y = ConvND(self.features, self.kernel, self.strides, self.dtype, wg, name="conv1")(x)
         y = nn.relu(norm_layer(self.norm, self.features, train, self.dtype, name="norm1")(y))
-        y = ConvND(self.features, self.kernel, ones, self.dtype, name="conv2")(y)
+        y = ConvND(self.features, self.kernel, ones, self.dtype, wg, name="conv2")(y)
         y = norm_layer(self.norm, self.features, train, self.dtype, name="norm2", zero_init=True)(y)
         if x.shape[-1] != self.features or tuple(self.strides) != ones:
-            x = ConvND(self.features, ones, self.strides, self.dtype, name="proj")(x)
+            x = ConvND(self.features, ones, self.strides, self.dtype, wg, name="proj")(x)
             x = norm_layer(self.norm, self.features, train, self.dtype, name="proj_norm")(x)
         return nn.relu(x + y)
 
@@ -166,6 +173,7 @@ class ResNet2D(nn.Module):
     norm: str = "group"
     pool: str = "avg"
     dtype: Dtype = jnp.float32
+    weight_grad: str = WEIGHT_GRAD   # 3x3 convs' kernel gradient: "im2col" matmul or "xla"
 
     def feature_map(self, x: jax.Array, train: bool = False) -> jax.Array:
         """(B, H, W, C) -> (B, H/(patch*2**(S-1)), W/…, F) unpooled features (compute dtype)."""
@@ -189,7 +197,7 @@ class ResNet2D(nn.Module):
             for j in range(n_blocks):
                 s = 2 if (i > 0 and j == 0) else 1
                 x = BasicBlock(self.width * 2 ** i, (3, 3), (s, s), self.norm, self.dtype,
-                               name=f"stage{i}_block{j}")(x, train)
+                               self.weight_grad, name=f"stage{i}_block{j}")(x, train)
         return x
 
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
