@@ -13,6 +13,10 @@ out-of-fold ZCQ-success AUC:
     PYTHONPATH=$PWD python benchmarks/outcome_chain_regimes.py --seeds 0,1,2 \\
         --regimes demo,clinical_dominant,xray_contributing,null --out benchmarks/OUTCOME_CHAIN.md
 
+``--stage1-from OLD_ROOT`` starts each run from the finished stage 1 (cohort, index, grader,
+levels, pretraining) of ``OLD_ROOT/<regime>_s<seed>`` and redoes the outcome side only (about 5
+min instead of 15): for a change of the outcome model alone.
+
 ``--reselect`` redoes the model selection of finished runs with the current ``train.select``
 (no training: it reads the runs' saved fold predictions) and re-draws their reports.
 
@@ -28,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -37,10 +42,31 @@ import pandas as pd
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_one(root: str, regime: str, seed: int, encoder_file: str | None, extra: list[str]) -> str:
+# What a run writes after stage 1 (grader, levels, pretraining): ``--stage1-from`` copies the rest.
+OUTCOME_SIDE = ("outcome", "outcome_clinical_only", "heatmaps", "predictions", "metrics.json",
+                "report.html", "ablation.json", "launch.log")
+
+
+def copy_stage1(src: str, wd: str) -> None:
+    """Seed a new run folder with a finished run's cohort, index, cache, grader, levels and
+    pretraining outputs (the run then resumes from their finished checkpoints and redoes only
+    the outcome side). Valid when the two runs differ only in the outcome model's code/config."""
+    os.makedirs(wd, exist_ok=True)
+    for name in sorted(os.listdir(src)):
+        if name in OUTCOME_SIDE or os.path.exists(os.path.join(wd, name)):
+            continue
+        s = os.path.join(src, name)
+        (shutil.copytree if os.path.isdir(s) else shutil.copy2)(s, os.path.join(wd, name))
+
+
+def run_one(root: str, regime: str, seed: int, encoder_file: str | None, extra: list[str],
+            stage1_from: str = "") -> str:
     wd = os.path.join(root, f"{regime}_s{seed}")
     if os.path.exists(os.path.join(wd, "metrics.json")):
         return wd
+    src = os.path.join(stage1_from, f"{regime}_s{seed}") if stage1_from else ""
+    if src and os.path.exists(os.path.join(src, "metrics.json")):
+        copy_stage1(src, wd)
     cmd = [sys.executable, "launch.py", "--config=configs/demo.py", f"--workdir={wd}",
            f"--config.seed={seed}", f"--config.data.demo_regime={regime}", *extra]
     if encoder_file:
@@ -134,6 +160,9 @@ def main(argv=None):
                     help="reuse each seed's first MRI encoder file for the other regimes")
     ap.add_argument("--reselect", action="store_true",
                     help="redo the model selection of finished runs with this checkout's code (no training)")
+    ap.add_argument("--stage1-from", default="",
+                    help="a --root of finished runs: copy each run's stage-1 outputs (cohort, "
+                         "grader, levels, pretraining) and redo only the outcome side")
     ap.add_argument("--out", default="")
     ap.add_argument("extra", nargs="*", help="further --config.… overrides for every run")
     a = ap.parse_args(argv)
@@ -141,7 +170,7 @@ def main(argv=None):
     for seed in [int(s) for s in a.seeds.split(",")]:
         encoder = None
         for regime in a.regimes.split(","):
-            wd = run_one(a.root, regime, seed, encoder, a.extra)
+            wd = run_one(a.root, regime, seed, encoder, a.extra, a.stage1_from)
             if a.reselect:
                 reselect(wd, regime, seed, encoder)
             if a.pretrained and encoder is None:

@@ -40,6 +40,7 @@ def train_config(**overrides) -> ml_collections.ConfigDict:
         best_metric="loss",        # a key of the eval metrics (each task sets its own)
         best_metric_mode="min",    # "min" | "max"
         early_stopping_patience=0,  # evaluations without improvement before stopping; 0 = off
+        eval_at_start=False,       # also evaluate (and checkpoint) the initial parameters, step 0
         progress_bar=True,         # tqdm bar (only on a TTY, only process 0)
         compute_dtype=None,        # None | "float32" | "bfloat16"
         async_checkpointing=False,
@@ -146,6 +147,11 @@ def task_config(kind: str) -> ml_collections.ConfigDict:
         # "summary" (expected grade, level grade, scale) or "full" (+ class probabilities,
         # per-level grades, disc height indices and listhesis).
         t.stage1_xray = "summary"
+        # "glm": every outcome network (fusion and clinical-only, each fold and refit) starts as
+        # the clinical logistic / ridge regression fitted on its own training patients, kept as
+        # a fixed offset in the skip path; step 0 competes in the inner validation
+        # (lumbarjax.train.clinical_offset). "none": heads and skip path start at 0.
+        t.clinical_offset = "glm"
     return t
 
 

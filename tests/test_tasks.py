@@ -2,6 +2,7 @@
 
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
@@ -92,3 +93,50 @@ def test_grader_follow_up_is_the_level_pipeline_only_when_levels_are_on():
     for name in ("grader", "outcome"):
         out, extra = TASKS[name].after_crossval(cfg, "/nonexistent", None, oof, "/nonexistent")
         assert out is oof and extra == {}
+
+
+def test_outcome_networks_start_as_the_clinical_regression_of_their_own_training_patients(cohort):
+    """outcome.clinical_offset="glm": each fold's (refitted) network carries, fixed in its skip
+    path, the weighted logistic regression fitted on that fold's training patients; where the
+    inner split keeps step 0 its test predictions are exactly that regression's."""
+    from sklearn.linear_model import LogisticRegression
+    config, workdir, c = cohort
+    config.outcome.clinical_offset = "glm"
+    config.outcome.model.mri.enabled = False
+    config.outcome.train.update(num_steps=20, log_every=10, eval_every=10, checkpoint_every=20)
+    td = crossval.prepare_task("outcome", config, c.records, c.cache)
+    seen = {}
+
+    def hook(*, fold, state, model, source, test_idx, encoder, task):
+        seen[fold] = (jax.device_get(state.params), encoder, int(state.step))
+
+    oof = crossval.run_crossval(td, config, os.path.join(workdir, "outcome_glm"), clinical_only=True,
+                                after_fold=hook)
+    y = td.labels["zcq_success"]
+    for f, (params, enc, step) in seen.items():
+        train = np.flatnonzero((td.folds != f) & np.isfinite(y))
+        x = enc.transform(td.records)
+        inner = np.asarray(oof.loc[oof["fold"] == f, "best_step"])[0]
+        assert step == inner  # the refit stops where the inner split chose
+        # the loss weights come from the inner-train patients, the refit's fit from all training ones
+        w = dict(TASKS["outcome"].loss(config.outcome, *_inner_train_labels(td, config, f)).class_weights)
+        ref = LogisticRegression(C=1.0, class_weight={0: 1.0, 1: w["zcq_success"]}, max_iter=2000)
+        ref.fit(x[train], (y[train] > 0.5).astype(int))
+        np.testing.assert_allclose(np.asarray(params["skip_zcq_success"]["kernel"])[:, 0], ref.coef_[0],
+                                   atol=1e-5)
+        if step == 0:
+            rows = oof["fold"] == f
+            test = np.flatnonzero(td.folds == f)
+            np.testing.assert_allclose(oof.loc[rows, "pred_zcq_success"].to_numpy(),
+                                       ref.predict_proba(x[test])[:, 1], atol=1e-5)
+    assert set(seen) == set(range(int(config.outcome.cv.num_folds)))
+    kept = [s for _, _, s in seen.values()]
+    assert 0 in kept, kept  # at least one fold kept the regression alone (checked above)
+
+
+def _inner_train_labels(td, config, fold):
+    train_idx = np.flatnonzero(td.folds != fold)
+    inner_train, _ = crossval.inner_split(td.records, train_idx, float(config.outcome.cv.inner_val_fraction),
+                                          int(config.seed) + fold, config.outcome.cv.stratify_on)
+    labels = {k: np.asarray(v)[inner_train] for k, v in td.labels.items()}
+    return labels, {k: np.isfinite(v).astype(np.float32) for k, v in labels.items()}

@@ -280,6 +280,33 @@ def test_best_checkpoint_restored_and_early_stopping(tmp_path):
     assert sorted(seen) == [2, 4, 6, 8]
 
 
+def test_eval_at_start_can_keep_the_initial_parameters(tmp_path):
+    # train.eval_at_start scores step 0 too (the clinical regression an outcome network starts
+    # from): when nothing later beats it, the initial parameters are the result.
+    seen = {}
+
+    def eval_fn(state):
+        s = int(state.step)
+        seen[s] = jax.device_get(state.params)
+        return {"auc": 0.8 if s == 0 else 0.6}
+
+    cfg = toy_config(num_steps=6, eval_every=2, checkpoint_every=100, log_every=2,
+                     best_metric="auc", best_metric_mode="max", eval_at_start=True)
+    out = _run(tmp_path / "a", cfg, eval_fn=eval_fn)
+    assert sorted(seen) == [0, 2, 4, 6]
+    assert out["best"]["step"] == 0 and int(out["state"].step) == 0
+    assert [e["step"] for e in out["history"]["eval"]] == [0, 2, 4, 6]
+    _assert_trees_equal(out["state"].params, seen[0])
+    assert not np.allclose(_leaves(out["state"].params)[0], _leaves(out["last_state"].params)[0])
+    # a relaunch of the finished run does not score step 0 again
+    again = _run(tmp_path / "a", cfg, eval_fn=eval_fn)
+    assert again["best"]["step"] == 0 and len(again["history"]["eval"]) == 4
+    # a refit stopped at step 0 trains nothing and returns the initial parameters
+    refit = _run(tmp_path / "refit", cfg, eval_fn=None, stop_at=0)
+    assert refit["last_step"] == 0 and int(refit["state"].step) == 0
+    _assert_trees_equal(refit["state"].params, seen[0])
+
+
 def test_tied_best_metric_keeps_the_earliest_best_checkpoint(tmp_path):
     # A metric stuck at one value (e.g. QWK 0 while a grader predicts one class): the loop calls
     # the first evaluation best, and orbax must keep exactly that checkpoint to restore it.

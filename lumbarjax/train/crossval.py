@@ -40,6 +40,7 @@ from lumbarjax.data.cohort import check_no_leakage, make_folds
 from lumbarjax.data.pipeline import CachedExamples, Subset, make_loader
 from lumbarjax.errors import CohortError
 from lumbarjax.schema import LEVELS
+from lumbarjax.train import clinical_offset
 from lumbarjax.train.loop import predict, train_and_evaluate
 from lumbarjax.train.pretrain import with_encoder
 from lumbarjax.train.tasks import get_task
@@ -58,11 +59,19 @@ class TaskData:
 
 def run_config(config, task_cfg) -> ml_collections.ConfigDict:
     """The flat config train_and_evaluate reads: seed, train, optim, augment. An outcome model
-    with ``model.freeze_mri`` gets "mri_encoder" added to ``optim.frozen``."""
-    optim = task_cfg.optim.to_dict()
+    with ``model.freeze_mri`` gets "mri_encoder" added to ``optim.frozen``; with
+    ``clinical_offset="glm"`` its ``skip_<head>`` paths too, and ``train.eval_at_start``."""
+    optim, train = task_cfg.optim.to_dict(), task_cfg.train.to_dict()
+    frozen = set(optim["frozen"] or ())
     if task_cfg.get("model", {}).get("freeze_mri", False):
-        optim["frozen"] = tuple(sorted(set(optim["frozen"] or ()) | {"mri_encoder"}))
-    return ml_collections.ConfigDict(dict(seed=int(config.seed), train=task_cfg.train.to_dict(),
+        frozen |= {"mri_encoder"}
+    if clinical_offset.kind_of(task_cfg) == "glm":
+        # the fitted clinical regression stays fixed; step 0 (the regression alone) is scored too
+        mc = task_cfg.model
+        frozen |= set(clinical_offset.frozen_names(mc.binary_heads, mc.regression_heads))
+        train["eval_at_start"] = True
+    optim["frozen"] = tuple(sorted(frozen)) if frozen else optim["frozen"]
+    return ml_collections.ConfigDict(dict(seed=int(config.seed), train=train,
                                           optim=optim, augment=task_cfg.augment.to_dict()))
 
 
@@ -161,9 +170,20 @@ def run_fold(td: TaskData, fold: int, config, workdir: str, *, clinical_only: bo
     init = None
     if encoder_params is not None and not clinical_only:
         init = with_encoder(encoder_params)
+
+    def start(idx):
+        """The initial-parameter hook of a network trained on patients ``idx``."""
+        if clinical_offset.kind_of(task_cfg) != "glm":
+            return init
+        mc = task_cfg.model
+        offsets = clinical_offset.fit_offsets(
+            extras["clinical"][idx], {k: np.asarray(v)[idx] for k, v in td.labels.items()},
+            tuple(mc.binary_heads), tuple(mc.regression_heads), dict(loss_fn.class_weights))
+        return clinical_offset.with_offsets(offsets, then=init)
+
     result = train_and_evaluate(run_cfg, fold_dir, model=model, loss_fn=loss_fn,
                                 train_source=Subset(source, inner_train), eval_fn=eval_fn,
-                                init_params=init, row_ids=td.records["patient_id"].to_numpy())
+                                init_params=start(inner_train), row_ids=td.records["patient_id"].to_numpy())
     state = result["state"]
     # The selected checkpoint's inner-validation predictions: what train.select compares with
     # the penalised linear family fitted on the same inner training patients.
@@ -179,8 +199,8 @@ def run_fold(td: TaskData, fold: int, config, workdir: str, *, clinical_only: bo
         # same schedule, stopped at that step. On ~160 patients the 20 % held out for the
         # choice cost a logistic regression 0.045 ZCQ AUC on the demo (0.562 vs 0.606).
         refit = train_and_evaluate(run_cfg, os.path.join(fold_dir, "refit"), model=model, loss_fn=loss_fn,
-                                   train_source=Subset(source, train_idx), init_params=init,
-                                   stop_at=int(best_step or task_cfg.train.num_steps),
+                                   train_source=Subset(source, train_idx), init_params=start(train_idx),
+                                   stop_at=int(task_cfg.train.num_steps if best_step is None else best_step),
                                    row_ids=td.records["patient_id"].to_numpy())
         state = refit["state"]
     out = predict(state, model, loader(test_idx))

@@ -43,7 +43,7 @@ __all__ = [
 # Every ``config.train.*`` field the loop reads; their defaults live in configs/default.py.
 TRAIN_FIELDS = ("num_steps", "batch_size", "log_every", "eval_every", "checkpoint_every",
                 "max_to_keep", "keep_best", "best_metric", "best_metric_mode",
-                "early_stopping_patience", "progress_bar", "compute_dtype",
+                "early_stopping_patience", "eval_at_start", "progress_bar", "compute_dtype",
                 "async_checkpointing", "distributed", "on_nonfinite")
 
 
@@ -425,6 +425,15 @@ def train_and_evaluate(
 
     steps_since = 0
     try:
+        if tc["eval_at_start"] and do_eval and latest is None and step == 0 < stop_at:
+            # the initial parameters compete too (e.g. the clinical regression the outcome
+            # network starts from, train.clinical_offset): checkpointed as step 0
+            eval_metrics = evaluate(state)
+            if _is_better(eval_metrics[best_metric], None, mode):
+                loop.update(best_value=eval_metrics[best_metric], best_step=0, best_metrics=eval_metrics)
+            logger.write(0, "eval", eval_metrics)
+            loop["history"]["eval"].append({"step": 0, **eval_metrics})
+            save(0, state, eval_metrics)
         while step < stop_at and not loop["stopped_early"]:
             batch = next(train_iter)
             state, metrics = train_step(state, mesh_lib.shard_batch(batch, mesh))

@@ -192,6 +192,8 @@ class OutcomeTask:
 
     def build_model(self, task_cfg, clinical_only: bool = False):
         mc = ml_collections.ConfigDict(task_cfg.model.to_dict())
+        if str(task_cfg.get("clinical_offset", "none")) == "glm":
+            mc.clinical_skip = True  # the fitted clinical regression lives in the skip path
         if clinical_only:
             mc.mri.enabled = False
             mc.xray.enabled = False
