@@ -135,3 +135,29 @@ def test_guarded_keeps_the_clinical_reference_unless_a_challenger_is_clearly_bet
         np.testing.assert_allclose(oof.loc[test, "pred_zcq_success"], ref.predict(rec.loc[test]), rtol=1e-12)
     assert oof["model_zcq_success"].str.startswith("reference").all()
     assert "clinical reference model" in summary["rule"]
+
+
+def test_a_network_picked_on_the_validation_patients_must_win_by_more():
+    """The network's inner score is the best of its scored checkpoints (fold metrics.jsonl): its
+    clear-win bar over the reference is Šidák-adjusted for that many looks."""
+    assert linear.best_of_z(1) == linear.CLEAR_Z == 1.0
+    assert abs(linear.best_of_z(5) - 1.825) < 0.005
+    assert linear.best_of_z(5) < linear.best_of_z(10)
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 25).astype(float)
+    base = y + rng.normal(0, 1.5, 25)
+    # a small win is clear after one look but not as the best of five
+    small = base + 0.1 * y
+    assert linear.clearly_better(y, small, base, "binary", z=linear.best_of_z(1))
+    assert not linear.clearly_better(y, small, base, "binary", z=linear.best_of_z(5))
+    passes = [linear.clearly_better(y, base + 0.2 * y, base, "binary", z=k / 10) for k in range(40)]
+    assert passes[0] and not passes[-1] and passes == sorted(passes, reverse=True)
+
+
+def test_network_looks_are_the_fold_runs_eval_records(tmp_path):
+    d = tmp_path / "fold_0"
+    d.mkdir()
+    assert select.network_looks(str(d)) == 1            # no log: one look
+    (d / "metrics.jsonl").write_text("".join(json.dumps({"split": s, "step": i}) + "\n"
+                                             for i, s in enumerate(["eval", "train", "eval", "eval"])))
+    assert select.network_looks(str(d)) == 3

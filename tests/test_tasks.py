@@ -110,8 +110,9 @@ def test_outcome_networks_start_as_the_clinical_regression_of_their_own_training
     def hook(*, fold, state, model, source, test_idx, encoder, task):
         seen[fold] = (jax.device_get(state.params), encoder, int(state.step))
 
-    oof = crossval.run_crossval(td, config, os.path.join(workdir, "outcome_glm"), clinical_only=True,
-                                after_fold=hook)
+    run_dir = os.path.join(workdir, "glm_run")
+    oof = crossval.run_crossval(td, config, os.path.join(run_dir, "outcome_clinical_only"),
+                                clinical_only=True, after_fold=hook)
     y = td.labels["zcq_success"]
     for f, (params, enc, step) in seen.items():
         train = np.flatnonzero((td.folds != f) & np.isfinite(y))
@@ -132,6 +133,17 @@ def test_outcome_networks_start_as_the_clinical_regression_of_their_own_training
     assert set(seen) == set(range(int(config.outcome.cv.num_folds)))
     kept = [s for _, _, s in seen.values()]
     assert 0 in kept, kept  # at least one fold kept the regression alone (checked above)
+    # --mode=predict / evaluate restore the same fold models, the step-0 refits included
+    from lumbarjax import predict as predict_lib
+    for fm in predict_lib.load_fold_models(config, run_dir, "outcome_clinical_only"):
+        _assert_same_params(fm.state.params, seen[fm.fold][0])
+
+
+def _assert_same_params(a, b):
+    la, lb = jax.tree.leaves(jax.device_get(a)), jax.tree.leaves(b)
+    assert len(la) == len(lb)
+    for x, y in zip(la, lb):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 def _inner_train_labels(td, config, fold):

@@ -305,6 +305,8 @@ def test_eval_at_start_can_keep_the_initial_parameters(tmp_path):
     refit = _run(tmp_path / "refit", cfg, eval_fn=None, stop_at=0)
     assert refit["last_step"] == 0 and int(refit["state"].step) == 0
     _assert_trees_equal(refit["state"].params, seen[0])
+    # ... and checkpoints them, so --mode=predict / evaluate can restore that fold model
+    assert sorted(int(p) for p in os.listdir(tmp_path / "refit" / "checkpoints") if p.isdigit()) == [0]
 
 
 def test_tied_best_metric_keeps_the_earliest_best_checkpoint(tmp_path):

@@ -36,7 +36,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import ElasticNet, LogisticRegression, Ridge
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
-from scipy.stats import rankdata
+from scipy.stats import norm, rankdata
 from threadpoolctl import threadpool_limits
 
 from lumbarjax.data.cohort import make_folds
@@ -157,23 +157,34 @@ def choose(y: np.ndarray, table: Sequence[tuple], task: str, seed: int = 0) -> i
                 if i == r or clearly_better(y, table[i][1], table[r][1], task, seed=seed))
 
 
-CLEAR_WIN = 0.84   # share of paired bootstrap resamples that makes a win "clear" (~one SE)
+CLEAR_Z = 1.0                       # a "clear" win: about one standard error
+CLEAR_WIN = float(norm.cdf(CLEAR_Z))  # = 0.841: that share of paired bootstrap resamples
 
 
-def clearly_better(y: np.ndarray, p_a: np.ndarray, p_b: np.ndarray, task: str, *, seed: int = 0) -> bool:
-    """Whether predictions ``p_a`` beat ``p_b`` on labels ``y`` by about one standard error:
-    binary — a higher AUC, and AUC(p_a) > AUC(p_b) in more than :data:`CLEAR_WIN` of 200 paired
-    bootstrap resamples; regression — the paired per-patient absolute-error difference's mean
-    exceeds its standard error. Rows must be labelled and finite."""
+def best_of_z(n_tries: int, z: float = CLEAR_Z) -> float:
+    """The clear-win threshold for a score that is the best of ``n_tries`` looks at the same
+    validation patients (e.g. a network's checkpoint picked on them): Šidák-adjusted so that
+    ``n_tries`` chances to win by luck are as likely to pass as one (1 try -> ``z``;
+    5 tries at z = 1 -> 1.83)."""
+    n = max(int(n_tries), 1)
+    return float(norm.ppf(norm.cdf(z) ** (1.0 / n)))
+
+
+def clearly_better(y: np.ndarray, p_a: np.ndarray, p_b: np.ndarray, task: str, *, seed: int = 0,
+                   z: float = CLEAR_Z) -> bool:
+    """Whether predictions ``p_a`` beat ``p_b`` on labels ``y`` by about ``z`` standard errors:
+    binary — a higher AUC, and AUC(p_a) > AUC(p_b) in more than Φ(z) (:data:`CLEAR_WIN` at
+    z = 1) of 200 paired bootstrap resamples; regression — the paired per-patient absolute-error
+    difference's mean exceeds ``z`` times its standard error. Rows must be labelled and finite."""
     y, p_a, p_b = (np.asarray(v, float) for v in (y, p_a, p_b))
     if task == "binary":
         if len(set(y.tolist())) < 2 or metrics_lib.auc(y, p_a) <= metrics_lib.auc(y, p_b):
             return False
         d = paired_auc_diff(y, p_a, p_b, seed=seed)
         d = d[np.isfinite(d)]
-        return len(d) > 0 and float(np.mean(d > 0)) > CLEAR_WIN
+        return len(d) > 0 and float(np.mean(d > 0)) > float(norm.cdf(z))
     d = np.abs(y - p_b) - np.abs(y - p_a)
-    return len(d) > 1 and float(d.mean() - d.std(ddof=1) / np.sqrt(len(d))) > 0
+    return len(d) > 1 and float(d.mean() - z * d.std(ddof=1) / np.sqrt(len(d))) > 0
 
 
 @dataclasses.dataclass

@@ -473,6 +473,10 @@ def train_and_evaluate(
             if (eval_metrics is not None or step == stop_at or loop["stopped_early"]
                     or (tc["checkpoint_every"] and step % tc["checkpoint_every"] == 0)):
                 save(step, state, eval_metrics)
+        if mngr.latest_step() is None:
+            # nothing trained (stop_at=0: a refit told to stop at step 0): the initial parameters
+            # are the run's model, so they are checkpointed like any finished run's
+            save(step, state, None)
         mngr.wait_until_finished()
         last_state = state
         best_step = loop["best_step"]
