@@ -22,6 +22,7 @@ Written to ``out_dir`` (default ``<workdir>/external/<cohort folder name>``):
 
 from __future__ import annotations
 
+import json
 import os
 
 import jax
@@ -74,6 +75,101 @@ def ensemble_predictions(config, workdir: str, records: pd.DataFrame, cache: pd.
     return out
 
 
+def stage1_scores(config, workdir: str, records: pd.DataFrame, cache: pd.DataFrame) -> pd.DataFrame:
+    """The stage-1 score columns (``models.stage1``) of new patients from the finished run's
+    models: the grader fold ensemble's X-ray grade probabilities (mean over folds; NaN without an
+    X-ray), the level scale (``train.xray_levels.grade_films``: landmark models + every fold's
+    level grader, when the run has them), and the pretrained MRI grader's stenosis scores.
+    Returns ``patient_id`` + the ``xray_…`` / ``mri_…`` columns the run's linear models use."""
+    from lumbarjax.models import stage1
+    from lumbarjax.train import pretrain, xray_levels
+    ids = records["patient_id"].astype(str).to_numpy()
+    tables = []
+    if "grader" in config.tasks:
+        task = get_task("grader")
+        has_xray = cache["xray_file"].fillna("").astype(str).str.len().to_numpy() > 0
+        source = CachedExamples(cache, {}, mri_shape=tuple(config.mri.shape), xray_shape=tuple(config.xray.shape))
+        per_fold = []
+        for fm in predict.load_fold_models(config, workdir, "grader"):
+            out = predict_batches(fm.state, fm.model, make_loader(
+                source, batch_size=int(config.grader.train.batch_size), shuffle=False,
+                seed=int(config.seed), num_epochs=1))
+            order = np.argsort(np.asarray(out["index"]))
+            per_fold.append(task.decode({k: np.asarray(jax.device_get(v))[order] for k, v in out.items()},
+                                        config.grader))
+        g = pd.DataFrame({"patient_id": ids, "fold": -1})
+        for c in per_fold[0]:
+            v = np.stack([p[c] for p in per_fold]).astype(float)
+            g[c] = np.median(v, axis=0) if c.startswith("pred_grade") else v.mean(axis=0)
+        levels_dir = config.levels.model_dir or os.path.join(workdir, "levels")
+        if config.levels.enabled and os.path.exists(os.path.join(levels_dir, "levels_metrics.json")):
+            rows = np.flatnonzero(has_xray)
+            graded = xray_levels.grade_films(config.levels, levels_dir,
+                                             [xray_levels.film_of(p) for p in records["xray_paths"].iloc[rows]])
+            g["level_pred_grade"], g["scale"] = np.nan, np.nan
+            g.loc[rows, "level_pred_grade"] = [r["grade"] for r in graded]
+            g.loc[rows, "scale"] = [r["scale"]["mean"] for r in graded]
+        num = [c for c in g.columns if c not in ("patient_id", "fold")]
+        g.loc[~has_xray, num] = np.nan
+        tables.append(stage1.xray_scores(g, detail=str(config.outcome.stage1_xray)))
+    path = pretrain.encoder_path(config, workdir)
+    if config.pretrain.enabled and os.path.exists(path):
+        probs = pretrain.stenosis_probs(config, path, cache)
+        if probs is not None:
+            tables.append(stage1.mri_scores(ids, np.nan_to_num(probs), np.isfinite(probs).all(axis=1)))
+    out = pd.DataFrame({"patient_id": ids})
+    for t in tables:
+        out = out.merge(t, on="patient_id", how="left", validate="one_to_one")
+    return out
+
+
+def selected_predictions(config, workdir: str, records: pd.DataFrame, cache: pd.DataFrame,
+                         network_per_fold: list) -> pd.DataFrame | None:
+    """The run's selected outcome model (``train.select``) on new patients: per outer fold and
+    head, the fold's network (``network_per_fold[k]``) or the linear model the fold chose, refitted
+    exactly as the selection did (``select.refit_choice``, deterministic) on that fold's training
+    patients and applied to the new patients' clinical columns + :func:`stage1_scores`; the mean
+    over folds (``attrs["per_fold"]``: head -> the k per-fold predictions, fold order). None when
+    the run made no selection (``outcome.select_model`` off)."""
+    from lumbarjax.models import stage1
+    from lumbarjax.train import crossval, select
+    sel_path = os.path.join(workdir, "outcome", "selection.json")
+    if not config.outcome.get("select_model", False) or not os.path.exists(sel_path):
+        return None
+    with open(sel_path) as f:
+        summary = json.load(f)
+    run = workflow.stage_cohort(config, workdir, workflow.stage_index(config, workdir))
+    td = crossval.prepare_task("outcome", config, run.records, run.cache)
+    read = lambda p: (pd.read_csv(os.path.join(workdir, p), dtype={"patient_id": str})  # noqa: E731
+                      if os.path.exists(os.path.join(workdir, p)) else None)
+    run_records = workflow.stage1_records(config, workdir, td, read("grader/oof.csv"), read("mri_scores.csv"))[0]
+    new_records, _ = stage1.attach(records.assign(patient_id=records["patient_id"].astype(str)),
+                                   stage1_scores(config, workdir, records, cache))
+    grids = workflow.linear_grids(config, td, [])
+    binary = tuple(config.outcome.model.binary_heads)
+    ids = td.records["patient_id"].astype(str)
+    out = pd.DataFrame({"patient_id": new_records["patient_id"].to_numpy()})
+    out.attrs["per_fold"] = {}
+    for h in td.heads:
+        task = "binary" if h in binary else "regression"
+        per_fold = []
+        for c in (c for c in summary["choices"] if c["head"] == h):
+            f = int(c["fold"])
+            if c["choice"] == select.NETWORK:
+                per_fold.append(np.asarray(network_per_fold[f][f"pred_{h}"], float))
+                continue
+            with open(os.path.join(workdir, "outcome", f"fold_{f}", "split.json")) as fh:
+                split = json.load(fh)
+            rows = np.flatnonzero(ids.isin(set(split["inner_train"]) | set(split["inner_val"])).to_numpy())
+            fit = select.refit_choice(run_records, h, task, rows, c["choice"], summary["features"],
+                                      summary["reference_features"], grids.get(h), int(config.seed) + f)
+            per_fold.append(fit.predict(new_records))
+        out.attrs["per_fold"][h] = per_fold
+        out[f"pred_{h}"] = np.mean(per_fold, axis=0)
+        out[f"model_{h}"] = ", ".join(c["choice"] for c in summary["choices"] if c["head"] == h)
+    return out
+
+
 def evaluate_cohort(config, workdir: str, cohort_dir: str, *, out_dir: str | None = None) -> dict:
     """Apply the finished run ``workdir``'s outcome fold ensemble to the labelled cohort
     ``cohort_dir`` and write predictions.csv, metrics.json and report.html (module docstring).
@@ -110,10 +206,18 @@ def evaluate_cohort(config, workdir: str, cohort_dir: str, *, out_dir: str | Non
     logging.info("evaluate: %d of %d patients of %s have an outcome label", len(records),
                  len(cohort.records), cohort_dir)
     pred = ensemble_predictions(config, workdir, records, cache)
+    selected = selected_predictions(config, workdir, records, cache, pred.attrs["per_fold"])
+    lead = pred if selected is None else selected
     table = pred[["patient_id"]].copy()
     for h in heads:
         table[f"label_{h}"] = labels[h][ok]
-        table[f"pred_{h}"] = pred[f"pred_{h}"].to_numpy()
+        table[f"pred_{h}"] = lead[f"pred_{h}"].to_numpy()
+    others = None
+    if selected is not None:
+        for h in heads:
+            table[f"network_pred_{h}"] = pred[f"pred_{h}"].to_numpy()
+            table[f"model_{h}"] = selected[f"model_{h}"].to_numpy()
+        others = {"fusion network": pred}
     pred_path = os.path.join(out_dir, "predictions.csv")
     atomic.write_csv(table, pred_path)
     from lumbarjax.eval.report import write_report
@@ -122,9 +226,12 @@ def evaluate_cohort(config, workdir: str, cohort_dir: str, *, out_dir: str | Non
         "cohort": os.path.basename(os.path.normpath(cohort_dir)),
         "n_fold_models": pred.attrs["n_fold_models"], "n_patients": int(len(table)),
         "ensemble": "mean of the k outcome fold models' predictions (probabilities / VAS mm)",
+        "model": ("the fusion network" if selected is None else
+                  "the selected model (train.select): per fold the network or the chosen linear model, "
+                  "refitted on that fold's training patients; the fusion network ensemble beside it"),
         "note": "no patient of this cohort was used in training or model selection"}}
     html, metrics = write_report(
         out_dir, title="lumbarjax external validation", cohort_summary=cohort.summary,
-        outcome_oof=table, bayes=workflow.bayes_auc(cohort_dir), extra=extra,
+        outcome_oof=table, other_models=others, bayes=workflow.bayes_auc(cohort_dir), extra=extra,
         n_boot=int(config.eval.n_boot), seed=int(config.seed), threshold=float(config.eval.threshold))
     return {"html": html, "metrics": metrics, "predictions": pred_path, "n_patients": int(len(table))}

@@ -282,7 +282,7 @@ def stage1_records(config, workdir: str, td: crossval.TaskData, grader_oof: pd.D
     return records, cols, notes
 
 
-def _linear_grids(config, td: crossval.TaskData, notes: list) -> dict:
+def linear_grids(config, td: crossval.TaskData, notes: list) -> dict:
     """``{head: None (the full linear grid) | [reference candidate]}``: a head with fewer than 8
     labelled training patients in some fold gets no inner penalty choice."""
     from lumbarjax.models import linear
@@ -309,7 +309,7 @@ def stage_ablation(config, workdir: str, td: crossval.TaskData, stage1: tuple, r
     from lumbarjax.eval import ablation as ablation_lib
     records, cols, notes = stage1[0], stage1[1], list(stage1[2])
     sets = ablation_lib.feature_sets(cols["clinical"], cols["xray"], cols["mri"])
-    grids = _linear_grids(config, td, notes)
+    grids = linear_grids(config, td, notes)
     bayes = bayes_auc(root) or {}
     heads = []
     for h in td.heads:
@@ -336,7 +336,7 @@ def stage_selection(config, workdir: str, td: crossval.TaskData, network_oof: pd
     ``selection.json``; returns ``(selected oof, summary)``."""
     from lumbarjax.train.select import select_models
     records, cols, notes = stage1[0], stage1[1], list(stage1[2])
-    grids = _linear_grids(config, td, notes)
+    grids = linear_grids(config, td, notes)
     oof, summary = select_models(records, td.folds, td.heads, tuple(config.outcome.model.binary_heads),
                                  cols["clinical"] + cols["xray"] + cols["mri"], network_oof,
                                  os.path.join(workdir, "outcome"), seed=int(config.seed),

@@ -8,6 +8,16 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+def decoded_data_uris(data: bytes) -> bytes:
+    """``data`` with every base64 ``data:`` URI (a report's embedded PNGs) replaced by the bytes
+    it encodes: the image bytes are what could carry PHI (e.g. PNG text chunks), while base64
+    text holds any 4-letter upper-case name by chance (reports once held "MARK", "KARL", "GREY")."""
+    import base64
+    import re
+    return re.sub(rb"data:[\w/+.-]+;base64,([A-Za-z0-9+/=]+)",
+                  lambda m: base64.b64decode(m.group(1)), data)
+
+
 def phi_strings(folder) -> set:
     """Fake-PHI strings (names, birth dates, institution …) found in the DICOM headers below
     ``folder``: nothing lumbarjax writes may contain any of them."""

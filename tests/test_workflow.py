@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pandas as pd
 
-from conftest import phi_strings
+from conftest import decoded_data_uris, phi_strings
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -66,16 +66,6 @@ def test_outer_test_patients_never_train_or_select(tiny_run):
             assert not set(split["inner_train"]) & set(split["inner_val"])
 
 
-def _decoded(data: bytes) -> bytes:
-    """``data`` with every base64 ``data:`` URI (the report's embedded PNGs) replaced by the bytes
-    it encodes: the image bytes are what could carry PHI (e.g. PNG text chunks), while base64
-    text holds any 4-letter upper-case name by chance (a report once held "MARK" and "KARL")."""
-    import base64
-    import re
-    return re.sub(rb"data:[\w/+.-]+;base64,([A-Za-z0-9+/=]+)",
-                  lambda m: base64.b64decode(m.group(1)), data)
-
-
 def test_nothing_written_contains_dicom_phi(tiny_cohort, tiny_run):
     workdir = tiny_run["workdir"]
     phi = phi_strings(os.path.join(tiny_cohort, "export"))
@@ -84,7 +74,7 @@ def test_nothing_written_contains_dicom_phi(tiny_cohort, tiny_run):
     for path in glob.glob(os.path.join(workdir, "**", "*"), recursive=True):
         if not os.path.isfile(path) or path.endswith(".npy"):
             continue
-        text = _decoded(open(path, "rb").read()).decode("latin-1")
+        text = decoded_data_uris(open(path, "rb").read()).decode("latin-1")
         checked += 1
         leaked = [p for p in phi if p in text]
         assert not leaked, f"{path} contains PHI {leaked[:3]}"

@@ -80,6 +80,20 @@ def better(y: np.ndarray, p_net: np.ndarray, p_lin: np.ndarray, task: str) -> bo
     return float(np.abs(y - p_net).mean()) < float(np.abs(y - p_lin).mean())
 
 
+def refit_choice(records: pd.DataFrame, head: str, task: str, rows: np.ndarray, choice: str,
+                 features: Sequence[str], reference_features: Sequence[str], grid, seed: int):
+    """The linear model a fold's choice stands for, fitted on ``rows`` (all of the fold's
+    training patients): ``"linear"`` — the penalised family on ``features`` (``grid``; None =
+    the full grid), ``"reference"`` — the clinical reference model on ``reference_features``.
+    Deterministic: ``--mode=evaluate`` refits the run's choices with it instead of storing them."""
+    if choice == "reference":
+        return linear.fit_penalised(records, head, rows, list(reference_features), task=task, seed=seed,
+                                    grid=[linear.REFERENCE[task]])
+    if choice == "linear":
+        return linear.fit_penalised(records, head, rows, list(features), task=task, seed=seed, grid=grid)
+    raise ConfigError(f"model selection: no linear model for the choice {choice!r}")
+
+
 def network_looks(fold_dir: str) -> int:
     """How many checkpoints of the fold's network were scored on its inner validation patients
     (its ``metrics.jsonl`` eval records; 1 when there is no log): the network's inner score is
@@ -125,6 +139,7 @@ def select_models(records: pd.DataFrame, folds: np.ndarray, heads: Sequence[str]
     if rule not in RULES:
         raise ConfigError(f"config.outcome.select_rule={rule!r}: expected one of {sorted(RULES)}")
     ids = records["patient_id"].astype(str)
+    ref_features = list(reference_features if reference_features is not None else features)
     net = network_oof.assign(patient_id=network_oof["patient_id"].astype(str)).set_index("patient_id")
     out = pd.DataFrame({"patient_id": ids.to_numpy(), "fold": np.asarray(folds, int)})
     fold_data = {}   # fold -> (inner_train, inner_val, test rows, the network's inner-val table)
@@ -166,10 +181,8 @@ def select_models(records: pd.DataFrame, folds: np.ndarray, heads: Sequence[str]
                           NETWORK: float(metric(y[inner_val][lab], p_net[lab])) if ok else None,
                           "linear": float(metric(y[inner_val][lab], p_lin[lab])) if ok else None})
             yv = y[inner_val][lab]
-            cols, cgrid = features, grid
             if rule == "guarded":
-                ref_cols = list(reference_features if reference_features is not None else features)
-                ref = linear.fit_penalised(records, h, inner_train, ref_cols, task=task, seed=seed + int(f),
+                ref = linear.fit_penalised(records, h, inner_train, ref_features, task=task, seed=seed + int(f),
                                            grid=[linear.REFERENCE[task]])
                 p_ref = ref.predict(records.iloc[inner_val])
                 entry["reference"] = float(metric(yv, p_ref[lab])) if ok else None
@@ -179,8 +192,6 @@ def select_models(records: pd.DataFrame, folds: np.ndarray, heads: Sequence[str]
                         if ok and clearly_better(yv, p[lab], p_ref[lab], task, seed=seed + int(f), z=z[c])]
                 sign = 1.0 if task == "binary" else -1.0
                 choice = max(wins, key=lambda c: sign * entry[c]) if wins else "reference"
-                if choice == "reference":
-                    cols, cgrid = ref_cols, [linear.REFERENCE[task]]
             else:
                 args = (yv, p_net[lab], p_lin[lab], task)
                 net_wins = ok and (clearly_better(*args, seed=seed + int(f), z=linear.best_of_z(looks))
@@ -188,15 +199,15 @@ def select_models(records: pd.DataFrame, folds: np.ndarray, heads: Sequence[str]
                 choice = NETWORK if net_wins else "linear"
             entry["choice"] = choice
             if choice != NETWORK:
-                refit = linear.fit_penalised(records, h, np.concatenate([inner_train, inner_val]), cols,
-                                             task=task, seed=seed + int(f), grid=cgrid)
+                refit = refit_choice(records, h, task, np.concatenate([inner_train, inner_val]), choice,
+                                     features, ref_features, grid, seed + int(f))
                 pred[test] = refit.predict(records.iloc[test])
                 model[test] = refit.candidate.name if choice == "linear" else f"reference {refit.candidate.name}"
                 entry["linear_model_refit"] = model[test][0]
             choices.append(entry)
         out[f"pred_{h}"] = pred
         out[f"model_{h}"] = model
-    summary = {"features": list(features), "rule": RULES[rule],
+    summary = {"features": list(features), "reference_features": ref_features, "rule": RULES[rule],
                "choices": choices,
                "network_chosen": {h: int(sum(c["choice"] == NETWORK for c in choices if c["head"] == h))
                                   for h in heads},

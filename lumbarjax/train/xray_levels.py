@@ -394,6 +394,12 @@ def predict_levels(cfg, levels_dir: str, xray_paths: str) -> dict:
     "scale": {"mean", "sd"} over folds, "expected_grade": {"mean", "sd"}, "folds": [...]}``.
     Raises CohortError naming the missing file when the run has no level models.
     """
+    return grade_films(cfg, levels_dir, [film_of(xray_paths)])[0]
+
+
+def grade_films(cfg, levels_dir: str, films: Sequence) -> list[dict]:
+    """:func:`predict_levels` for several films at once (one landmark pass over all of them):
+    one result dict per film, in order."""
     from lumbarjax.models.level_grader import LevelGrader
     stem = os.path.join(levels_dir, "landmarks")
     metrics_path = os.path.join(levels_dir, "levels_metrics.json")
@@ -402,29 +408,33 @@ def predict_levels(cfg, levels_dir: str, xray_paths: str) -> dict:
             raise CohortError(f"{need} is missing: the run has no level-by-level models (config.levels)")
     finder, fp, card = landmarks.load(stem + "_finder")
     refiner, rp, _ = landmarks.load(stem + "_refiner")
-    meas = measure([film_of(xray_paths)], {"finder": (finder, fp), "refiner": (refiner, rp)}, cfg)
-    ind = meas["indices"].iloc[0]
-    dhi = ind[[f"dhi_{lv}" for lv in LEVELS]].to_numpy(float)[None]
+    meas = measure(list(films), {"finder": (finder, fp), "refiner": (refiner, rp)}, cfg)
     with open(metrics_path) as f:
         fitted = json.load(f)["fitted"]
-    folds = []
-    for k, d in enumerate(fitted):
-        g = LevelGrader.from_dict(d)
-        lg = g.level_grades(dhi)[0]
-        folds.append({"fold": k, "grade": int(g.patient_grade(dhi)[0]), "scale": int(lg.sum()),
-                      "expected_grade": float(g.expected_grade(dhi)[0]),
-                      "grade_per_level": {lv: int(v) for lv, v in zip(LEVELS, lg)}})
+    graders = [LevelGrader.from_dict(d) for d in fitted]
+    rule = fitted[0]["rule"] if fitted else cfg.rule
+    out = []
+    for i in range(len(films)):
+        ind = meas["indices"].iloc[i]
+        dhi = ind[[f"dhi_{lv}" for lv in LEVELS]].to_numpy(float)[None]
+        folds = []
+        for k, g in enumerate(graders):
+            lg = g.level_grades(dhi)[0]
+            folds.append({"fold": k, "grade": int(g.patient_grade(dhi)[0]), "scale": int(lg.sum()),
+                          "expected_grade": float(g.expected_grade(dhi)[0]),
+                          "grade_per_level": {lv: int(v) for lv, v in zip(LEVELS, lg)}})
 
-    def spread(key):
-        v = np.array([f[key] for f in folds], float)
-        return {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if len(v) > 1 else 0.0}
+        def spread(key):
+            v = np.array([f[key] for f in folds], float)
+            return {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if len(v) > 1 else 0.0}
 
-    return {"rule": fitted[0]["rule"] if fitted else cfg.rule,
-            "indices": {k: float(v) for k, v in ind.items()},
-            "grade_per_level": {lv: int(np.median([f["grade_per_level"][lv] for f in folds])) for lv in LEVELS},
-            "grade": int(np.median([f["grade"] for f in folds])), "scale": spread("scale"),
-            "expected_grade": spread("expected_grade"), "folds": folds,
-            "centres_px": meas["centres"][0].tolist()}
+        out.append({"rule": rule, "indices": {k: float(v) for k, v in ind.items()},
+                    "grade_per_level": {lv: int(np.median([f["grade_per_level"][lv] for f in folds]))
+                                        for lv in LEVELS},
+                    "grade": int(np.median([f["grade"] for f in folds])), "scale": spread("scale"),
+                    "expected_grade": spread("expected_grade"), "folds": folds,
+                    "centres_px": meas["centres"][i].tolist()})
+    return out
 
 
 def report_summary(metrics: dict) -> dict:
@@ -436,6 +446,6 @@ def report_summary(metrics: dict) -> dict:
     return out
 
 
-__all__ = ["LEVELS_KEYS", "check_config", "crossval_levels", "film_of", "landmark_models", "levels_beside_grader", "measure", "qwk_table",
+__all__ = ["LEVELS_KEYS", "check_config", "crossval_levels", "film_of", "grade_films", "landmark_models", "levels_beside_grader", "measure", "qwk_table",
            "report_summary", "run_levels",
            "train_landmark_models"]
