@@ -97,7 +97,7 @@ def reselect(wd: str, regime: str, seed: int, encoder_file: str | None) -> None:
     if encoder_file:
         c.pretrain.encoder_file = encoder_file
     manifest = workflow.stage_index(c, wd)
-    cohort = workflow.stage_cohort(c, wd, manifest)
+    cohort = workflow.join_cohort(c, wd, manifest)   # leaves the run's cohort summary as it was
     td = crossval.prepare_task("outcome", c, cohort.records, cohort.cache)
     read = lambda p: pd.read_csv(os.path.join(wd, p), dtype={"patient_id": str})  # noqa: E731
     stage1 = workflow.stage1_records(c, wd, td, read("grader/oof.csv"), read("mri_scores.csv"))

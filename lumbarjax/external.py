@@ -138,7 +138,7 @@ def selected_predictions(config, workdir: str, records: pd.DataFrame, cache: pd.
         return None
     with open(sel_path) as f:
         summary = json.load(f)
-    run = workflow.stage_cohort(config, workdir, workflow.stage_index(config, workdir))
+    run = workflow.join_cohort(config, workdir, workflow.stage_index(config, workdir))  # writes nothing
     td = crossval.prepare_task("outcome", config, run.records, run.cache)
     read = lambda p: (pd.read_csv(os.path.join(workdir, p), dtype={"patient_id": str})  # noqa: E731
                       if os.path.exists(os.path.join(workdir, p)) else None)

@@ -102,28 +102,37 @@ class Cohort:
     summary: dict
 
 
-def stage_cohort(config, workdir: str, manifest: pd.DataFrame) -> Cohort:
-    """Join the manifest with the clinical table and decode/resample all images (cached)."""
+def join_cohort(config, workdir: str, manifest: pd.DataFrame) -> Cohort:
+    """Join the manifest with the clinical table and decode/resample all images (cached under
+    the cache folder); writes nothing else, so it can re-read a finished run's cohort."""
     root = manifest.attrs.get("root") or cohort_dir(config, workdir)
     table = clinical_lib.read_clinical(clinical_path(config, root),
                                        column_map=dict(config.clinical.column_map) or None)
     records, exclusions = cohort_lib.build_cohort(manifest, table, config.clinical, root=root)
     cohort_lib.check_not_empty(records, exclusions, table, manifest)
     problems = pd.DataFrame(records.attrs.get("validation_problems", []))
-    if len(problems):
-        atomic.write_csv(problems, os.path.join(workdir, "validation_problems.csv"))
     cache_dir = config.data.cache_dir or os.path.join(workdir, "cache")
     cache = preprocess_lib.preprocess_cohort(records, config, cache_dir,
                                              num_workers=int(config.data.num_workers))
     extra_excl = cache.attrs.get("exclusions")
     if extra_excl is not None and len(extra_excl):
         exclusions = pd.concat([exclusions, extra_excl], ignore_index=True)
-    atomic.write_csv(exclusions, os.path.join(workdir, "exclusions.csv"))
     summary = cohort_lib.cohort_summary(records, exclusions)
     summary["validation_problems"] = int(len(problems))
     summary["images_decoded_this_run"] = int(cache.attrs.get("n_decoded", 0))
-    _dump(summary, os.path.join(workdir, "cohort_summary.json"))
     return Cohort(records, cache, exclusions, summary)
+
+
+def stage_cohort(config, workdir: str, manifest: pd.DataFrame) -> Cohort:
+    """:func:`join_cohort`, then its validation problems, exclusions and summary written to
+    ``workdir``."""
+    cohort = join_cohort(config, workdir, manifest)
+    problems = pd.DataFrame(cohort.records.attrs.get("validation_problems", []))
+    if len(problems):
+        atomic.write_csv(problems, os.path.join(workdir, "validation_problems.csv"))
+    atomic.write_csv(cohort.exclusions, os.path.join(workdir, "exclusions.csv"))
+    _dump(cohort.summary, os.path.join(workdir, "cohort_summary.json"))
+    return cohort
 
 
 def sweep_temporary(config, workdir: str) -> int:

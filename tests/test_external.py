@@ -96,8 +96,10 @@ def test_the_selected_model_is_applied_fold_by_fold_as_the_run_chose(evaluated):
     run = evaluated["run"]
     td = run["results"]["outcome_task"]
     cfg, wd = run["config"], run["workdir"]
+    before = open(os.path.join(wd, "cohort_summary.json")).read()
     net = external.ensemble_predictions(cfg, wd, td.records, td.cache)
     sel = external.selected_predictions(cfg, wd, td.records, td.cache, net.attrs["per_fold"])
+    assert open(os.path.join(wd, "cohort_summary.json")).read() == before  # the run is only read
     summary = json.load(open(os.path.join(wd, "outcome", "selection.json")))
     oof = pd.read_csv(os.path.join(wd, "outcome", "selected_oof.csv"), dtype={"patient_id": str})
     oof = oof.set_index("patient_id").loc[sel["patient_id"]]
