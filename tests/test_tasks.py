@@ -152,3 +152,16 @@ def _inner_train_labels(td, config, fold):
                                           int(config.seed) + fold, config.outcome.cv.stratify_on)
     labels = {k: np.asarray(v)[inner_train] for k, v in td.labels.items()}
     return labels, {k: np.isfinite(v).astype(np.float32) for k, v in labels.items()}
+
+
+def test_the_clinical_offset_is_skipped_without_clinical_columns(cohort):
+    """outcome.clinical_offset="glm" with no clinical feature columns: there is no regression to
+    start from, and the fold trains as the images-only network it is (no skip path, no error)."""
+    config, workdir, c = cohort
+    config.outcome.clinical_offset = "glm"
+    config.outcome.model.mri.enabled = True
+    config.outcome.features.numeric, config.outcome.features.categorical = (), ()
+    config.outcome.train.update(num_steps=2, log_every=1, eval_every=2, checkpoint_every=2)
+    td = crossval.prepare_task("outcome", config, c.records, c.cache)
+    oof = crossval.run_fold(td, 0, config, os.path.join(workdir, "no_clinical"))
+    assert len(oof) == int((td.folds == 0).sum()) and np.isfinite(oof["pred_zcq_success"]).all()

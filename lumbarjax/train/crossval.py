@@ -173,8 +173,8 @@ def run_fold(td: TaskData, fold: int, config, workdir: str, *, clinical_only: bo
 
     def start(idx):
         """The initial-parameter hook of a network trained on patients ``idx``."""
-        if clinical_offset.kind_of(task_cfg) != "glm":
-            return init
+        if clinical_offset.kind_of(task_cfg) != "glm" or extras["clinical"].shape[1] == 0:
+            return init  # no clinical columns: no regression to start from
         mc = task_cfg.model
         offsets = clinical_offset.fit_offsets(
             extras["clinical"][idx], {k: np.asarray(v)[idx] for k, v in td.labels.items()},
