@@ -180,7 +180,9 @@ def main(argv=None):
     load = os.getloadavg()
     header = (f"# The whole chain per regime (OOF ZCQ-success AUC, 5-fold, demo budget)\n\n"
               f"`PYTHONPATH=$PWD python benchmarks/outcome_chain_regimes.py --regimes {a.regimes} "
-              f"--seeds {a.seeds}{' --pretrained' if a.pretrained else ''}`; load at the end "
+              f"--seeds {a.seeds}{' --pretrained' if a.pretrained else ''}"
+              f"{' --stage1-from ' + a.stage1_from if a.stage1_from else ''}"
+              f"{' --reselect' if a.reselect else ''}`; load at the end "
               f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} on {os.cpu_count()} cores.")
     text = markdown(rows, header)
     print(text)
