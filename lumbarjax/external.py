@@ -48,29 +48,36 @@ def cohort_config(config, cohort_dir: str) -> ml_collections.ConfigDict:
     return sub
 
 
+def fold_outputs(config, workdir: str, task_name: str, records: pd.DataFrame, cache: pd.DataFrame) -> list:
+    """Each fold model of the finished cross-validation ``task_name`` (``"outcome"`` or
+    ``"grader"``) applied to every row of ``records`` / ``cache`` (aligned by row): one dict of
+    decoded columns (``pred_<head>``, ``prob_grade_k`` …, (N,) each) per fold, fold order. An
+    outcome fold model sees the clinical columns through its own fold's encoder."""
+    task = get_task(task_name)
+    task_cfg = config[task_name]
+    per_fold = []
+    for fm in predict.load_fold_models(config, workdir, task_name):
+        extras = {"clinical": predict.feature_frame(config, records, fm.encoder)} if fm.encoder is not None else {}
+        source = CachedExamples(cache, extras, mri_shape=tuple(config.mri.shape),
+                                xray_shape=tuple(config.xray.shape))
+        out = predict_batches(fm.state, fm.model,
+                              make_loader(source, batch_size=int(task_cfg.train.batch_size), shuffle=False,
+                                          seed=int(config.seed), num_epochs=1))
+        order = np.argsort(np.asarray(out["index"]))
+        per_fold.append(task.decode({k: np.asarray(jax.device_get(v))[order] for k, v in out.items()},
+                                    task_cfg))
+    return per_fold
+
+
 def ensemble_predictions(config, workdir: str, records: pd.DataFrame, cache: pd.DataFrame) -> pd.DataFrame:
     """``patient_id, pred_<head>`` (mean of the k outcome fold models) for every row of
     ``records`` / ``cache`` (aligned by row); ``attrs["per_fold"]`` holds each fold model's
     ``{pred_<head>: (N,)}`` and ``attrs["n_fold_models"]`` k."""
-    task = get_task("outcome")
-    folds = predict.load_fold_models(config, workdir, "outcome")
-    bs = int(config.outcome.train.batch_size)
-    per_fold = []
-    for fm in folds:
-        x = predict.feature_frame(config, records, fm.encoder)
-        source = CachedExamples(cache, {"clinical": x}, mri_shape=tuple(config.mri.shape),
-                                xray_shape=tuple(config.xray.shape))
-        out = predict_batches(fm.state, fm.model,
-                              make_loader(source, batch_size=bs, shuffle=False, seed=int(config.seed),
-                                          num_epochs=1))
-        order = np.argsort(np.asarray(out["index"]))
-        cols = task.decode({k: np.asarray(jax.device_get(v))[order] for k, v in out.items()},
-                           config.outcome)
-        per_fold.append(cols)
+    per_fold = fold_outputs(config, workdir, "outcome", records, cache)
     out = pd.DataFrame({"patient_id": records["patient_id"].astype(str).to_numpy()})
     for c in per_fold[0]:
         out[c] = np.mean([p[c] for p in per_fold], axis=0)
-    out.attrs["n_fold_models"] = len(folds)
+    out.attrs["n_fold_models"] = len(per_fold)
     out.attrs["per_fold"] = per_fold
     return out
 
@@ -86,17 +93,8 @@ def stage1_scores(config, workdir: str, records: pd.DataFrame, cache: pd.DataFra
     ids = records["patient_id"].astype(str).to_numpy()
     tables = []
     if "grader" in config.tasks:
-        task = get_task("grader")
         has_xray = cache["xray_file"].fillna("").astype(str).str.len().to_numpy() > 0
-        source = CachedExamples(cache, {}, mri_shape=tuple(config.mri.shape), xray_shape=tuple(config.xray.shape))
-        per_fold = []
-        for fm in predict.load_fold_models(config, workdir, "grader"):
-            out = predict_batches(fm.state, fm.model, make_loader(
-                source, batch_size=int(config.grader.train.batch_size), shuffle=False,
-                seed=int(config.seed), num_epochs=1))
-            order = np.argsort(np.asarray(out["index"]))
-            per_fold.append(task.decode({k: np.asarray(jax.device_get(v))[order] for k, v in out.items()},
-                                        config.grader))
+        per_fold = fold_outputs(config, workdir, "grader", records, cache)
         g = pd.DataFrame({"patient_id": ids, "fold": -1})
         for c in per_fold[0]:
             v = np.stack([p[c] for p in per_fold]).astype(float)
@@ -148,6 +146,11 @@ def selected_predictions(config, workdir: str, records: pd.DataFrame, cache: pd.
     grids = workflow.linear_grids(config, td, [])
     binary = tuple(config.outcome.model.binary_heads)
     ids = td.records["patient_id"].astype(str)
+    train_rows = {}   # fold -> all of its training patients (the rows a chosen linear model refits on)
+    for f in sorted({int(c["fold"]) for c in summary["choices"]}):
+        with open(os.path.join(workdir, "outcome", f"fold_{f}", "split.json")) as fh:
+            split = json.load(fh)
+        train_rows[f] = np.flatnonzero(ids.isin(set(split["inner_train"]) | set(split["inner_val"])).to_numpy())
     out = pd.DataFrame({"patient_id": new_records["patient_id"].to_numpy()})
     out.attrs["per_fold"] = {}
     for h in td.heads:
@@ -158,10 +161,7 @@ def selected_predictions(config, workdir: str, records: pd.DataFrame, cache: pd.
             if c["choice"] == select.NETWORK:
                 per_fold.append(np.asarray(network_per_fold[f][f"pred_{h}"], float))
                 continue
-            with open(os.path.join(workdir, "outcome", f"fold_{f}", "split.json")) as fh:
-                split = json.load(fh)
-            rows = np.flatnonzero(ids.isin(set(split["inner_train"]) | set(split["inner_val"])).to_numpy())
-            fit = select.refit_choice(run_records, h, task, rows, c["choice"], summary["features"],
+            fit = select.refit_choice(run_records, h, task, train_rows[f], c["choice"], summary["features"],
                                       summary["reference_features"], grids.get(h), int(config.seed) + f)
             per_fold.append(fit.predict(new_records))
         out.attrs["per_fold"][h] = per_fold

@@ -33,6 +33,7 @@ from lumbarjax.models.fusion import (ClinicalEncoder, build_grader, build_outcom
                                      outcome_loss, positive_class_weights)
 from lumbarjax.models.encoder3d import StenosisGrader
 from lumbarjax.models.resnet2d import grader_loss
+from lumbarjax.train import clinical_offset
 from lumbarjax.schema import LEVELS
 
 __all__ = ["TASKS", "GraderTask", "OutcomeTask", "PretrainTask", "OrdinalLoss",
@@ -192,7 +193,7 @@ class OutcomeTask:
 
     def build_model(self, task_cfg, clinical_only: bool = False):
         mc = ml_collections.ConfigDict(task_cfg.model.to_dict())
-        if str(task_cfg.get("clinical_offset", "none")) == "glm":
+        if clinical_offset.kind_of(task_cfg) == "glm":
             mc.clinical_skip = True  # the fitted clinical regression lives in the skip path
         if clinical_only:
             mc.mri.enabled = False

@@ -267,7 +267,7 @@ def landmark_models(cfg, workdir: str, seed: int, exclude_ids=()) -> dict:
         source = ""
     sig = _signature(cfg, source, seed)
     if landmarks.exists(stem + "_finder") and landmarks.exists(stem + "_refiner"):
-        finder, fp, card = landmarks.load(stem + "_finder")
+        finder, fp, _ = landmarks.load(stem + "_finder")
         refiner, rp, _ = landmarks.load(stem + "_refiner")
         if card.get("signature") == sig or cfg.model_dir:
             logging.info("levels: using the landmark models in %s", model_dir)
@@ -406,7 +406,7 @@ def grade_films(cfg, levels_dir: str, films: Sequence) -> list[dict]:
     for need in (stem + "_finder.msgpack", stem + "_refiner.msgpack", metrics_path):
         if not os.path.exists(need):
             raise CohortError(f"{need} is missing: the run has no level-by-level models (config.levels)")
-    finder, fp, card = landmarks.load(stem + "_finder")
+    finder, fp, _ = landmarks.load(stem + "_finder")
     refiner, rp, _ = landmarks.load(stem + "_refiner")
     meas = measure(list(films), {"finder": (finder, fp), "refiner": (refiner, rp)}, cfg)
     with open(metrics_path) as f:
