@@ -140,9 +140,11 @@ def task_config(kind: str) -> ml_collections.ConfigDict:
         # linear family on [clinical + stage-1 X-ray/MRI scores], chosen on the inner
         # validation split (lumbarjax.train.select). False: the network alone.
         t.select_model = True
-        # "guarded": clinical logistic regression unless the linear family on all columns or the
-        # network is clearly better on the inner split; "higher" | "clear" (train.select)
-        t.select_rule = "guarded"
+        # "guarded_cv": clinical logistic regression unless the linear family on all columns is
+        # clearly better in the inner k-fold split of all the fold's training patients, then the
+        # network if clearly better on the inner validation split; "guarded" (both challengers
+        # judged on the inner validation split) | "higher" | "clear" (train.select)
+        t.select_rule = "guarded_cv"
         # Which of the grader's out-of-fold X-ray scores the linear models see (models.stage1):
         # "summary" (expected grade, level grade, scale) or "full" (+ class probabilities,
         # per-level grades, disc height indices and listhesis).

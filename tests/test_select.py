@@ -116,7 +116,7 @@ def test_the_higher_rule_follows_the_inner_validation_score(tmp_path):
 
 
 def test_guarded_keeps_the_clinical_reference_unless_a_challenger_is_clearly_better(tmp_path):
-    """rule "guarded" (default): with a chance-level network and no extra signal in the other
+    """rule "guarded": with a chance-level network and no extra signal in the other
     columns, every fold keeps the clinical reference model, refitted on all of the fold's
     training patients: the selected predictions are that logistic regression's."""
     rec, folds, run = _run(tmp_path)
@@ -124,7 +124,7 @@ def test_guarded_keeps_the_clinical_reference_unless_a_challenger_is_clearly_bet
     rec["noise"] = rng.normal(size=len(rec))
     net = _network_files(rec, folds, run, rng.random(len(rec)), np.full(len(rec), 50.0))
     oof, summary = select.select_models(rec, folds, ["zcq_success"], ["zcq_success"], ["age", "noise"], net, run,
-                                        seed=0, grid_for=GRIDS.get, reference_features=["age"])
+                                        seed=0, grid_for=GRIDS.get, rule="guarded", reference_features=["age"])
     assert [c["choice"] for c in summary["choices"]] == ["reference"] * 4, summary["choices"]
     for f in range(4):
         split = json.load(open(os.path.join(run, f"fold_{f}", "split.json")))
@@ -135,6 +135,52 @@ def test_guarded_keeps_the_clinical_reference_unless_a_challenger_is_clearly_bet
         np.testing.assert_allclose(oof.loc[test, "pred_zcq_success"], ref.predict(rec.loc[test]), rtol=1e-12)
     assert oof["model_zcq_success"].str.startswith("reference").all()
     assert "clinical reference model" in summary["rule"]
+
+
+def _with_stage1_score(rec, effect, seed=7):
+    """``rec`` with a stage-1 ``score`` column and zcq_success redrawn from age + effect·score."""
+    rng = np.random.default_rng(seed)
+    rec = rec.copy()
+    rec["score"] = rng.normal(size=len(rec))
+    logit = (rec["age"].to_numpy() - 60) / 8 + effect * rec["score"].to_numpy()
+    rec["zcq_success"] = (rng.random(len(rec)) < 1 / (1 + np.exp(-logit))).astype(float)
+    return rec
+
+
+def test_guarded_cv_weighs_linear_against_reference_on_all_training_patients(tmp_path):
+    """rule "guarded_cv": the family on all columns vs the clinical reference is decided on the
+    inner k-fold split of every training patient of the fold (not on its 24 inner validation
+    patients), and the chosen model is that fit: its predictions of the test fold are the
+    family's fitted on all the fold's training patients."""
+    rec, folds, run = _run(tmp_path)
+    rec = _with_stage1_score(rec, effect=1.5)
+    rng = np.random.default_rng(5)
+    net = _network_files(rec, folds, run, rng.random(len(rec)), np.full(len(rec), 50.0))
+    oof, summary = select.select_models(rec, folds, ["zcq_success"], ["zcq_success"], ["age", "score"], net, run,
+                                        seed=0, grid_for=GRIDS.get, rule="guarded_cv", reference_features=["age"])
+    for c in summary["choices"]:
+        f = c["fold"]
+        assert c["n_inner_cv"] == int((folds != f).sum())      # all 120 training patients, not 24
+        assert c["linear_cv"] > c["reference_cv"] + 0.05, c
+        assert c["base"] == "linear" and c["choice"] == "linear", c
+        split = json.load(open(os.path.join(run, f"fold_{f}", "split.json")))
+        rows = rec.set_index("patient_id").index.get_indexer(split["inner_train"] + split["inner_val"])
+        fit = select.refit_choice(rec, "zcq_success", "binary", rows, "linear", ["age", "score"], ["age"],
+                                  GRIDS["zcq_success"], f)
+        test = folds == f
+        np.testing.assert_allclose(oof.loc[test, "pred_zcq_success"], fit.predict(rec.loc[test]), rtol=1e-12)
+    assert "inner k-fold split of all the fold's training patients" in summary["rule"]
+
+
+def test_guarded_cv_keeps_the_reference_when_the_extra_column_is_noise(tmp_path):
+    rec, folds, run = _run(tmp_path)
+    rec = _with_stage1_score(rec, effect=0.0)
+    rng = np.random.default_rng(5)
+    net = _network_files(rec, folds, run, rng.random(len(rec)), np.full(len(rec), 50.0))
+    oof, summary = select.select_models(rec, folds, ["zcq_success"], ["zcq_success"], ["age", "score"], net, run,
+                                        seed=0, grid_for=GRIDS.get, rule="guarded_cv", reference_features=["age"])
+    assert [c["choice"] for c in summary["choices"]] == ["reference"] * 4, summary["choices"]
+    assert oof["model_zcq_success"].str.startswith("reference").all()
 
 
 def test_a_network_picked_on_the_validation_patients_must_win_by_more():

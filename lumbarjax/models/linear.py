@@ -196,6 +196,8 @@ class PenalisedFit:
     numeric: list
     categorical: list
     selection: list            # [{"model": name, "inner_auc" | "inner_mae": float}, ...], grid order
+    inner_rows: np.ndarray | None = None   # (M,) the labelled training rows the inner split scored
+    inner_pred: np.ndarray | None = None   # (M,) the chosen candidate's inner out-of-fold predictions
 
     def predict(self, records: pd.DataFrame) -> np.ndarray:
         """(N,) P(label = 1) (binary) or the label-unit prediction (regression) for ``records``."""
@@ -273,9 +275,9 @@ def _fit_penalised(records, label, train_idx, features, *, task, inner_folds, se
         scored.append((cand, pred))
         quality = metrics_lib.auc(y_all[rows], pred) if task == "binary" else np.abs(y_all[rows] - pred).mean()
         table.append({"model": cand.name, "inner_auc" if task == "binary" else "inner_mae": round(float(quality), 6)})
-    chosen = grid[choose(y_all[rows], scored, task, seed)]
-    pipe = _fit(make_pipeline(chosen, numeric, categorical), X.iloc[rows], y_all[rows])
-    return PenalisedFit(task, chosen, pipe, numeric, categorical, table)
+    i = choose(y_all[rows], scored, task, seed)
+    pipe = _fit(make_pipeline(grid[i], numeric, categorical), X.iloc[rows], y_all[rows])
+    return PenalisedFit(task, grid[i], pipe, numeric, categorical, table, rows, preds[i])
 
 
 def crossval_penalised(records: pd.DataFrame, folds: np.ndarray, label: str, features: Sequence[str], *,
