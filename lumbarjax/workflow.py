@@ -58,7 +58,8 @@ def cohort_dir(config, workdir: str) -> str:
         logging.info("writing the synthetic demo cohort (%d patients, outcome regime %s) to %s",
                      config.data.demo_patients, config.data.demo_regime, root)
         synthetic.make_cohort(root, n_patients=int(config.data.demo_patients), seed=int(config.seed),
-                              overwrite=True, regime=str(config.data.demo_regime))
+                              overwrite=True, regime=str(config.data.demo_regime),
+                              num_workers=int(config.data.num_workers))
     return root
 
 
@@ -187,7 +188,8 @@ def stage_pretrain(config, workdir: str, outcome_ids=()):
                 raise ConfigError(f"config.pretrain: no labels table {labels!r} (set pretrain.labels, or "
                                   "pretrain.make_demo=True for the synthetic pretraining cohort)")
             logging.info("writing the synthetic pretraining cohort (%d patients) to %s", pc.demo_patients, root)
-            synthetic.make_pretraining_cohort(root, n_patients=int(pc.demo_patients), seed=int(config.seed) + 1)
+            synthetic.make_pretraining_cohort(root, n_patients=int(pc.demo_patients), seed=int(config.seed) + 1,
+                                              num_workers=int(config.data.num_workers))
         sub.data.cohort_dir, sub.data.clinical_file = root, labels
         manifest = stage_index(sub, pdir)
     cohort = stage_cohort(sub, pdir, manifest)

@@ -260,6 +260,25 @@ def test_synthetic_pretraining_cohort_in_rsna_layout_keeps_todays_labels(tmp_pat
         write_synthetic_pretraining(other, n_patients=10, seed=1, mri_size=(48, 48))
 
 
+def test_synthetic_rsna_layout_is_the_same_bytes_with_worker_processes(tmp_path):
+    """num_workers=2 writes the cohort and re-writes its studies in spawned processes (from
+    MIN_STUDIES_FOR_WORKERS studies on): every file equals the serial write's."""
+    from lumbarjax.data.public import rsna_layout
+
+    n = rsna_layout.MIN_STUDIES_FOR_WORKERS + 2
+    rsna_layout.write_synthetic_pretraining(tmp_path / "serial", n_patients=n, seed=2, mri_size=(48, 48))
+    rsna_layout.write_synthetic_pretraining(tmp_path / "workers", n_patients=n, seed=2, mri_size=(48, 48),
+                                            num_workers=2)
+
+    def files(root):
+        return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs)
+
+    a, b = files(tmp_path / "serial"), files(tmp_path / "workers")
+    assert a == b and sum(f.endswith(".dcm") for f in a) > 50
+    for f in a:
+        assert (tmp_path / "serial" / f).read_bytes() == (tmp_path / "workers" / f).read_bytes(), f
+
+
 @pytest.mark.slow  # generates the cohort twice (~20 s CPU): bash scripts/test.sh -m slow tests/test_public_rsna.py
 def test_rsna_layout_demo_gives_the_same_volumes_labels_and_folds_as_the_old_path(tmp_path):
     from lumbarjax.data.cohort import make_folds

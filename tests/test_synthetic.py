@@ -95,6 +95,23 @@ def test_same_seed_same_bytes_different_seed_differs(tmp_path, cohort):
     assert (a / "clinical.csv").read_bytes() != (c / "clinical.csv").read_bytes()
 
 
+def test_worker_processes_write_the_same_bytes(tmp_path):
+    """make_cohort(num_workers=2) spawns writers once there are MIN_PATIENTS_FOR_WORKERS
+    imaged patients; every file, table and the summary's file list equal the serial write."""
+    n = synthetic.MIN_PATIENTS_FOR_WORKERS + 2
+    a = _make(tmp_path / "serial", n, seed=3)
+    b = _make(tmp_path / "workers", n, seed=3, num_workers=2)
+    assert [os.path.relpath(f, a["out_dir"]) for f in a["files"]] == \
+        [os.path.relpath(f, b["out_dir"]) for f in b["files"]]
+    fa, fb = _all_files(tmp_path / "serial"), _all_files(tmp_path / "workers")
+    assert len(fa) > 100 and [os.path.relpath(f, tmp_path / "serial") for f in fa] == \
+        [os.path.relpath(f, tmp_path / "workers") for f in fb]
+    for x, y in zip(fa, fb):
+        assert open(x, "rb").read() == open(y, "rb").read(), x
+    for name in ("clinical.csv", "ground_truth.csv"):
+        assert (tmp_path / "serial" / name).read_bytes() == (tmp_path / "workers" / name).read_bytes(), name
+
+
 def test_patient_data_independent_of_image_size(tmp_path):
     _make(tmp_path / "a", 8, seed=2)
     _make(tmp_path / "b", 8, seed=2, xray_size=(128, 96), mri_size=(64, 64))

@@ -1326,11 +1326,42 @@ def is_synthetic_incomplete(folder: str | os.PathLike) -> bool:
     return os.path.exists(os.path.join(folder, SYNTHETIC_TAG)) and not atomic.is_complete(folder)
 
 
+def _write_patient_studies(job) -> tuple[dict, list[str]]:
+    """One patient's X-ray and MRI studies (``job`` as :func:`make_cohort` builds it): the
+    ground-truth updates and the files written, in writing order. Depends on nothing but
+    ``job`` (each study draws from its own ``_rng(seed, i, …)``), so patients can be written
+    in any process."""
+    seed, i, an, tr, phi, pdir, xray_size, mri_size = job
+    tr, updates, files = dict(tr), {}, []
+    if tr["has_xray"]:
+        updates.update(_write_xray_study(seed, i, an, tr, phi, pdir, xray_size, files))
+        tr.update(updates)
+    if tr["has_mri"]:
+        updates.update(_write_mri_study(seed, i, an, tr, phi, pdir, mri_size, files))
+    return updates, files
+
+
+MIN_PATIENTS_FOR_WORKERS = 24   # below this, starting worker processes costs more than it saves
+
+
+def _write_studies(jobs: list, num_workers: int):
+    """``_write_patient_studies`` over ``jobs``, in order: in this process, or in ``num_workers``
+    spawned processes (the files are the same bytes either way)."""
+    if num_workers <= 0 or len(jobs) < MIN_PATIENTS_FOR_WORKERS:
+        yield from map(_write_patient_studies, jobs)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    # spawn, not fork: the parent may hold JAX's threads.
+    with ProcessPoolExecutor(int(num_workers), mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield from pool.map(_write_patient_studies, jobs, chunksize=4)
+
+
 def make_cohort(out_dir: str | os.PathLike, n_patients: int = 160, seed: int = 0, *,
                 xray_size: Sequence[int] = (384, 320), mri_size: Sequence[int] = (176, 176),
                 edge_cases: bool = True, overwrite: bool = False, n_mc: int = 200_000,
                 id_prefix: str = "LJ", regime: str | Mapping[str, float] = "demo",
-                 mark_complete: bool = True) -> dict:
+                mark_complete: bool = True, num_workers: int = 0) -> dict:
     """Write a complete synthetic cohort to ``out_dir`` (see module docstring); return a summary.
 
     Args:
@@ -1352,6 +1383,8 @@ def make_cohort(out_dir: str | os.PathLike, n_patients: int = 160, seed: int = 0
         exists the folder is an interrupted write (:func:`is_synthetic_incomplete`): the
         first thing written is the tag file ``SYNTHETIC_TAG``, and every table goes through a
         temporary name, so a crash leaves no half-written CSV under its final name.
+      num_workers: processes that write the patients' studies (0 = this process); the folder
+        is byte-identical for any value.
 
     Returns a dict: paths (``out_dir, export_dir, clinical_csv, ground_truth_csv,
     summary_json``), counts, edge cases (name → patient ids), ``bayes_auc``, ``seconds``,
@@ -1390,6 +1423,7 @@ def make_cohort(out_dir: str | os.PathLike, n_patients: int = 160, seed: int = 0
         fh.write(_README)
     _write_dicomdir(os.path.join(export, "DICOMDIR"), seed)
     empty_done = False
+    jobs, folders = [], []   # per imaged patient: the studies' arguments; (row, its folder rng, folder)
     for i, tr in enumerate(truths):
         for c in GROUND_TRUTH_COLUMNS:
             tr.setdefault(c, "" if c.endswith("_uid") else float("nan"))
@@ -1400,10 +1434,11 @@ def make_cohort(out_dir: str | os.PathLike, n_patients: int = 160, seed: int = 0
         phi = _phi(_rng(seed, i, 4), pid, tr)
         prng = _rng(seed, i, 5)
         pdir = os.path.join(export, _hexname(prng), _hexname(prng, 6))
-        if tr["has_xray"]:
-            tr.update(_write_xray_study(seed, i, an, tr, phi, pdir, xray_size, files))
-        if tr["has_mri"]:
-            tr.update(_write_mri_study(seed, i, an, tr, phi, pdir, mri_size, files))
+        jobs.append((seed, i, an, tr, phi, pdir, xray_size, mri_size))
+        folders.append((tr, prng, pdir))
+    for (tr, prng, pdir), (updates, written) in zip(folders, _write_studies(jobs, num_workers)):
+        tr.update(updates)
+        files.extend(written)
         if meta_rng.random() < 0.15:
             _write_thumbnail(meta_rng, os.path.join(pdir, f"thumb_{_hexname(prng, 4)}.jpg"))
             non_dicom["thumbnail_jpg"] += 1
@@ -1465,7 +1500,7 @@ def stenosis_grades(truth: pd.DataFrame, seed: int) -> pd.DataFrame:
 
 
 def make_pretraining_cohort(out_dir: str | os.PathLike, n_patients: int = 240, seed: int = 1, *,
-                            mri_size: Sequence[int] = (176, 176)) -> dict:
+                            mri_size: Sequence[int] = (176, 176), num_workers: int = 0) -> dict:
     """A second synthetic cohort, disjoint from the demo, with radiologist-style stenosis grades.
 
     It stands in for a public labelled set (such as RSNA 2024 lumbar spine degenerative
@@ -1477,7 +1512,7 @@ def make_pretraining_cohort(out_dir: str | os.PathLike, n_patients: int = 240, s
     """
     summary = make_cohort(out_dir, n_patients=n_patients, seed=seed, xray_size=(64, 64), mri_size=mri_size,
                           edge_cases=False, overwrite=True, n_mc=1000, id_prefix="PT",
-                          mark_complete=False)
+                          mark_complete=False, num_workers=num_workers)
     os.remove(summary["clinical_csv"])  # the pretraining table is the labels table
     truth = pd.read_csv(summary["ground_truth_csv"], dtype={"patient_id": str})
     labels_csv = os.path.join(os.fspath(out_dir), "stenosis_labels.csv")

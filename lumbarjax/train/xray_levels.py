@@ -252,7 +252,7 @@ def _signature(cfg, source: str, seed: int) -> dict:
     return json.loads(json.dumps({**d, "source": source, "seed": int(seed)}))
 
 
-def landmark_models(cfg, workdir: str, seed: int, exclude_ids=()) -> dict:
+def landmark_models(cfg, workdir: str, seed: int, exclude_ids=(), num_workers: int = 0) -> dict:
     """Load the saved finder/refiner of ``cfg.model_dir`` (or ``<workdir>``) when their card
     matches this config; else train them on the configured landmark data and save them."""
     model_dir = cfg.model_dir or workdir
@@ -283,7 +283,7 @@ def landmark_models(cfg, workdir: str, seed: int, exclude_ids=()) -> dict:
             from lumbarjax.data.synthetic import make_cohort
             logging.info("levels: writing the synthetic landmark cohort to %s", root)
             make_cohort(root, n_patients=int(cfg.landmark_patients), seed=seed + 2, mri_size=(48, 48),
-                        edge_cases=False, overwrite=True, n_mc=1000, id_prefix="LM")
+                        edge_cases=False, overwrite=True, n_mc=1000, id_prefix="LM", num_workers=num_workers)
         films, cen, cor, gt = synthetic_training_set(root)
         shared = sorted(set(gt["patient_id"]) & set(map(str, exclude_ids)))
         if shared:
@@ -302,19 +302,21 @@ def landmark_models(cfg, workdir: str, seed: int, exclude_ids=()) -> dict:
 
 
 def run_levels(cfg, workdir: str, records: pd.DataFrame, folds: np.ndarray, grades: np.ndarray, *,
-               seed: int = 0, num_grades: int = 5, truth: pd.DataFrame | None = None):
+               seed: int = 0, num_grades: int = 5, truth: pd.DataFrame | None = None,
+               num_workers: int = 0):
     """The level pipeline on a graded cohort, fold-honestly.
 
     records: the grader task's patients (``patient_id``, ``xray_paths``, ``xray_source``), row
     i = patient i; folds (N,) and grades (N,) the grader's outer folds and patient grades.
     truth: optional ground truth (synthetic demo) with ``grade``, ``grade_LEVEL`` and the
     landmark columns, for the landmark error in mm and per-level QWK (evaluation only).
+    num_workers: processes that write a synthetic landmark cohort (``make_cohort``).
     Writes ``<workdir>/oof.csv`` and ``<workdir>/levels_metrics.json``; returns both.
     """
     check_config(cfg)
     os.makedirs(workdir, exist_ok=True)
     t0 = time.perf_counter()
-    models = landmark_models(cfg, workdir, seed, exclude_ids=records["patient_id"])
+    models = landmark_models(cfg, workdir, seed, exclude_ids=records["patient_id"], num_workers=num_workers)
     films, ok = [], np.zeros(len(records), bool)
     excluded = []
     for i, r in records.reset_index(drop=True).iterrows():
@@ -374,7 +376,8 @@ def levels_beside_grader(config, workdir: str, td, grader_oof: pd.DataFrame, coh
     if grades.ndim > 1:
         grades = np.nanmax(grades, axis=1)
     oof, metrics = run_levels(config.levels, os.path.join(workdir, "levels"), td.records, td.folds, grades,
-                              seed=int(config.seed), num_grades=int(config.grader.model.num_grades), truth=truth)
+                              seed=int(config.seed), num_grades=int(config.grader.model.num_grades), truth=truth,
+                              num_workers=int(config.data.num_workers))
     cols = oof.drop(columns=["fold", "label_grade"]).rename(columns={"pred_grade": "level_pred_grade"})
     clash = [c for c in cols.columns if c != "patient_id" and c in grader_oof.columns]
     cols = cols.rename(columns={c: f"levels_{c}" for c in clash})

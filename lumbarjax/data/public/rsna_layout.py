@@ -143,6 +143,50 @@ STUDY_ID_BASE = 4_000_000     # study_id = base + patient number (PT0042 -> 4000
 SERIES_ID_BASE = 700_000_000
 
 
+def _rsna_study(job) -> tuple[dict, list, dict, dict]:
+    """One synthetic patient as an RSNA study: its sagittal T2 re-written under
+    ``train_images/``, and its rows of train.csv, train_label_coordinates.csv,
+    train_series_descriptions.csv and ground_truth.csv. ``job`` =
+    ``(out_dir, patient_id, grade, source files, ground-truth row)``; depends on nothing else."""
+    out_dir, pid, grade, sources, tr = job
+    n = int(pid[2:])
+    study_id, series_id = STUDY_ID_BASE + n, SERIES_ID_BASE + n
+    write_series(out_dir, study_id, series_id, sources)
+    g = {"study_id": study_id}
+    for lv in LEVELS:
+        g[f"spinal_canal_stenosis_{lv}"] = grade if lv == tr["stenosis_level"] else 0
+    placed = index_study(out_dir, str(study_id), [(str(series_id), T2_SAG)])
+    if placed["t2"] is None:
+        raise CohortError(f"synthetic study {study_id} ({pid}): re-written series unusable: "
+                          f"{placed['exclusions']}")
+    _, d_of, affine = placed["t2"]
+    inv = np.linalg.inv(np.asarray(affine))
+    instance_of = {d: inst for inst, d in d_of.items()}
+    coords = []
+    for lv in LEVELS:
+        d, h, w = (inv @ np.array([tr[f"disc_{lv}_{a}_mm"] for a in "xyz"] + [1.0]))[:3]
+        d = int(np.clip(np.rint(d), 0, len(d_of) - 1))
+        coords.append({"study_id": study_id, "series_id": series_id, "instance_number": instance_of[d],
+                       "condition": "spinal_canal_stenosis", "level": lv,
+                       "x": round(float(w), 3), "y": round(float(h), 3)})
+    series = {"study_id": study_id, "series_id": series_id, "series_description": T2_SAG}
+    return g, coords, series, {"patient_id": str(study_id), "source_patient_id": pid, **tr}
+
+
+MIN_STUDIES_FOR_WORKERS = 24   # below this, starting worker processes costs more than it saves
+
+
+def _map(fn, jobs: list, num_workers: int):
+    """``fn`` over ``jobs`` in order, here or in ``num_workers`` spawned processes."""
+    if num_workers <= 0 or len(jobs) < MIN_STUDIES_FOR_WORKERS:
+        return list(map(fn, jobs))
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    # spawn, not fork: the parent may hold JAX's threads.
+    with ProcessPoolExecutor(int(num_workers), mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(fn, jobs, chunksize=4))
+
+
 def write_synthetic_pretraining(out_dir, n_patients: int = 240, seed: int = 1, *,
                                 mri_size: Sequence[int] = (176, 176), num_workers: int = 0) -> dict:
     """Write the synthetic pretraining cohort in the RSNA 2024 training layout (see module doc).
@@ -150,8 +194,8 @@ def write_synthetic_pretraining(out_dir, n_patients: int = 240, seed: int = 1, *
     The cohort is generated in ``<out_dir>/.source`` (removed afterwards), its sagittal T2 found
     by ``index_cohort`` exactly as before, and re-written slice by slice. A completion marker
     records the settings; a folder written with the same settings is reused as it is.
-    ``num_workers``: processes for indexing the generated cohort (``index_cohort``; the result
-    does not depend on it). Returns a summary (counts, paths).
+    ``num_workers``: processes for writing and indexing the generated cohort (``make_cohort``,
+    ``index_cohort``; the result does not depend on it). Returns a summary (counts, paths).
     """
     from lumbarjax.data.index import index_cohort, resolve_paths
     from lumbarjax.data.synthetic import make_pretraining_cohort
@@ -168,40 +212,24 @@ def write_synthetic_pretraining(out_dir, n_patients: int = 240, seed: int = 1, *
             raise ConfigError(f"{out_dir}: not empty and not written by write_synthetic_pretraining; "
                               "refusing to overwrite it (choose an empty folder)")
         shutil.rmtree(out_dir)  # ours: other settings, or an interrupted write
-    summary = make_pretraining_cohort(src, n_patients=n_patients, seed=seed, mri_size=mri_size)
+    summary = make_pretraining_cohort(src, n_patients=n_patients, seed=seed, mri_size=mri_size,
+                                      num_workers=num_workers)
     manifest = index_cohort(summary["export_dir"], num_workers=num_workers)
     t2 = manifest[manifest["role"] == "mri_t2_sag"].set_index("patient_id")
     labels = pd.read_csv(summary["labels_csv"], dtype={"patient_id": str}).set_index("patient_id")
     truth = pd.read_csv(summary["ground_truth_csv"], dtype={"patient_id": str}).set_index("patient_id")
-    grades, coords, series, gt_rows = [], [], [], []
+    jobs = []
     for pid in sorted(t2.index):
         grade = labels.loc[pid, "stenosis_grade"] if pid in labels.index else np.nan
-        if not np.isfinite(grade):
-            continue
-        n = int(pid[2:])
-        study_id, series_id = STUDY_ID_BASE + n, SERIES_ID_BASE + n
-        write_series(out_dir, study_id, series_id, resolve_paths(t2.loc[pid], summary["export_dir"]))
-        tr = truth.loc[pid]
-        g = {"study_id": study_id}
-        for lv in LEVELS:
-            g[f"spinal_canal_stenosis_{lv}"] = int(grade) if lv == tr["stenosis_level"] else 0
+        if np.isfinite(grade):
+            jobs.append((out_dir, pid, int(grade), resolve_paths(t2.loc[pid], summary["export_dir"]),
+                         truth.loc[pid].to_dict()))
+    grades, coords, series, gt_rows = [], [], [], []
+    for g, c, sr, gt in _map(_rsna_study, jobs, num_workers):
         grades.append(g)
-        series.append({"study_id": study_id, "series_id": series_id, "series_description": T2_SAG})
-        placed = index_study(out_dir, str(study_id), [(str(series_id), T2_SAG)])
-        if placed["t2"] is None:
-            raise CohortError(f"synthetic study {study_id} ({pid}): re-written series unusable: "
-                              f"{placed['exclusions']}")
-        _, d_of, affine = placed["t2"]
-        inv = np.linalg.inv(np.asarray(affine))
-        instance_of = {d: inst for inst, d in d_of.items()}
-        for lv in LEVELS:
-            d, h, w = (inv @ np.array([tr[f"disc_{lv}_{a}_mm"] for a in "xyz"] + [1.0]))[:3]
-            d = int(np.clip(np.rint(d), 0, len(d_of) - 1))
-            coords.append({"study_id": study_id, "series_id": series_id, "instance_number": instance_of[d],
-                           "condition": "spinal_canal_stenosis", "level": lv,
-                           "x": round(float(w), 3), "y": round(float(h), 3)})
-        gt_rows.append({"patient_id": str(study_id), "source_patient_id": pid,
-                        **{c: tr[c] for c in truth.columns}})
+        coords.extend(c)
+        series.append(sr)
+        gt_rows.append(gt)
     paths = write_tables(out_dir, grades, coords, series)
     paths["ground_truth"] = atomic.write_csv(pd.DataFrame(gt_rows), os.path.join(out_dir, "ground_truth.csv"))
     shutil.rmtree(src)
