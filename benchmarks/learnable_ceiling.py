@@ -13,6 +13,11 @@ how far it stays below, with everything an image pipeline could ever hand over g
 * ``clinical + true s + reader grade``: with the radiologist's X-ray grade (off by one for 15 %)
   instead of ``g``.
 
+``--runs ROOT`` does the same on finished runs of benchmarks/outcome_chain_regimes.py
+(``ROOT/<regime>_s<seed>``): on the run's own patients and folds, the linear models on the
+clinical columns + the run's estimated stage-1 scores, against the same with the true ``s``
+and/or ``g`` swapped in: how much a better image pipeline could still add.
+
 Each set goes through the outcome chain's linear models on 5 stratified patient folds
 (``data.cohort.make_folds``, as the outcome task): the clinical reference model (logistic
 regression C = 1, ``models.linear.REFERENCE``) and the penalised family with its inner penalty
@@ -63,7 +68,9 @@ def cohort_table(n: int, seed: int, regime: str) -> tuple[pd.DataFrame, list[str
 
 def oof_auc(table: pd.DataFrame, folds: np.ndarray, features: list[str], grid) -> float:
     oof = linear.crossval_penalised(table, folds, HEAD, features, task="binary", seed=0, grid=grid)
-    return float(metrics_lib.auc(table[HEAD].to_numpy(float), oof["pred"].to_numpy(float)))
+    y, p = pd.to_numeric(table[HEAD], errors="coerce").to_numpy(float), oof["pred"].to_numpy(float)
+    ok = np.isfinite(y) & np.isfinite(p)
+    return float(metrics_lib.auc(y[ok], p[ok]))
 
 
 def run(regimes, seeds, n: int) -> list[dict]:
@@ -86,9 +93,48 @@ def run(regimes, seeds, n: int) -> list[dict]:
     return rows
 
 
-def markdown(rows: list[dict], command: str) -> str:
+def run_dirs(root: str) -> list[dict]:
+    """The stage-1 swap on each finished run under ``root`` (see the module docstring)."""
+    from absl import logging
+    from configs import demo
+    from lumbarjax import workflow
+    from lumbarjax.train import crossval
+    logging.set_verbosity("error")
+    rows = []
+    for name in sorted(os.listdir(root)):
+        wd = os.path.join(root, name)
+        if not os.path.exists(os.path.join(wd, "metrics.json")) or "_s" not in name:
+            continue
+        regime, seed = name.rsplit("_s", 1)
+        c = demo.get_config()
+        c.seed, c.data.demo_regime = int(seed), regime
+        cohort = workflow.join_cohort(c, wd, workflow.stage_index(c, wd))
+        td = crossval.prepare_task("outcome", c, cohort.records, cohort.cache)
+        read = lambda p: pd.read_csv(os.path.join(wd, p), dtype={"patient_id": str})  # noqa: E731
+        recs, cols, _ = workflow.stage1_records(c, wd, td, read("grader/oof.csv"), read("mri_scores.csv"))
+        gt = pd.read_csv(os.path.join(wd, "demo_cohort", "ground_truth.csv"),
+                         dtype={"patient_id": str}).set_index("patient_id")
+        recs = recs.copy()
+        has_mri = np.isfinite(recs[cols["mri"][0]].to_numpy(float))   # the true s only where an MRI is
+        recs["true_s"] = np.where(has_mri, gt["stenosis_severity"].reindex(recs["patient_id"]).to_numpy(float), np.nan)
+        recs["true_g"] = gt["grade"].reindex(recs["patient_id"]).to_numpy(float)
+        clin, xr, mri = cols["clinical"], cols["xray"], cols["mri"]
+        sets = {"estimated X-ray + MRI": clin + xr + mri, "true s + estimated X-ray": clin + xr + ["true_s"],
+                "estimated MRI + true g": clin + mri + ["true_g"], "true s, g": clin + ["true_s", "true_g"]}
+        row = {"regime": regime, "seed": int(seed), "n": int(np.isfinite(pd.to_numeric(recs[HEAD], errors="coerce")).sum()),
+               "bayes": synthetic.bayes_auc(gt.reset_index(), regime=regime)[HEAD]["population"]}
+        for k, fs in sets.items():
+            row[f"{k}: logreg C=1"] = oof_auc(recs, td.folds, fs, [linear.REFERENCE["binary"]])
+            row[f"{k}: penalised family"] = oof_auc(recs, td.folds, fs, None)
+        rows.append(row)
+        print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
+    return rows
+
+
+def markdown(rows: list[dict], command: str,
+             title: str = "The learnable ceiling at the demo's cohort size (OOF ZCQ-success AUC, 5-fold)") -> str:
     keys = [k for k in rows[0] if ": " in k]
-    out = ["# The learnable ceiling at the demo's cohort size (OOF ZCQ-success AUC, 5-fold)", "",
+    out = [f"# {title}", "",
            f"`{command}`. Mean (sd) over seeds; `Bayes` is the population AUC of the true "
            "probabilities, `Bayes − 0.05` the bar of issue 13.", "",
            "| regime | seeds | n | " + " | ".join(keys) + " | Bayes | Bayes − 0.05 |",
@@ -107,14 +153,24 @@ def main(argv=None):
     ap.add_argument("--regimes", default="demo,null,clinical_dominant,xray_contributing")
     ap.add_argument("--seeds", default="0-19", help="a range a-b or a list a,b,c")
     ap.add_argument("--patients", type=int, default=160)
+    ap.add_argument("--runs", default="", help="a --root of outcome_chain_regimes.py: the stage-1 swap")
     ap.add_argument("--out", default="")
     a = ap.parse_args(argv)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    if a.runs:
+        rows = run_dirs(a.runs)
+        text = markdown(rows, f"PYTHONPATH=$PWD python benchmarks/learnable_ceiling.py --runs {a.runs}",
+                        title="The stage-1 swap on finished regime runs (OOF ZCQ-success AUC, the run's folds)")
+        print(text)
+        if a.out:
+            with open(a.out, "w") as f:
+                f.write(text)
+        return
     if "-" in a.seeds:
         lo, hi = (int(v) for v in a.seeds.split("-"))
         seeds = list(range(lo, hi + 1))
     else:
         seeds = [int(v) for v in a.seeds.split(",")]
-    warnings.filterwarnings("ignore", category=UserWarning)
     rows = run(a.regimes.split(","), seeds, a.patients)
     text = markdown(rows, f"PYTHONPATH=$PWD python benchmarks/learnable_ceiling.py --regimes {a.regimes} "
                           f"--seeds {a.seeds} --patients {a.patients}")
