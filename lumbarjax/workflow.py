@@ -27,11 +27,12 @@ from lumbarjax.data import index as index_lib
 from lumbarjax.data import preprocess as preprocess_lib
 from lumbarjax.data import synthetic
 from lumbarjax.data.public.pretraining import pretraining_inputs
-from lumbarjax.errors import ClinicalError, CohortError, ConfigError
+from lumbarjax.errors import CohortError, ConfigError
 from lumbarjax.explain.heatmaps import HeatmapCollector
 from lumbarjax.train import crossval, xray_levels
 from lumbarjax.train.pretrain import load_pretrained, pretrain_encoder
 from lumbarjax.train.tasks import get_task
+from lumbarjax.workers import process_map
 
 
 def _dump(obj, path):
@@ -322,14 +323,15 @@ def stage_ablation(config, workdir: str, td: crossval.TaskData, stage1: tuple, r
     sets = ablation_lib.feature_sets(cols["clinical"], cols["xray"], cols["mri"])
     grids = linear_grids(config, td, notes)
     bayes = bayes_auc(root) or {}
+    jobs = [(records, td.folds, h, sets, dict(n_boot=int(config.eval.n_boot), seed=int(config.seed),
+                                              bayes_auc=bayes.get(h), grid=grids[h])) for h in td.heads]
     heads = []
-    for h in td.heads:
-        try:
-            heads.append(ablation_lib.ablation(records, td.folds, h, sets, n_boot=int(config.eval.n_boot),
-                                               seed=int(config.seed), bayes_auc=bayes.get(h), grid=grids[h]))
-        except (CohortError, ClinicalError) as e:  # e.g. a fold's training rows with one class
-            logging.warning("ablation of %s not computed: %s", h, e)
-            notes.append(f"{h}: not computed ({e})")
+    for h, result in zip(td.heads, process_map(ablation_lib.ablation_or_error, jobs, int(config.data.num_workers))):
+        if isinstance(result, str):  # e.g. a fold's training rows with one class
+            logging.warning("ablation of %s not computed: %s", h, result)
+            notes.append(f"{h}: not computed ({result})")
+        else:
+            heads.append(result)
     out = {"feature_sets": {k: list(v) for k, v in sets.items()}, "notes": notes, "heads": heads,
            "definition": "out-of-fold AUC (binary) or MAE in VAS mm (regression) of the penalised "
                          "linear family (lumbarjax.models.linear; penalty chosen in the training "
@@ -352,7 +354,7 @@ def stage_selection(config, workdir: str, td: crossval.TaskData, network_oof: pd
                                  cols["clinical"] + cols["xray"] + cols["mri"], network_oof,
                                  os.path.join(workdir, "outcome"), seed=int(config.seed),
                                  grid_for=grids.get, rule=str(config.outcome.select_rule),
-                                 reference_features=cols["clinical"])
+                                 reference_features=cols["clinical"], num_workers=int(config.data.num_workers))
     summary["notes"] = notes
     return oof, summary
 

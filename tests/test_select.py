@@ -207,3 +207,16 @@ def test_network_looks_are_the_fold_runs_eval_records(tmp_path):
     (d / "metrics.jsonl").write_text("".join(json.dumps({"split": s, "step": i}) + "\n"
                                              for i, s in enumerate(["eval", "train", "eval", "eval"])))
     assert select.network_looks(str(d)) == 3
+
+
+def test_heads_chosen_in_worker_processes_give_the_same_selection(tmp_path):
+    rec, folds, run = _run(tmp_path)
+    rec = _with_stage1_score(rec, effect=1.0)
+    rng = np.random.default_rng(5)
+    net = _network_files(rec, folds, run, rng.random(len(rec)), np.full(len(rec), 50.0))
+    args = (rec, folds, ["zcq_success", "back_pain_post"], ["zcq_success"], ["age", "score"], net, run)
+    kw = dict(seed=0, grid_for=GRIDS.get, reference_features=["age"])
+    serial, s_summary = select.select_models(*args, **kw)
+    workers, w_summary = select.select_models(*args, **kw, num_workers=2)
+    pd.testing.assert_frame_equal(serial, workers)
+    assert s_summary == w_summary and len(w_summary["choices"]) == 8

@@ -94,6 +94,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from lumbarjax import atomic
 from lumbarjax.errors import ConfigError
+from lumbarjax.workers import process_map
 from lumbarjax.eval import metrics as metrics_lib
 
 # ----------------------------------------------------------------------------- constants
@@ -1344,19 +1345,6 @@ def _write_patient_studies(job) -> tuple[dict, list[str]]:
 MIN_PATIENTS_FOR_WORKERS = 24   # below this, starting worker processes costs more than it saves
 
 
-def _write_studies(jobs: list, num_workers: int):
-    """``_write_patient_studies`` over ``jobs``, in order: in this process, or in ``num_workers``
-    spawned processes (the files are the same bytes either way)."""
-    if num_workers <= 0 or len(jobs) < MIN_PATIENTS_FOR_WORKERS:
-        yield from map(_write_patient_studies, jobs)
-        return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-    # spawn, not fork: the parent may hold JAX's threads.
-    with ProcessPoolExecutor(int(num_workers), mp_context=multiprocessing.get_context("spawn")) as pool:
-        yield from pool.map(_write_patient_studies, jobs, chunksize=4)
-
-
 def make_cohort(out_dir: str | os.PathLike, n_patients: int = 160, seed: int = 0, *,
                 xray_size: Sequence[int] = (384, 320), mri_size: Sequence[int] = (176, 176),
                 edge_cases: bool = True, overwrite: bool = False, n_mc: int = 200_000,
@@ -1436,7 +1424,9 @@ def make_cohort(out_dir: str | os.PathLike, n_patients: int = 160, seed: int = 0
         pdir = os.path.join(export, _hexname(prng), _hexname(prng, 6))
         jobs.append((seed, i, an, tr, phi, pdir, xray_size, mri_size))
         folders.append((tr, prng, pdir))
-    for (tr, prng, pdir), (updates, written) in zip(folders, _write_studies(jobs, num_workers)):
+    written_by = process_map(_write_patient_studies, jobs, num_workers, min_jobs=MIN_PATIENTS_FOR_WORKERS,
+                             chunksize=4)
+    for (tr, prng, pdir), (updates, written) in zip(folders, written_by):
         tr.update(updates)
         files.extend(written)
         if meta_rng.random() < 0.15:

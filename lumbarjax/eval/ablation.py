@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from lumbarjax.errors import ClinicalError
+from lumbarjax.errors import ClinicalError, CohortError
 from lumbarjax.eval import metrics as metrics_lib
 from lumbarjax.eval.baselines import clinical_baselines
 from lumbarjax.models.linear import crossval_penalised
@@ -61,6 +61,17 @@ def ablation(records: pd.DataFrame, folds: np.ndarray, head: str, sets: Mapping[
             "diff_vs_clinical_logreg": metrics_lib.paired_bootstrap_diff(metric, y, p, ref, n_boot=n_boot,
                                                                          seed=seed).as_dict()})
     return out
+
+
+def ablation_or_error(job) -> dict | str:
+    """:func:`ablation` of one head, ``job = (records, folds, head, sets, keyword arguments)``;
+    the message of a CohortError / ClinicalError (e.g. a fold's training rows with one class)
+    instead of raising it, so that heads can run side by side in worker processes."""
+    records, folds, head, sets, kwargs = job
+    try:
+        return ablation(records, folds, head, sets, **kwargs)
+    except (CohortError, ClinicalError) as e:
+        return str(e)
 
 
 def markdown(results: Sequence[dict]) -> str:

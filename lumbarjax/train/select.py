@@ -74,6 +74,7 @@ from lumbarjax.errors import CohortError, ConfigError
 from lumbarjax.eval import metrics as metrics_lib
 from lumbarjax.models import linear
 from lumbarjax.train.metrics_log import read_metrics
+from lumbarjax.workers import process_map
 
 NETWORK = "network"
 CLEAR_WIN = linear.CLEAR_WIN
@@ -175,10 +176,70 @@ def _rows(ids: pd.Series, wanted: Sequence[str], what: str) -> np.ndarray:
     return pos.loc[list(map(str, wanted))].to_numpy(int)
 
 
+def _select_head(job):
+    """One head's choices over the folds (:func:`select_models`; a module-level function so that
+    heads can be chosen in worker processes). Returns ``(labels, selected predictions, model
+    names, choice entries)``, each over the task's rows."""
+    records, ids, net_pred, fold_data, h, task, features, ref_features, grid, rule, seed = job
+    choices = []
+    y = pd.to_numeric(records[h], errors="coerce").to_numpy(float)
+    pred = net_pred.copy()
+    model = np.full(len(ids), NETWORK, dtype=object)
+    for f, (inner_train, inner_val, test, val_net, looks) in fold_data.items():
+        p_net = val_net[f"pred_{h}"].reindex(ids.iloc[inner_val]).to_numpy(float)
+        entry = {"fold": int(f), "head": h}
+        try:
+            fit = linear.fit_penalised(records, h, inner_train, features, task=task, seed=seed + int(f),
+                                       grid=grid)
+        except CohortError as e:  # e.g. a single class among the inner training patients
+            entry.update(choice=NETWORK, why=f"linear family not fitted: {e}")
+            choices.append(entry)
+            continue
+        p_lin = fit.predict(records.iloc[inner_val])
+        lab = np.isfinite(y[inner_val]) & np.isfinite(p_net)
+        metric = metrics_lib.auc if task == "binary" else metrics_lib.mae
+        ok = lab.sum() > 1 and (task != "binary" or len(set(y[inner_val][lab].tolist())) == 2)
+        entry.update({"n_inner_val": int(lab.sum()), "linear_model": fit.candidate.name,
+                      "metric": "auc" if task == "binary" else "mae",
+                      NETWORK: float(metric(y[inner_val][lab], p_net[lab])) if ok else None,
+                      "linear": float(metric(y[inner_val][lab], p_lin[lab])) if ok else None})
+        yv = y[inner_val][lab]
+        if rule == "guarded":
+            ref = linear.fit_penalised(records, h, inner_train, ref_features, task=task, seed=seed + int(f),
+                                       grid=[linear.REFERENCE[task]])
+            p_ref = ref.predict(records.iloc[inner_val])
+            entry["reference"] = float(metric(yv, p_ref[lab])) if ok else None
+            z = {NETWORK: linear.best_of_z(looks), "linear": linear.CLEAR_Z}
+            entry["network_looks"] = looks
+            wins = [c for c, p in ((NETWORK, p_net), ("linear", p_lin))
+                    if ok and clearly_better(yv, p[lab], p_ref[lab], task, seed=seed + int(f), z=z[c])]
+            sign = 1.0 if task == "binary" else -1.0
+            choice = max(wins, key=lambda c: sign * entry[c]) if wins else "reference"
+        elif rule == "guarded_cv":
+            choice, refit = _guarded_cv(records, h, task, inner_train, inner_val, features, ref_features,
+                                        grid, seed + int(f), entry, ok, yv, p_net[lab], p_lin[lab], lab, looks)
+        else:
+            args = (yv, p_net[lab], p_lin[lab], task)
+            net_wins = ok and (clearly_better(*args, seed=seed + int(f), z=linear.best_of_z(looks))
+                               if rule == "clear" else better(*args))
+            choice = NETWORK if net_wins else "linear"
+        entry["choice"] = choice
+        if choice != NETWORK:
+            if rule != "guarded_cv":
+                refit = refit_choice(records, h, task, np.concatenate([inner_train, inner_val]), choice,
+                                     features, ref_features, grid, seed + int(f))
+            pred[test] = refit.predict(records.iloc[test])
+            model[test] = refit.candidate.name if choice == "linear" else f"reference {refit.candidate.name}"
+            entry["linear_model_refit"] = model[test][0]
+        choices.append(entry)
+    return y, pred, model, choices
+
+
 def select_models(records: pd.DataFrame, folds: np.ndarray, heads: Sequence[str], binary_heads: Sequence[str],
                   features: Sequence[str], network_oof: pd.DataFrame, run_dir: str, *,
                   seed: int = 0, grid_for=None, rule: str = "guarded_cv",
-                  reference_features: Sequence[str] | None = None) -> tuple[pd.DataFrame, dict]:
+                  reference_features: Sequence[str] | None = None,
+                  num_workers: int = 0) -> tuple[pd.DataFrame, dict]:
     """Choose the network or the linear family per fold and head (module docstring).
 
     Args:
@@ -194,8 +255,10 @@ def select_models(records: pd.DataFrame, folds: np.ndarray, heads: Sequence[str]
         better), ``"higher"`` (the better inner-validation score of network and linear family wins,
         ties to the linear model) or ``"clear"`` (the network only when clearly better than the
         linear family); see the module docstring.
-      reference_features: the clinical columns of the reference model (rule "guarded"; default
-        ``features``).
+      reference_features: the clinical columns of the reference model (rules "guarded" and
+        "guarded_cv"; default ``features``).
+      num_workers: processes that choose the heads side by side (``workers.process_map``; the
+        result does not depend on it).
 
     Returns ``(selected out-of-fold table, selection summary)``.
     """
@@ -217,63 +280,13 @@ def select_models(records: pd.DataFrame, folds: np.ndarray, heads: Sequence[str]
         fold_data[f] = (_rows(ids, split["inner_train"], f"{fold_dir}/split.json"),
                         _rows(ids, split["inner_val"], f"{fold_dir}/split.json"), test,
                         val_net.set_index("patient_id"), network_looks(fold_dir))
+    jobs = [(records, ids, net[f"pred_{h}"].reindex(ids).to_numpy(float), fold_data, h,
+             "binary" if h in binary_heads else "regression", list(features), ref_features,
+             grid_for(h) if grid_for is not None else None, rule, seed) for h in heads]
     choices = []
-    for h in heads:
-        task = "binary" if h in binary_heads else "regression"
-        y = pd.to_numeric(records[h], errors="coerce").to_numpy(float)
-        out[f"label_{h}"] = y
-        pred = net[f"pred_{h}"].reindex(ids).to_numpy(float).copy()
-        model = np.full(len(ids), NETWORK, dtype=object)
-        for f, (inner_train, inner_val, test, val_net, looks) in fold_data.items():
-            p_net = val_net[f"pred_{h}"].reindex(ids.iloc[inner_val]).to_numpy(float)
-            grid = grid_for(h) if grid_for is not None else None
-            entry = {"fold": int(f), "head": h}
-            try:
-                fit = linear.fit_penalised(records, h, inner_train, features, task=task, seed=seed + int(f),
-                                           grid=grid)
-            except CohortError as e:  # e.g. a single class among the inner training patients
-                entry.update(choice=NETWORK, why=f"linear family not fitted: {e}")
-                choices.append(entry)
-                continue
-            p_lin = fit.predict(records.iloc[inner_val])
-            lab = np.isfinite(y[inner_val]) & np.isfinite(p_net)
-            metric = metrics_lib.auc if task == "binary" else metrics_lib.mae
-            ok = lab.sum() > 1 and (task != "binary" or len(set(y[inner_val][lab].tolist())) == 2)
-            entry.update({"n_inner_val": int(lab.sum()), "linear_model": fit.candidate.name,
-                          "metric": "auc" if task == "binary" else "mae",
-                          NETWORK: float(metric(y[inner_val][lab], p_net[lab])) if ok else None,
-                          "linear": float(metric(y[inner_val][lab], p_lin[lab])) if ok else None})
-            yv = y[inner_val][lab]
-            if rule == "guarded":
-                ref = linear.fit_penalised(records, h, inner_train, ref_features, task=task, seed=seed + int(f),
-                                           grid=[linear.REFERENCE[task]])
-                p_ref = ref.predict(records.iloc[inner_val])
-                entry["reference"] = float(metric(yv, p_ref[lab])) if ok else None
-                z = {NETWORK: linear.best_of_z(looks), "linear": linear.CLEAR_Z}
-                entry["network_looks"] = looks
-                wins = [c for c, p in ((NETWORK, p_net), ("linear", p_lin))
-                        if ok and clearly_better(yv, p[lab], p_ref[lab], task, seed=seed + int(f), z=z[c])]
-                sign = 1.0 if task == "binary" else -1.0
-                choice = max(wins, key=lambda c: sign * entry[c]) if wins else "reference"
-            elif rule == "guarded_cv":
-                choice, refit = _guarded_cv(records, h, task, inner_train, inner_val, features, ref_features,
-                                            grid, seed + int(f), entry, ok, yv, p_net[lab], p_lin[lab], lab, looks)
-            else:
-                args = (yv, p_net[lab], p_lin[lab], task)
-                net_wins = ok and (clearly_better(*args, seed=seed + int(f), z=linear.best_of_z(looks))
-                                   if rule == "clear" else better(*args))
-                choice = NETWORK if net_wins else "linear"
-            entry["choice"] = choice
-            if choice != NETWORK:
-                if rule != "guarded_cv":
-                    refit = refit_choice(records, h, task, np.concatenate([inner_train, inner_val]), choice,
-                                         features, ref_features, grid, seed + int(f))
-                pred[test] = refit.predict(records.iloc[test])
-                model[test] = refit.candidate.name if choice == "linear" else f"reference {refit.candidate.name}"
-                entry["linear_model_refit"] = model[test][0]
-            choices.append(entry)
-        out[f"pred_{h}"] = pred
-        out[f"model_{h}"] = model
+    for h, (y, pred, model, entries) in zip(heads, process_map(_select_head, jobs, num_workers)):
+        out[f"label_{h}"], out[f"pred_{h}"], out[f"model_{h}"] = y, pred, model
+        choices.extend(entries)
     summary = {"features": list(features), "reference_features": ref_features, "rule": RULES[rule],
                "choices": choices,
                "network_chosen": {h: int(sum(c["choice"] == NETWORK for c in choices if c["head"] == h))

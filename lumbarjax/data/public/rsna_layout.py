@@ -47,6 +47,7 @@ from lumbarjax.data.public.rsna2024 import (
 )
 from lumbarjax.errors import CohortError, ConfigError
 from lumbarjax.schema import LEVELS
+from lumbarjax.workers import process_map
 
 # Attributes a de-identified RSNA 2024 slice keeps (geometry, acquisition, pixel module).
 KEEP = ("SOPClassUID", "Modality", "ImageType", "ScanningSequence", "SequenceVariant",
@@ -175,18 +176,6 @@ def _rsna_study(job) -> tuple[dict, list, dict, dict]:
 
 MIN_STUDIES_FOR_WORKERS = 24   # below this, starting worker processes costs more than it saves
 
-
-def _map(fn, jobs: list, num_workers: int):
-    """``fn`` over ``jobs`` in order, here or in ``num_workers`` spawned processes."""
-    if num_workers <= 0 or len(jobs) < MIN_STUDIES_FOR_WORKERS:
-        return list(map(fn, jobs))
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-    # spawn, not fork: the parent may hold JAX's threads.
-    with ProcessPoolExecutor(int(num_workers), mp_context=multiprocessing.get_context("spawn")) as pool:
-        return list(pool.map(fn, jobs, chunksize=4))
-
-
 def write_synthetic_pretraining(out_dir, n_patients: int = 240, seed: int = 1, *,
                                 mri_size: Sequence[int] = (176, 176), num_workers: int = 0) -> dict:
     """Write the synthetic pretraining cohort in the RSNA 2024 training layout (see module doc).
@@ -225,7 +214,7 @@ def write_synthetic_pretraining(out_dir, n_patients: int = 240, seed: int = 1, *
             jobs.append((out_dir, pid, int(grade), resolve_paths(t2.loc[pid], summary["export_dir"]),
                          truth.loc[pid].to_dict()))
     grades, coords, series, gt_rows = [], [], [], []
-    for g, c, sr, gt in _map(_rsna_study, jobs, num_workers):
+    for g, c, sr, gt in process_map(_rsna_study, jobs, num_workers, min_jobs=MIN_STUDIES_FOR_WORKERS, chunksize=4):
         grades.append(g)
         coords.extend(c)
         series.append(sr)
