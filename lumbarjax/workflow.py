@@ -323,6 +323,15 @@ def stage_ablation(config, workdir: str, td: crossval.TaskData, stage1: tuple, r
     sets = ablation_lib.feature_sets(cols["clinical"], cols["xray"], cols["mri"])
     grids = linear_grids(config, td, notes)
     bayes = bayes_auc(root) or {}
+    truth_csv = os.path.join(root, "ground_truth.csv")
+    if bayes and os.path.exists(truth_csv):   # a synthetic cohort: the perfect-stage-1 row
+        records, true_cols = ablation_lib.with_true_latents(
+            records, cols, pd.read_csv(truth_csv, dtype={"patient_id": str}))
+        if true_cols:
+            sets[ablation_lib.PERFECT_STAGE1] = [*cols["clinical"], *true_cols]
+            notes.append(f"'{ablation_lib.PERFECT_STAGE1}': the clinical columns + the generator's "
+                         f"true {', '.join(true_cols)} in place of the image scores (ground truth, "
+                         "evaluation only): the ceiling a perfect stage 1 reaches at this cohort size")
     jobs = [(records, td.folds, h, sets, dict(n_boot=int(config.eval.n_boot), seed=int(config.seed),
                                               bayes_auc=bayes.get(h), grid=grids[h])) for h in td.heads]
     heads = []

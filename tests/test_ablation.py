@@ -47,6 +47,20 @@ def test_ablation_rows_and_paired_difference_to_clinical_logreg():
         ablation.ablation(df, folds, "zcq_success", {"+xray": ["age"]})
 
 
+def test_true_latents_stand_in_for_the_image_scores_only_where_a_score_exists():
+    rec = pd.DataFrame({"patient_id": ["a", "b", "c"], "age": [60, 70, 80],
+                        "xray_expected_grade": [1.2, np.nan, 3.0], "mri_stenosis_expected": [0.4, 1.1, np.nan]})
+    truth = pd.DataFrame({"patient_id": ["c", "b", "a"], "grade": [4, 2, 1],
+                          "stenosis_severity": [0.9, 0.5, 0.35]})
+    out, added = ablation.with_true_latents(rec, {"xray": ["xray_expected_grade"], "mri": ["mri_stenosis_expected"]},
+                                            truth)
+    assert added == ["true_grade", "true_stenosis_severity"]
+    np.testing.assert_array_equal(out["true_grade"], [1.0, np.nan, 4.0])
+    np.testing.assert_array_equal(out["true_stenosis_severity"], [0.35, 0.5, np.nan])
+    assert "true_grade" not in rec.columns       # the caller's records are not changed
+    assert ablation.with_true_latents(rec, {"xray": [], "mri": []}, truth)[1] == []
+
+
 def test_cross_validation_run_reports_the_ablation(tiny_run):
     """The tiny CV run's metrics.json holds the source ablation of every outcome head: clinical,
     + X-ray (the grader ran), + MRI (the pretrained stenosis grader scores the outcome patients)
@@ -62,12 +76,15 @@ def test_cross_validation_run_reports_the_ablation(tiny_run):
     skipped = [n for n in abl["notes"] if "not computed" in n]
     assert len(done) + len(skipped) == len(td.heads) and len(done) >= 3, abl["notes"]
     assert "zcq_success" in done
-    assert list(abl["feature_sets"]) == ["clinical", "+xray", "+mri", "all"]
+    names = ["clinical", "+xray", "+mri", "all", ablation.PERFECT_STAGE1]
+    assert list(abl["feature_sets"]) == names
+    assert abl["feature_sets"][ablation.PERFECT_STAGE1] == (abl["feature_sets"]["clinical"]
+                                                            + ["true_grade", "true_stenosis_severity"])
     assert "xray_expected_grade" in abl["feature_sets"]["+xray"]
     assert "mri_stenosis_expected" in abl["feature_sets"]["+mri"]
     assert set(abl["feature_sets"]["all"]) == set(abl["feature_sets"]["+xray"]) | set(abl["feature_sets"]["+mri"])
     for head, r in done.items():
-        assert [row["features"] for row in r["rows"]] == ["clinical", "+xray", "+mri", "all"]
+        assert [row["features"] for row in r["rows"]] == names
         for ci in [r["clinical_logreg"]] + [row["value"] for row in r["rows"]]:
             assert np.isfinite(ci["point"]) and ci["lo"] <= ci["point"] <= ci["hi"], (head, ci)
             assert ci["n_boot"] == tiny_run["config"].eval.n_boot

@@ -4,6 +4,8 @@ penalised linear family of lumbarjax.models.linear on each column set, out of fo
 Each row gives the out-of-fold metric with a patient bootstrap CI: AUC for binary heads, MAE in
 VAS mm for regression heads. It also gives the paired bootstrap difference to the clinical
 logistic regression (ridge for VAS) on the same folds and, when known, the Bayes-optimal AUC.
+On a synthetic cohort a last row (:func:`with_true_latents`) hands the linear family the true
+latents instead of the image scores: the ceiling a perfect stage 1 would reach at this cohort size.
 """
 
 from __future__ import annotations
@@ -30,6 +32,31 @@ def feature_sets(clinical: Sequence[str], xray: Sequence[str] = (), mri: Sequenc
     if xray and mri:
         sets["all"] = [*clinical, *xray, *mri]
     return sets
+
+
+PERFECT_STAGE1 = "clinical + true latents"
+TRUE_COLUMNS = {"xray": ("true_grade", "grade"), "mri": ("true_stenosis_severity", "stenosis_severity")}
+
+
+def with_true_latents(records: pd.DataFrame, cols: Mapping[str, Sequence[str]],
+                      truth: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """A synthetic cohort's records plus, per image source with stage-1 columns, its true latent
+    (``truth`` = ground_truth.csv): the degeneration grade the X-ray shows (``true_grade``) and
+    the stenosis severity the MRI shows (``true_stenosis_severity``), each only where that
+    source has a score (a perfect stage 1 sees no more patients than the real one). The
+    ablation's :data:`PERFECT_STAGE1` row: what the same linear family reaches on the same
+    patients and folds if the image models were perfect — the learnable ceiling beside the
+    Bayes-optimal AUC. Evaluation only: the outcome models never see these columns."""
+    truth = truth.assign(patient_id=truth["patient_id"].astype(str)).set_index("patient_id")
+    ids = records["patient_id"].astype(str)
+    out, added = records.copy(), []
+    for source, (name, latent) in TRUE_COLUMNS.items():
+        if not cols.get(source) or latent not in truth.columns:
+            continue
+        seen = np.isfinite(pd.to_numeric(records[cols[source][0]], errors="coerce").to_numpy(float))
+        out[name] = np.where(seen, pd.to_numeric(truth[latent], errors="coerce").reindex(ids).to_numpy(float), np.nan)
+        added.append(name)
+    return out, added
 
 
 def ablation(records: pd.DataFrame, folds: np.ndarray, head: str, sets: Mapping[str, Sequence[str]], *,
