@@ -195,3 +195,42 @@ def test_reports_are_json_serialisable_and_count_missing():
     assert np.sum(gr["confusion"]) == 49
     assert gr["within_one"]["point"] == pytest.approx(1.0)
     json.dumps(gr, allow_nan=False)
+
+
+@pytest.mark.parametrize("n", [12, 150])
+def test_batched_bootstrap_equals_the_per_resample_loop(n):
+    """bootstrap_ci / paired_bootstrap_diff of the metrics with a rows version give what the
+    1,000 single calls give (a lambda wrapper forces the loop); n = 12 has one-class and
+    separable resamples, whose NaNs must be skipped alike."""
+    rng = np.random.default_rng(3)
+    y = (rng.random(n) < 0.4).astype(float)
+    p = np.clip(0.3 + 0.4 * y + rng.normal(0, 0.2, n), 0.01, 0.99)
+    q = np.clip(rng.random(n), 0.01, 0.99)
+    v = rng.normal(50, 20, n)
+    cases = [(M.auc, y, p), (M.brier, y, p), (M.calibration_slope, y, p),
+             (M.calibration_in_the_large, y, p), (M.mae, v, v + rng.normal(0, 5, n)),
+             (M.rmse, v, v + 3), (M.bias, v, v + rng.normal(1, 5, n))]
+    for fn, a, b in cases:
+        fast = M.bootstrap_ci(fn, a, b, n_boot=300, seed=1)
+        slow = M.bootstrap_ci(lambda s, t, fn=fn: fn(s, t), a, b, n_boot=300, seed=1)
+        np.testing.assert_allclose(fast, slow, rtol=1e-9, atol=1e-12, err_msg=fn.__name__)
+        assert fast.n_skipped == slow.n_skipped, fn.__name__
+    y5, p5 = np.array([1.0, 0, 0, 0, 0]), np.array([0.9, 0.2, 0.4, 0.1, 0.3])   # a third of resamples: one class
+    for fn in (M.auc, M.calibration_slope, M.calibration_in_the_large):
+        fast = M.bootstrap_ci(fn, y5, p5, n_boot=300, seed=1)
+        slow = M.bootstrap_ci(lambda s, t, fn=fn: fn(s, t), y5, p5, n_boot=300, seed=1)
+        assert fast.n_skipped == slow.n_skipped > 50, fn.__name__
+        np.testing.assert_allclose(fast, slow, rtol=1e-9, atol=1e-12, err_msg=fn.__name__)
+    for k, fn in enumerate((M.sensitivity, M.specificity)):
+        fast = M.bootstrap_ci(fn, y, p, n_boot=300, seed=1, rows=lambda a, b, k=k: M._sens_spec_rows(a, b, 0.5)[k])
+        slow = M.bootstrap_ci(lambda s, t, fn=fn: fn(s, t), y, p, n_boot=300, seed=1)
+        np.testing.assert_allclose(fast, slow, rtol=1e-12, err_msg=fn.__name__)
+    for fn in (M.auc, M.calibration_slope):
+        fast = M.paired_bootstrap_diff(fn, y, p, q, n_boot=300, seed=2)
+        slow = M.paired_bootstrap_diff(lambda s, t, fn=fn: fn(s, t), y, p, q, n_boot=300, seed=2)
+        np.testing.assert_allclose(fast, slow, rtol=1e-9, atol=1e-12, err_msg=fn.__name__)
+    # a NaN label takes the loop (labels are dropped per resample), with the same answer as before
+    y_nan = y.copy()
+    y_nan[0] = np.nan
+    np.testing.assert_allclose(M.bootstrap_ci(M.auc, y_nan, p, n_boot=100, seed=0),
+                               M.bootstrap_ci(lambda s, t: M.auc(s, t), y_nan, p, n_boot=100, seed=0))

@@ -365,6 +365,78 @@ def _safe(metric_fn: Callable, *arrays) -> float:
     return v
 
 
+# ----------------------------------------------------------------------------- batched metrics
+# The same metrics over many resamples at once: each takes (B, n) arrays (row b = resample b,
+# labelled and finite) and returns (B,) values, NaN where the metric is undefined. A bootstrap of
+# 1,000 resamples then costs a few array operations instead of 1,000 Python calls (the report of
+# the demo spent ~45 s in those loops). They equal the per-resample functions above: AUC exactly
+# (rank sums of half-integers), the others to float rounding (a test compares them).
+def _auc_rows(y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    n1 = y.sum(axis=1)
+    n0 = y.shape[1] - n1
+    r = rankdata(p, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        v = ((r * y).sum(axis=1) - n1 * (n1 + 1) / 2.0) / (n1 * n0)
+    v[(n1 == 0) | (n0 == 0)] = np.nan
+    return v
+
+
+def _logistic_fit_rows(x: np.ndarray | None, y: np.ndarray, offset: np.ndarray,
+                       max_iter: int = 50) -> np.ndarray:
+    """:func:`_logistic_fit` of every row at once: (B, k) coefficients, NaN rows where the
+    fit does not exist. Each row stops at its own convergence, as the single fit does."""
+    B, n = y.shape
+    X = np.ones((B, n, 1 if x is None else 2))
+    if x is not None:
+        X[..., 1] = x
+    k = X.shape[2]
+    beta = np.zeros((B, k))
+    ok = y.min(axis=1) != y.max(axis=1)
+    active = ok.copy()
+    for _ in range(max_iter):
+        a = np.flatnonzero(active)
+        if a.size == 0:
+            break
+        Xa = X[a]
+        mu = 1.0 / (1.0 + np.exp(-(np.einsum("bnk,bk->bn", Xa, beta[a]) + offset[a])))
+        w = np.clip(mu * (1 - mu), 1e-12, None)
+        grad = np.einsum("bnk,bn->bk", Xa, y[a] - mu)
+        hess = np.einsum("bnk,bn,bnl->bkl", Xa, w, Xa) + 1e-10 * np.eye(k)
+        step = np.full((a.size, k), np.nan)
+        try:
+            step = np.linalg.solve(hess, grad[..., None])[..., 0]
+        except np.linalg.LinAlgError:
+            for j in range(a.size):
+                try:
+                    step[j] = np.linalg.solve(hess[j], grad[j])
+                except np.linalg.LinAlgError:
+                    pass
+        beta[a] = beta[a] + step
+        bad = ~np.all(np.isfinite(beta[a]), axis=1) | (np.max(np.abs(np.nan_to_num(beta[a], nan=np.inf)), axis=1) > 1e3)
+        ok[a[bad]] = False
+        active[a[bad]] = False
+        active[a[~bad & (np.max(np.abs(step), axis=1) < 1e-10)]] = False
+    beta[~ok] = np.nan
+    return beta
+
+
+def _sens_spec_rows(y, p, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    pred, pos, neg = p >= threshold, y == 1, y == 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return ((pred & pos).sum(axis=1) / pos.sum(axis=1), (~pred & neg).sum(axis=1) / neg.sum(axis=1))
+
+
+def _calibration_slope_rows(y, p):
+    return _logistic_fit_rows(_logit(p), y, np.zeros_like(y))[:, 1]
+
+
+def _calibration_in_the_large_rows(y, p):
+    return _logistic_fit_rows(None, y, _logit(p))[:, 0]
+
+
+_BATCHED = {}   # filled below the metric definitions: metric function -> its rows version
+
+
 def _resample_indices(n: int, n_boot: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
 
@@ -378,11 +450,30 @@ def _check_lengths(arrays) -> int:
     return lens.pop()
 
 
+def _batched_values(metric_fn, arrays, n: int, n_boot: int, seed: int, rows=None) -> np.ndarray | None:
+    """(n_boot,) bootstrap values of ``metric_fn`` through its rows version (``rows``, else
+    :data:`_BATCHED`), on the resamples of :func:`_resample_indices`; None when it has none or
+    the arrays are not two finite 1-D arrays (then the caller loops, dropping missing labels
+    per resample)."""
+    rows = rows if rows is not None else _BATCHED.get(metric_fn)
+    if rows is None or n == 0 or len(arrays) != 2:
+        return None
+    y, p = (np.asarray(a, np.float64) for a in arrays)
+    if y.ndim != 1 or p.ndim != 1 or not (np.all(np.isfinite(y)) and np.all(np.isfinite(p))):
+        return None
+    idx = _resample_indices(n, n_boot, seed)
+    with np.errstate(all="ignore"):
+        return np.asarray(rows(y[idx], p[idx]), np.float64)
+
+
 def bootstrap_ci(metric_fn: Callable, *arrays, n_boot: int = 1000, seed: int = 0,
-                 alpha: float = 0.05) -> CI:
+                 alpha: float = 0.05, rows: Callable | None = None) -> CI:
     """Percentile bootstrap CI of ``metric_fn(*arrays)`` resampling **patients** (rows, axis 0)
     with replacement. Resamples where the metric is undefined (``nan`` / raises ValueError, e.g.
     a single class) are skipped and counted in ``.n_skipped``. Deterministic for a given seed.
+
+    ``rows``: the metric over (B, n) resamples at once (default: the registered rows version of
+    ``metric_fn``, if any; see :data:`_BATCHED`); it must give what ``metric_fn`` gives per row.
 
     Returns a :class:`CI` ``(point, lo, hi)``; ``lo``/``hi`` are ``nan`` when fewer than 2
     resamples were valid.
@@ -390,12 +481,14 @@ def bootstrap_ci(metric_fn: Callable, *arrays, n_boot: int = 1000, seed: int = 0
     arrays = tuple(np.asarray(a) for a in arrays)
     n = _check_lengths(arrays)
     point = _safe(metric_fn, *arrays)
-    vals = np.empty(n_boot)
-    if n == 0:
-        vals[:] = np.nan
-    else:
-        for b, idx in enumerate(_resample_indices(n, n_boot, seed)):
-            vals[b] = _safe(metric_fn, *(a[idx] for a in arrays))
+    vals = _batched_values(metric_fn, arrays, n, n_boot, seed, rows)
+    if vals is None:
+        vals = np.empty(n_boot)
+        if n == 0:
+            vals[:] = np.nan
+        else:
+            for b, idx in enumerate(_resample_indices(n, n_boot, seed)):
+                vals[b] = _safe(metric_fn, *(a[idx] for a in arrays))
     ok = np.isfinite(vals)
     if ok.sum() >= 2:
         lo, hi = np.percentile(vals[ok], [100 * alpha / 2, 100 * (1 - alpha / 2)])
@@ -417,12 +510,17 @@ def paired_bootstrap_diff(metric_fn: Callable, y, p_a, p_b, *, n_boot: int = 100
                                                         "predictions (model b)"])
     n = y.shape[0]
     diff = _safe(metric_fn, y, p_a) - _safe(metric_fn, y, p_b)
-    vals = np.empty(n_boot)
-    if n == 0:
-        vals[:] = np.nan
+    va = _batched_values(metric_fn, (y, p_a), n, n_boot, seed)
+    vb = _batched_values(metric_fn, (y, p_b), n, n_boot, seed)
+    if va is not None and vb is not None:
+        vals = va - vb
     else:
-        for b, idx in enumerate(_resample_indices(n, n_boot, seed)):
-            vals[b] = _safe(metric_fn, y[idx], p_a[idx]) - _safe(metric_fn, y[idx], p_b[idx])
+        vals = np.empty(n_boot)
+        if n == 0:
+            vals[:] = np.nan
+        else:
+            for b, idx in enumerate(_resample_indices(n, n_boot, seed)):
+                vals[b] = _safe(metric_fn, y[idx], p_a[idx]) - _safe(metric_fn, y[idx], p_b[idx])
     ok = np.isfinite(vals)
     if ok.sum() >= 2:
         v = vals[ok]
@@ -432,6 +530,17 @@ def paired_bootstrap_diff(metric_fn: Callable, y, p_a, p_b, *, n_boot: int = 100
         lo = hi = pval = float("nan")
     return PairedDiff((diff, lo, hi, pval), n_boot=n_boot, n_skipped=int((~ok).sum()),
                       alpha=alpha)
+
+
+_BATCHED.update({
+    auc: _auc_rows,
+    brier: lambda y, p: np.mean((p - y) ** 2, axis=1),
+    calibration_slope: _calibration_slope_rows,
+    calibration_in_the_large: _calibration_in_the_large_rows,
+    mae: lambda y, yhat: np.mean(np.abs(yhat - y), axis=1),
+    rmse: lambda y, yhat: np.sqrt(np.mean((yhat - y) ** 2, axis=1)),
+    bias: lambda y, yhat: np.mean(yhat - y, axis=1),
+})
 
 
 # ----------------------------------------------------------------------------- reports
@@ -474,10 +583,10 @@ def binary_report(y, p, *, threshold: float = 0.5, n_boot: int = 1000, seed: int
         "threshold": threshold,
         "auc": bootstrap_ci(auc, y, p, **kw).as_dict(),
         "brier": bootstrap_ci(brier, y, p, **kw).as_dict(),
-        "sensitivity": bootstrap_ci(lambda a, b: sensitivity(a, b, threshold), y, p,
-                                    **kw).as_dict(),
-        "specificity": bootstrap_ci(lambda a, b: specificity(a, b, threshold), y, p,
-                                    **kw).as_dict(),
+        "sensitivity": bootstrap_ci(lambda a, b: sensitivity(a, b, threshold), y, p, **kw,
+                                    rows=lambda a, b: _sens_spec_rows(a, b, threshold)[0]).as_dict(),
+        "specificity": bootstrap_ci(lambda a, b: specificity(a, b, threshold), y, p, **kw,
+                                    rows=lambda a, b: _sens_spec_rows(a, b, threshold)[1]).as_dict(),
         "calibration_slope": bootstrap_ci(calibration_slope, y, p, **kw).as_dict(),
         "calibration_intercept": bootstrap_ci(calibration_in_the_large, y, p, **kw).as_dict(),
         "calibration": calibration(y, p),
