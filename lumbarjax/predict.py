@@ -684,6 +684,9 @@ def report_from_workdir(config, workdir: str) -> tuple[str, str]:
         hm = heatmaps.HeatmapCollector.load(config, hm_dir)
         hm.items.sort(key=lambda it: (it["fold"], it["row"]))   # the run's order (bootstrap CIs)
         results["outcome_heatmaps"] = hm
+    xhm_dir = os.path.join(workdir, "grader", "heatmaps")
+    if os.path.isdir(xhm_dir):
+        results["grader_heatmaps"] = heatmaps.XrayHeatmapCollector.load(config, xhm_dir)
     old = os.path.join(workdir, "metrics.json")
     if os.path.exists(old):
         try:

@@ -28,7 +28,6 @@ from lumbarjax.data import preprocess as preprocess_lib
 from lumbarjax.data import synthetic
 from lumbarjax.data.public.pretraining import pretraining_inputs
 from lumbarjax.errors import CohortError, ConfigError
-from lumbarjax.explain.heatmaps import HeatmapCollector
 from lumbarjax.train import crossval, xray_levels
 from lumbarjax.train.pretrain import load_pretrained, pretrain_encoder
 from lumbarjax.train.tasks import get_task
@@ -227,7 +226,7 @@ def stage_crossval(config, workdir: str, cohort: Cohort) -> dict:
         task = get_task(kind)
         td = crossval.prepare_task(kind, config, cohort.records, cohort.cache)
         results[f"{kind}_task"] = td
-        hook = HeatmapCollector(config, os.path.join(workdir, "heatmaps")) if task.explains(config) else None
+        hook = task.heatmaps(config, workdir) if task.explains(config) else None
         encoder = None
         if task.uses_pretrained_encoder(config):
             t0 = time.perf_counter()
@@ -381,6 +380,30 @@ def bayes_auc(root: str) -> dict | None:
     return {head: b[src]["population"] for head, src in names.items() if src in b}
 
 
+def xray_heatmap_summary(config, items: list, root: str) -> dict:
+    """The grader's heat maps in numbers: IG completeness |Δ| (expected-grade units) and, on a
+    synthetic cohort (``ground_truth.csv``), the level-by-level pointing game against the film's
+    worst degenerated level (``eval.localisation.film_level_summary``)."""
+    delta = np.abs([it["delta"] for it in items])
+    out = {"n": len(items), "completeness_abs_median": float(np.median(delta)),
+           "completeness_abs_max": float(delta.max()),
+           "definition": "integrated gradients of the grader's expected grade over the film (black "
+                         "baseline); pointing game: the largest positive attribution lies in the "
+                         "region of a level with the film's worst true grade"}
+    gt_csv = os.path.join(root, "ground_truth.csv")
+    if os.path.exists(gt_csv):
+        from lumbarjax.eval.localisation import film_level_summary
+        gt = pd.read_csv(gt_csv, dtype={"patient_id": str}).set_index("patient_id")
+        items = [it for it in items if it["patient_id"] in gt.index and it["transform"]]
+        if items:
+            s = film_level_summary([it["attr"] for it in items], [it["transform"] for it in items],
+                                   gt.loc[[it["patient_id"] for it in items]].reset_index(),
+                                   n_boot=int(config.eval.n_boot), seed=int(config.seed))
+            out.update({k: s[k] for k in ("n", "n_excluded", "hit_rate", "mean_fraction", "chance_hit_rate",
+                                          "by_level", "true_level_definition")})
+    return out
+
+
 def stage_report(config, workdir: str, cohort: Cohort | dict, results: dict,
                  root: str) -> tuple[str, str]:
     """report.html + metrics.json from the results of ``stage_crossval`` (+ ``baselines``).
@@ -404,6 +427,9 @@ def stage_report(config, workdir: str, cohort: Cohort | dict, results: dict,
                                                 [it["affine"] for it in items], rows,
                                                 n_boot=int(config.eval.n_boot), seed=int(config.seed))
     extra = {"timing_s": results.get("timing_s", {})}
+    xhm = results.get("grader_heatmaps")
+    if xhm is not None and xhm.items:
+        extra["xray_heatmaps"] = xray_heatmap_summary(config, xhm.items, root)
     if results.get("levels"):
         extra["xray_levels"] = xray_levels.report_summary(results["levels"])
     if results.get("pretrain"):

@@ -59,6 +59,7 @@ def tiny_config(cohort_dir):
     c.outcome.model.mri.width = 4
     c.outcome.model.mri.stage_sizes = (1, 1)
     c.explain.max_patients = 2
+    c.explain.xray_patients = 4
     c.explain.steps = 4
     c.explain.chunk_size = 2
     c.eval.n_boot = 20

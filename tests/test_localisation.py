@@ -124,3 +124,33 @@ def test_localisation_summary():
     assert bl["L4L5"]["mean_mass_fraction"] > bl["L1L2"]["mean_mass_fraction"]
     with pytest.raises(LumbarjaxError, match="must be aligned"):
         localisation_summary(attrs[:2], [AFFINE] * 5, gt)
+
+
+def test_film_level_summary_points_at_the_worst_degenerated_level():
+    """Lateral films as one-slice volumes: a blob of attribution at the L4L5 disc of a film whose
+    worst level is L4L5 is a hit (most of the mass there), at L1L2 a miss; a film with no
+    degenerated level is excluded. Disc centres in source pixels go through the preprocessing's
+    transform (here: half size, 2 mm per film pixel)."""
+    from lumbarjax.eval.localisation import film_level_summary
+    H, W = 60, 40
+    tr = {"scale": [0.5, 0.5], "offset": [0.0, 0.0], "spacing_mm": [2.0, 2.0]}
+    src_rows = {lv: 20 + 20 * k for k, lv in enumerate(LEVELS)}          # film rows 10, 20, …, 50
+
+    def row(pid, grades):
+        r = {"patient_id": pid, **{f"grade_{lv}": g for lv, g in zip(LEVELS, grades)}}
+        for lv in LEVELS:
+            r[f"xray_disc_{lv}_row"], r[f"xray_disc_{lv}_col"] = src_rows[lv], 40.0
+        return r
+
+    yy, xx = np.mgrid[:H, :W]
+    blob = lambda r: np.exp(-((yy - r) ** 2 + (xx - 20) ** 2) / 8.0)  # noqa: E731
+    attrs = [blob(40), blob(10), blob(40)]
+    rows = [row("A", [0, 1, 1, 3, 2]), row("B", [0, 1, 1, 3, 2]), row("C", [0, 0, 0, 0, 0])]
+    s = film_level_summary(attrs, [json.dumps(tr)] * 3, rows, n_boot=50)
+    assert s["n"] == 2 and s["n_excluded"] == 1
+    assert s["exclusions"][0] == {"patient_id": "C", "reason": "no degenerated level (all grades 0)"}
+    a, b = s["per_patient"]
+    assert a["true_level"] == "L4L5" and a["hit"] and a["fraction"] > 0.9
+    assert b["argmax_level"] == "L1L2" and not b["hit"] and b["fraction"] < 0.01
+    assert s["by_level"]["L4L5"] == {"mean_mass_fraction": s["by_level"]["L4L5"]["mean_mass_fraction"],
+                                      "n_true": 2, "hit_rate_true": 0.5}

@@ -11,6 +11,8 @@ import jax
 import numpy as np
 import pandas as pd
 
+from lumbarjax.schema import LEVELS
+
 from conftest import decoded_data_uris, phi_strings
 
 
@@ -38,6 +40,14 @@ def test_whole_job_writes_report_and_out_of_fold_predictions(tiny_run):
     assert ((probs - 1).abs() < 1e-4).all()
     assert tiny_run["metrics"]["completeness"] is not None
     assert len(results["outcome_heatmaps"].items) == 2
+    # the grader's heat maps: IG of the expected grade over the film, summarised level by level
+    xray = results["grader_heatmaps"].items
+    assert len(xray) == 4 and all(it["attr"].shape == tuple(tiny_run["config"].xray.shape) for it in xray)
+    assert all(os.path.exists(os.path.join(tiny_run["workdir"], "grader", "heatmaps", f"{it['patient_id']}_xray_ig.npz"))
+               for it in xray)
+    xs = tiny_run["metrics"]["extra"]["xray_heatmaps"]
+    assert xs["n"] + xs["n_excluded"] == 4 and set(xs["by_level"]) == set(LEVELS)
+    assert 0 <= xs["completeness_abs_median"] <= xs["completeness_abs_max"] < 1.0
 
 
 def test_outcome_model_starts_from_the_pretrained_frozen_encoder(tiny_run):

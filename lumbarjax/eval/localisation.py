@@ -28,6 +28,7 @@ Scores
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Mapping, Sequence
 
@@ -282,6 +283,49 @@ def localisation_summary(attrs: Sequence, affines: Sequence, ground_truth, *,
         "by_level": _by_level(per),
     }
     return to_jsonable(out)
+
+
+def film_level_summary(attrs: Sequence, transforms: Sequence, ground_truth, *, n_boot: int = 1000,
+                       seed: int = 0, alpha: float = 0.05) -> dict:
+    """:func:`localisation_summary` of lateral X-ray heat maps: does the film's largest positive
+    attribution fall on the level of worst degeneration?
+
+    Args:
+      attrs: per patient the ``(H, W)`` attribution over the preprocessed film.
+      transforms: per patient the preprocessing's source -> film pixel map (a dict or its JSON:
+        ``scale``, ``offset``, ``spacing_mm``; the cache's ``xray_transform``).
+      ground_truth: aligned rows with ``patient_id``, ``grade_<LEVEL>`` and the disc centres
+        ``xray_disc_<LEVEL>_{row,col}`` in source pixels (synthetic ground truth).
+
+    Each film becomes a one-slice volume in film millimetres (x = column, y = row), so the level
+    regions are :func:`level_regions`' slabs between the disc centres. The "true level" is every
+    level whose grade equals the film's worst (a hit on any counts); a film whose levels are
+    all grade 0 is excluded ("no degenerated level").
+    """
+    from lumbarjax.data.preprocess import apply_xray_transform
+    if isinstance(ground_truth, pd.DataFrame):
+        ground_truth = ground_truth.to_dict("records")
+    rows, affines, maps = [], [], []
+    for attr, tr, row in zip(attrs, transforms, ground_truth, strict=True):
+        tr = json.loads(tr) if isinstance(tr, str) else dict(tr)
+        sp = float((tr.get("spacing_mm") or [1.0, 1.0])[0])
+        grades = np.array([float(row.get(f"grade_{lv}", np.nan)) for lv in LEVELS])
+        worst = [lv for lv, g in zip(LEVELS, grades) if np.isfinite(g) and g == np.nanmax(grades) and g > 0]
+        out = {"patient_id": row.get("patient_id", "?"), "stenosis_level": ";".join(worst)}
+        for lv in LEVELS:
+            r, c = apply_xray_transform(tr, [float(row.get(f"xray_disc_{lv}_row", np.nan)),
+                                             float(row.get(f"xray_disc_{lv}_col", np.nan))])
+            out.update({f"disc_{lv}_x_mm": c * sp, f"disc_{lv}_y_mm": r * sp, f"disc_{lv}_z_mm": 0.0})
+        rows.append(out)
+        affines.append(np.array([[0.0, 0.0, sp, 0.0], [0.0, sp, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0],
+                                 [0.0, 0.0, 0.0, 1.0]]))   # voxel (0, row, col) -> (col·sp, row·sp, 0)
+        maps.append(np.asarray(attr, np.float64)[None])
+    res = localisation_summary(maps, affines, rows, n_boot=n_boot, seed=seed, alpha=alpha)
+    for e in res["exclusions"]:
+        if e["reason"] == "no stenosis level in ground truth":
+            e["reason"] = "no degenerated level (all grades 0)"
+    res["true_level_definition"] = "the level(s) of the film's worst degeneration grade"
+    return res
 
 
 def _by_level(per: Sequence[Mapping]) -> dict:

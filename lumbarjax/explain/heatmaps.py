@@ -4,7 +4,9 @@
 functions attributed; ``ig_baseline`` and ``attribute`` apply ``config.explain`` (baseline,
 quadrature rule, steps, chunking, chunk loop); ``HeatmapCollector`` is the outcome
 cross-validation's ``after_fold`` hook that attributes test-fold patients, saves them
-(``<patient_id>_ig.npz``) and draws the report's gallery.
+(``<patient_id>_ig.npz``) and draws the report's gallery; ``XrayHeatmapCollector`` is the
+grader's (the expected grade over the lateral film, ``<patient_id>_xray_ig.npz``), summarised
+level by level by ``eval.localisation.film_level_summary``.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from lumbarjax.explain import ig_baselines
 from lumbarjax.explain.integrated_gradients import integrated_gradients
 from lumbarjax.models import ordinal
 
-__all__ = ["HeadFn", "ExpectedGradeFn", "ig_baseline", "attribute", "HeatmapCollector"]
+__all__ = ["HeadFn", "ExpectedGradeFn", "ig_baseline", "attribute", "HeatmapCollector",
+           "XrayHeatmapCollector"]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -176,3 +179,54 @@ class ExpectedGradeFn:
         probs = probs_fn(self.model.apply(static["variables"], batch, train=False)["grade"])
         k = jnp.arange(probs.shape[-1], dtype=jnp.float32)
         return jnp.mean(jnp.sum(probs * k, axis=-1), axis=-1)
+
+
+class XrayHeatmapCollector:
+    """``after_fold`` hook of the grader CV: integrated gradients of the expected grade
+    (:class:`ExpectedGradeFn`) over the preprocessed lateral film, for up to
+    ``config.explain.xray_patients`` test-fold patients (spread over the folds; black-film
+    baseline: the X-ray has no blur sigma). Each is saved as ``<patient_id>_xray_ig.npz``:
+    ``attr`` and ``xray`` (H, W), ``transform`` (the preprocessing's source -> film pixel map,
+    JSON), the completeness error ``delta`` and the expected grade at the film (``value``) and at
+    the baseline (``base``)."""
+
+    def __init__(self, config, out_dir: str):
+        self.cfg = config.explain
+        self.head = str(config.grader.model.head)
+        self.num_folds = int(config.grader.cv.num_folds)
+        self.out_dir = out_dir
+        self.items: list[dict] = []
+        self.fn: ExpectedGradeFn | None = None
+        os.makedirs(out_dir, exist_ok=True)
+
+    def __call__(self, *, fold, state, model, source, test_idx, encoder, task):
+        per_fold = int(np.ceil(int(self.cfg.xray_patients) / self.num_folds))
+        rows = [int(i) for i in test_idx if task.cache["xray_file"].iloc[int(i)]][:per_fold]
+        if self.fn is None:  # one function per architecture: the compiled IG is reused across folds
+            self.fn = ExpectedGradeFn(model, self.head)
+        for i in rows:
+            ex = source[i]
+            r = attribute(self.fn, {"xray": jnp.asarray(ex["xray"])[None]}, {"variables": state.variables},
+                          self.cfg, baseline="zeros")
+            transform = task.cache["xray_transform"].iloc[i] if "xray_transform" in task.cache else ""
+            item = dict(patient_id=str(task.records["patient_id"].iloc[i]), fold=int(fold), row=i,
+                        xray=np.asarray(ex["xray"])[..., 0], attr=np.asarray(r["attrs"]["xray"])[0, ..., 0],
+                        transform=str(transform or ""), delta=float(r["delta"][0]),
+                        value=float(r["value"][0]), base=float(r["base"][0]))
+            self.items.append(item)
+            with atomic.atomic_path(os.path.join(self.out_dir, f"{item['patient_id']}_xray_ig.npz")) as tmp:
+                np.savez_compressed(tmp, **{k: np.asarray(v) for k, v in item.items()})
+
+    @classmethod
+    def load(cls, config, out_dir: str) -> "XrayHeatmapCollector":
+        """The collector of an earlier run, from its saved ``*_xray_ig.npz`` files."""
+        col = cls(config, out_dir)
+        for path in sorted(glob.glob(os.path.join(out_dir, "*_xray_ig.npz"))):
+            with np.load(path, allow_pickle=False) as z:
+                item = {k: z[k] for k in z.files}
+            item.update(patient_id=str(item["patient_id"]), transform=str(item["transform"]),
+                        fold=int(item["fold"]), row=int(item["row"]),
+                        **{k: float(item[k]) for k in ("delta", "value", "base")})
+            col.items.append(item)
+        col.items.sort(key=lambda it: (it["fold"], it["row"]))
+        return col

@@ -18,6 +18,8 @@ write one such object and add it to ``TASKS``.
 
 from __future__ import annotations
 
+import os
+
 import dataclasses
 from collections.abc import Mapping
 
@@ -115,7 +117,12 @@ class GraderTask:
 
     def explains(self, config) -> bool:
         """Whether cross-validation collects integrated-gradients heat maps of this task."""
-        return False
+        return bool(config.explain.xray_patients)
+
+    def heatmaps(self, config, workdir: str):
+        """The ``after_fold`` hook that collects them (``<workdir>/grader/heatmaps``)."""
+        from lumbarjax.explain.heatmaps import XrayHeatmapCollector
+        return XrayHeatmapCollector(config, os.path.join(workdir, "grader", "heatmaps"))
 
     def uses_pretrained_encoder(self, config) -> bool:
         """Whether this task starts from the pretrained MRI encoder (``config.pretrain``)."""
@@ -166,6 +173,10 @@ class OutcomeTask:
 
     def explains(self, config) -> bool:
         return bool(config.outcome.model.mri.enabled and config.explain.max_patients)
+
+    def heatmaps(self, config, workdir: str):
+        from lumbarjax.explain.heatmaps import HeatmapCollector
+        return HeatmapCollector(config, os.path.join(workdir, "heatmaps"))
 
     def uses_pretrained_encoder(self, config) -> bool:
         return bool(config.pretrain.enabled and config.outcome.model.mri.enabled)
