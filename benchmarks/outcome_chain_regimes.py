@@ -132,11 +132,16 @@ def fmt(v, signed=False):
     return f"{v:+.3f}" if signed else f"{v:.3f}"
 
 
-def markdown(rows: list[dict], header: str) -> str:
-    out = [header, "", "| regime | seed | selected | logreg | selected − logreg [95 % CI] | network | "
-           "clinical net | Bayes | network folds |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+def markdown(rows: list[dict], header: str, before: dict | None = None) -> str:
+    """The table; ``before``: ``{(regime, seed): an earlier table's row}`` adds its selected
+    model's AUC as the column "selected before" (e.g. the previous selection rule)."""
+    b = (lambda r: before.get((r["regime"], r["seed"]), {}).get("selected")) if before else None
+    extra_h, extra_s = (" selected before |", " --- |") if before else ("", "")
+    out = [header, "", f"| regime | seed | selected |{extra_h} logreg | selected − logreg [95 % CI] | network | "
+           f"clinical net | Bayes | network folds |", f"| --- | --- | --- |{extra_s} --- | --- | --- | --- | --- | --- |"]
     for r in rows:
-        out.append(f"| {r['regime']} | {r['seed']} | {fmt(r['selected'])} | {fmt(r['logreg'])} | "
+        col = f" {fmt(b(r))} |" if before else ""
+        out.append(f"| {r['regime']} | {r['seed']} | {fmt(r['selected'])} |{col} {fmt(r['logreg'])} | "
                    f"{fmt(r['diff'], True)} [{fmt(r['lo'], True)}, {fmt(r['hi'], True)}] | {fmt(r['network'])} | "
                    f"{fmt(r['clinical_net'])} | {fmt(r['bayes'])} | {r['network_folds']} |")
     for regime in dict.fromkeys(r["regime"] for r in rows):
@@ -145,7 +150,12 @@ def markdown(rows: list[dict], header: str) -> str:
         def mean(k):
             v = [r[k] for r in rs if r[k] is not None]
             return sum(v) / len(v) if v else None
-        out.append(f"| **{regime}** | mean of {len(rs)} | {fmt(mean('selected'))} | {fmt(mean('logreg'))} | "
+        if before:
+            v = [b(r) for r in rs if b(r) is not None]
+            col = f" {fmt(sum(v) / len(v) if v else None)} |"
+        else:
+            col = ""
+        out.append(f"| **{regime}** | mean of {len(rs)} | {fmt(mean('selected'))} |{col} {fmt(mean('logreg'))} | "
                    f"{fmt(mean('diff'), True)} | {fmt(mean('network'))} | {fmt(mean('clinical_net'))} | "
                    f"{fmt(mean('bayes'))} | |")
     return "\n".join(out) + "\n"
@@ -163,6 +173,8 @@ def main(argv=None):
     ap.add_argument("--stage1-from", default="",
                     help="a --root of finished runs: copy each run's stage-1 outputs (cohort, "
                          "grader, levels, pretraining) and redo only the outcome side")
+    ap.add_argument("--before", default="",
+                    help="the JSON of an earlier table: its selected AUC per run as a column")
     ap.add_argument("--out", default="")
     ap.add_argument("extra", nargs="*", help="further --config.… overrides for every run")
     a = ap.parse_args(argv)
@@ -184,7 +196,12 @@ def main(argv=None):
               f"{' --stage1-from ' + a.stage1_from if a.stage1_from else ''}"
               f"{' --reselect' if a.reselect else ''}`; load at the end "
               f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} on {os.cpu_count()} cores.")
-    text = markdown(rows, header)
+    before = None
+    if a.before:
+        with open(a.before) as f:
+            before = {(r["regime"], r["seed"]): r for r in json.load(f)}
+        header += f" Column \"selected before\": {a.before}."
+    text = markdown(rows, header, before)
     print(text)
     if a.out:
         with open(a.out, "w") as f:
