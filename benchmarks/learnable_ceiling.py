@@ -159,12 +159,9 @@ def main(argv=None):
     warnings.filterwarnings("ignore", category=UserWarning)
     if a.runs:
         rows = run_dirs(a.runs)
-        text = markdown(rows, f"PYTHONPATH=$PWD python benchmarks/learnable_ceiling.py --runs {a.runs}",
-                        title="The stage-1 swap on finished regime runs (OOF ZCQ-success AUC, the run's folds)")
-        print(text)
-        if a.out:
-            with open(a.out, "w") as f:
-                f.write(text)
+        write(markdown(rows, f"PYTHONPATH=$PWD python benchmarks/learnable_ceiling.py --runs {a.runs}",
+                       title="The stage-1 swap on finished regime runs (OOF ZCQ-success AUC, the run's folds)"),
+              rows, a.out)
         return
     if "-" in a.seeds:
         lo, hi = (int(v) for v in a.seeds.split("-"))
@@ -172,13 +169,17 @@ def main(argv=None):
     else:
         seeds = [int(v) for v in a.seeds.split(",")]
     rows = run(a.regimes.split(","), seeds, a.patients)
-    text = markdown(rows, f"PYTHONPATH=$PWD python benchmarks/learnable_ceiling.py --regimes {a.regimes} "
-                          f"--seeds {a.seeds} --patients {a.patients}")
+    write(markdown(rows, f"PYTHONPATH=$PWD python benchmarks/learnable_ceiling.py --regimes {a.regimes} "
+                         f"--seeds {a.seeds} --patients {a.patients}"), rows, a.out)
+
+
+def write(text: str, rows: list[dict], out: str) -> None:
+    """Print the table; with ``out`` also write it and its rows (``.json`` beside it)."""
     print(text)
-    if a.out:
-        with open(a.out, "w") as f:
+    if out:
+        with open(out, "w") as f:
             f.write(text)
-        with open(os.path.splitext(a.out)[0] + ".json", "w") as f:
+        with open(os.path.splitext(out)[0] + ".json", "w") as f:
             json.dump(rows, f, indent=1)
 
 

@@ -147,17 +147,24 @@ def _with_stage1_score(rec, effect, seed=7):
     return rec
 
 
+def _guarded_cv_run(tmp_path, effect):
+    """Rule "guarded_cv" with a chance-level network on a cohort whose stage-1 ``score`` has
+    ``effect`` on the outcome: ``(records, folds, run dir, selected oof, summary)``."""
+    rec, folds, run = _run(tmp_path)
+    rec = _with_stage1_score(rec, effect=effect)
+    rng = np.random.default_rng(5)
+    net = _network_files(rec, folds, run, rng.random(len(rec)), np.full(len(rec), 50.0))
+    oof, summary = select.select_models(rec, folds, ["zcq_success"], ["zcq_success"], ["age", "score"], net, run,
+                                        seed=0, grid_for=GRIDS.get, rule="guarded_cv", reference_features=["age"])
+    return rec, folds, run, oof, summary
+
+
 def test_guarded_cv_weighs_linear_against_reference_on_all_training_patients(tmp_path):
     """rule "guarded_cv": the family on all columns vs the clinical reference is decided on the
     inner k-fold split of every training patient of the fold (not on its 24 inner validation
     patients), and the chosen model is that fit: its predictions of the test fold are the
     family's fitted on all the fold's training patients."""
-    rec, folds, run = _run(tmp_path)
-    rec = _with_stage1_score(rec, effect=1.5)
-    rng = np.random.default_rng(5)
-    net = _network_files(rec, folds, run, rng.random(len(rec)), np.full(len(rec), 50.0))
-    oof, summary = select.select_models(rec, folds, ["zcq_success"], ["zcq_success"], ["age", "score"], net, run,
-                                        seed=0, grid_for=GRIDS.get, rule="guarded_cv", reference_features=["age"])
+    rec, folds, run, oof, summary = _guarded_cv_run(tmp_path, effect=1.5)
     for c in summary["choices"]:
         f = c["fold"]
         assert c["n_inner_cv"] == int((folds != f).sum())      # all 120 training patients, not 24
@@ -173,12 +180,7 @@ def test_guarded_cv_weighs_linear_against_reference_on_all_training_patients(tmp
 
 
 def test_guarded_cv_keeps_the_reference_when_the_extra_column_is_noise(tmp_path):
-    rec, folds, run = _run(tmp_path)
-    rec = _with_stage1_score(rec, effect=0.0)
-    rng = np.random.default_rng(5)
-    net = _network_files(rec, folds, run, rng.random(len(rec)), np.full(len(rec), 50.0))
-    oof, summary = select.select_models(rec, folds, ["zcq_success"], ["zcq_success"], ["age", "score"], net, run,
-                                        seed=0, grid_for=GRIDS.get, rule="guarded_cv", reference_features=["age"])
+    _, _, _, oof, summary = _guarded_cv_run(tmp_path, effect=0.0)
     assert [c["choice"] for c in summary["choices"]] == ["reference"] * 4, summary["choices"]
     assert oof["model_zcq_success"].str.startswith("reference").all()
 
