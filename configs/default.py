@@ -243,6 +243,7 @@ def get_config() -> ml_collections.ConfigDict:
                                    # "python": a host loop over jitted chunks; "scan"; "unroll"
         baseline="blurred",        # "blurred" (MRI) | "zeros"; clinical features: training mean
         blur_sigma_vox=(1.0, 4.0, 4.0),  # (slices, rows, cols)
+        xray_blur_sigma_px=8.0,    # the film's blurred baseline (pixels of the preprocessed film)
         max_patients=40, gallery=8,
         xray_patients=40))         # grader CV: IG of the expected grade over the film, summarised per level
     c.eval = ml_collections.ConfigDict(dict(n_boot=1000, threshold=0.5))

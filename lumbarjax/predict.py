@@ -449,9 +449,8 @@ def _predict_grader(config, workdir, cache, out_dir, pid):
                          "pred_grade": int(pred.max()),
                          "probs": p[0].tolist() if p.shape[0] == 1 else p.tolist(),
                          "expected_grade": float(np.mean(p @ np.arange(p.shape[-1])))})
-        # zeros: the X-ray has no blur sigma in config.explain (the MRI's baseline is configured)
         a, d, v, b = _ig(fn, {"xray": jnp.asarray(batch["xray"])}, {"variables": fm.state.variables},
-                         config, baseline="zeros")
+                         config)
         attrs.append(a["xray"][..., 0])
         deltas.append(d), vals.append(v), bases.append(b)
     probs = np.stack(probs)                                          # (k, L, K)

@@ -310,3 +310,21 @@ def test_chunked_program_memory_is_bounded_by_chunk(loop):
     full, chunked = temp_bytes(None), temp_bytes(4)
     # 32 nodes at once hold 32 activation sets; chunks of 4 hold ~4 (plus the accumulator)
     assert chunked < 0.35 * full, (chunked, full)
+
+
+def test_the_xray_film_baseline_is_the_film_blurred():
+    """config.explain's "blurred" baseline blurs the film by explain.xray_blur_sigma_px (not a
+    black film: a GroupNorm grader jumps next to 0 and IG then misses most of the output) and
+    the MRI by blur_sigma_vox; clinical vectors go to zeros."""
+    import scipy.ndimage
+    from configs import default
+    from lumbarjax.explain.heatmaps import ig_baseline
+    cfg = default.get_config().explain
+    rng = np.random.default_rng(0)
+    film = rng.random((1, 32, 24, 1)).astype(np.float32)
+    base = ig_baseline({"xray": film, "clinical": np.ones((1, 3), np.float32)}, cfg)
+    want = scipy.ndimage.gaussian_filter(film, sigma=(0, cfg.xray_blur_sigma_px, cfg.xray_blur_sigma_px, 0),
+                                         mode="nearest")
+    np.testing.assert_allclose(np.asarray(base["xray"]), want, rtol=1e-6)
+    assert np.asarray(base["xray"]).std() > 0 and not np.asarray(base["clinical"]).any()
+    assert not np.asarray(ig_baseline({"xray": film}, cfg, baseline="zeros")["xray"]).any()
