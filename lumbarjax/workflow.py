@@ -385,11 +385,13 @@ def xray_heatmap_summary(config, items: list, root: str) -> dict:
     synthetic cohort (``ground_truth.csv``), the level-by-level pointing game against the film's
     worst degenerated level (``eval.localisation.film_level_summary``)."""
     delta = np.abs([it["delta"] for it in items])
-    out = {"n": len(items), "completeness_abs_median": float(np.median(delta)),
+    out = {"n_films": len(items), "n": len(items), "completeness_abs_median": float(np.median(delta)),
            "completeness_abs_max": float(delta.max()),
-           "definition": "integrated gradients of the grader's expected grade over the film (black "
-                         "baseline); pointing game: the largest positive attribution lies in the "
-                         "region of a level with the film's worst true grade"}
+           "definition": "integrated gradients of the grader's expected grade over the film (baseline: "
+                         f"config.explain.baseline={config.explain.baseline!r}); pointing game: the "
+                         "largest positive attribution lies in the region of a level with the film's "
+                         "worst true grade (n: films scored, n_excluded: films with every level at "
+                         "grade 0)"}
     gt_csv = os.path.join(root, "ground_truth.csv")
     if os.path.exists(gt_csv):
         from lumbarjax.eval.localisation import film_level_summary

@@ -18,9 +18,8 @@ write one such object and add it to ``TASKS``.
 
 from __future__ import annotations
 
-import os
-
 import dataclasses
+import os
 from collections.abc import Mapping
 
 import ml_collections
