@@ -412,7 +412,7 @@ def _logistic_fit_rows(x: np.ndarray | None, y: np.ndarray, offset: np.ndarray,
                 except np.linalg.LinAlgError:
                     pass
         beta[a] = beta[a] + step
-        bad = ~np.all(np.isfinite(beta[a]), axis=1) | (np.max(np.abs(np.nan_to_num(beta[a], nan=np.inf)), axis=1) > 1e3)
+        bad = ~np.all(np.isfinite(beta[a]) & (np.abs(beta[a]) <= 1e3), axis=1)
         ok[a[bad]] = False
         active[a[bad]] = False
         active[a[~bad & (np.max(np.abs(step), axis=1) < 1e-10)]] = False
@@ -450,20 +450,22 @@ def _check_lengths(arrays) -> int:
     return lens.pop()
 
 
-def _batched_values(metric_fn, arrays, n: int, n_boot: int, seed: int, rows=None) -> np.ndarray | None:
-    """(n_boot,) bootstrap values of ``metric_fn`` through its rows version (``rows``, else
-    :data:`_BATCHED`), on the resamples of :func:`_resample_indices`; None when it has none or
-    the arrays are not two finite 1-D arrays (then the caller loops, dropping missing labels
-    per resample)."""
+def _batched_values(metric_fn, y, preds, n_boot: int, seed: int, rows=None) -> list[np.ndarray] | None:
+    """Per prediction array in ``preds``: (n_boot,) bootstrap values of ``metric_fn(y, p)``
+    through its rows version (``rows``, else :data:`_BATCHED`), all on the same resamples of
+    :func:`_resample_indices` (drawn once); None when it has none or the arrays are not finite
+    1-D arrays (then the caller loops, dropping missing labels per resample)."""
     rows = rows if rows is not None else _BATCHED.get(metric_fn)
-    if rows is None or n == 0 or len(arrays) != 2:
+    y = np.asarray(y, np.float64)
+    preds = [np.asarray(p, np.float64) for p in preds]
+    if rows is None or y.size == 0 or y.ndim != 1 or not np.all(np.isfinite(y)):
         return None
-    y, p = (np.asarray(a, np.float64) for a in arrays)
-    if y.ndim != 1 or p.ndim != 1 or not (np.all(np.isfinite(y)) and np.all(np.isfinite(p))):
+    if any(p.ndim != 1 or not np.all(np.isfinite(p)) for p in preds):
         return None
-    idx = _resample_indices(n, n_boot, seed)
+    idx = _resample_indices(y.size, n_boot, seed)
+    yb = y[idx]
     with np.errstate(all="ignore"):
-        return np.asarray(rows(y[idx], p[idx]), np.float64)
+        return [np.asarray(rows(yb, p[idx]), np.float64) for p in preds]
 
 
 def bootstrap_ci(metric_fn: Callable, *arrays, n_boot: int = 1000, seed: int = 0,
@@ -481,8 +483,10 @@ def bootstrap_ci(metric_fn: Callable, *arrays, n_boot: int = 1000, seed: int = 0
     arrays = tuple(np.asarray(a) for a in arrays)
     n = _check_lengths(arrays)
     point = _safe(metric_fn, *arrays)
-    vals = _batched_values(metric_fn, arrays, n, n_boot, seed, rows)
-    if vals is None:
+    vals = _batched_values(metric_fn, arrays[0], arrays[1:], n_boot, seed, rows) if len(arrays) == 2 else None
+    if vals is not None:
+        vals = vals[0]
+    else:
         vals = np.empty(n_boot)
         if n == 0:
             vals[:] = np.nan
@@ -510,10 +514,9 @@ def paired_bootstrap_diff(metric_fn: Callable, y, p_a, p_b, *, n_boot: int = 100
                                                         "predictions (model b)"])
     n = y.shape[0]
     diff = _safe(metric_fn, y, p_a) - _safe(metric_fn, y, p_b)
-    va = _batched_values(metric_fn, (y, p_a), n, n_boot, seed)
-    vb = _batched_values(metric_fn, (y, p_b), n, n_boot, seed)
-    if va is not None and vb is not None:
-        vals = va - vb
+    both = _batched_values(metric_fn, y, (p_a, p_b), n_boot, seed)
+    if both is not None:
+        vals = both[0] - both[1]
     else:
         vals = np.empty(n_boot)
         if n == 0:
