@@ -235,6 +235,25 @@ def get_config() -> ml_collections.ConfigDict:
         demo_patients=240,
     ))
 
+    # Transfer learning for the X-ray grader (lumbarjax.train.xray_pretrain): pretrain its ResNet2D
+    # backbone (config.grader.model) on a public radiograph set with radiologists' findings
+    # (VinDr-SpineXR as downloaded: root/annotations/<split>.csv + <split>_images/*.dicom), one
+    # sigmoid per finding, then fine-tune the whole grader on the cohort's grades in every fold.
+    # The augmentation is config.grader.augment.
+    c.xray_pretrain = task_config("pretrain")
+    del c.xray_pretrain["augment"]
+    c.xray_pretrain.train.update(num_steps=1000, log_every=50, eval_every=100, checkpoint_every=200,
+                                 best_metric="auc_mean", best_metric_mode="max")
+    c.xray_pretrain.update(dict(
+        enabled=False,
+        format="vindr_spinexr",
+        root="",                   # the downloaded VinDr-SpineXR folder
+        split="train",             # "train" | "test"
+        rule="any",                # a finding is positive when "any" reader marked it, or the "majority"
+        findings=("Osteophytes", "Disc space narrowing", "Spondylolysthesis", "Foraminal stenosis"),
+        backbone_file="",          # a pretrained backbone file (weights + model card): load, don't pretrain
+    ))
+
     c.levels = levels_config()
 
     c.explain = ml_collections.ConfigDict(dict(

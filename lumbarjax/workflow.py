@@ -28,7 +28,7 @@ from lumbarjax.data import preprocess as preprocess_lib
 from lumbarjax.data import synthetic
 from lumbarjax.data.public.pretraining import pretraining_inputs
 from lumbarjax.errors import CohortError, ConfigError
-from lumbarjax.train import crossval, xray_levels
+from lumbarjax.train import crossval, xray_levels, xray_pretrain
 from lumbarjax.train.pretrain import load_pretrained, pretrain_encoder
 from lumbarjax.train.tasks import get_task
 from lumbarjax.workers import process_map
@@ -228,7 +228,11 @@ def stage_crossval(config, workdir: str, cohort: Cohort) -> dict:
         results[f"{kind}_task"] = td
         hook = task.heatmaps(config, workdir) if task.explains(config) else None
         encoder = None
-        if task.uses_pretrained_encoder(config):
+        if task.uses_pretrained_encoder(config) and kind == "grader":
+            t0 = time.perf_counter()
+            encoder, results["xray_pretrain"] = xray_pretrain.stage_xray_pretrain(config, workdir)
+            results["timing_s"]["xray_pretrain"] = time.perf_counter() - t0
+        elif task.uses_pretrained_encoder(config):
             t0 = time.perf_counter()
             encoder, results["pretrain"] = stage_pretrain(config, workdir, cohort.records["patient_id"])
             results["timing_s"]["pretrain"] = time.perf_counter() - t0
@@ -434,6 +438,9 @@ def stage_report(config, workdir: str, cohort: Cohort | dict, results: dict,
         extra["xray_heatmaps"] = xray_heatmap_summary(config, xhm.items, root)
     if results.get("levels"):
         extra["xray_levels"] = xray_levels.report_summary(results["levels"])
+    if results.get("xray_pretrain"):
+        extra["pretrained_xray_backbone"] = {k: v for k, v in results["xray_pretrain"].items()
+                                             if k != "signature"}
     if results.get("pretrain"):
         extra["pretrained_mri_encoder"] = {k: v for k, v in results["pretrain"].items() if k != "signature"}
     outcome_oof, others = results.get("outcome"), {}

@@ -37,6 +37,8 @@ from lumbarjax import atomic
 from lumbarjax.errors import ConfigError
 
 FORMAT = "lumbarjax-mri-encoder/1"
+# The X-ray grader's pretrained backbone (train.xray_pretrain) uses the same file layout.
+XRAY_FORMAT = "lumbarjax-xray-backbone/1"
 ORIENTATION = "sagittal: d left-right (slices), h superior->inferior, w anterior->posterior"
 
 
@@ -68,7 +70,7 @@ def model_card(*, encoder_kwargs: Mapping, preprocessing: Mapping, label_column:
     })
 
 
-def save_encoder_file(path: str, params, card: Mapping, head=None) -> tuple[str, str]:
+def save_encoder_file(path: str, params, card: Mapping, head=None, *, fmt: str = FORMAT) -> tuple[str, str]:
     """Write the encoder file and its readable card copy; returns (path, card_path).
 
     ``head``: the pretraining model's grading head (``StenosisGrader``'s ``ln`` and ``head``
@@ -79,7 +81,7 @@ def save_encoder_file(path: str, params, card: Mapping, head=None) -> tuple[str,
     if head is not None:
         card["grading_head"] = {"layers": "LayerNorm 'ln' + Dense 'head' -> CORN logits (K-1)",
                                 "num_grades": card.get("labels", {}).get("num_grades")}
-    blob = {"format": FORMAT, "card": json.dumps(_jsonable(card), sort_keys=True), "params": params}
+    blob = {"format": fmt, "card": json.dumps(_jsonable(card), sort_keys=True), "params": params}
     if head is not None:
         blob["head"] = head
     atomic.write_bytes(path, flax.serialization.msgpack_serialize(blob))
@@ -93,9 +95,10 @@ def card_path_for(path: str) -> str:
     return stem + ".card.json"
 
 
-def load_encoder_file(path: str):
-    """(params as numpy pytree, card dict); ConfigError naming the file when it is not one."""
-    blob = _load_blob(path)
+def load_encoder_file(path: str, *, fmt: str = FORMAT, what: str = "config.pretrain.encoder_file"):
+    """(params as numpy pytree, card dict); ConfigError naming the file (as the setting ``what``
+    that gave it) when it is not a file of format ``fmt``."""
+    blob = _load_blob(path, fmt, what)
     return blob["params"], json.loads(blob["card"])
 
 
@@ -105,20 +108,21 @@ def load_grading_head(path: str):
     return _load_blob(path).get("head")
 
 
-def _load_blob(path: str) -> dict:
+def _load_blob(path: str, fmt: str = FORMAT, what: str = "config.pretrain.encoder_file") -> dict:
     path = os.fspath(path)
+    kind = "X-ray backbone" if fmt == XRAY_FORMAT else "encoder"
     if not os.path.isfile(path):
-        raise ConfigError(f"config.pretrain.encoder_file={path!r}: file not found")
+        raise ConfigError(f"{what}={path!r}: file not found")
     try:
         with open(path, "rb") as f:
             blob = flax.serialization.msgpack_restore(f.read())
     except Exception as e:
-        raise ConfigError(f"config.pretrain.encoder_file={path!r}: not a lumbarjax encoder file "
+        raise ConfigError(f"{what}={path!r}: not a lumbarjax {kind} file "
                           f"({type(e).__name__}: {e})") from e
-    if not isinstance(blob, dict) or blob.get("format") != FORMAT or "params" not in blob:
-        raise ConfigError(f"config.pretrain.encoder_file={path!r}: not a lumbarjax encoder file "
+    if not isinstance(blob, dict) or blob.get("format") != fmt or "params" not in blob:
+        raise ConfigError(f"{what}={path!r}: not a lumbarjax {kind} file "
                           f"(format {blob.get('format') if isinstance(blob, dict) else None!r}, "
-                          f"expected {FORMAT!r})")
+                          f"expected {fmt!r})")
     return blob
 
 
@@ -148,5 +152,5 @@ def check_compatible(card: Mapping, *, encoder_kwargs: Mapping, preprocessing: M
                           f"mri.norm_percentiles={pct}, config has {mri.get('norm_percentiles')}")
 
 
-__all__ = ["FORMAT", "card_path_for", "check_compatible", "load_encoder_file", "load_grading_head", "model_card",
+__all__ = ["FORMAT", "XRAY_FORMAT", "card_path_for", "check_compatible", "load_encoder_file", "load_grading_head", "model_card",
            "save_encoder_file"]

@@ -118,8 +118,9 @@ def run_fold(td: TaskData, fold: int, config, workdir: str, *, clinical_only: bo
              after_fold: Callable | None = None, encoder_params=None) -> pd.DataFrame:
     """Train on the other folds (inner split for selection) and predict fold ``fold``.
 
-    encoder_params: a pretrained MRI encoder (``train.pretrain``) that replaces the outcome
-    model's initial ``mri_encoder`` parameters (ignored for the clinical-only model).
+    encoder_params: pretrained parameters that replace the model's initial
+    ``task.encoder_key`` subtree: the outcome model's ``mri_encoder`` (``train.pretrain``; ignored
+    for the clinical-only model) or the grader's X-ray ``backbone`` (``train.xray_pretrain``).
     """
     kind = td.kind
     task, task_cfg = get_task(kind), config[kind]
@@ -169,7 +170,7 @@ def run_fold(td: TaskData, fold: int, config, workdir: str, *, clinical_only: bo
                  len(inner_train), len(inner_val), len(test_idx))
     init = None
     if encoder_params is not None and not clinical_only:
-        init = with_encoder(encoder_params)
+        init = with_encoder(encoder_params, task.encoder_key)
 
     def start(idx):
         """The initial-parameter hook of a network trained on patients ``idx``."""

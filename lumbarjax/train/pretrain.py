@@ -199,15 +199,19 @@ def stenosis_probs(config, path: str, cache: pd.DataFrame, *, batch_size: int = 
     return probs
 
 
-def with_encoder(encoder_params) -> callable:
-    """``init_params`` hook for ``train_and_evaluate``: put ``encoder_params`` into params["mri_encoder"]."""
+def with_encoder(encoder_params, key: str = "mri_encoder") -> callable:
+    """``init_params`` hook for ``train_and_evaluate``: put ``encoder_params`` into params[key]
+    ("mri_encoder": the outcome model's pretrained MRI encoder; "backbone": the grader's
+    pretrained X-ray backbone, ``train.xray_pretrain``)."""
+    setting = {"mri_encoder": "config.outcome.model.mri", "backbone": "config.grader.model"}.get(key, key)
+
     def init(params):
-        if "mri_encoder" not in params:
-            raise ConfigError("pretrained encoder given but the model has no mri_encoder")
-        want = jax.tree.map(np.shape, params["mri_encoder"])
+        if key not in params:
+            raise ConfigError(f"pretrained {key} given but the model has no {key}")
+        want = jax.tree.map(np.shape, params[key])
         got = jax.tree.map(np.shape, encoder_params)
         if want != got:
-            raise ConfigError("the pretrained MRI encoder does not match config.outcome.model.mri "
+            raise ConfigError(f"the pretrained {key} does not match {setting} "
                               "(different architecture or width): pretrain again")
-        return {**params, "mri_encoder": encoder_params}
+        return {**params, key: encoder_params}
     return init

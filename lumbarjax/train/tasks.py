@@ -109,6 +109,7 @@ class GraderTask:
     """X-ray -> ordinal degeneration grade (CORN or CORAL head, ``grader.model.head``)."""
     name = "grader"
     has_features = False
+    encoder_key = "backbone"   # the params subtree a pretrained X-ray backbone replaces
 
     def variants(self, task_cfg) -> tuple:
         """``(results key, folder under the workdir, clinical_only)`` of each cross-validation."""
@@ -124,8 +125,9 @@ class GraderTask:
         return XrayHeatmapCollector(config, os.path.join(workdir, "grader", "heatmaps"))
 
     def uses_pretrained_encoder(self, config) -> bool:
-        """Whether this task starts from the pretrained MRI encoder (``config.pretrain``)."""
-        return False
+        """Whether this task starts from a pretrained X-ray backbone (``config.xray_pretrain``,
+        ``train.xray_pretrain``)."""
+        return bool(config.xray_pretrain.enabled or config.xray_pretrain.backbone_file)
 
     def after_crossval(self, config, workdir: str, td, oof: pd.DataFrame, cohort_root: str):
         """Work that follows this task's cross-validation on the same patients and folds:
@@ -165,6 +167,7 @@ class OutcomeTask:
     (binary, probabilities) and post-operative back/leg VAS (0-100 mm)."""
     name = "outcome"
     has_features = True
+    encoder_key = "mri_encoder"   # the params subtree the pretrained MRI encoder replaces
 
     def variants(self, task_cfg) -> tuple:
         twin = (("clinical_only", "outcome_clinical_only", True),) if task_cfg.clinical_only else ()
