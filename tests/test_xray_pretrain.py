@@ -154,3 +154,24 @@ def test_grader_folds_start_from_the_pretrained_backbone(pretrained, tiny_cohort
     got = jax.device_get(states[0].params["backbone"])
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(params)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+
+
+def test_synthetic_vindr_layout_is_read_back_with_the_generator_findings(tmp_path):
+    from lumbarjax.data.public import vindr_layout
+    import pandas as pd
+    import pydicom
+    root = tmp_path / "vindr"
+    out = vindr_layout.write_synthetic_vindr(root, n_films=8, seed=5, readers=1, miss_rate=0.0,
+                                             xray_size=(96, 80))
+    assert out["n_films"] == 8 and not out["reused"]
+    split = vindr_spinexr.read_split(root, "train")
+    assert len(split.findings) == 8 and len(split.excluded) == 0
+    truth = pd.read_csv(root / "ground_truth.csv", dtype={"image_id": str}).set_index("image_id")
+    f = split.findings.set_index("image_id")
+    worst = truth.loc[f.index, [f"grade_{lv}" for lv in ("L1L2", "L2L3", "L3L4", "L4L5", "L5S1")]].max(axis=1)
+    np.testing.assert_array_equal(f["finding_disc_space_narrowing"].to_numpy(), (worst >= 2).to_numpy())
+    np.testing.assert_array_equal(f["finding_osteophytes"].to_numpy(), (worst >= 3).to_numpy())
+    ds = pydicom.dcmread(f["path"].iloc[0])
+    assert ds.PatientID == f.index[0] and "PatientName" not in ds and "InstitutionName" not in ds
+    assert vindr_layout.write_synthetic_vindr(root, n_films=8, seed=5, readers=1, miss_rate=0.0,
+                                              xray_size=(96, 80))["reused"]
