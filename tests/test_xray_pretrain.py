@@ -82,6 +82,8 @@ def test_pretraining_reads_the_download_and_writes_a_backbone_file_with_its_card
     assert card["input"]["shape"] == list(cfg.xray.shape)
     assert card["labels"]["names"] == list(cfg.xray_pretrain.findings)
     assert "auc_mean" in card["validation"] and card["validation"]["films"] == data["films_val"]
+    assert card["validation"]["auc_spondylolysthesis"] is None          # no positive film: no AUC
+    assert "NaN" not in open(encoder_file.card_path_for(path)).read()
     text = open(encoder_file.card_path_for(path)).read()
     assert "abab" not in text and "VINDR" not in text               # no image or patient id
     for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(params)):

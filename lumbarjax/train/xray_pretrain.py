@@ -246,8 +246,10 @@ def pretrain_backbone(config, workdir: str):
                                 row_ids=records["patient_id"].to_numpy())
     params = jax.device_get(result["state"].params)["backbone"]
     best = result["best"]["metrics"] or {}
+    # A finding without positives (or without negatives) among the validation films has no AUC: None.
     validation = {"films": int(len(val_idx)), "best_step": int(result["best"]["step"] or 0),
-                  **{k: float(v) for k, v in best.items() if k.startswith("auc")}}
+                  **{k: (float(v) if v is not None and np.isfinite(v) else None)
+                     for k, v in best.items() if k.startswith("auc")}}
     data.update(films_train=int(len(train_idx)), films_val=int(len(val_idx)))
     card = backbone_card(config, findings=p.findings, training_data=data, validation=validation)
     encoder_file.save_encoder_file(path, params, card, fmt=encoder_file.XRAY_FORMAT)
