@@ -220,8 +220,8 @@ def pretrain_backbone(config, workdir: str):
     folds = make_folds(records.assign(any_finding=any_finding), k=5, seed=int(config.seed),
                        stratify_on="any_finding")
     train_idx, val_idx = np.flatnonzero(folds != 0), np.flatnonzero(folds == 0)
-    model = FindingsNet(num_findings=len(p.findings), **{**backbone_kwargs(config),
-                                                         "stage_sizes": tuple(backbone_kwargs(config)["stage_sizes"])})
+    kw = backbone_kwargs(config)
+    model = FindingsNet(num_findings=len(p.findings), **{**kw, "stage_sizes": tuple(kw["stage_sizes"])})
     source = CachedExamples(cache, {"labels": {"findings": labels}}, mri_shape=(1, 1, 1),
                             xray_shape=tuple(config.xray.shape))
     run_cfg = ml_collections.ConfigDict(dict(seed=int(config.seed), train=p.train.to_dict(),
