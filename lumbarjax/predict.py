@@ -647,7 +647,8 @@ def report_from_workdir(config, workdir: str) -> tuple[str, str]:
 
     Reads ``cohort_summary.json``, ``exclusions.csv``, ``<task>/oof.csv``,
     ``outcome_clinical_only/oof.csv``, ``outcome/selected_oof.csv`` + ``selection.json``,
-    ``baseline_<head>.csv``, ``ablation.json`` and the saved IG maps
+    ``baseline_<head>.csv``, ``ablation.json``, ``levels/levels_metrics.json``,
+    ``xray_pretrain/xray_pretrain_summary.json`` and the saved IG maps
     (``heatmaps/*_ig.npz``) and calls :func:`lumbarjax.workflow.stage_report` — the very code of
     the run — so the numbers (same bootstrap seed) equal the run's. The timings of the run are
     carried over from its old ``metrics.json``. Overwrites both files in ``workdir``.
@@ -702,6 +703,14 @@ def report_from_workdir(config, workdir: str) -> tuple[str, str]:
     if os.path.exists(abl):
         with open(abl) as f:
             results["ablation"] = json.load(f)
+    lv_metrics = os.path.join(workdir, "levels", "levels_metrics.json")
+    if config.levels.enabled and os.path.exists(lv_metrics):
+        with open(lv_metrics) as f:
+            results["levels"] = json.load(f)
+    xp_summary = os.path.join(workdir, "xray_pretrain", "xray_pretrain_summary.json")
+    if os.path.exists(xp_summary) and not config.xray_pretrain.backbone_file:
+        with open(xp_summary) as f:
+            results["xray_pretrain"] = json.load(f)
     pre_summary = os.path.join(workdir, "pretrain", "pretrain_summary.json")
     if config.pretrain.enabled and os.path.exists(pre_summary):
         with open(pre_summary) as f:

@@ -208,3 +208,28 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     pixels = mpimg.imread(str(shot))
     assert pixels.shape[:2] == (1600, 1280)
     assert pixels[..., :3].std() > 0.02     # not a blank page
+
+
+def test_report_shows_the_xray_scale_level_by_level(tmp_path):
+    """Level grades, disc height index and listhesis per patient, the median index per grade
+    and the agreement with the truth from ``extra["xray_levels"]``."""
+    levels = ("L1L2", "L2L3", "L3L4", "L4L5", "L5S1")
+    rows = []
+    for i in range(6):
+        g = [(i + j) % 3 for j in range(5)]
+        rows.append({"patient_id": f"LJ{i:04d}", "fold": i % 2, "label_grade": max(g), "pred_grade": max(g),
+                     "level_pred_grade": max(g), "scale": sum(g),
+                     **{f"pred_grade_{lv}": g[j] for j, lv in enumerate(levels)},
+                     **{f"dhi_{lv}": 0.30 - 0.05 * g[j] for j, lv in enumerate(levels)},
+                     **{f"listhesis_mm_{lv}": 0.5 * j for j, lv in enumerate(levels)}})
+    oof = pd.DataFrame(rows)
+    extra = {"xray_levels": {"rule": "max", "qwk_L4L5_vs_truth": 0.988, "qwk_reader_vs_truth": 0.921}}
+    html_path, _ = write_report(tmp_path, title="levels", cohort_summary={"n": 6}, grader_oof=oof,
+                                extra=extra, n_boot=20)
+    text = re.sub(r"<[^>]+>", " ", open(html_path).read())
+    text = re.sub(r"\s+", " ", text)
+    assert "The X-ray scale level by level" in text and "by the rule max" in text
+    assert "L4L5 0: 2, 1: 2, 2: 2 0: 0.300, 1: 0.250, 2: 0.200 0.988" in text   # counts, median DHI, QWK
+    assert "L1L2 0: 2, 1: 2, 2: 2 0: 0.300, 1: 0.250, 2: 0.200 –" in text       # no truth for L1L2
+    assert "reader-noise ceiling) 0.921" in text
+    assert "LJ0001" in text and "1 / 2 / 0 / 1 / 2 0.25 / 0.20 / 0.30 / 0.25 / 0.20 0.0 / 0.5 / 1.0 / 1.5 / 2.0" in text

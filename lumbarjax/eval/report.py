@@ -369,6 +369,49 @@ def _ablation_html(ablation: Mapping, level: str) -> str:
             + (f"<ul class='muted'>{notes}</ul>" if notes else ""))
 
 
+def _levels_html(grader_oof: pd.DataFrame, summary: Mapping | None, n_patients: int = 20) -> str:
+    """The X-ray scale level by level (``train.xray_levels`` columns of the grader's table):
+    per level the grade counts, the median disc height index (DHI) per grade and, on a synthetic
+    cohort, the QWK against the true level grade; the patient-level agreement; then the first
+    ``n_patients`` patients' level grades, DHI and |listhesis|."""
+    from lumbarjax.schema import LEVELS
+    summary = dict(summary or {})
+    rows = []
+    for lv in LEVELS:
+        g = pd.to_numeric(grader_oof.get(f"pred_grade_{lv}"), errors="coerce")
+        dhi = pd.to_numeric(grader_oof.get(f"dhi_{lv}"), errors="coerce")
+        by_grade = ", ".join(f"{int(k)}: {fmt_value(v)}" for k, v in dhi.groupby(g).median().items())
+        counts = ", ".join(f"{int(k)}: {int(v)}" for k, v in g.value_counts().sort_index().items())
+        q = summary.get(f"qwk_{lv}_vs_truth")
+        rows.append([_e(lv), _e(counts), _e(by_grade), fmt_value(q) if q is not None else "–"])
+    body = ("<p>Grades per level from the measured disc height index (disc height over the adjacent "
+            "vertebral body depth; landmarks from the film), cut points fitted on each training "
+            f"fold; patient grade and scale by the rule {_e(summary.get('rule', '?'))!s}.</p>"
+            + html_table(["level", "grade counts", "median DHI per grade", "QWK vs true level grade"],
+                         rows, "metrics"))
+    agree = [(k, label) for k, label in (
+        ("qwk_patient_vs_reader", "patient grade vs the reader's grade"),
+        ("qwk_patient_vs_truth", "patient grade vs the true grade"),
+        ("qwk_reader_vs_truth", "the reader vs the true grade (reader-noise ceiling)"),
+        ("landmark_corner_error_mm", "endplate corner error (mm)"),
+        ("landmark_centre_error_mm", "disc centre error (mm)")) if summary.get(k) is not None]
+    if agree:
+        body += html_table(["measure", "value"], [[_e(label), fmt_value(summary[k])] for k, label in agree])
+    cols = [c for c in ("patient_id", "label_grade", "level_pred_grade", "scale") if c in grader_oof.columns]
+    head = grader_oof.head(int(n_patients))
+
+    def per_level(row, prefix, digits):
+        vals = [row.get(f"{prefix}_{lv}") for lv in LEVELS]
+        return " / ".join("–" if v is None or not np.isfinite(float(v)) else
+                          (f"{float(v):.{digits}f}" if digits else str(int(round(float(v))))) for v in vals)
+    prows = [[_e(r[c]) if c == "patient_id" else fmt_value(r[c]) for c in cols]
+             + [_e(per_level(r, "pred_grade", 0)), _e(per_level(r, "dhi", 2)),
+                _e(per_level(r, "listhesis_mm", 1))] for _, r in head.iterrows()]
+    body += (f"<h3>First {len(head)} patients ({' / '.join(LEVELS)})</h3>"
+             + html_table(cols + ["level grades", "DHI", "listhesis (mm)"], prows, "metrics"))
+    return body
+
+
 def _heatmap_gallery(heatmaps) -> tuple[str, list]:
     items = {"correct": [], "wrong": []}
     meta = []
@@ -503,6 +546,9 @@ def write_report(out_dir, *, title: str, cohort_summary: dict, grader_oof: pd.Da
                 + _img(_fig_confusion(np.asarray(g["confusion"])), "grader confusion matrix"))
         sections.append(("grader", "Grader (X-ray degeneration grade)", body))
         headline.append(["grader QWK", _fmt_ci(g["qwk"]), "–", "–"])
+        if "pred_grade_L1L2" in grader_oof.columns and "dhi_L1L2" in grader_oof.columns:
+            sections.append(("xray_levels", "The X-ray scale level by level",
+                             _levels_html(grader_oof, (extra or {}).get("xray_levels"))))
 
     # -- outcomes
     if outcome_oof is not None:
