@@ -149,6 +149,10 @@ def task_config(kind: str) -> ml_collections.ConfigDict:
         # "summary" (expected grade, level grade, scale) or "full" (+ class probabilities,
         # per-level grades, disc height indices and listhesis).
         t.stage1_xray = "summary"
+        # Which MRI scores, when the pretrained encoder grades level by level
+        # (pretrain.levels): "summary" (the worst level's expected grade and class
+        # probabilities) or "full" (+ the expected grade of every level).
+        t.stage1_mri = "summary"
         # "glm": every outcome network (fusion and clinical-only, each fold and refit) starts as
         # the clinical logistic / ridge regression fitted on its own training patients, kept as
         # a fixed offset in the skip path; step 0 competes in the inner validation
@@ -233,6 +237,15 @@ def get_config() -> ml_collections.ConfigDict:
         label_column="stenosis_grade", num_grades=3,
         make_demo=False,           # write the synthetic pretraining cohort when no labels table exists
         demo_patients=240,
+    ))
+    # Level by level (lumbarjax.train.mri_levels): grade every disc level on a crop around its
+    # centre (labels <label_column>_<LEVEL>, centres from the RSNA coordinates / SPIDER masks /
+    # synthetic truth), and train the disc-level localiser that finds the centres on new scans.
+    # The encoder file then carries the per-level head and the localiser.
+    c.pretrain.levels = ml_collections.ConfigDict(dict(
+        enabled=False,
+        crop_mm=60.0,              # crop height along the spine (mm); the whole AP width
+        localiser=dict(steps=400, batch_size=16, lr=2e-3, width=16, slices=3),
     ))
 
     # Transfer learning for the X-ray grader (lumbarjax.train.xray_pretrain): pretrain its ResNet2D

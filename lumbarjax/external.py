@@ -114,7 +114,9 @@ def stage1_scores(config, workdir: str, records: pd.DataFrame, cache: pd.DataFra
     if config.pretrain.enabled and os.path.exists(path):
         probs = pretrain.stenosis_probs(config, path, cache)
         if probs is not None:
-            tables.append(stage1.mri_scores(ids, np.nan_to_num(probs), np.isfinite(probs).all(axis=1)))
+            tables.append(stage1.mri_scores(ids, np.nan_to_num(probs),
+                                            np.isfinite(probs).reshape(len(probs), -1).all(axis=1),
+                                            detail=str(config.outcome.stage1_mri)))
     out = pd.DataFrame({"patient_id": ids})
     for t in tables:
         out = out.merge(t, on="patient_id", how="left", validate="one_to_one")

@@ -711,6 +711,10 @@ def report_from_workdir(config, workdir: str) -> tuple[str, str]:
     if os.path.exists(xp_summary) and not config.xray_pretrain.backbone_file:
         with open(xp_summary) as f:
             results["xray_pretrain"] = json.load(f)
+    mri_lv = os.path.join(workdir, workflow.MRI_LEVELS_JSON)
+    if config.pretrain.enabled and os.path.exists(mri_lv):
+        with open(mri_lv) as f:
+            results["mri_levels"] = json.load(f)
     pre_summary = os.path.join(workdir, "pretrain", "pretrain_summary.json")
     if config.pretrain.enabled and os.path.exists(pre_summary):
         with open(pre_summary) as f:

@@ -28,6 +28,7 @@ from lumbarjax.data import preprocess as preprocess_lib
 from lumbarjax.data import synthetic
 from lumbarjax.data.public.pretraining import pretraining_inputs
 from lumbarjax.errors import CohortError, ConfigError
+from lumbarjax.schema import LEVELS
 from lumbarjax.train import crossval, xray_levels, xray_pretrain
 from lumbarjax.train.pretrain import load_pretrained, pretrain_encoder
 from lumbarjax.train.tasks import get_task
@@ -178,7 +179,7 @@ def stage_pretrain(config, workdir: str, outcome_ids=()):
     public = pretraining_inputs(pc, root, pdir, seed=int(config.seed) + 1,
                                 num_workers=int(config.data.num_workers))
     if public is not None:
-        manifest, labels, training_data = public
+        manifest, labels, training_data, centres = public
         sub.data.cohort_dir, sub.data.clinical_file = root, labels
     else:
         training_data = {"format": "lumbarjax", "folder": os.path.basename(os.path.normpath(root))}
@@ -192,31 +193,106 @@ def stage_pretrain(config, workdir: str, outcome_ids=()):
                                               num_workers=int(config.data.num_workers))
         sub.data.cohort_dir, sub.data.clinical_file = root, labels
         manifest = stage_index(sub, pdir)
+        centres = None  # a lumbarjax-layout cohort has level centres only with a synthetic ground truth
+        gt_csv = os.path.join(root, "ground_truth.csv")
+        if pc.levels.enabled and os.path.exists(gt_csv):
+            from lumbarjax.train.localise import centres_from_truth
+            centres = centres_from_truth(pd.read_csv(gt_csv, dtype={"patient_id": str}))
     cohort = stage_cohort(sub, pdir, manifest)
     shared = sorted(set(cohort.records["patient_id"]) & set(outcome_ids))
     if shared:
         raise CohortError(f"pretraining and outcome cohorts share {len(shared)} patient id(s), e.g. "
                           f"{shared[:5]}: pretrain on other patients")
-    return pretrain_encoder(config, pdir, cohort.records, cohort.cache, training_data=training_data)
+    return pretrain_encoder(config, pdir, cohort.records, cohort.cache, training_data=training_data,
+                            centres_mm=centres)
 
 
-def stage_mri_scores(config, workdir: str, cohort: Cohort) -> pd.DataFrame | None:
+def stage_mri_scores(config, workdir: str, cohort: Cohort):
     """Stage-1 MRI scores of the outcome cohort: the pretrained stenosis grader's (encoder +
     grading head) expected grade and class probabilities per patient (``stage1.mri_scores``),
     written to ``<workdir>/mri_scores.csv``. Out of sample for every patient: the pretraining
-    cohort shares no patient with this one (``stage_pretrain`` checks). None when the encoder
-    file has no grading head."""
-    from lumbarjax.models import stage1
+    cohort shares no patient with this one (``stage_pretrain`` checks). A by-level encoder
+    file grades every level (:func:`stage_mri_levels`). Returns ``(scores, level summary or
+    None)``; ``(None, None)`` when the encoder file has no grading head."""
+    from lumbarjax.models import encoder_file, stage1
+    from lumbarjax.train import mri_levels
     from lumbarjax.train.pretrain import encoder_path, stenosis_probs
     path = encoder_path(config, workdir)
-    probs = stenosis_probs(config, path, cohort.cache)
-    if probs is None:
+    if encoder_file.load_grading_head(path) is None:
         logging.warning("%s has no grading head: no MRI stage-1 scores", path)
-        return None
-    present = np.isfinite(probs).all(axis=1)
-    scores = stage1.mri_scores(cohort.records["patient_id"].to_numpy(), np.nan_to_num(probs), present)
+        return None, None
+    _, card = encoder_file.load_encoder_file(path)
+    levels = None
+    if card.get("levels"):
+        probs, centres = mri_levels.level_probs(config, path, cohort.cache)
+        levels = stage_mri_levels(config, workdir, cohort, path, probs, centres)
+    else:
+        probs = stenosis_probs(config, path, cohort.cache)
+    present = np.isfinite(probs).reshape(len(probs), -1).all(axis=1)
+    scores = stage1.mri_scores(cohort.records["patient_id"].to_numpy(), np.nan_to_num(probs), present,
+                               detail=str(config.outcome.stage1_mri))
     atomic.write_csv(scores, os.path.join(workdir, "mri_scores.csv"))
-    return scores
+    return scores, levels
+
+
+MRI_LEVELS_JSON = os.path.join("mri_levels", "mri_levels.json")
+
+
+def stage_mri_levels(config, workdir: str, cohort: Cohort, path: str, probs: np.ndarray,
+                     centres: np.ndarray) -> dict:
+    """The by-level MRI grader on the outcome cohort: ``<workdir>/mri_levels/levels.csv`` (per
+    patient the localised centres, px, and each level's expected grade), the summary
+    ``mri_levels.json`` (``train.mri_levels.outcome_cohort_summary``: with a synthetic ground
+    truth the localiser error in mm and the per-level QWK; the pretraining's held-out localiser
+    error and QWK) and integrated-gradients heat maps of the summed level grades for the first
+    ``config.explain.max_patients`` patients with an MRI, scored by the pointing game at the
+    true stenotic level where a ground truth exists."""
+    from lumbarjax.eval.localisation import localisation_summary
+    from lumbarjax.explain import heatmaps as heatmaps_lib
+    from lumbarjax.models import encoder_file
+    from lumbarjax.train import mri_levels
+    out_dir = os.path.join(workdir, "mri_levels")
+    os.makedirs(out_dir, exist_ok=True)
+    _, card = encoder_file.load_encoder_file(path)
+    k = int(card["labels"]["num_grades"])
+    gt_csv = os.path.join(cohort_dir(config, workdir), "ground_truth.csv")
+    truth = pd.read_csv(gt_csv, dtype={"patient_id": str}) if os.path.exists(gt_csv) else None
+    cache = cohort.cache
+    summary = mri_levels.outcome_cohort_summary(probs, centres, cache, truth, num_grades=k)
+    pre = card["levels"]
+    summary["pretraining"] = {"crop_mm": pre.get("crop_mm"), "crop_rows": pre.get("crop_rows"),
+                              "val_qwk_all_levels": card.get("validation", {}).get("qwk"),
+                              "localiser_val": pre.get("localiser", {}).get("val"),
+                              "localiser_baseline_mean_position": pre.get("localiser", {}).get("baseline_mean_position")}
+    expected = np.asarray(probs) @ np.arange(k, dtype=float)
+    tab = pd.DataFrame({"patient_id": cache["patient_id"].astype(str).to_numpy()})
+    for j, lv in enumerate(LEVELS):
+        tab[f"row_px_{lv}"], tab[f"col_px_{lv}"] = centres[:, j, 0], centres[:, j, 1]
+        tab[f"expected_grade_{lv}"] = expected[:, j]
+    atomic.write_csv(tab.round(4), os.path.join(out_dir, "levels.csv"))
+    n = int(config.explain.max_patients)
+    rows = np.flatnonzero(np.isfinite(centres).all(axis=(1, 2)))[:n]
+    if n and len(rows):
+        model, variables, _, _ = mri_levels.level_grader(config, path)
+        items = heatmaps_lib.level_heatmaps(config, model, variables, mri_levels.level_source(config, cache, centres),
+                                            rows, cache, os.path.join(out_dir, "heatmaps"))
+        delta = np.abs([it["delta"] for it in items])
+        hm = {"n": len(items), "completeness_abs_median": float(np.median(delta)),
+              "completeness_abs_max": float(delta.max()),
+              "definition": "integrated gradients of the level grader's expected grades summed over the "
+                            "levels, over the sagittal volume (baseline: config.explain.baseline); pointing "
+                            "game: the largest positive attribution lies in the true stenotic level"}
+        if truth is not None:
+            t = truth.set_index("patient_id")
+            items = [it for it in items if it["patient_id"] in t.index]
+            loc = localisation_summary([it["attr"] for it in items], [it["affine"] for it in items],
+                                       t.loc[[it["patient_id"] for it in items]].reset_index(),
+                                       n_boot=int(config.eval.n_boot), seed=int(config.seed))
+            hm.update({k_: loc[k_] for k_ in ("n", "n_excluded", "hit_rate", "mean_fraction", "chance_hit_rate",
+                                               "by_level", "n_no_positive_attribution")})
+        summary["heatmaps"] = hm
+    atomic.write_json(os.path.join(workdir, MRI_LEVELS_JSON), summary)
+    return summary
 
 
 def stage_crossval(config, workdir: str, cohort: Cohort) -> dict:
@@ -236,7 +312,7 @@ def stage_crossval(config, workdir: str, cohort: Cohort) -> dict:
             t0 = time.perf_counter()
             encoder, results["pretrain"] = stage_pretrain(config, workdir, cohort.records["patient_id"])
             results["timing_s"]["pretrain"] = time.perf_counter() - t0
-            results["mri_scores"] = stage_mri_scores(config, workdir, cohort)
+            results["mri_scores"], results["mri_levels"] = stage_mri_scores(config, workdir, cohort)
         for key, sub, clinical_only in task.variants(config[kind]):
             t0 = time.perf_counter()
             results[key] = crossval.run_crossval(
@@ -438,6 +514,8 @@ def stage_report(config, workdir: str, cohort: Cohort | dict, results: dict,
         extra["xray_heatmaps"] = xray_heatmap_summary(config, xhm.items, root)
     if results.get("levels"):
         extra["xray_levels"] = xray_levels.report_summary(results["levels"])
+    if results.get("mri_levels"):
+        extra["mri_levels"] = results["mri_levels"]
     if results.get("xray_pretrain"):
         extra["pretrained_xray_backbone"] = {k: v for k, v in results["xray_pretrain"].items()
                                              if k != "signature"}

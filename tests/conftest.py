@@ -68,6 +68,7 @@ def tiny_config(cohort_dir):
     c.levels.enabled = False     # the level pipeline: tests/test_xray_levels.py (slow end-to-end test)
     c.pretrain.train.update(num_steps=3, eval_every=3, checkpoint_every=3, batch_size=4, progress_bar=False)
     c.pretrain.optim.warmup_steps = 1
+    c.pretrain.levels.localiser.update(steps=3, batch_size=4, width=4)
     return c
 
 

@@ -111,6 +111,7 @@ def test_mri_scores_come_from_the_pretrained_grader_and_cover_the_outcome_patien
     pretrained stenosis grader (encoder + grading head in the encoder file), expected grade in
     [0, K-1], and the same numbers when the file is applied again."""
     import os
+    from lumbarjax.models import stage1
     from lumbarjax.train.pretrain import stenosis_probs
     wd = tiny_run["workdir"]
     scores = pd.read_csv(os.path.join(wd, "mri_scores.csv"), dtype={"patient_id": str})
@@ -124,9 +125,11 @@ def test_mri_scores_come_from_the_pretrained_grader_and_cover_the_outcome_patien
     # the same numbers as applying the file's grader again
     cohort_cache = tiny_run["results"]["outcome_task"].cache
     again = stenosis_probs(tiny_run["config"], os.path.join(wd, "pretrain", "mri_encoder.msgpack"), cohort_cache)
+    assert again.shape == (len(cohort_cache), 5, probs.shape[1])   # the demo's encoder grades by level
+    again = stage1.mri_scores(td.records["patient_id"], again)
     got = scores.set_index("patient_id").loc[td.records["patient_id"]]
-    np.testing.assert_allclose(again, got[[f"mri_stenosis_prob_{k}" for k in range(probs.shape[1])]].to_numpy(float),
-                               rtol=1e-5, atol=1e-6)
+    cols = [f"mri_stenosis_prob_{k}" for k in range(probs.shape[1])]
+    np.testing.assert_allclose(again[cols].to_numpy(float), got[cols].to_numpy(float), rtol=1e-5, atol=1e-6)
 
 
 def test_the_report_leads_with_the_selected_model_and_keeps_the_network_as_a_comparator(tiny_run):

@@ -15,6 +15,7 @@ from conftest import tiny_config
 from lumbarjax import workflow
 from lumbarjax.data.synthetic import STENOSIS_GRADE_CUTS, STENOSIS_NARROWING, stenosis_grades
 from lumbarjax.errors import CohortError, ConfigError
+from lumbarjax.schema import LEVELS
 from lumbarjax.train import pretrain
 
 
@@ -30,11 +31,28 @@ def test_stenosis_grades_follow_the_cuts_with_reader_noise():
     assert diff.max() == 1 and 0.85 < (diff == 0).mean() < 0.95   # ~10 % reader error
     assert set(np.unique(g["stenosis_grade"].dropna())) == {0.0, 1.0, 2.0}
     pd.testing.assert_frame_equal(g, stenosis_grades(truth, seed=0))
+    # per level: the reader's grade at the primary level, the secondary's noise-free grade at its
+    # level (0.85 * 0.5 s for s = 0.3..1.0 stays below 2/3: grade 0 or 1), 0 elsewhere
+    lv = np.array(["L4L5", "L3L4"] * 200)
+    by = stenosis_grades(truth.assign(stenosis_level=lv, stenosis_level_2=np.where(lv == "L4L5", "L5S1", ""),
+                                      stenosis_severity_2=0.5 * s), seed=0)
+    np.testing.assert_array_equal(by["stenosis_grade"], g["stenosis_grade"])
+    at = lv == "L4L5"
+    np.testing.assert_array_equal(by["stenosis_grade_L4L5"][at & keep], g["stenosis_grade"][at & keep])
+    np.testing.assert_array_equal(by["stenosis_grade_L5S1"][at & keep], exact2 := np.digitize(
+        STENOSIS_NARROWING * 0.5 * s, STENOSIS_GRADE_CUTS)[at & keep])
+    assert set(exact2) == {0, 1} and (by["stenosis_grade_L1L2"][keep] == 0).all()
+    assert np.isnan(by.loc[7, [f"stenosis_grade_{v}" for v in LEVELS]].to_numpy(float)).all()
 
 
 def test_pretraining_cohort_has_its_own_ids_and_only_a_labels_table(tiny_pretrain_cohort):
     labels = pd.read_csv(os.path.join(tiny_pretrain_cohort, "stenosis_labels.csv"))
-    assert list(labels.columns) == ["patient_id", "stenosis_grade"] and len(labels) == 12
+    assert list(labels.columns) == ["patient_id", "stenosis_grade"] + [f"stenosis_grade_{lv}" for lv in LEVELS]
+    assert len(labels) == 12
+    # the worst level is the patient's grade (the secondary stenosis is milder; the reader may
+    # move the primary below it only rarely, and not in this cohort)
+    np.testing.assert_array_equal(labels[[f"stenosis_grade_{lv}" for lv in LEVELS]].max(axis=1),
+                                  labels["stenosis_grade"])
     assert labels["patient_id"].str.match(r"^PT\d{4}$").all()
     assert not os.path.exists(os.path.join(tiny_pretrain_cohort, "clinical.csv"))
     ids = set()
@@ -53,6 +71,7 @@ def pre(tiny_pretrain_cohort, tmp_path_factory):
     cfg = tiny_config(tiny_pretrain_cohort)
     cfg.data.clinical_file = os.path.join(tiny_pretrain_cohort, "stenosis_labels.csv")
     cfg.clinical.mri_label_columns = ("stenosis_grade",)
+    cfg.pretrain.levels.enabled = False   # one grade per volume here; by level: test_mri_levels.py
     cohort = workflow.stage_cohort(cfg, workdir, workflow.stage_index(cfg, workdir))
     return cfg, cohort
 
@@ -111,7 +130,7 @@ def test_pretrain_rejects_bad_grades_naming_the_patient(pre, tmp_path):
         pretrain.pretrain_encoder(cfg, str(tmp_path), recs, cohort.cache)
     other = ml_collections.ConfigDict(cfg.to_dict())   # the module fixture's config stays as it is
     other.pretrain.label_column = "grade_x"
-    with pytest.raises(CohortError, match="no column 'grade_x'"):
+    with pytest.raises(CohortError, match=r"no column\(s\) \['grade_x'\]"):
         pretrain.pretrain_encoder(other, str(tmp_path), cohort.records, cohort.cache)
 
 

@@ -59,6 +59,17 @@ def test_outcome_model_starts_from_the_pretrained_frozen_encoder(tiny_run):
     encoder, summary = load_encoder(os.path.join(workdir, "pretrain"))
     assert summary["patients_train"] + summary["patients_val"] == 12
     assert tiny_run["metrics"]["extra"]["pretrained_mri_encoder"]["patients_train"] == summary["patients_train"]
+    # graded level by level (the demo's setting): the localiser's error on this cohort against
+    # its ground truth, per-level QWK, and the level heat maps' pointing game are reported
+    lv = tiny_run["metrics"]["extra"]["mri_levels"]
+    assert lv["localiser_error_mm"]["mean_mm"] > 0 and set(lv["vs_truth"]["per_level"]) == {
+        "L1L2", "L2L3", "L3L4", "L4L5", "L5S1"}
+    assert lv["heatmaps"]["n"] == tiny_run["config"].explain.max_patients and "hit_rate" in lv["heatmaps"]
+    assert lv["pretraining"]["crop_rows"] == 8
+    table = pd.read_csv(os.path.join(workdir, "mri_levels", "levels.csv"), dtype={"patient_id": str})
+    assert len(table) == len(tiny_run["results"]["outcome_task"].cache) and "expected_grade_L4L5" in table
+    with open(os.path.join(workdir, "report.html")) as f:
+        assert "The MRI level by level" in f.read()
     for fm in load_fold_models(tiny_run["config"], workdir, "outcome"):
         params = jax.device_get(fm.state.params)
         for a, b in zip(jax.tree.leaves(params["mri_encoder"]), jax.tree.leaves(encoder)):

@@ -266,6 +266,8 @@ def augment_example(ex: dict, rng: np.random.Generator, augment) -> dict:
                  in pixels of their own grid, drawn independently.
       noise_std: std of additive zero-mean noise (uniform, cheaper than Gaussian; units of
                  the normalised intensity ~[0, 1]).
+    An example's ``mri_centres`` ((L, 2) row, col pixels: the level centres of a by-level
+    grader) shift with its MRI.
     The random draws are made in a fixed order regardless of presence, so the stream of
     draws for an example depends only on grain's seed and position.
     """
@@ -290,6 +292,8 @@ def augment_example(ex: dict, rng: np.random.Generator, augment) -> dict:
             x = x * np.float32(1.0 + scale) + np.float32(offset)
         if s > 0 and (dy or dx):
             x = _shift(x, int(dy), int(dx), axes=(x.ndim - 3, x.ndim - 2))
+            if key == "mri" and "mri_centres" in ex:  # level centres (L, 2) move with the volume
+                ex["mri_centres"] = np.asarray(ex["mri_centres"], np.float32) + np.float32([dy, dx])
         x = np.array(x, dtype=np.float32)  # own, contiguous copy; in place from here
         if sd > 0:
             # zero-mean uniform noise with std ``sd``: 4x cheaper than Gaussian draws

@@ -1474,19 +1474,38 @@ STENOSIS_GRADE_CUTS = (1.0 / 3.0, 2.0 / 3.0)
 STENOSIS_READER_ERROR = 0.1
 
 
+def stenosis_grade_of(severity) -> np.ndarray:
+    """The noise-free canal grade (0 normal/mild, 1 moderate, 2 severe) of stenoses of the given
+    severities: the narrowing ``STENOSIS_NARROWING * s`` cut at ``STENOSIS_GRADE_CUTS``."""
+    return np.digitize(STENOSIS_NARROWING * np.asarray(severity, float), STENOSIS_GRADE_CUTS).astype(float)
+
+
 def stenosis_grades(truth: pd.DataFrame, seed: int) -> pd.DataFrame:
-    """``patient_id, stenosis_grade`` (0/1/2, a reader's grade of the primary stenosis) from the
-    ground truth; patients without an MRI get no grade."""
+    """``patient_id, stenosis_grade`` (0/1/2, a reader's grade of the primary stenosis) and, when
+    the truth names the levels, ``stenosis_grade_<LEVEL>``; patients without an MRI get no grade."""
     rng = _rng(seed, 2**31 - 5)
-    narrowing = STENOSIS_NARROWING * truth["stenosis_severity"].to_numpy(float)
-    grade = np.digitize(narrowing, STENOSIS_GRADE_CUTS).astype(float)
+    grade = stenosis_grade_of(truth["stenosis_severity"].to_numpy(float))
     flip = rng.random(len(grade)) < STENOSIS_READER_ERROR
     step = np.where(rng.random(len(grade)) < 0.5, 1.0, -1.0)
     moved = grade + step
     moved = np.where((moved < 0) | (moved > 2), grade - step, moved)
     grade = np.where(flip, moved, grade)
-    grade[~truth["has_mri"].astype(bool).to_numpy()] = np.nan
-    return pd.DataFrame({"patient_id": truth["patient_id"], "stenosis_grade": grade})
+    no_mri = ~truth["has_mri"].astype(bool).to_numpy()
+    grade[no_mri] = np.nan
+    out = pd.DataFrame({"patient_id": truth["patient_id"], "stenosis_grade": grade})
+    # per level: the reader's grade at the primary stenosis, the noise-free grade of the milder
+    # secondary one at its level, normal/mild elsewhere (so the worst level is the grade above
+    # in all but the rare case where the reader moved the primary below the secondary)
+    if "stenosis_level" not in truth:
+        return out
+    second = stenosis_grade_of(truth.get("stenosis_severity_2", pd.Series(0.0, index=truth.index)).to_numpy(float))
+    lv1 = truth["stenosis_level"].astype(str).to_numpy()
+    lv2 = truth.get("stenosis_level_2", pd.Series("", index=truth.index)).fillna("").astype(str).to_numpy()
+    for lv in LEVELS:
+        g = np.where(lv1 == lv, grade, np.where(lv2 == lv, second, 0.0))
+        g[no_mri] = np.nan
+        out[f"stenosis_grade_{lv}"] = g
+    return out
 
 
 def make_pretraining_cohort(out_dir: str | os.PathLike, n_patients: int = 240, seed: int = 1, *,
@@ -1497,7 +1516,8 @@ def make_pretraining_cohort(out_dir: str | os.PathLike, n_patients: int = 240, s
     classification) on which ``lumbarjax.train.pretrain`` teaches the MRI encoder what a
     narrowed canal looks like. Same generative model as ``make_cohort`` (another seed, no edge
     cases, ids ``PT0001…``, small X-rays that nothing reads) plus ``stenosis_labels.csv``
-    (``patient_id, stenosis_grade``; see STENOSIS_GRADE_CUTS). Outcomes stay in
+    (``patient_id, stenosis_grade, stenosis_grade_<LEVEL>``; see STENOSIS_GRADE_CUTS and
+    :func:`stenosis_grades`). Outcomes stay in
     ground_truth.csv only: the labels table carries the grade and nothing else.
     """
     summary = make_cohort(out_dir, n_patients=n_patients, seed=seed, xray_size=(64, 64), mri_size=mri_size,

@@ -412,6 +412,69 @@ def _levels_html(grader_oof: pd.DataFrame, summary: Mapping | None, n_patients: 
     return body
 
 
+def _pointing_html(loc: Mapping, level: str) -> str:
+    """The pointing game of ``eval.localisation.localisation_summary``: hit rate, positive-mass
+    fraction, chance, counts, and level by level."""
+    rows = [["pointing-game hit rate", _fmt_ci(loc.get("hit_rate"))],
+            ["positive-mass fraction in true level", _fmt_ci(loc.get("mean_fraction"))],
+            ["chance level (fraction of volume in true level)", fmt_value(loc.get("chance_hit_rate"))],
+            ["patients", fmt_value(loc.get("n"))],
+            ["excluded", fmt_value(loc.get("n_excluded"))]]
+    body = html_table(["measure", f"value ({level} CI)"], rows)
+    if loc.get("by_level"):
+        lrows = [[_e(lv), fmt_value(v["mean_mass_fraction"]), _e(v["n_true"]),
+                  fmt_value(v["hit_rate_true"]) if v["hit_rate_true"] is not None else "–"]
+                 for lv, v in loc["by_level"].items()]
+        body += ("<h3>Level by level</h3>"
+                 + html_table(["level", "mean share of positive attribution", "patients stenotic here",
+                               "pointing-game hit rate among them"], lrows, "metrics"))
+    return body
+
+
+def _mri_levels_html(summary: Mapping, level: str) -> str:
+    """The by-level MRI grader on this cohort (``workflow.stage_mri_levels``): the localiser's
+    error (held out in pretraining; on this cohort against a synthetic truth), per level the
+    predicted grade counts and the QWK against the true grade, and the pointing game of its
+    heat maps."""
+    from lumbarjax.schema import LEVELS
+    pre = summary.get("pretraining") or {}
+    body = ("<p>Every disc level is found by the localiser and graded on a crop of "
+            f"{_e(pre.get('crop_mm'))} mm around it by the pretrained encoder (one shared grader, "
+            "a bias per level). The pretraining cohort never includes a patient of this one.</p>")
+    err_rows = []
+    for name, e in (("pretraining, held-out patients", pre.get("localiser_val")),
+                    ("pretraining, mean-position baseline", pre.get("localiser_baseline_mean_position")),
+                    ("this cohort vs the ground truth", summary.get("localiser_error_mm"))):
+        if e:
+            per = e.get("per_level", {})
+            err_rows.append([_e(name), fmt_value(e.get("mean_mm")), fmt_value(e.get("within_10mm"))]
+                            + [fmt_value(per.get(lv, {}).get("mean_mm")) for lv in LEVELS])
+    if err_rows:
+        body += ("<h3>Localiser error (mm)</h3>"
+                 + html_table(["where", "mean", "within 10 mm"] + list(LEVELS), err_rows, "metrics"))
+    vs = summary.get("vs_truth") or {}
+    counts = summary.get("pred_grade_counts") or {}
+    grows = [[_e(lv), _e(", ".join(str(c) for c in counts.get(lv, []))),
+              _e(", ".join(str(c) for c in vs.get("per_level", {}).get(lv, {}).get("true_grade_counts", []))),
+              fmt_value(vs.get("per_level", {}).get(lv, {}).get("qwk"))] for lv in LEVELS]
+    body += ("<h3>Grades per level</h3>"
+             + html_table(["level", "predicted grade counts (0, 1, 2, …)", "true grade counts", "QWK vs truth"],
+                          grows, "metrics"))
+    if vs:
+        body += html_table(["measure", "value"], [
+            ["QWK over all levels vs truth", fmt_value(vs.get("qwk_all_levels"))],
+            ["QWK of the worst level vs truth", fmt_value(vs.get("qwk_worst_level"))],
+            ["pretraining validation QWK (all levels)", fmt_value(pre.get("val_qwk_all_levels"))]])
+    hm = summary.get("heatmaps") or {}
+    if hm:
+        body += (f"<h3>Heat maps of the level grades ({_e(hm.get('n'))} patients)</h3>"
+                 f"<p class=\"muted\">{_e(hm.get('definition', ''))}; completeness |Δ| median "
+                 f"{fmt_value(hm.get('completeness_abs_median'))}, max {fmt_value(hm.get('completeness_abs_max'))}.</p>")
+        if hm.get("hit_rate"):
+            body += _pointing_html(hm, level)
+    return body
+
+
 def _heatmap_gallery(heatmaps) -> tuple[str, list]:
     items = {"correct": [], "wrong": []}
     meta = []
@@ -653,25 +716,16 @@ def write_report(out_dir, *, title: str, cohort_summary: dict, grader_oof: pd.Da
     # -- localisation
     if localisation:
         metrics["localisation"] = localisation
-        rows = [["pointing-game hit rate", _fmt_ci(localisation.get("hit_rate"))],
-                ["positive-mass fraction in true level", _fmt_ci(localisation.get("mean_fraction"))],
-                ["chance level (fraction of volume in true level)",
-                 fmt_value(localisation.get("chance_hit_rate"))],
-                ["patients", fmt_value(localisation.get("n"))],
-                ["excluded", fmt_value(localisation.get("n_excluded"))]]
-        body = html_table(["measure", f"value ({level} CI)"], rows)
-        if localisation.get("by_level"):
-            lrows = [[_e(lv), fmt_value(v["mean_mass_fraction"]), _e(v["n_true"]),
-                      fmt_value(v["hit_rate_true"]) if v["hit_rate_true"] is not None else "–"]
-                     for lv, v in localisation["by_level"].items()]
-            body += ("<h3>Level by level</h3>"
-                     + html_table(["level", "mean share of positive attribution", "patients stenotic here",
-                                   "pointing-game hit rate among them"], lrows, "metrics"))
+        body = _pointing_html(localisation, level)
         if localisation.get("exclusions"):
             body += "<h3>Exclusions</h3>" + _generic(localisation["exclusions"])
         if localisation.get("per_patient"):
             body += "<h3>Per patient</h3>" + _generic(localisation["per_patient"])
         sections.append(("localisation", "Does the heat map point at the stenotic level?", body))
+
+    mri_levels = (extra or {}).get("mri_levels")
+    if mri_levels:
+        sections.append(("mri_levels", "The MRI level by level", _mri_levels_html(mri_levels, level)))
 
     # -- extra
     if extra:

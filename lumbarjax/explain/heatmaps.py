@@ -6,7 +6,8 @@ quadrature rule, steps, chunking, chunk loop); ``HeatmapCollector`` is the outco
 cross-validation's ``after_fold`` hook that attributes test-fold patients, saves them
 (``<patient_id>_ig.npz``) and draws the report's gallery; ``XrayHeatmapCollector`` is the
 grader's (the expected grade over the lateral film, ``<patient_id>_xray_ig.npz``), summarised
-level by level by ``eval.localisation.film_level_summary``.
+level by level by ``eval.localisation.film_level_summary``; ``level_heatmaps`` attributes the
+MRI level grader's summed grades (``LevelGradeFn``, ``<patient_id>_levels_ig.npz``).
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from lumbarjax.explain import ig_baselines
 from lumbarjax.explain.integrated_gradients import integrated_gradients
 from lumbarjax.models import ordinal
 
-__all__ = ["HeadFn", "ExpectedGradeFn", "ig_baseline", "attribute", "HeatmapCollector",
-           "XrayHeatmapCollector"]
+__all__ = ["HeadFn", "ExpectedGradeFn", "LevelGradeFn", "ig_baseline", "attribute", "HeatmapCollector",
+           "XrayHeatmapCollector", "level_heatmaps"]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -182,6 +183,43 @@ class ExpectedGradeFn:
         probs = probs_fn(self.model.apply(static["variables"], batch, train=False)["grade"])
         k = jnp.arange(probs.shape[-1], dtype=jnp.float32)
         return jnp.mean(jnp.sum(probs * k, axis=-1), axis=-1)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class LevelGradeFn:
+    """``(inputs, static) -> (B,)``: the MRI level grader's expected grades summed over the
+    levels (``models.level_stenosis``, CORN), for IG of the volume ``inputs["mri"]``; the level
+    centres ``static["mri_centres"]`` (B, L, 2) and ``static["variables"]`` are not attributed.
+    Each level's grade reads only its crop, so the attribution in a level's crop is that
+    level's share (completeness per crop). Hashed by identity."""
+    model: Any
+
+    def __call__(self, inputs, static):
+        logits = self.model.apply(static["variables"], {"mri": inputs["mri"], "mri_centres": static["mri_centres"]},
+                                  train=False)["grade"]
+        probs = ordinal.corn_probs(logits)
+        k = jnp.arange(probs.shape[-1], dtype=jnp.float32)
+        return jnp.sum(jnp.sum(probs * k, axis=-1), axis=-1)
+
+
+def level_heatmaps(config, model, variables, source, rows, cache, out_dir: str) -> list[dict]:
+    """IG (``config.explain``) of :class:`LevelGradeFn` for the examples ``rows`` of ``source``
+    (a ``CachedExamples`` whose examples carry ``mri_centres``); each saved as
+    ``<out_dir>/<patient_id>_levels_ig.npz`` (``attr`` (D, H, W), ``delta``, ``value``, ``base``)
+    and returned as a dict with the cache row's ``affine``."""
+    os.makedirs(out_dir, exist_ok=True)
+    fn, items = LevelGradeFn(model), []
+    for i in rows:
+        ex = source[int(i)]
+        r = attribute(fn, {"mri": jnp.asarray(ex["mri"])[None]},
+                      {"variables": variables, "mri_centres": jnp.asarray(ex["mri_centres"])[None]}, config.explain)
+        item = dict(patient_id=str(cache["patient_id"].iloc[int(i)]), attr=np.asarray(r["attrs"]["mri"])[0, ..., 0],
+                    delta=float(r["delta"][0]), value=float(r["value"][0]), base=float(r["base"][0]),
+                    affine=load_affine(cache.iloc[int(i)]))
+        items.append(item)
+        with atomic.atomic_path(os.path.join(out_dir, f"{item['patient_id']}_levels_ig.npz")) as tmp:
+            np.savez_compressed(tmp, **{k: np.asarray(v) for k, v in item.items()})
+    return items
 
 
 class XrayHeatmapCollector:

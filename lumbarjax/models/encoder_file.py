@@ -70,20 +70,27 @@ def model_card(*, encoder_kwargs: Mapping, preprocessing: Mapping, label_column:
     })
 
 
-def save_encoder_file(path: str, params, card: Mapping, head=None, *, fmt: str = FORMAT) -> tuple[str, str]:
+def save_encoder_file(path: str, params, card: Mapping, head=None, *, fmt: str = FORMAT,
+                      localiser=None) -> tuple[str, str]:
     """Write the encoder file and its readable card copy; returns (path, card_path).
 
     ``head``: the pretraining model's grading head (``StenosisGrader``'s ``ln`` and ``head``
-    parameters), stored beside the encoder so that the file can also grade stenosis — the
-    outcome model's MRI stage-1 scores (:func:`load_grading_head`). The card then says so."""
+    parameters; ``LevelStenosisGrader``'s also ``level_bias``), stored beside the encoder so
+    that the file can also grade stenosis — the outcome model's MRI stage-1 scores
+    (:func:`load_grading_head`). The card then says so. ``localiser``: the disc-level
+    localiser's parameters of a by-level file (``train.mri_levels``, :func:`load_localiser`;
+    its settings are the card's ``levels.localiser``)."""
     path = os.fspath(path)
     card = dict(card)
     if head is not None:
-        card["grading_head"] = {"layers": "LayerNorm 'ln' + Dense 'head' -> CORN logits (K-1)",
+        card["grading_head"] = {"layers": "LayerNorm 'ln' + Dense 'head' -> CORN logits (K-1)"
+                                          + (" + 'level_bias' per level" if "level_bias" in head else ""),
                                 "num_grades": card.get("labels", {}).get("num_grades")}
     blob = {"format": fmt, "card": json.dumps(_jsonable(card), sort_keys=True), "params": params}
     if head is not None:
         blob["head"] = head
+    if localiser is not None:
+        blob["localiser"] = localiser
     atomic.write_bytes(path, flax.serialization.msgpack_serialize(blob))
     card_path = card_path_for(path)
     atomic.write_json(card_path, _jsonable(card))
@@ -106,6 +113,11 @@ def load_grading_head(path: str):
     """The grading head's parameters (``{"ln": …, "head": …}``) stored with the encoder, or None
     for a file written without one (an older file, or a head that was not saved)."""
     return _load_blob(path).get("head")
+
+
+def load_localiser(path: str):
+    """The disc-level localiser's parameters stored with a by-level encoder, or None."""
+    return _load_blob(path).get("localiser")
 
 
 def _load_blob(path: str, fmt: str = FORMAT, what: str = "config.pretrain.encoder_file") -> dict:
@@ -152,5 +164,6 @@ def check_compatible(card: Mapping, *, encoder_kwargs: Mapping, preprocessing: M
                           f"mri.norm_percentiles={pct}, config has {mri.get('norm_percentiles')}")
 
 
-__all__ = ["FORMAT", "XRAY_FORMAT", "card_path_for", "check_compatible", "load_encoder_file", "load_grading_head", "model_card",
+__all__ = ["FORMAT", "XRAY_FORMAT", "card_path_for", "check_compatible", "load_encoder_file", "load_grading_head",
+           "load_localiser", "model_card",
            "save_encoder_file"]

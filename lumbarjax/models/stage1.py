@@ -11,7 +11,9 @@ stenosis grade become columns of the outcome records, without leakage.
   The level grades' cut points are fitted in the grader's training folds and the landmark
   models on a separate landmark cohort, so these columns are out of fold too.
 * MRI: CORN logits of the pretrained stenosis grader (lumbarjax.train.pretrain), which never saw
-  the outcome cohort, give ``mri_stenosis_expected`` and ``mri_stenosis_prob_k``.
+  the outcome cohort, give ``mri_stenosis_expected`` and ``mri_stenosis_prob_k``; a grader by
+  level (``pretrain.levels``) gives them for the worst level and, in full detail,
+  ``mri_stenosis_expected_<LEVEL>``.
 
 Patients without the modality get NaN: the linear models impute them with a missing indicator.
 :func:`check_fold_honest` verifies, from the folds' ``split.json`` files, that no patient's score
@@ -79,20 +81,37 @@ def xray_scores(grader_oof: pd.DataFrame, detail: str = "full") -> pd.DataFrame:
     return out
 
 
-def mri_scores(patient_ids: Sequence[str], corn_probs: np.ndarray, present: np.ndarray | None = None) -> pd.DataFrame:
+def mri_scores(patient_ids: Sequence[str], corn_probs: np.ndarray, present: np.ndarray | None = None,
+               detail: str = "summary") -> pd.DataFrame:
     """``patient_id, mri_stenosis_expected, mri_stenosis_prob_0 … _{K-1}`` from (N, K) class
     probabilities of the stenosis grade (``ordinal.corn_probs`` of the pretrained grader's
-    logits); rows with ``present`` False (no MRI) are NaN."""
+    logits); rows with ``present`` False (no MRI) are NaN.
+
+    By level, (N, L, K) probabilities (``train.mri_levels.level_probs``): the summary columns are
+    those of the worst level (the highest expected grade), and ``detail="full"`` adds
+    ``mri_stenosis_expected_<LEVEL>`` for every level."""
+    if detail not in ("full", "summary"):
+        raise CohortError(f"stage-1 MRI scores: detail must be 'full' or 'summary', got {detail!r}")
     p = np.asarray(corn_probs, float)
-    if p.ndim != 2 or p.shape[0] != len(patient_ids):
-        raise CohortError(f"MRI stenosis probabilities: shape {p.shape}, expected ({len(patient_ids)}, K)")
+    if p.ndim not in (2, 3) or p.shape[0] != len(patient_ids) or (p.ndim == 3 and p.shape[1] != len(LEVELS)):
+        raise CohortError(f"MRI stenosis probabilities: shape {p.shape}, expected ({len(patient_ids)}, K) "
+                          f"or ({len(patient_ids)}, {len(LEVELS)}, K)")
     p = p.copy()
     if present is not None:
         p[~np.asarray(present, bool)] = np.nan
+    grades = np.arange(p.shape[-1], dtype=float)
+    per_level = None
+    if p.ndim == 3:
+        per_level = p @ grades                                        # (N, L) expected grade per level
+        worst = np.argmax(np.nan_to_num(per_level, nan=-1.0), axis=1)
+        p = p[np.arange(len(p)), worst]
     out = pd.DataFrame({"patient_id": [str(x) for x in patient_ids],
-                        "mri_stenosis_expected": p @ np.arange(p.shape[1], dtype=float)})
+                        "mri_stenosis_expected": p @ grades})
     for k in range(p.shape[1]):
         out[f"mri_stenosis_prob_{k}"] = p[:, k]
+    if per_level is not None and detail == "full":
+        for j, lv in enumerate(LEVELS):
+            out[f"mri_stenosis_expected_{lv}"] = per_level[:, j]
     return out
 
 

@@ -35,6 +35,8 @@ from lumbarjax.data.public.pretraining import label_names
 from lumbarjax.errors import CohortError, ConfigError
 from lumbarjax.models import encoder_file
 from lumbarjax.models.fusion import build_outcome_model
+from lumbarjax.schema import LEVELS
+from lumbarjax.train import mri_levels
 from lumbarjax.train.loop import predict, train_and_evaluate
 from lumbarjax.train.tasks import TASKS
 
@@ -56,7 +58,8 @@ def _signature(config) -> dict:
     return {"encoder": encoder_kwargs(config), "mri": {"spacing": list(config.mri.spacing),
                                                       "shape": list(config.mri.shape)},
             "seed": int(config.seed), "label_column": p.label_column, "num_grades": int(p.num_grades),
-            "train": p.train.to_dict(), "optim": p.optim.to_dict(), "augment": config.outcome.augment.to_dict()}
+            "train": p.train.to_dict(), "optim": p.optim.to_dict(), "augment": config.outcome.augment.to_dict(),
+            **({"levels": p.levels.to_dict()} if p.levels.enabled else {})}
 
 
 def load_encoder(workdir: str):
@@ -84,8 +87,11 @@ def load_pretrained(config, path: str):
 
 
 def pretrain_encoder(config, workdir: str, records: pd.DataFrame, cache: pd.DataFrame, *,
-                     training_data: Mapping | None = None):
-    """Train ``StenosisGrader`` on ``records[config.pretrain.label_column]``; save and return the encoder.
+                     training_data: Mapping | None = None, centres_mm: Mapping | None = None):
+    """Train ``StenosisGrader`` on ``records[config.pretrain.label_column]`` — or, with
+    ``pretrain.levels.enabled``, ``LevelStenosisGrader`` on ``<label_column>_<LEVEL>`` at the
+    disc-level centres ``centres_mm`` plus the level localiser (``train.mri_levels``); save and
+    return the encoder.
 
     Args:
       config: the experiment ConfigDict (reads ``pretrain.*``, ``outcome.model.mri``,
@@ -95,6 +101,8 @@ def pretrain_encoder(config, workdir: str, records: pd.DataFrame, cache: pd.Data
         is loaded instead of retrained.
       records / cache: the pretraining cohort (``workflow.stage_cohort``), aligned by row.
       training_data: what the model card says about the data (format, counts; no patient ids).
+      centres_mm: by level only: ``patient_id`` -> (L, 3) LPS mm disc-level centres (NaN where
+        unknown; a level without a centre is left out of the loss, and counted).
 
     Returns:
       ``(encoder_params, summary)``; summary has the patient counts and the validation QWK.
@@ -109,8 +117,24 @@ def pretrain_encoder(config, workdir: str, records: pd.DataFrame, cache: pd.Data
             return params, summary
     task = TASKS["pretrain"]
     col, k = pc.label_column, int(pc.num_grades)
+    by_level = task.by_level(pc)
     ok, labels, _ = task.labels(records, cache, pc)
     ok = ok & ~cache["excluded"].to_numpy(bool)
+    extras, levels_info = {}, {}
+    if by_level:
+        if not centres_mm:
+            raise ConfigError("config.pretrain.levels.enabled: the pretraining cohort has no disc-level "
+                              "centres (RSNA 2024 coordinates, SPIDER masks or a synthetic ground truth)")
+        centres = mri_levels.centres_px(cache, centres_mm)              # (N, L, 2)
+        graded = np.isfinite(labels["grade"])
+        placed = np.isfinite(centres).all(axis=-1)
+        levels_info["graded_levels_without_centre"] = int((graded & ~placed & ok[:, None]).sum())
+        if levels_info["graded_levels_without_centre"]:
+            logging.warning("pretrain: %d graded levels have no centre and are not used",
+                            levels_info["graded_levels_without_centre"])
+        labels = {"grade": np.where(placed, labels["grade"], np.nan)}
+        ok = ok & np.isfinite(labels["grade"]).any(axis=1)
+        extras["mri_centres"] = np.nan_to_num(centres[ok]).astype(np.float32)
     n_skipped = int((~ok).sum())
     if n_skipped:
         logging.warning("pretrain: %d of %d patients have no MRI or no %s and are not used",
@@ -121,12 +145,15 @@ def pretrain_encoder(config, workdir: str, records: pd.DataFrame, cache: pd.Data
         raise CohortError(f"pretrain: only {len(recs)} patients with an MRI and a {col}; need >= 10")
     grades = labels["grade"]
     labels = {"grade": grades[ok]}
-    folds = make_folds(recs.assign(**{col: grades[ok]}), k=5, seed=int(config.seed), stratify_on=col)
+    worst = np.nanmax(grades[ok], axis=1) if by_level else grades[ok]   # stratify on the worst level
+    folds = make_folds(recs.assign(**{col: worst}), k=5, seed=int(config.seed), stratify_on=col)
     train_idx, val_idx = np.flatnonzero(folds != 0), np.flatnonzero(folds == 0)
 
-    model = task.build_model(pc, encoder=encoder_kwargs(config))
+    rows = mri_levels.crop_rows(config) if by_level else None
+    model = task.build_model(pc, encoder=encoder_kwargs(config), crop_rows=rows)
     d, h, w = config.mri.shape
-    source = CachedExamples(cache, {"labels": labels}, mri_shape=(d, h, w), xray_shape=tuple(config.xray.shape))
+    source = CachedExamples(cache, {"labels": labels, **extras}, mri_shape=(d, h, w),
+                            xray_shape=tuple(config.xray.shape))
     run_cfg = ml_collections.ConfigDict(dict(seed=int(config.seed), train=pc.train.to_dict(),
                                              optim=pc.optim.to_dict(), augment=config.outcome.augment.to_dict()))
     bs = int(pc.train.batch_size)
@@ -138,8 +165,9 @@ def pretrain_encoder(config, workdir: str, records: pd.DataFrame, cache: pd.Data
         cols = task.decode({"grade": np.asarray(out["grade"])[order]}, pc)
         return task.selection_metric(cols, {"grade": labels["grade"][val_idx]}, pc)
 
-    logging.info("pretrain: %d train, %d validation patients, grades %s", len(train_idx), len(val_idx),
-                 np.bincount(labels["grade"].astype(int), minlength=k).tolist())
+    counts = np.bincount(labels["grade"][np.isfinite(labels["grade"])].astype(int), minlength=k).tolist()
+    logging.info("pretrain: %d train, %d validation patients, grades %s%s", len(train_idx), len(val_idx),
+                 counts, " (over all graded levels)" if by_level else "")
     result = train_and_evaluate(run_cfg, workdir, model=model, loss_fn=task.loss(pc),
                                 train_source=Subset(source, train_idx), eval_fn=eval_fn,
                                 row_ids=recs["patient_id"].to_numpy())
@@ -149,8 +177,19 @@ def pretrain_encoder(config, workdir: str, records: pd.DataFrame, cache: pd.Data
     summary = {"patients_train": int(len(train_idx)), "patients_val": int(len(val_idx)),
                "patients_not_used": n_skipped, "best_step": int(result["best"]["step"] or 0),
                "val_qwk": float((result["best"]["metrics"] or {}).get("qwk", float("nan"))),
-               "grade_counts": np.bincount(labels["grade"].astype(int), minlength=k).tolist(),
-               "signature": sig}
+               "grade_counts": counts, "signature": sig}
+    localiser = None
+    if by_level:
+        # the localiser learns from the training patients only: its held-out error is on the
+        # same validation patients as the grade's
+        localiser, loc_card = mri_levels.train_level_localiser(config, cache.iloc[train_idx], centres_mm)
+        levels_info.update(crop_mm=float(pc.levels.crop_mm), crop_rows=int(rows), localiser=loc_card,
+                           levels=list(LEVELS))
+        val_err = mri_levels.localiser_error(localiser, loc_card, cache.iloc[val_idx], centres_mm)
+        levels_info["localiser"]["val"] = val_err
+        summary["levels"] = {k_: v for k_, v in levels_info.items() if k_ != "localiser"}
+        summary["levels"]["localiser_val"] = val_err
+        summary["levels"]["localiser_baseline_mean_position"] = loc_card["baseline_mean_position"]
     data = {"patients_train": summary["patients_train"], "patients_val": summary["patients_val"],
             "grade_counts": summary["grade_counts"], **dict(training_data or {"format": "lumbarjax"})}
     card = encoder_file.model_card(
@@ -158,7 +197,10 @@ def pretrain_encoder(config, workdir: str, records: pd.DataFrame, cache: pd.Data
         label_names=label_names(col, k), training_data=data,
         validation={"qwk": summary["val_qwk"], "best_step": summary["best_step"],
                     "patients": summary["patients_val"]})
-    encoder_file.save_encoder_file(os.path.join(workdir, ENCODER_FILE), params, card, head=head)
+    if by_level:
+        card["levels"] = levels_info
+    encoder_file.save_encoder_file(os.path.join(workdir, ENCODER_FILE), params, card, head=head,
+                                   localiser=localiser)
     atomic.write_json(summary_path, summary, indent=1, sort_keys=False)  # last: marks the encoder complete
     return params, summary
 
@@ -173,6 +215,7 @@ def stenosis_probs(config, path: str, cache: pd.DataFrame, *, batch_size: int = 
     """(N, K) stenosis-grade probabilities of every patient of ``cache`` (a preprocess cache
     table) from the pretrained grader in the encoder file ``path`` (encoder + its grading head,
     CORN decoding), NaN rows where a patient has no MRI; None when the file holds no head.
+    (N, L, K) per level from a by-level file (``train.mri_levels.level_probs``).
 
     The pretraining patients are never the outcome patients (``workflow.stage_pretrain``
     checks), so these scores are out of sample for every outcome patient and fold."""
@@ -182,6 +225,8 @@ def stenosis_probs(config, path: str, cache: pd.DataFrame, *, batch_size: int = 
     if head is None:
         return None
     params, card = encoder_file.load_encoder_file(path)
+    if card.get("levels"):
+        return mri_levels.level_probs(config, path, cache, batch_size=batch_size)[0]
     k = int(card.get("labels", {}).get("num_grades") or config.pretrain.num_grades)
     model = TASKS["pretrain"].build_model(ml_collections.ConfigDict({"num_grades": k}),
                                           encoder=encoder_kwargs(config))

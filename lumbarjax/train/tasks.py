@@ -33,6 +33,7 @@ from lumbarjax.models import ordinal
 from lumbarjax.models.fusion import (ClinicalEncoder, build_grader, build_outcome_model,
                                      outcome_loss, positive_class_weights)
 from lumbarjax.models.encoder3d import StenosisGrader
+from lumbarjax.models.level_stenosis import LevelStenosisGrader
 from lumbarjax.models.resnet2d import grader_loss
 from lumbarjax.train import clinical_offset
 from lumbarjax.schema import LEVELS
@@ -236,25 +237,48 @@ class OutcomeTask:
 class PretrainTask:
     """Sagittal MRI -> ordinal stenosis grade (CORN) of a separate graded cohort: pretrains the
     outcome model's MRI encoder (``train.pretrain``). Reads ``config.pretrain`` for the labels
-    and ``config.outcome.model.mri`` for the encoder, so the parameters drop in."""
+    and ``config.outcome.model.mri`` for the encoder, so the parameters drop in. With
+    ``pretrain.levels.enabled`` one grade per disc level, each read on a crop around the level
+    (``models.level_stenosis``; the batch then carries ``mri_centres``)."""
     name = "pretrain"
     has_features = False
     head = "corn"
 
+    @staticmethod
+    def by_level(task_cfg) -> bool:
+        """Whether the grade is read level by level (``config.pretrain.levels.enabled``)."""
+        return bool(task_cfg.get("levels") and task_cfg.levels.enabled)
+
+    def label_columns(self, task_cfg) -> list[str]:
+        """``[label_column]``, or ``<label_column>_<LEVEL>`` per level when graded by level."""
+        col = task_cfg.label_column
+        return [f"{col}_{lv}" for lv in LEVELS] if self.by_level(task_cfg) else [col]
+
     def labels(self, records, cache, task_cfg):
-        col, k = task_cfg.label_column, int(task_cfg.num_grades)
-        if col not in records.columns:
-            raise CohortError(f"pretrain: the labels table has no column {col!r} "
-                              f"(config.pretrain.label_column); columns: {sorted(records.columns)}")
-        grades = pd.to_numeric(records[col], errors="coerce").to_numpy(float)
+        cols, k = self.label_columns(task_cfg), int(task_cfg.num_grades)
+        missing = [c for c in cols if c not in records.columns]
+        if missing:
+            raise CohortError(f"pretrain: the labels table has no column(s) {missing} "
+                              f"(config.pretrain.label_column{', levels' if len(cols) > 1 else ''}); "
+                              f"columns: {sorted(records.columns)}")
+        grades = np.stack([pd.to_numeric(records[c], errors="coerce").to_numpy(float) for c in cols], axis=1)
         bad = np.isfinite(grades) & ((grades < 0) | (grades > k - 1) | (grades != np.round(grades)))
         if bad.any():
-            ids = records["patient_id"].to_numpy()[bad][:5].tolist()
-            raise CohortError(f"pretrain: {col} must be an integer grade 0..{k - 1}; bad values for {ids}")
-        ok = np.isfinite(grades) & _has(cache, "mri_file")
-        return ok, {"grade": grades}, ("grade",)
+            r, j = np.argwhere(bad)[0]
+            ids = records["patient_id"].to_numpy()[bad.any(axis=1)][:5].tolist()
+            raise CohortError(f"pretrain: {cols[j]} must be an integer grade 0..{k - 1} "
+                              f"(got {grades[r, j]!r}); bad values for {ids}")
+        ok = np.isfinite(grades).any(axis=1) & _has(cache, "mri_file")
+        return ok, {"grade": grades if len(cols) > 1 else grades[:, 0]}, ("grade",)
 
-    def build_model(self, task_cfg, clinical_only: bool = False, *, encoder=None):
+    def build_model(self, task_cfg, clinical_only: bool = False, *, encoder=None, crop_rows: int | None = None):
+        """``StenosisGrader`` (one grade per volume), or ``LevelStenosisGrader`` (one per level,
+        on crops of ``crop_rows`` rows) when graded by level."""
+        if self.by_level(task_cfg):
+            if not crop_rows:
+                raise ConfigError("pretrain.levels: the level grader needs its crop height (crop_rows)")
+            return LevelStenosisGrader(mri=FrozenDict(encoder), num_grades=int(task_cfg.num_grades),
+                                       crop_rows=int(crop_rows))
         return StenosisGrader(mri=FrozenDict(encoder), num_grades=int(task_cfg.num_grades))
 
     def loss(self, task_cfg, train_labels=None, train_masks=None):
@@ -264,9 +288,13 @@ class PretrainTask:
         return _ordinal_columns(outputs["grade"], self.head)
 
     def selection_metric(self, cols: Mapping, labels: Mapping, task_cfg) -> dict:
-        k = int(task_cfg.num_grades)  # every pretraining label is finite (see ``labels``)
-        y = np.asarray(labels["grade"]).astype(int)
-        return {"qwk": float(metrics_lib.qwk(y, np.asarray(cols["pred_grade"]).astype(int), k))}
+        k = int(task_cfg.num_grades)
+        y = np.asarray(labels["grade"], float)
+        if y.ndim == 2:  # by level: QWK over every graded (patient, level)
+            pred = np.stack([np.asarray(cols[f"pred_grade_{lv}"], float) for lv in LEVELS], axis=1)
+            keep = np.isfinite(y)
+            return {"qwk": float(metrics_lib.qwk(y[keep].astype(int), pred[keep].astype(int), k))}
+        return {"qwk": float(metrics_lib.qwk(y.astype(int), np.asarray(cols["pred_grade"]).astype(int), k))}
 
 
 TASKS = {"grader": GraderTask(), "outcome": OutcomeTask(), "pretrain": PretrainTask()}

@@ -25,6 +25,8 @@ import numpy as np
 
 from lumbarjax import atomic
 from lumbarjax.errors import ConfigError
+from lumbarjax.schema import LEVELS
+from lumbarjax.train.localise import centres_from_rsna, centres_from_spider
 
 FORMATS = ("lumbarjax", "rsna2024", "spider")
 LABEL_NAMES = {"stenosis_grade": ("normal/mild", "moderate", "severe"),
@@ -34,9 +36,12 @@ LABEL_NAMES = {"stenosis_grade": ("normal/mild", "moderate", "severe"),
 
 def pretraining_inputs(pc, root: str, out_dir: str, *, seed: int, num_workers: int = 0):
     """For ``pc = config.pretrain``: None for ``format="lumbarjax"``, else
-    ``(manifest, labels_csv, description)`` — the manifest (``attrs["root"]`` = ``root``), the
-    labels table written to ``out_dir`` (``patient_id`` + the label column), and a description
-    of the training data for the model card (format, folder name, counts; no patient ids).
+    ``(manifest, labels_csv, description, centres)`` — the manifest (``attrs["root"]`` =
+    ``root``), the labels table written to ``out_dir`` (``patient_id``, the label column and its
+    per-level columns ``<label>_<LEVEL>``, grades 0..K-1), a description of the training data
+    for the model card (format, folder name, counts; no patient ids), and the disc-level
+    centres (``patient_id`` -> (L, 3) LPS mm, NaN where unknown: RSNA canal coordinates, SPIDER
+    disc-mask centres) for ``pretrain.levels``.
 
     The reader's tables (manifest, per-level labels, coordinates / centres, exclusions) are
     written to ``<out_dir>/<format>/`` for inspection.
@@ -61,14 +66,19 @@ def pretraining_inputs(pc, root: str, out_dir: str, *, seed: int, num_workers: i
         data = rsna2024.read_rsna2024(root)
         labels = rsna2024.level_grades(data.labels)
         label_col = "stenosis_grade"
+        for lv in LEVELS:  # the per-level labels of pretrain.levels, under the label's own name
+            labels[f"{label_col}_{lv}"] = labels[f"spinal_canal_stenosis_{lv}"]
+        centres = centres_from_rsna(data.coordinates)
     else:
         from lumbarjax.data.public import spider
 
         data = spider.read_spider(root)
-        wide = spider.level_labels(data.gradings)
-        worst = wide.drop(columns="patient_id").max(axis=1, skipna=True)
-        labels = wide.assign(pfirrmann_grade=worst - 1)
+        wide = spider.level_labels(data.gradings)       # pfirrmann_grade_<LEVEL>, Pfirrmann 1..5
         label_col = "pfirrmann_grade"
+        level_cols = [f"{label_col}_{lv}" for lv in LEVELS]
+        labels = wide.assign(**{c: wide[c] - 1 for c in level_cols})   # grades 0..4, as the label
+        labels[label_col] = labels[level_cols].max(axis=1, skipna=True)
+        centres = centres_from_spider(data.centres)
     if pc.label_column != label_col:
         raise ConfigError(f"config.pretrain.label_column={pc.label_column!r}: the {fmt} reader "
                           f"provides {label_col!r}")
@@ -81,7 +91,7 @@ def pretraining_inputs(pc, root: str, out_dir: str, *, seed: int, num_workers: i
                    "label": label_col,
                    "grade_counts": np.bincount(grades, minlength=int(pc.num_grades)).tolist(),
                    "reader_counts": data.counts}
-    return data.manifest, labels_csv, description
+    return data.manifest, labels_csv, description, centres
 
 
 def label_names(label_column: str, num_grades: int) -> tuple[str, ...]:

@@ -13,10 +13,11 @@ downloaded Kaggle data (so the demo walks the real path), and by the tests' fixt
   train_label_coordinates.csv and train_series_descriptions.csv.
 - :func:`write_synthetic_pretraining` — the demo's synthetic pretraining cohort
   (``synthetic.make_pretraining_cohort``) in this layout: each patient's sagittal T2 as the
-  study's "Sagittal T2/STIR" series, ``spinal_canal_stenosis_<level>`` = the reader-style grade
-  of today's labels table at the primary stenosis level and Normal/Mild elsewhere (so the worst
-  level is exactly today's ``stenosis_grade``), canal coordinates from the synthetic disc
-  centres, plus ``ground_truth.csv`` keyed by study_id (not part of the published layout).
+  study's "Sagittal T2/STIR" series, ``spinal_canal_stenosis_<level>`` = the labels table's
+  ``stenosis_grade_<level>`` (``synthetic.stenosis_grades``: the reader-style grade at the
+  primary stenosis, the milder secondary one's noise-free grade, Normal/Mild elsewhere),
+  canal coordinates from the synthetic disc centres, plus ``ground_truth.csv`` keyed by
+  study_id (not part of the published layout).
 """
 
 from __future__ import annotations
@@ -61,22 +62,30 @@ LEVEL_NAMES = {lv: name for name, lv in zip(("L1/L2", "L2/L3", "L3/L4", "L4/L5",
 CONDITION_NAMES = {c: c.replace("_", " ").title() for c in CONDITIONS}
 
 
-def rsna_dataset(src: Dataset, study_id, series_id, instance_number: int) -> Dataset:
-    """A copy of MR slice ``src`` with RSNA 2024-style identifiers and nothing else identifying."""
+def deidentified_copy(src: Dataset, keep: Sequence[str], *, patient_id: str, study_uid: str,
+                      series_uid: str, sop_uid: str) -> Dataset:
+    """A new dataset with only the attributes ``keep`` of ``src`` (geometry, acquisition, pixels)
+    and the given identifiers, with its file meta: how the public sets' files are de-identified
+    (RSNA 2024, VinDr-SpineXR)."""
     ds = Dataset()
-    for key in KEEP:
+    for key in keep:
         if key in src:
             ds[key] = src[key]
-    ds.PatientID = str(study_id)
-    ds.StudyInstanceUID = str(study_id)
-    ds.SeriesInstanceUID = str(series_id)
-    ds.InstanceNumber = int(instance_number)
-    ds.SOPInstanceUID = f"{study_id}.{series_id}.{int(instance_number)}"
+    ds.PatientID = str(patient_id)
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = str(study_uid), str(series_uid), str(sop_uid)
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta = meta
+    return ds
+
+
+def rsna_dataset(src: Dataset, study_id, series_id, instance_number: int) -> Dataset:
+    """A copy of MR slice ``src`` with RSNA 2024-style identifiers and nothing else identifying."""
+    ds = deidentified_copy(src, KEEP, patient_id=str(study_id), study_uid=str(study_id), series_uid=str(series_id),
+                           sop_uid=f"{study_id}.{series_id}.{int(instance_number)}")
+    ds.InstanceNumber = int(instance_number)
     return ds
 
 
@@ -148,14 +157,13 @@ def _rsna_study(job) -> tuple[dict, list, dict, dict]:
     """One synthetic patient as an RSNA study: its sagittal T2 re-written under
     ``train_images/``, and its rows of train.csv, train_label_coordinates.csv,
     train_series_descriptions.csv and ground_truth.csv. ``job`` =
-    ``(out_dir, patient_id, grade, source files, ground-truth row)``; depends on nothing else."""
-    out_dir, pid, grade, sources, tr = job
+    ``(out_dir, patient_id, {level: grade}, source files, ground-truth row)``; depends on
+    nothing else."""
+    out_dir, pid, grades, sources, tr = job
     n = int(pid[2:])
     study_id, series_id = STUDY_ID_BASE + n, SERIES_ID_BASE + n
     write_series(out_dir, study_id, series_id, sources)
-    g = {"study_id": study_id}
-    for lv in LEVELS:
-        g[f"spinal_canal_stenosis_{lv}"] = grade if lv == tr["stenosis_level"] else 0
+    g = {"study_id": study_id, **{f"spinal_canal_stenosis_{lv}": grades[lv] for lv in LEVELS}}
     placed = index_study(out_dir, str(study_id), [(str(series_id), T2_SAG)])
     if placed["t2"] is None:
         raise CohortError(f"synthetic study {study_id} ({pid}): re-written series unusable: "
@@ -191,7 +199,7 @@ def write_synthetic_pretraining(out_dir, n_patients: int = 240, seed: int = 1, *
 
     out_dir = os.fspath(out_dir)
     info = {"writer": "write_synthetic_pretraining", "n_patients": int(n_patients), "seed": int(seed),
-            "mri_size": [int(v) for v in mri_size]}
+            "mri_size": [int(v) for v in mri_size], "level_grades": 2}  # 2: the secondary stenosis graded
     if atomic.is_complete(out_dir, info):
         return {"out_dir": out_dir, "reused": True}
     src = os.path.join(out_dir, ".source")
@@ -211,7 +219,8 @@ def write_synthetic_pretraining(out_dir, n_patients: int = 240, seed: int = 1, *
     for pid in sorted(t2.index):
         grade = labels.loc[pid, "stenosis_grade"] if pid in labels.index else np.nan
         if np.isfinite(grade):
-            jobs.append((out_dir, pid, int(grade), resolve_paths(t2.loc[pid], summary["export_dir"]),
+            per_level = {lv: int(labels.loc[pid, f"stenosis_grade_{lv}"]) for lv in LEVELS}
+            jobs.append((out_dir, pid, per_level, resolve_paths(t2.loc[pid], summary["export_dir"]),
                          truth.loc[pid].to_dict()))
     grades, coords, series, gt_rows = [], [], [], []
     for g, c, sr, gt in process_map(_rsna_study, jobs, num_workers, min_jobs=MIN_STUDIES_FOR_WORKERS, chunksize=4):
@@ -226,4 +235,4 @@ def write_synthetic_pretraining(out_dir, n_patients: int = 240, seed: int = 1, *
     return {"out_dir": out_dir, "reused": False, "n_studies": len(grades), **paths}
 
 
-__all__ = ["KEEP", "rsna_dataset", "write_series", "write_synthetic_pretraining", "write_tables"]
+__all__ = ["KEEP", "deidentified_copy", "rsna_dataset", "write_series", "write_synthetic_pretraining", "write_tables"]

@@ -27,10 +27,10 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 import pydicom
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.dataset import Dataset
 
 from lumbarjax import atomic
+from lumbarjax.data.public.rsna_layout import deidentified_copy
 from lumbarjax.errors import ConfigError
 from lumbarjax.schema import LEVELS
 from lumbarjax.workers import process_map
@@ -50,19 +50,8 @@ def image_id(seed: int, patient_id: str) -> str:
 
 def vindr_dataset(src: Dataset, image_id_: str) -> Dataset:
     """A copy of film ``src`` with the image id as its only identifier."""
-    ds = Dataset()
-    for key in KEEP:
-        if key in src:
-            ds[key] = src[key]
-    ds.PatientID = image_id_
     uid = "2.25." + str(int(image_id_, 16))
-    ds.StudyInstanceUID = ds.SeriesInstanceUID = ds.SOPInstanceUID = uid
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta = meta
-    return ds
+    return deidentified_copy(src, KEEP, patient_id=image_id_, study_uid=uid, series_uid=uid, sop_uid=uid)
 
 
 def _film(job) -> tuple[list[dict], dict]:

@@ -1,0 +1,195 @@
+"""The MRI level by level: disc-level centres in each cached volume, the disc-level localiser
+that finds them on a new cohort, and the per-level stenosis grades of an encoder file.
+
+With ``config.pretrain.levels.enabled`` the pretraining (``train.pretrain``) grades every disc
+level on a crop around it (``models.level_stenosis``). The centres of the pretraining cohort
+come from its reader (RSNA 2024 canal coordinates, SPIDER disc-mask centres, the synthetic
+ground truth); the outcome cohort has none, so the pretraining also trains a
+``LevelLocaliser`` (``train.localise``) on the same patients, and the encoder file carries it:
+``{"localiser": params}`` beside the encoder and the per-level head, its settings and held-out
+error in the card's ``levels`` entry. :func:`level_probs` runs localiser + level grader on any
+cohort.
+
+Units: centres are (row, col) pixels of the preprocessed volume (D, H, W) — row along the
+spine (superior -> inferior), col anterior -> posterior; errors in mm.
+"""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pandas as pd
+
+from lumbarjax.errors import CohortError, ConfigError
+from lumbarjax.models import encoder_file
+from lumbarjax.models.level_stenosis import crop_rows_for
+from lumbarjax.models.localiser import LevelLocaliser
+from lumbarjax.models.ordinal import corn_probs
+from lumbarjax.schema import LEVELS
+from lumbarjax.train import localise
+
+
+def crop_rows(config) -> int:
+    """Crop height in rows for ``config.pretrain.levels.crop_mm`` at ``config.mri.spacing``."""
+    return crop_rows_for(float(config.mri.spacing[1]), float(config.pretrain.levels.crop_mm))
+
+
+def centres_px(cache: pd.DataFrame, centres_mm: dict) -> np.ndarray:
+    """(N, L, 2) (row, col) pixels of every cache row's level centres (LPS mm, ``patient_id`` ->
+    (L, 3)) in that row's cached grid; NaN where a patient or level has no centre or no MRI."""
+    out = np.full((len(cache), len(LEVELS), 2), np.nan)
+    for i, r in enumerate(cache.itertuples()):
+        c = centres_mm.get(str(r.patient_id))
+        if c is None or not isinstance(r.mri_file, str) or not r.mri_file or not r.mri_affine:
+            continue
+        c = np.asarray(c, float)
+        affine = np.asarray(json.loads(r.mri_affine), float)
+        vox = (np.linalg.inv(affine) @ np.c_[np.nan_to_num(c), np.ones(len(c))].T).T[:, :3]
+        ok = np.isfinite(c).all(axis=1)
+        out[i, ok] = vox[ok, 1:3]
+    return out
+
+
+def train_level_localiser(config, cache: pd.DataFrame, centres_mm: dict):
+    """Train the disc-level localiser on ``cache``'s patients with centres
+    (``pretrain.levels.localiser`` settings, ``config.seed``). Returns ``(params, card)``; the
+    card holds the settings and the held-out error (mm) beside the mean-position baseline."""
+    lc = config.pretrain.levels.localiser
+    images, targets, mask, spacing, ids = localise.localiser_data(cache, centres_mm, n_slices=int(lc.slices))
+    variables, report = localise.train_localiser(
+        images, targets, mask, spacing, steps=int(lc.steps), batch_size=int(lc.batch_size),
+        lr=float(lc.lr), width=int(lc.width), seed=int(config.seed))
+    card = {"model": {"num_levels": len(LEVELS), "width": int(lc.width)}, "slices": int(lc.slices),
+            "spacing_mm": [float(s) for s in spacing], "patients": len(ids), **report}
+    return jax.device_get(variables["params"]), card
+
+
+def predict_centres(params, card: dict, cache: pd.DataFrame, *, batch_size: int = 32) -> np.ndarray:
+    """(N, L, 2) centres predicted by a saved localiser for every cache row (NaN without MRI)."""
+    model = LevelLocaliser(**card["model"])
+    apply = jax.jit(lambda p, x: model.apply({"params": p}, x)["centres"])
+    out = np.full((len(cache), len(LEVELS), 2), np.nan)
+    rows = [i for i, f in enumerate(cache["mri_file"]) if isinstance(f, str) and f
+            and not bool(cache["excluded"].iloc[i])]
+    for s in range(0, len(rows), batch_size):
+        idx = rows[s:s + batch_size]
+        x = np.stack([localise.slab(np.load(cache["mri_file"].iloc[i]), int(card["slices"])) for i in idx])
+        out[idx] = np.asarray(apply(params, jnp.asarray(x)))
+    return out
+
+
+def localiser_error(params, card: dict, cache: pd.DataFrame, centres_mm: dict) -> dict:
+    """The localiser's in-plane error (mm; mean, median, within 10 mm, per level) on ``cache``'s
+    patients against their known centres."""
+    truth = centres_px(cache, centres_mm)
+    pred = predict_centres(params, card, cache)
+    mask = (np.isfinite(truth).all(-1) & np.isfinite(pred).all(-1)).astype(float)
+    if not mask.any():
+        raise CohortError("localiser error: no patient has both a predicted and a known centre")
+    return localise.summarise(localise.errors_mm(np.nan_to_num(pred), np.nan_to_num(truth), mask,
+                                                 card["spacing_mm"]))
+
+
+def level_grader(config, path: str):
+    """``(model, variables, localiser params, card)`` of a by-level encoder file: the
+    ``LevelStenosisGrader`` (encoder + per-level head) and the localiser that places its levels."""
+    from lumbarjax.train.pretrain import encoder_kwargs
+    from lumbarjax.train.tasks import TASKS
+
+    params, card = encoder_file.load_encoder_file(path)
+    lv = card.get("levels")
+    loc = encoder_file.load_localiser(path)
+    if not lv or loc is None:
+        raise ConfigError(f"{path}: not a by-level encoder file (no 'levels' card entry or localiser)")
+    head = encoder_file.load_grading_head(path)
+    pc = ml_collections.ConfigDict({"num_grades": int(card["labels"]["num_grades"]), "levels": {"enabled": True}})
+    model = TASKS["pretrain"].build_model(pc, encoder=encoder_kwargs(config), crop_rows=int(lv["crop_rows"]))
+    return model, {"params": {**head, "mri_encoder": params}}, loc, card
+
+
+def level_source(config, cache: pd.DataFrame, centres: np.ndarray):
+    """A ``CachedExamples`` of ``cache`` whose examples carry their ``mri_centres`` (L, 2)."""
+    from lumbarjax.data.pipeline import CachedExamples
+    d, h, w = config.mri.shape
+    return CachedExamples(cache, {"mri_centres": np.nan_to_num(centres).astype(np.float32)},
+                          mri_shape=(d, h, w), xray_shape=tuple(config.xray.shape))
+
+
+def level_probs(config, path: str, cache: pd.DataFrame, *, batch_size: int = 16):
+    """Per-level stenosis-grade probabilities of every cache row from a by-level encoder file:
+    the file's localiser places the levels, its level grader grades them. Returns
+    ``(probs (N, L, K), centres (N, L, 2) px)``, NaN rows where a patient has no MRI."""
+    from lumbarjax.data.pipeline import make_loader
+
+    model, variables, loc, card = level_grader(config, path)
+    centres = predict_centres(loc, card["levels"]["localiser"], cache)
+    apply = jax.jit(lambda v, b: corn_probs(model.apply(v, b, train=False)["grade"]))
+    source = level_source(config, cache, centres)
+    probs = np.full((len(cache), len(LEVELS), int(card["labels"]["num_grades"])), np.nan)
+    idx = np.flatnonzero(np.isfinite(centres).all(axis=(1, 2)))
+    for batch in make_loader(source, batch_size=batch_size, shuffle=False, seed=0, num_epochs=1, indices=idx):
+        keep = np.asarray(batch["valid"]) > 0
+        p = np.asarray(apply(variables, {"mri": batch["mri"], "mri_centres": batch["mri_centres"]}))
+        probs[np.asarray(batch["index"])[keep]] = p[keep]
+    return probs, centres
+
+
+def true_level_grades(truth: pd.DataFrame) -> pd.DataFrame:
+    """``patient_id`` + ``grade_<LEVEL>``: the synthetic cohort's noise-free canal grade per
+    level (``synthetic.stenosis_grade_of`` of the primary and secondary stenosis, 0 elsewhere)."""
+    from lumbarjax.data.synthetic import stenosis_grade_of
+    out = pd.DataFrame({"patient_id": truth["patient_id"].astype(str).to_numpy()})
+    for lv in LEVELS:
+        g = np.zeros(len(truth))
+        for lcol, scol in (("stenosis_level", "stenosis_severity"), ("stenosis_level_2", "stenosis_severity_2")):
+            if lcol in truth:
+                at = (truth[lcol].astype(str) == lv).to_numpy()
+                g = np.where(at, np.maximum(g, stenosis_grade_of(truth[scol].to_numpy(float))), g)
+        out[f"grade_{lv}"] = g
+    return out
+
+
+def outcome_cohort_summary(probs: np.ndarray, centres: np.ndarray, cache: pd.DataFrame,
+                           truth: pd.DataFrame | None, *, num_grades: int) -> dict:
+    """The level grader on the outcome cohort in numbers: patients graded, the predicted grade
+    counts per level and, with a synthetic ground truth, the localiser's error (mm, per level)
+    and the per-level QWK against the noise-free true grade."""
+    from lumbarjax.eval import metrics as metrics_lib
+    ok = np.isfinite(probs).all(axis=(1, 2))
+    pred = np.argmax(np.nan_to_num(probs), axis=-1)   # (N, L) most probable grade
+    out = {"patients": int(ok.sum()),
+           "pred_grade_counts": {lv: np.bincount(pred[ok, j], minlength=num_grades).tolist()
+                                 for j, lv in enumerate(LEVELS)}}
+    if truth is None:
+        return out
+    t = truth.set_index(truth["patient_id"].astype(str))
+    ids = cache["patient_id"].astype(str).to_numpy()
+    have = ok & np.isin(ids, t.index)
+    if not have.any():
+        return out
+    tc = centres_px(cache.loc[have], localise.centres_from_truth(t.loc[ids[have]].reset_index(drop=True)))
+    spacing = np.linalg.norm(np.asarray(json.loads(cache.loc[have, "mri_affine"].iloc[0]), float)[:3, :3],
+                             axis=0)[1:3]
+    mask = np.isfinite(tc).all(-1).astype(float)
+    out["localiser_error_mm"] = localise.summarise(localise.errors_mm(centres[have], np.nan_to_num(tc), mask,
+                                                                      spacing))
+    tg = true_level_grades(t.loc[ids[have]].reset_index(drop=True))
+    per = {}
+    for j, lv in enumerate(LEVELS):
+        y = tg[f"grade_{lv}"].to_numpy().astype(int)
+        per[lv] = {"qwk": round(float(metrics_lib.qwk(y, pred[have, j], num_grades)), 3),
+                   "true_grade_counts": np.bincount(y, minlength=num_grades).tolist()}
+    y_all = tg[[f"grade_{lv}" for lv in LEVELS]].to_numpy().astype(int)
+    out["vs_truth"] = {"qwk_all_levels": round(float(metrics_lib.qwk(y_all.ravel(), pred[have].ravel(), num_grades)), 3),
+                       "qwk_worst_level": round(float(metrics_lib.qwk(y_all.max(1), pred[have].max(1), num_grades)), 3),
+                       "per_level": per,
+                       "definition": "most probable grade per level vs the generator's noise-free canal grade"}
+    return out
+
+
+__all__ = ["centres_px", "crop_rows", "level_grader", "level_probs", "level_source", "localiser_error", "outcome_cohort_summary", "predict_centres",
+           "train_level_localiser", "true_level_grades"]
