@@ -68,6 +68,7 @@ def tiny_config(cohort_dir):
     c.levels.enabled = False     # the level pipeline: tests/test_xray_levels.py (slow end-to-end test)
     c.pretrain.train.update(num_steps=3, eval_every=3, checkpoint_every=3, batch_size=4, progress_bar=False)
     c.pretrain.optim.warmup_steps = 1
+    c.pretrain.levels.enabled = True    # tiny_run walks the level-by-level MRI path end to end
     c.pretrain.levels.localiser.update(steps=3, batch_size=4, width=4)
     return c
 
@@ -86,6 +87,18 @@ def tiny_pretrain_cohort(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("pretrain_cohort"))
     make_pretraining_cohort(root, n_patients=12, seed=4, mri_size=(48, 48))
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_pretrain_loaded(tiny_pretrain_cohort, tmp_path_factory):
+    """``(config, cohort)``: the tiny pretraining cohort indexed and preprocessed at the tiny
+    config's sizes, its labels table as the clinical table (for ``pretrain.pretrain_encoder``)."""
+    from lumbarjax import workflow
+    workdir = str(tmp_path_factory.mktemp("pre"))
+    cfg = tiny_config(tiny_pretrain_cohort)
+    cfg.data.clinical_file = os.path.join(tiny_pretrain_cohort, "stenosis_labels.csv")
+    cfg.clinical.mri_label_columns = ("stenosis_grade",)
+    return cfg, workflow.stage_cohort(cfg, workdir, workflow.stage_index(cfg, workdir))
 
 
 @pytest.fixture(scope="session")

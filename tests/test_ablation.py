@@ -125,7 +125,7 @@ def test_mri_scores_come_from_the_pretrained_grader_and_cover_the_outcome_patien
     # the same numbers as applying the file's grader again
     cohort_cache = tiny_run["results"]["outcome_task"].cache
     again = stenosis_probs(tiny_run["config"], os.path.join(wd, "pretrain", "mri_encoder.msgpack"), cohort_cache)
-    assert again.shape == (len(cohort_cache), 5, probs.shape[1])   # the demo's encoder grades by level
+    assert again.shape == (len(cohort_cache), 5, probs.shape[1])   # the tiny run's encoder grades by level
     again = stage1.mri_scores(td.records["patient_id"], again)
     got = scores.set_index("patient_id").loc[td.records["patient_id"]]
     cols = [f"mri_stenosis_prob_{k}" for k in range(probs.shape[1])]

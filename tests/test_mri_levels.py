@@ -1,7 +1,6 @@
 """The MRI level by level: crops around each disc level, the per-level stenosis grader, its
 localiser in the encoder file, and the per-level stage-1 scores (train.mri_levels)."""
 
-import json
 import os
 
 import jax
@@ -10,8 +9,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import tiny_config
-from lumbarjax import workflow
 from lumbarjax.data.pipeline import augment_example
 from lumbarjax.errors import CohortError, ConfigError
 from lumbarjax.models import encoder_file, stage1
@@ -101,13 +98,11 @@ def test_true_level_grades_grade_primary_and_secondary_stenosis():
 
 
 @pytest.fixture(scope="module")
-def by_level(tiny_pretrain_cohort, tmp_path_factory):
+def by_level(tiny_pretrain_cohort, tiny_pretrain_loaded, tmp_path_factory):
     """The tiny pretraining cohort pretrained level by level (3 steps; centres from its truth)."""
     workdir = str(tmp_path_factory.mktemp("bylevel"))
-    cfg = tiny_config(tiny_pretrain_cohort)
-    cfg.data.clinical_file = os.path.join(tiny_pretrain_cohort, "stenosis_labels.csv")
-    cfg.clinical.mri_label_columns = ("stenosis_grade",)
-    cohort = workflow.stage_cohort(cfg, workdir, workflow.stage_index(cfg, workdir))
+    cfg, cohort = tiny_pretrain_loaded
+    assert cfg.pretrain.levels.enabled    # the tiny config's setting
     truth = pd.read_csv(os.path.join(tiny_pretrain_cohort, "ground_truth.csv"), dtype={"patient_id": str})
     centres = localise.centres_from_truth(truth)
     params, summary = pretrain.pretrain_encoder(cfg, workdir, cohort.records, cohort.cache, centres_mm=centres)

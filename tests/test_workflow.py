@@ -59,7 +59,7 @@ def test_outcome_model_starts_from_the_pretrained_frozen_encoder(tiny_run):
     encoder, summary = load_encoder(os.path.join(workdir, "pretrain"))
     assert summary["patients_train"] + summary["patients_val"] == 12
     assert tiny_run["metrics"]["extra"]["pretrained_mri_encoder"]["patients_train"] == summary["patients_train"]
-    # graded level by level (the demo's setting): the localiser's error on this cohort against
+    # graded level by level (the tiny config's setting): the localiser's error on this cohort against
     # its ground truth, per-level QWK, and the level heat maps' pointing game are reported
     lv = tiny_run["metrics"]["extra"]["mri_levels"]
     assert lv["localiser_error_mm"]["mean_mm"] > 0 and set(lv["vs_truth"]["per_level"]) == {

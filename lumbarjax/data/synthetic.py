@@ -1494,15 +1494,15 @@ def stenosis_grades(truth: pd.DataFrame, seed: int) -> pd.DataFrame:
     grade[no_mri] = np.nan
     out = pd.DataFrame({"patient_id": truth["patient_id"], "stenosis_grade": grade})
     # per level: the reader's grade at the primary stenosis, the noise-free grade of the milder
-    # secondary one at its level, normal/mild elsewhere (so the worst level is the grade above
-    # in all but the rare case where the reader moved the primary below the secondary)
+    # secondary one at its level but never above the primary's (so the worst level is exactly
+    # the grade above), normal/mild elsewhere
     if "stenosis_level" not in truth:
         return out
     second = stenosis_grade_of(truth.get("stenosis_severity_2", pd.Series(0.0, index=truth.index)).to_numpy(float))
     lv1 = truth["stenosis_level"].astype(str).to_numpy()
     lv2 = truth.get("stenosis_level_2", pd.Series("", index=truth.index)).fillna("").astype(str).to_numpy()
     for lv in LEVELS:
-        g = np.where(lv1 == lv, grade, np.where(lv2 == lv, second, 0.0))
+        g = np.where(lv1 == lv, grade, np.where(lv2 == lv, np.minimum(second, grade), 0.0))
         g[no_mri] = np.nan
         out[f"stenosis_grade_{lv}"] = g
     return out
