@@ -1,7 +1,8 @@
 """The MRI level by level on the demo: pretrain the encoder per disc level, score the outcome
 cohort, and compare with the whole-volume encoder the demo uses.
 
-    python benchmarks/mri_levels.py --run /tmp/runs/demo8 --crop-mm 60,40 --out benchmarks/MRI_LEVELS.json
+    XLA_FLAGS=--xla_force_host_platform_device_count=2 \
+        python benchmarks/mri_levels.py --run /tmp/runs/demo8 --crop-mm 60,40 --out benchmarks/MRI_LEVELS.json
 
 ``--run`` is a finished demo run (``configs/demo.py``): its outcome cohort and its
 ``mri_scores.csv`` (the whole-volume encoder's stage-1 scores); the 600-patient RSNA-layout
@@ -29,11 +30,11 @@ def plus_mri_auc(cfg, wd, td, mri_scores, bayes):
     from lumbarjax import workflow
     from lumbarjax.eval import ablation as ablation_lib
     records, cols, notes = workflow.stage1_records(cfg, wd, td, None, mri_scores)
-    sets = {"+mri": [*cols["clinical"], *cols["mri"]]}
+    sets = {"clinical": cols["clinical"], "+mri": [*cols["clinical"], *cols["mri"]]}
     grid = workflow.linear_grids(cfg, td, notes)["zcq_success"]
     r = ablation_lib.ablation(records, td.folds, "zcq_success", sets, n_boot=int(cfg.eval.n_boot),
                               seed=int(cfg.seed), bayes_auc=bayes, grid=grid)
-    v = r["rows"][0]["value"]
+    v = next(row["value"] for row in r["rows"] if row["features"] == "+mri")
     return {"point": round(v["point"], 3), "lo": round(v["lo"], 3), "hi": round(v["hi"], 3),
             "columns": list(cols["mri"])}
 

@@ -181,7 +181,9 @@ def outcome_cohort_summary(probs: np.ndarray, centres: np.ndarray, cache: pd.Dat
     per = {}
     for j, lv in enumerate(LEVELS):
         y = tg[f"grade_{lv}"].to_numpy().astype(int)
-        per[lv] = {"qwk": round(float(metrics_lib.qwk(y, pred[have, j], num_grades)), 3),
+        # QWK needs two true grades at the level (none where no patient is stenotic there)
+        q = metrics_lib.qwk(y, pred[have, j], num_grades) if len(np.unique(y)) > 1 else None
+        per[lv] = {"qwk": None if q is None else round(float(q), 3),
                    "true_grade_counts": np.bincount(y, minlength=num_grades).tolist()}
     y_all = tg[[f"grade_{lv}" for lv in LEVELS]].to_numpy().astype(int)
     out["vs_truth"] = {"qwk_all_levels": round(float(metrics_lib.qwk(y_all.ravel(), pred[have].ravel(), num_grades)), 3),
