@@ -69,7 +69,8 @@ def main():
         t1 = time.perf_counter()
         _, summary = workflow.stage_pretrain(cfg, wd, cohort.records["patient_id"])
         t2 = time.perf_counter()
-        scores, lv = workflow.stage_mri_scores(cfg, wd, cohort)
+        scores, extra = workflow.stage_mri_scores(cfg, wd, cohort)
+        lv = extra["mri_levels"]
         t3 = time.perf_counter()
         td = crossval.prepare_task("outcome", cfg, cohort.records, cohort.cache)
         bayes = (workflow.bayes_auc(cfg.data.cohort_dir) or {}).get("zcq_success")
@@ -78,7 +79,7 @@ def main():
         full = stage1.mri_scores(cohort.records["patient_id"].to_numpy(), np.nan_to_num(probs), present,
                                  detail="full")
         whole = pd.read_csv(os.path.join(a.run, "mri_scores.csv"), dtype={"patient_id": str})
-        h = lv["heatmaps"]
+        h = extra["mri_score_heatmaps"]
         results.append({
             "crop_mm": crop, "crop_rows": lv["pretraining"]["crop_rows"],
             "pretrain_val_qwk_all_levels": round(summary["val_qwk"], 3),

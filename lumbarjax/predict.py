@@ -648,7 +648,8 @@ def report_from_workdir(config, workdir: str) -> tuple[str, str]:
     Reads ``cohort_summary.json``, ``exclusions.csv``, ``<task>/oof.csv``,
     ``outcome_clinical_only/oof.csv``, ``outcome/selected_oof.csv`` + ``selection.json``,
     ``baseline_<head>.csv``, ``ablation.json``, ``levels/levels_metrics.json``,
-    ``xray_pretrain/xray_pretrain_summary.json`` and the saved IG maps
+    ``xray_pretrain/xray_pretrain_summary.json``, ``mri_levels/mri_levels.json``,
+    ``mri_score_heatmaps/summary.json`` and the saved IG maps
     (``heatmaps/*_ig.npz``) and calls :func:`lumbarjax.workflow.stage_report` — the very code of
     the run — so the numbers (same bootstrap seed) equal the run's. The timings of the run are
     carried over from its old ``metrics.json``. Overwrites both files in ``workdir``.
@@ -711,10 +712,10 @@ def report_from_workdir(config, workdir: str) -> tuple[str, str]:
     if os.path.exists(xp_summary) and not config.xray_pretrain.backbone_file:
         with open(xp_summary) as f:
             results["xray_pretrain"] = json.load(f)
-    mri_lv = os.path.join(workdir, workflow.MRI_LEVELS_JSON)
-    if config.pretrain.enabled and os.path.exists(mri_lv):
-        with open(mri_lv) as f:
-            results["mri_levels"] = json.load(f)
+    for key, rel in (("mri_levels", workflow.MRI_LEVELS_JSON), ("mri_score_heatmaps", workflow.MRI_HEATMAPS_JSON)):
+        if config.pretrain.enabled and os.path.exists(os.path.join(workdir, rel)):
+            with open(os.path.join(workdir, rel)) as f:
+                results[key] = json.load(f)
     pre_summary = os.path.join(workdir, "pretrain", "pretrain_summary.json")
     if config.pretrain.enabled and os.path.exists(pre_summary):
         with open(pre_summary) as f:

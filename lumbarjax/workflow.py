@@ -212,17 +212,19 @@ def stage_mri_scores(config, workdir: str, cohort: Cohort):
     grading head) expected grade and class probabilities per patient (``stage1.mri_scores``),
     written to ``<workdir>/mri_scores.csv``. Out of sample for every patient: the pretraining
     cohort shares no patient with this one (``stage_pretrain`` checks). A by-level encoder
-    file grades every level (:func:`stage_mri_levels`). Returns ``(scores, level summary or
-    None)``; ``(None, None)`` when the encoder file has no grading head."""
+    file grades every level (:func:`stage_mri_levels`). Heat maps of the score:
+    :func:`stage_mri_heatmaps`. Returns ``(scores, {"mri_levels": summary or None,
+    "mri_score_heatmaps": summary or None})``; ``(None, {})`` when the encoder file has no
+    grading head."""
     from lumbarjax.models import encoder_file, stage1
     from lumbarjax.train import mri_levels
     from lumbarjax.train.pretrain import encoder_path, stenosis_probs
     path = encoder_path(config, workdir)
     if encoder_file.load_grading_head(path) is None:
         logging.warning("%s has no grading head: no MRI stage-1 scores", path)
-        return None, None
+        return None, {}
     _, card = encoder_file.load_encoder_file(path)
-    levels = None
+    levels, centres = None, None
     if card.get("levels"):
         probs, centres = mri_levels.level_probs(config, path, cohort.cache)
         levels = stage_mri_levels(config, workdir, cohort, path, probs, centres)
@@ -232,7 +234,61 @@ def stage_mri_scores(config, workdir: str, cohort: Cohort):
     scores = stage1.mri_scores(cohort.records["patient_id"].to_numpy(), np.nan_to_num(probs), present,
                                detail=str(config.outcome.stage1_mri))
     atomic.write_csv(scores, os.path.join(workdir, "mri_scores.csv"))
-    return scores, levels
+    return scores, {"mri_levels": levels, "mri_score_heatmaps": stage_mri_heatmaps(config, workdir, cohort, path, centres)}
+
+
+MRI_HEATMAPS_JSON = os.path.join("mri_score_heatmaps", "summary.json")
+
+
+def stage_mri_heatmaps(config, workdir: str, cohort: Cohort, path: str, centres: np.ndarray | None = None):
+    """Integrated-gradients heat maps of the stage-1 MRI score — the pretrained grader's
+    expected grade (summed over the levels of a by-level grader, placed at ``centres``), the
+    MRI column the outcome's linear models read — for the first ``config.explain.max_patients``
+    patients with an MRI (the grader never saw any of them), scored by the pointing game at the
+    true stenotic level where a synthetic ground truth exists. Writes the maps to
+    ``<workdir>/mri_score_heatmaps/`` and returns (and writes) their summary; None when
+    ``explain.max_patients`` is 0."""
+    from lumbarjax.data.pipeline import CachedExamples
+    from lumbarjax.eval.localisation import localisation_summary
+    from lumbarjax.explain import heatmaps as heatmaps_lib
+    from lumbarjax.train import mri_levels
+    from lumbarjax.train.pretrain import grading_model, with_mri
+    n = int(config.explain.max_patients)
+    if not n:
+        return None
+    cache = cohort.cache
+    if centres is not None:
+        model, variables, _, _ = mri_levels.level_grader(config, path)
+        source = mri_levels.level_source(config, cache, centres)
+        rows = np.flatnonzero(np.isfinite(centres).all(axis=(1, 2)))[:n]
+        what = "the level grader's expected grades summed over the levels"
+    else:
+        model, variables = grading_model(config, path)
+        source = CachedExamples(cache, {}, mri_shape=tuple(config.mri.shape), xray_shape=tuple(config.xray.shape))
+        rows = np.flatnonzero(with_mri(cache))[:n]
+        what = "the pretrained stenosis grader's expected grade (the stage-1 MRI score)"
+    if not len(rows):
+        return None
+    out_dir = os.path.join(workdir, os.path.dirname(MRI_HEATMAPS_JSON))
+    items = heatmaps_lib.mri_grade_heatmaps(config, model, variables, source, rows, cache, out_dir)
+    delta = np.abs([it["delta"] for it in items])
+    hm = {"n": len(items), "completeness_abs_median": float(np.median(delta)),
+          "completeness_abs_max": float(delta.max()),
+          "definition": f"integrated gradients of {what} over the sagittal volume (baseline: "
+                        f"config.explain.baseline={config.explain.baseline!r}), the first {len(items)} "
+                        "patients with an MRI; pointing game: the largest positive attribution lies in "
+                        "the true stenotic level"}
+    gt_csv = os.path.join(cohort_dir(config, workdir), "ground_truth.csv")
+    if os.path.exists(gt_csv):
+        t = pd.read_csv(gt_csv, dtype={"patient_id": str}).set_index("patient_id")
+        items = [it for it in items if it["patient_id"] in t.index]
+        loc = localisation_summary([it["attr"] for it in items], [it["affine"] for it in items],
+                                   t.loc[[it["patient_id"] for it in items]].reset_index(),
+                                   n_boot=int(config.eval.n_boot), seed=int(config.seed))
+        hm.update({k: loc[k] for k in ("n", "n_excluded", "hit_rate", "mean_fraction", "chance_hit_rate",
+                                       "by_level", "n_no_positive_attribution")})
+    atomic.write_json(os.path.join(workdir, MRI_HEATMAPS_JSON), hm)
+    return hm
 
 
 MRI_LEVELS_JSON = os.path.join("mri_levels", "mri_levels.json")
@@ -244,11 +300,7 @@ def stage_mri_levels(config, workdir: str, cohort: Cohort, path: str, probs: np.
     patient the localised centres, px, and each level's expected grade), the summary
     ``mri_levels.json`` (``train.mri_levels.outcome_cohort_summary``: with a synthetic ground
     truth the localiser error in mm and the per-level QWK; the pretraining's held-out localiser
-    error and QWK) and integrated-gradients heat maps of the summed level grades for the first
-    ``config.explain.max_patients`` patients with an MRI, scored by the pointing game at the
-    true stenotic level where a ground truth exists."""
-    from lumbarjax.eval.localisation import localisation_summary
-    from lumbarjax.explain import heatmaps as heatmaps_lib
+    error and QWK); its heat maps: :func:`stage_mri_heatmaps`."""
     from lumbarjax.models import encoder_file
     from lumbarjax.train import mri_levels
     out_dir = os.path.join(workdir, "mri_levels")
@@ -270,27 +322,6 @@ def stage_mri_levels(config, workdir: str, cohort: Cohort, path: str, probs: np.
         tab[f"row_px_{lv}"], tab[f"col_px_{lv}"] = centres[:, j, 0], centres[:, j, 1]
         tab[f"expected_grade_{lv}"] = expected[:, j]
     atomic.write_csv(tab.round(4), os.path.join(out_dir, "levels.csv"))
-    n = int(config.explain.max_patients)
-    rows = np.flatnonzero(np.isfinite(centres).all(axis=(1, 2)))[:n]
-    if n and len(rows):
-        model, variables, _, _ = mri_levels.level_grader(config, path)
-        items = heatmaps_lib.level_heatmaps(config, model, variables, mri_levels.level_source(config, cache, centres),
-                                            rows, cache, os.path.join(out_dir, "heatmaps"))
-        delta = np.abs([it["delta"] for it in items])
-        hm = {"n": len(items), "completeness_abs_median": float(np.median(delta)),
-              "completeness_abs_max": float(delta.max()),
-              "definition": "integrated gradients of the level grader's expected grades summed over the "
-                            "levels, over the sagittal volume (baseline: config.explain.baseline); pointing "
-                            "game: the largest positive attribution lies in the true stenotic level"}
-        if truth is not None:
-            t = truth.set_index("patient_id")
-            items = [it for it in items if it["patient_id"] in t.index]
-            loc = localisation_summary([it["attr"] for it in items], [it["affine"] for it in items],
-                                       t.loc[[it["patient_id"] for it in items]].reset_index(),
-                                       n_boot=int(config.eval.n_boot), seed=int(config.seed))
-            hm.update({k_: loc[k_] for k_ in ("n", "n_excluded", "hit_rate", "mean_fraction", "chance_hit_rate",
-                                               "by_level", "n_no_positive_attribution")})
-        summary["heatmaps"] = hm
     atomic.write_json(os.path.join(workdir, MRI_LEVELS_JSON), summary)
     return summary
 
@@ -312,7 +343,8 @@ def stage_crossval(config, workdir: str, cohort: Cohort) -> dict:
             t0 = time.perf_counter()
             encoder, results["pretrain"] = stage_pretrain(config, workdir, cohort.records["patient_id"])
             results["timing_s"]["pretrain"] = time.perf_counter() - t0
-            results["mri_scores"], results["mri_levels"] = stage_mri_scores(config, workdir, cohort)
+            results["mri_scores"], mri_extra = stage_mri_scores(config, workdir, cohort)
+            results.update(mri_extra)
         for key, sub, clinical_only in task.variants(config[kind]):
             t0 = time.perf_counter()
             results[key] = crossval.run_crossval(
@@ -516,6 +548,8 @@ def stage_report(config, workdir: str, cohort: Cohort | dict, results: dict,
         extra["xray_levels"] = xray_levels.report_summary(results["levels"])
     if results.get("mri_levels"):
         extra["mri_levels"] = results["mri_levels"]
+    if results.get("mri_score_heatmaps"):
+        extra["mri_score_heatmaps"] = results["mri_score_heatmaps"]
     if results.get("xray_pretrain"):
         extra["pretrained_xray_backbone"] = {k: v for k, v in results["xray_pretrain"].items()
                                              if k != "signature"}

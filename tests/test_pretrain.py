@@ -142,3 +142,21 @@ def test_stage_pretrain_refuses_shared_patients(tiny_pretrain_cohort, tmp_path):
     cfg.pretrain.cohort_dir, cfg.pretrain.make_demo = str(tmp_path / "none"), False
     with pytest.raises(ConfigError, match="no labels table"):
         workflow.stage_pretrain(cfg, str(tmp_path), outcome_ids=[])
+
+
+def test_heat_maps_of_the_mri_score_are_complete_and_scored_by_the_pointing_game(pre, tmp_path):
+    """IG of the whole-volume grader's expected grade (the stage-1 MRI score): one map per
+    patient up to explain.max_patients, completeness within its reported error, and the pointing
+    game against the cohort's ground truth."""
+    cfg, cohort = pre
+    pretrain.pretrain_encoder(cfg, str(tmp_path), cohort.records, cohort.cache)
+    hm = workflow.stage_mri_heatmaps(cfg, str(tmp_path), cohort, os.path.join(str(tmp_path), pretrain.ENCODER_FILE))
+    assert hm["n"] == cfg.explain.max_patients and "stage-1 MRI score" in hm["definition"]
+    assert 0.0 <= hm["hit_rate"]["point"] <= 1.0 and set(hm["by_level"]) == set(LEVELS)
+    files = sorted(glob.glob(os.path.join(str(tmp_path), "mri_score_heatmaps", "*_mri_score_ig.npz")))
+    assert len(files) == hm["n"]
+    with np.load(files[0]) as z:
+        assert z["attr"].shape == tuple(cfg.mri.shape)
+        np.testing.assert_allclose(abs(z["attr"].sum() - (z["value"] - z["base"])), abs(z["delta"]), atol=1e-5)
+    with open(os.path.join(str(tmp_path), "mri_score_heatmaps", "summary.json")) as f:
+        assert json.load(f)["n"] == hm["n"]

@@ -64,12 +64,15 @@ def test_outcome_model_starts_from_the_pretrained_frozen_encoder(tiny_run):
     lv = tiny_run["metrics"]["extra"]["mri_levels"]
     assert lv["localiser_error_mm"]["mean_mm"] > 0 and set(lv["vs_truth"]["per_level"]) == {
         "L1L2", "L2L3", "L3L4", "L4L5", "L5S1"}
-    assert lv["heatmaps"]["n"] == tiny_run["config"].explain.max_patients and "hit_rate" in lv["heatmaps"]
+    hm = tiny_run["metrics"]["extra"]["mri_score_heatmaps"]   # IG of the stage-1 MRI score
+    assert hm["n"] == tiny_run["config"].explain.max_patients and "hit_rate" in hm
+    assert len(glob.glob(os.path.join(workdir, "mri_score_heatmaps", "*_mri_score_ig.npz"))) == hm["n"]
     assert lv["pretraining"]["crop_rows"] == 8
     table = pd.read_csv(os.path.join(workdir, "mri_levels", "levels.csv"), dtype={"patient_id": str})
     assert len(table) == len(tiny_run["results"]["outcome_task"].cache) and "expected_grade_L4L5" in table
     with open(os.path.join(workdir, "report.html")) as f:
-        assert "The MRI level by level" in f.read()
+        html = f.read()
+    assert "The MRI level by level" in html and "Does the MRI score" in html
     for fm in load_fold_models(tiny_run["config"], workdir, "outcome"):
         params = jax.device_get(fm.state.params)
         for a, b in zip(jax.tree.leaves(params["mri_encoder"]), jax.tree.leaves(encoder)):

@@ -434,8 +434,7 @@ def _pointing_html(loc: Mapping, level: str) -> str:
 def _mri_levels_html(summary: Mapping, level: str) -> str:
     """The by-level MRI grader on this cohort (``workflow.stage_mri_levels``): the localiser's
     error (held out in pretraining; on this cohort against a synthetic truth), per level the
-    predicted grade counts and the QWK against the true grade, and the pointing game of its
-    heat maps."""
+    predicted grade counts and the QWK against the true grade."""
     from lumbarjax.schema import LEVELS
     pre = summary.get("pretraining") or {}
     body = ("<p>Every disc level is found by the localiser and graded on a crop of "
@@ -465,13 +464,18 @@ def _mri_levels_html(summary: Mapping, level: str) -> str:
             ["QWK over all levels vs truth", fmt_value(vs.get("qwk_all_levels"))],
             ["QWK of the worst level vs truth", fmt_value(vs.get("qwk_worst_level"))],
             ["pretraining validation QWK (all levels)", fmt_value(pre.get("val_qwk_all_levels"))]])
-    hm = summary.get("heatmaps") or {}
-    if hm:
-        body += (f"<h3>Heat maps of the level grades ({_e(hm.get('n'))} patients)</h3>"
-                 f"<p class=\"muted\">{_e(hm.get('definition', ''))}; completeness |Δ| median "
-                 f"{fmt_value(hm.get('completeness_abs_median'))}, max {fmt_value(hm.get('completeness_abs_max'))}.</p>")
-        if hm.get("hit_rate"):
-            body += _pointing_html(hm, level)
+    return body
+
+
+def _mri_score_heatmaps_html(hm: Mapping, level: str) -> str:
+    """The heat maps of the stage-1 MRI score (``workflow.stage_mri_heatmaps``): what they
+    attribute, their completeness and, on a synthetic cohort, the pointing game."""
+    body = (f"<p>{_e(hm.get('definition', ''))}. Completeness |Δ| median "
+            f"{fmt_value(hm.get('completeness_abs_median'))}, max {fmt_value(hm.get('completeness_abs_max'))} "
+            "grades. The outcome's linear models read this score; the maps above explain the fusion "
+            "network.</p>")
+    if hm.get("hit_rate"):
+        body += _pointing_html(hm, level)
     return body
 
 
@@ -723,6 +727,10 @@ def write_report(out_dir, *, title: str, cohort_summary: dict, grader_oof: pd.Da
             body += "<h3>Per patient</h3>" + _generic(localisation["per_patient"])
         sections.append(("localisation", "Does the heat map point at the stenotic level?", body))
 
+    mri_hm = (extra or {}).get("mri_score_heatmaps")
+    if mri_hm:
+        sections.append(("mri_score_heatmaps", "Does the MRI score's heat map point at the stenotic level?",
+                         _mri_score_heatmaps_html(mri_hm, level)))
     mri_levels = (extra or {}).get("mri_levels")
     if mri_levels:
         sections.append(("mri_levels", "The MRI level by level", _mri_levels_html(mri_levels, level)))

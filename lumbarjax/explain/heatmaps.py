@@ -6,8 +6,9 @@ quadrature rule, steps, chunking, chunk loop); ``HeatmapCollector`` is the outco
 cross-validation's ``after_fold`` hook that attributes test-fold patients, saves them
 (``<patient_id>_ig.npz``) and draws the report's gallery; ``XrayHeatmapCollector`` is the
 grader's (the expected grade over the lateral film, ``<patient_id>_xray_ig.npz``), summarised
-level by level by ``eval.localisation.film_level_summary``; ``level_heatmaps`` attributes the
-MRI level grader's summed grades (``LevelGradeFn``, ``<patient_id>_levels_ig.npz``).
+level by level by ``eval.localisation.film_level_summary``; ``mri_grade_heatmaps`` attributes
+the pretrained MRI grader's expected grade, the stage-1 MRI score (``MriGradeFn``,
+``<patient_id>_mri_score_ig.npz``).
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ from lumbarjax.explain import ig_baselines
 from lumbarjax.explain.integrated_gradients import integrated_gradients
 from lumbarjax.models import ordinal
 
-__all__ = ["HeadFn", "ExpectedGradeFn", "LevelGradeFn", "ig_baseline", "attribute", "HeatmapCollector",
-           "XrayHeatmapCollector", "level_heatmaps"]
+__all__ = ["HeadFn", "ExpectedGradeFn", "MriGradeFn", "ig_baseline", "attribute", "HeatmapCollector",
+           "XrayHeatmapCollector", "mri_grade_heatmaps"]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -186,38 +187,42 @@ class ExpectedGradeFn:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class LevelGradeFn:
-    """``(inputs, static) -> (B,)``: the MRI level grader's expected grades summed over the
-    levels (``models.level_stenosis``, CORN), for IG of the volume ``inputs["mri"]``; the level
-    centres ``static["mri_centres"]`` (B, L, 2) and ``static["variables"]`` are not attributed.
-    Each level's grade reads only its crop, so the attribution in a level's crop is that
-    level's share (completeness per crop). Hashed by identity."""
+class MriGradeFn:
+    """``(inputs, static) -> (B,)``: the pretrained MRI stenosis grader's expected grade (CORN),
+    summed over its levels, for IG of the volume ``inputs["mri"]`` — the stage-1 MRI score the
+    outcome's linear models read. A by-level grader (``models.level_stenosis``) also takes the
+    level centres ``static["mri_centres"]`` (B, L, 2); each level's grade reads only its crop,
+    so the attribution in a level's crop is that level's share. ``static["variables"]`` is not
+    attributed. Hashed by identity."""
     model: Any
 
     def __call__(self, inputs, static):
-        logits = self.model.apply(static["variables"], {"mri": inputs["mri"], "mri_centres": static["mri_centres"]},
-                                  train=False)["grade"]
-        probs = ordinal.corn_probs(logits)
+        batch = {"mri": inputs["mri"]}
+        if "mri_centres" in static:
+            batch["mri_centres"] = static["mri_centres"]
+        probs = ordinal.corn_probs(self.model.apply(static["variables"], batch, train=False)["grade"])
         k = jnp.arange(probs.shape[-1], dtype=jnp.float32)
         return jnp.sum(jnp.sum(probs * k, axis=-1), axis=-1)
 
 
-def level_heatmaps(config, model, variables, source, rows, cache, out_dir: str) -> list[dict]:
-    """IG (``config.explain``) of :class:`LevelGradeFn` for the examples ``rows`` of ``source``
-    (a ``CachedExamples`` whose examples carry ``mri_centres``); each saved as
-    ``<out_dir>/<patient_id>_levels_ig.npz`` (``attr`` (D, H, W), ``delta``, ``value``, ``base``)
-    and returned as a dict with the cache row's ``affine``."""
+def mri_grade_heatmaps(config, model, variables, source, rows, cache, out_dir: str) -> list[dict]:
+    """IG (``config.explain``) of :class:`MriGradeFn` for the examples ``rows`` of ``source`` (a
+    ``CachedExamples``; its examples carry ``mri_centres`` for a by-level grader); each saved as
+    ``<out_dir>/<patient_id>_mri_score_ig.npz`` (``attr`` (D, H, W), ``delta``, ``value``,
+    ``base``) and returned as a dict with the cache row's ``affine``."""
     os.makedirs(out_dir, exist_ok=True)
-    fn, items = LevelGradeFn(model), []
+    fn, items = MriGradeFn(model), []
     for i in rows:
         ex = source[int(i)]
-        r = attribute(fn, {"mri": jnp.asarray(ex["mri"])[None]},
-                      {"variables": variables, "mri_centres": jnp.asarray(ex["mri_centres"])[None]}, config.explain)
+        static = {"variables": variables}
+        if "mri_centres" in ex:
+            static["mri_centres"] = jnp.asarray(ex["mri_centres"])[None]
+        r = attribute(fn, {"mri": jnp.asarray(ex["mri"])[None]}, static, config.explain)
         item = dict(patient_id=str(cache["patient_id"].iloc[int(i)]), attr=np.asarray(r["attrs"]["mri"])[0, ..., 0],
                     delta=float(r["delta"][0]), value=float(r["value"][0]), base=float(r["base"][0]),
                     affine=load_affine(cache.iloc[int(i)]))
         items.append(item)
-        with atomic.atomic_path(os.path.join(out_dir, f"{item['patient_id']}_levels_ig.npz")) as tmp:
+        with atomic.atomic_path(os.path.join(out_dir, f"{item['patient_id']}_mri_score_ig.npz")) as tmp:
             np.savez_compressed(tmp, **{k: np.asarray(v) for k, v in item.items()})
     return items
 

@@ -211,6 +211,23 @@ def encoder_path(config, workdir: str) -> str:
     return config.pretrain.encoder_file or os.path.join(workdir, "pretrain", ENCODER_FILE)
 
 
+def grading_model(config, path: str):
+    """``(StenosisGrader, variables)`` of a (whole-volume) encoder file with its grading head."""
+    head = encoder_file.load_grading_head(path)
+    if head is None:
+        raise ConfigError(f"{path}: the encoder file has no grading head")
+    params, card = encoder_file.load_encoder_file(path)
+    k = int(card.get("labels", {}).get("num_grades") or config.pretrain.num_grades)
+    model = TASKS["pretrain"].build_model(ml_collections.ConfigDict({"num_grades": k}),
+                                          encoder=encoder_kwargs(config))
+    return model, {"params": {**head, "mri_encoder": params}}
+
+
+def with_mri(cache: pd.DataFrame) -> np.ndarray:
+    """(N,) bool: the cache rows with a cached MRI that is not excluded."""
+    return (cache["mri_file"].fillna("").astype(str) != "").to_numpy() & ~cache["excluded"].to_numpy(bool)
+
+
 def stenosis_probs(config, path: str, cache: pd.DataFrame, *, batch_size: int = 16) -> np.ndarray | None:
     """(N, K) stenosis-grade probabilities of every patient of ``cache`` (a preprocess cache
     table) from the pretrained grader in the encoder file ``path`` (encoder + its grading head,
@@ -224,17 +241,14 @@ def stenosis_probs(config, path: str, cache: pd.DataFrame, *, batch_size: int = 
     head = encoder_file.load_grading_head(path)
     if head is None:
         return None
-    params, card = encoder_file.load_encoder_file(path)
-    if card.get("levels"):
+    if encoder_file.load_encoder_file(path)[1].get("levels"):
         return mri_levels.level_probs(config, path, cache, batch_size=batch_size)[0]
-    k = int(card.get("labels", {}).get("num_grades") or config.pretrain.num_grades)
-    model = TASKS["pretrain"].build_model(ml_collections.ConfigDict({"num_grades": k}),
-                                          encoder=encoder_kwargs(config))
-    variables = {"params": {**head, "mri_encoder": params}}
+    model, variables = grading_model(config, path)
+    k = int(model.num_grades)
     apply = jax.jit(lambda v, mri: corn_probs(model.apply(v, {"mri": mri}, train=False)["grade"][:, 0]))
     d, h, w = config.mri.shape
     source = CachedExamples(cache, {}, mri_shape=(d, h, w), xray_shape=tuple(config.xray.shape))
-    present = (cache["mri_file"].fillna("").astype(str) != "").to_numpy() & ~cache["excluded"].to_numpy(bool)
+    present = with_mri(cache)
     probs = np.full((len(cache), k), np.nan)
     idx = np.flatnonzero(present)
     for batch in make_loader(source, batch_size=batch_size, shuffle=False, seed=0, num_epochs=1, indices=idx):
