@@ -52,7 +52,7 @@ def main():
     from configs import demo
     from lumbarjax import workflow
     from lumbarjax.models import stage1
-    from lumbarjax.train import crossval, mri_levels
+    from lumbarjax.train import crossval, mri_levels, pretrain
 
     results = []
     for crop in [float(x) for x in a.crop_mm.split(",")]:
@@ -74,7 +74,8 @@ def main():
         t3 = time.perf_counter()
         td = crossval.prepare_task("outcome", cfg, cohort.records, cohort.cache)
         bayes = (workflow.bayes_auc(cfg.data.cohort_dir) or {}).get("zcq_success")
-        probs, _ = mri_levels.level_probs(cfg, os.path.join(wd, "pretrain", "mri_encoder.msgpack"), cohort.cache)
+        probs, _ = mri_levels.level_probs(cfg, pretrain.file_grader(cfg, os.path.join(wd, "pretrain", "mri_encoder.msgpack")),
+                                          cohort.cache)
         present = np.isfinite(probs).reshape(len(probs), -1).all(axis=1)
         full = stage1.mri_scores(cohort.records["patient_id"].to_numpy(), np.nan_to_num(probs), present,
                                  detail="full")

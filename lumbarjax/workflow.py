@@ -217,32 +217,28 @@ def stage_mri_scores(config, workdir: str, cohort: Cohort):
     "mri_score_heatmaps": summary or None})``; ``(None, {})`` when the encoder file has no
     grading head."""
     from lumbarjax.models import encoder_file, stage1
-    from lumbarjax.train import mri_levels
-    from lumbarjax.train.pretrain import encoder_path, stenosis_probs
+    from lumbarjax.train.pretrain import encoder_path, file_grader, grader_probs
     path = encoder_path(config, workdir)
     if encoder_file.load_grading_head(path) is None:
         logging.warning("%s has no grading head: no MRI stage-1 scores", path)
         return None, {}
-    _, card = encoder_file.load_encoder_file(path)
-    levels, centres = None, None
-    if card.get("levels"):
-        probs, centres = mri_levels.level_probs(config, path, cohort.cache)
-        levels = stage_mri_levels(config, workdir, cohort, path, probs, centres)
-    else:
-        probs = stenosis_probs(config, path, cohort.cache)
+    grader = file_grader(config, path)
+    probs, centres = grader_probs(config, grader, cohort.cache)
+    levels = stage_mri_levels(config, workdir, cohort, grader.card, probs, centres) if grader.by_level else None
     present = np.isfinite(probs).reshape(len(probs), -1).all(axis=1)
     scores = stage1.mri_scores(cohort.records["patient_id"].to_numpy(), np.nan_to_num(probs), present,
                                detail=str(config.outcome.stage1_mri))
     atomic.write_csv(scores, os.path.join(workdir, "mri_scores.csv"))
-    return scores, {"mri_levels": levels, "mri_score_heatmaps": stage_mri_heatmaps(config, workdir, cohort, path, centres)}
+    return scores, {"mri_levels": levels, "mri_score_heatmaps": stage_mri_heatmaps(config, workdir, cohort, grader, centres)}
 
 
 MRI_HEATMAPS_JSON = os.path.join("mri_score_heatmaps", "summary.json")
 
 
-def stage_mri_heatmaps(config, workdir: str, cohort: Cohort, path: str, centres: np.ndarray | None = None):
-    """Integrated-gradients heat maps of the stage-1 MRI score — the pretrained grader's
-    expected grade (summed over the levels of a by-level grader, placed at ``centres``), the
+def stage_mri_heatmaps(config, workdir: str, cohort: Cohort, grader, centres: np.ndarray | None = None):
+    """Integrated-gradients heat maps of the stage-1 MRI score — the expected grade of an
+    encoder file's grader (``train.pretrain.file_grader``; summed over the levels of a by-level
+    grader, placed at ``centres``), the
     MRI column the outcome's linear models read — for the first ``config.explain.max_patients``
     patients with an MRI (the grader never saw any of them), scored by the pointing game at the
     true stenotic level where a synthetic ground truth exists. Writes the maps to
@@ -252,25 +248,23 @@ def stage_mri_heatmaps(config, workdir: str, cohort: Cohort, path: str, centres:
     from lumbarjax.eval.localisation import localisation_summary
     from lumbarjax.explain import heatmaps as heatmaps_lib
     from lumbarjax.train import mri_levels
-    from lumbarjax.train.pretrain import grading_model, with_mri
+    from lumbarjax.train.pretrain import with_mri
     n = int(config.explain.max_patients)
     if not n:
         return None
     cache = cohort.cache
-    if centres is not None:
-        model, variables, _, _ = mri_levels.level_grader(config, path)
+    if grader.by_level:
         source = mri_levels.level_source(config, cache, centres)
         rows = np.flatnonzero(np.isfinite(centres).all(axis=(1, 2)))[:n]
         what = "the level grader's expected grades summed over the levels"
     else:
-        model, variables = grading_model(config, path)
         source = CachedExamples(cache, {}, mri_shape=tuple(config.mri.shape), xray_shape=tuple(config.xray.shape))
         rows = np.flatnonzero(with_mri(cache))[:n]
         what = "the pretrained stenosis grader's expected grade (the stage-1 MRI score)"
     if not len(rows):
         return None
     out_dir = os.path.join(workdir, os.path.dirname(MRI_HEATMAPS_JSON))
-    items = heatmaps_lib.mri_grade_heatmaps(config, model, variables, source, rows, cache, out_dir)
+    items = heatmaps_lib.mri_grade_heatmaps(config, grader.model, grader.variables, source, rows, cache, out_dir)
     delta = np.abs([it["delta"] for it in items])
     hm = {"n": len(items), "completeness_abs_median": float(np.median(delta)),
           "completeness_abs_max": float(delta.max()),
@@ -294,18 +288,16 @@ def stage_mri_heatmaps(config, workdir: str, cohort: Cohort, path: str, centres:
 MRI_LEVELS_JSON = os.path.join("mri_levels", "mri_levels.json")
 
 
-def stage_mri_levels(config, workdir: str, cohort: Cohort, path: str, probs: np.ndarray,
+def stage_mri_levels(config, workdir: str, cohort: Cohort, card: dict, probs: np.ndarray,
                      centres: np.ndarray) -> dict:
     """The by-level MRI grader on the outcome cohort: ``<workdir>/mri_levels/levels.csv`` (per
     patient the localised centres, px, and each level's expected grade), the summary
     ``mri_levels.json`` (``train.mri_levels.outcome_cohort_summary``: with a synthetic ground
     truth the localiser error in mm and the per-level QWK; the pretraining's held-out localiser
-    error and QWK); its heat maps: :func:`stage_mri_heatmaps`."""
-    from lumbarjax.models import encoder_file
+    error and QWK, from the encoder file's ``card``); its heat maps: :func:`stage_mri_heatmaps`."""
     from lumbarjax.train import mri_levels
     out_dir = os.path.join(workdir, "mri_levels")
     os.makedirs(out_dir, exist_ok=True)
-    _, card = encoder_file.load_encoder_file(path)
     k = int(card["labels"]["num_grades"])
     gt_csv = os.path.join(cohort_dir(config, workdir), "ground_truth.csv")
     truth = pd.read_csv(gt_csv, dtype={"patient_id": str}) if os.path.exists(gt_csv) else None

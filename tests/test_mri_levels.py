@@ -128,7 +128,7 @@ def test_by_level_pretraining_writes_head_localiser_and_card_into_one_file(by_le
 
 def test_level_probs_place_and_grade_every_level(by_level):
     cfg, cohort = by_level["cfg"], by_level["cohort"]
-    probs, centres = mri_levels.level_probs(cfg, by_level["path"], cohort.cache)
+    probs, centres = mri_levels.level_probs(cfg, pretrain.file_grader(cfg, by_level["path"]), cohort.cache)
     n = len(cohort.cache)
     assert probs.shape == (n, 5, 3) and centres.shape == (n, 5, 2)
     ok = np.isfinite(probs).all(axis=(1, 2))
@@ -156,3 +156,11 @@ def test_by_level_needs_centres_and_level_labels(by_level, tmp_path):
     bad.loc[0, "stenosis_grade_L2L3"] = 5
     with pytest.raises(CohortError, match="stenosis_grade_L2L3 must be an integer grade 0..2"):
         pretrain.pretrain_encoder(cfg, str(tmp_path), bad, cohort.cache, centres_mm=by_level["centres"])
+
+
+def test_localiser_summary_counts_only_known_levels():
+    """A level without a known centre (NaN error) is left out of every figure, within 10 mm too."""
+    err = np.array([[2.0, 12.0, np.nan, 4.0, 6.0], [np.nan, 3.0, 1.0, 20.0, 5.0]])
+    s = localise.summarise(err)
+    assert s["within_10mm"] == round(6 / 8, 3) and s["mean_mm"] == round(float(np.nanmean(err)), 2)
+    assert "L1L2" in s["per_level"] and s["per_level"]["L3L4"]["mean_mm"] == 1.0

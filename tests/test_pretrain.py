@@ -150,7 +150,8 @@ def test_heat_maps_of_the_mri_score_are_complete_and_scored_by_the_pointing_game
     game against the cohort's ground truth."""
     cfg, cohort = pre
     pretrain.pretrain_encoder(cfg, str(tmp_path), cohort.records, cohort.cache)
-    hm = workflow.stage_mri_heatmaps(cfg, str(tmp_path), cohort, os.path.join(str(tmp_path), pretrain.ENCODER_FILE))
+    hm = workflow.stage_mri_heatmaps(cfg, str(tmp_path), cohort,
+                                     pretrain.file_grader(cfg, os.path.join(str(tmp_path), pretrain.ENCODER_FILE)))
     assert hm["n"] == cfg.explain.max_patients and "stage-1 MRI score" in hm["definition"]
     assert 0.0 <= hm["hit_rate"]["point"] <= 1.0 and set(hm["by_level"]) == set(LEVELS)
     files = sorted(glob.glob(os.path.join(str(tmp_path), "mri_score_heatmaps", "*_mri_score_ig.npz")))

@@ -109,6 +109,14 @@ def load_encoder_file(path: str, *, fmt: str = FORMAT, what: str = "config.pretr
     return blob["params"], json.loads(blob["card"])
 
 
+def load_parts(path: str) -> dict:
+    """One read of an MRI encoder file: ``{"params", "card", "head", "localiser"}`` (head and
+    localiser None when the file has none)."""
+    blob = _load_blob(path)
+    return {"params": blob["params"], "card": json.loads(blob["card"]), "head": blob.get("head"),
+            "localiser": blob.get("localiser")}
+
+
 def load_grading_head(path: str):
     """The grading head's parameters (``{"ln": …, "head": …}``) stored with the encoder, or None
     for a file written without one (an older file, or a head that was not saved)."""
@@ -165,5 +173,5 @@ def check_compatible(card: Mapping, *, encoder_kwargs: Mapping, preprocessing: M
 
 
 __all__ = ["FORMAT", "XRAY_FORMAT", "card_path_for", "check_compatible", "load_encoder_file", "load_grading_head",
-           "load_localiser", "model_card",
+           "load_localiser", "load_parts", "model_card",
            "save_encoder_file"]

@@ -7,8 +7,8 @@ come from its reader (RSNA 2024 canal coordinates, SPIDER disc-mask centres, the
 ground truth); the outcome cohort has none, so the pretraining also trains a
 ``LevelLocaliser`` (``train.localise``) on the same patients, and the encoder file carries it:
 ``{"localiser": params}`` beside the encoder and the per-level head, its settings and held-out
-error in the card's ``levels`` entry. :func:`level_probs` runs localiser + level grader on any
-cohort.
+error in the card's ``levels`` entry. :func:`level_probs` runs localiser + level grader
+(``train.pretrain.file_grader``) on any cohort.
 
 Units: centres are (row, col) pixels of the preprocessed volume (D, H, W) — row along the
 spine (superior -> inferior), col anterior -> posterior; errors in mm.
@@ -20,12 +20,10 @@ import json
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pandas as pd
 
-from lumbarjax.errors import CohortError, ConfigError
-from lumbarjax.models import encoder_file
+from lumbarjax.errors import CohortError
 from lumbarjax.models.level_stenosis import crop_rows_for
 from lumbarjax.models.localiser import LevelLocaliser
 from lumbarjax.models.ordinal import corn_probs
@@ -82,33 +80,17 @@ def predict_centres(params, card: dict, cache: pd.DataFrame, *, batch_size: int 
     return out
 
 
-def localiser_error(params, card: dict, cache: pd.DataFrame, centres_mm: dict) -> dict:
-    """The localiser's in-plane error (mm; mean, median, within 10 mm, per level) on ``cache``'s
-    patients against their known centres."""
+def centre_error(pred: np.ndarray, cache: pd.DataFrame, centres_mm: dict) -> dict:
+    """In-plane error (mm; mean, median, within 10 mm, per level) of predicted centres (N, L, 2)
+    px of ``cache``'s rows against their known centres (LPS mm, ``patient_id`` -> (L, 3))."""
     truth = centres_px(cache, centres_mm)
-    pred = predict_centres(params, card, cache)
-    mask = (np.isfinite(truth).all(-1) & np.isfinite(pred).all(-1)).astype(float)
+    mask = np.isfinite(truth).all(-1) & np.isfinite(pred).all(-1)
     if not mask.any():
         raise CohortError("localiser error: no patient has both a predicted and a known centre")
-    return localise.summarise(localise.errors_mm(np.nan_to_num(pred), np.nan_to_num(truth), mask,
-                                                 card["spacing_mm"]))
-
-
-def level_grader(config, path: str):
-    """``(model, variables, localiser params, card)`` of a by-level encoder file: the
-    ``LevelStenosisGrader`` (encoder + per-level head) and the localiser that places its levels."""
-    from lumbarjax.train.pretrain import encoder_kwargs
-    from lumbarjax.train.tasks import TASKS
-
-    params, card = encoder_file.load_encoder_file(path)
-    lv = card.get("levels")
-    loc = encoder_file.load_localiser(path)
-    if not lv or loc is None:
-        raise ConfigError(f"{path}: not a by-level encoder file (no 'levels' card entry or localiser)")
-    head = encoder_file.load_grading_head(path)
-    pc = ml_collections.ConfigDict({"num_grades": int(card["labels"]["num_grades"]), "levels": {"enabled": True}})
-    model = TASKS["pretrain"].build_model(pc, encoder=encoder_kwargs(config), crop_rows=int(lv["crop_rows"]))
-    return model, {"params": {**head, "mri_encoder": params}}, loc, card
+    row = int(np.flatnonzero(mask.any(axis=1))[0])
+    spacing = np.linalg.norm(np.asarray(json.loads(cache["mri_affine"].iloc[row]), float)[:3, :3], axis=0)[1:3]
+    return localise.summarise(localise.errors_mm(np.nan_to_num(pred), np.nan_to_num(truth),
+                                                 mask.astype(float), spacing))
 
 
 def level_source(config, cache: pd.DataFrame, centres: np.ndarray):
@@ -119,21 +101,22 @@ def level_source(config, cache: pd.DataFrame, centres: np.ndarray):
                           mri_shape=(d, h, w), xray_shape=tuple(config.xray.shape))
 
 
-def level_probs(config, path: str, cache: pd.DataFrame, *, batch_size: int = 16):
-    """Per-level stenosis-grade probabilities of every cache row from a by-level encoder file:
-    the file's localiser places the levels, its level grader grades them. Returns
-    ``(probs (N, L, K), centres (N, L, 2) px)``, NaN rows where a patient has no MRI."""
+def level_probs(config, grader, cache: pd.DataFrame, *, batch_size: int = 16):
+    """Per-level stenosis-grade probabilities of every cache row from a by-level encoder file's
+    grader (``train.pretrain.file_grader``): its localiser places the levels, its level grader
+    grades them. Returns ``(probs (N, L, K), centres (N, L, 2) px)``, NaN rows where a patient
+    has no MRI."""
     from lumbarjax.data.pipeline import make_loader
 
-    model, variables, loc, card = level_grader(config, path)
-    centres = predict_centres(loc, card["levels"]["localiser"], cache)
+    centres = predict_centres(grader.localiser, grader.card["levels"]["localiser"], cache)
+    model = grader.model
     apply = jax.jit(lambda v, b: corn_probs(model.apply(v, b, train=False)["grade"]))
     source = level_source(config, cache, centres)
-    probs = np.full((len(cache), len(LEVELS), int(card["labels"]["num_grades"])), np.nan)
+    probs = np.full((len(cache), len(LEVELS), int(model.num_grades)), np.nan)
     idx = np.flatnonzero(np.isfinite(centres).all(axis=(1, 2)))
     for batch in make_loader(source, batch_size=batch_size, shuffle=False, seed=0, num_epochs=1, indices=idx):
         keep = np.asarray(batch["valid"]) > 0
-        p = np.asarray(apply(variables, {"mri": batch["mri"], "mri_centres": batch["mri_centres"]}))
+        p = np.asarray(apply(grader.variables, {"mri": batch["mri"], "mri_centres": batch["mri_centres"]}))
         probs[np.asarray(batch["index"])[keep]] = p[keep]
     return probs, centres
 
@@ -171,12 +154,8 @@ def outcome_cohort_summary(probs: np.ndarray, centres: np.ndarray, cache: pd.Dat
     have = ok & np.isin(ids, t.index)
     if not have.any():
         return out
-    tc = centres_px(cache.loc[have], localise.centres_from_truth(t.loc[ids[have]].reset_index(drop=True)))
-    spacing = np.linalg.norm(np.asarray(json.loads(cache.loc[have, "mri_affine"].iloc[0]), float)[:3, :3],
-                             axis=0)[1:3]
-    mask = np.isfinite(tc).all(-1).astype(float)
-    out["localiser_error_mm"] = localise.summarise(localise.errors_mm(centres[have], np.nan_to_num(tc), mask,
-                                                                      spacing))
+    out["localiser_error_mm"] = centre_error(np.where(have[:, None, None], centres, np.nan), cache,
+                                             localise.centres_from_truth(truth))
     tg = true_level_grades(t.loc[ids[have]].reset_index(drop=True))
     per = {}
     for j, lv in enumerate(LEVELS):
@@ -193,5 +172,5 @@ def outcome_cohort_summary(probs: np.ndarray, centres: np.ndarray, cache: pd.Dat
     return out
 
 
-__all__ = ["centres_px", "crop_rows", "level_grader", "level_probs", "level_source", "localiser_error", "outcome_cohort_summary", "predict_centres",
-           "train_level_localiser", "true_level_grades"]
+__all__ = ["centre_error", "centres_px", "crop_rows", "level_probs", "level_source", "outcome_cohort_summary",
+           "predict_centres", "train_level_localiser", "true_level_grades"]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import jax
 import ml_collections
@@ -185,7 +186,9 @@ def pretrain_encoder(config, workdir: str, records: pd.DataFrame, cache: pd.Data
         localiser, loc_card = mri_levels.train_level_localiser(config, cache.iloc[train_idx], centres_mm)
         levels_info.update(crop_mm=float(pc.levels.crop_mm), crop_rows=int(rows), localiser=loc_card,
                            levels=list(LEVELS))
-        val_err = mri_levels.localiser_error(localiser, loc_card, cache.iloc[val_idx], centres_mm)
+        val_cache = cache.iloc[val_idx]
+        val_err = mri_levels.centre_error(mri_levels.predict_centres(localiser, loc_card, val_cache), val_cache,
+                                          centres_mm)
         levels_info["localiser"]["val"] = val_err
         summary["levels"] = {k_: v for k_, v in levels_info.items() if k_ != "localiser"}
         summary["levels"]["localiser_val"] = val_err
@@ -211,16 +214,36 @@ def encoder_path(config, workdir: str) -> str:
     return config.pretrain.encoder_file or os.path.join(workdir, "pretrain", ENCODER_FILE)
 
 
-def grading_model(config, path: str):
-    """``(StenosisGrader, variables)`` of a (whole-volume) encoder file with its grading head."""
-    head = encoder_file.load_grading_head(path)
+class FileGrader(NamedTuple):
+    """The stenosis grader an encoder file holds: ``model`` (``StenosisGrader``, or
+    ``LevelStenosisGrader`` for a by-level file), its ``variables`` (encoder + grading head),
+    the file's ``card`` and, by level, the ``localiser`` parameters that place the levels."""
+    model: Any
+    variables: dict
+    card: dict
+    localiser: Any = None
+
+    @property
+    def by_level(self) -> bool:
+        return self.localiser is not None
+
+
+def file_grader(config, path: str) -> FileGrader:
+    """The grader of the encoder file ``path`` (one read); ConfigError naming the file when it
+    has no grading head, or a by-level card without its localiser."""
+    parts = encoder_file.load_parts(path)
+    card, head = parts["card"], parts["head"]
     if head is None:
         raise ConfigError(f"{path}: the encoder file has no grading head")
-    params, card = encoder_file.load_encoder_file(path)
+    levels = card.get("levels")
+    if levels and parts["localiser"] is None:
+        raise ConfigError(f"{path}: a by-level encoder file without its localiser")
     k = int(card.get("labels", {}).get("num_grades") or config.pretrain.num_grades)
-    model = TASKS["pretrain"].build_model(ml_collections.ConfigDict({"num_grades": k}),
-                                          encoder=encoder_kwargs(config))
-    return model, {"params": {**head, "mri_encoder": params}}
+    pc = ml_collections.ConfigDict({"num_grades": k, "levels": {"enabled": bool(levels)}})
+    model = TASKS["pretrain"].build_model(pc, encoder=encoder_kwargs(config),
+                                          crop_rows=int(levels["crop_rows"]) if levels else None)
+    return FileGrader(model, {"params": {**head, "mri_encoder": parts["params"]}}, card,
+                      parts["localiser"] if levels else None)
 
 
 def with_mri(cache: pd.DataFrame) -> np.ndarray:
@@ -228,34 +251,37 @@ def with_mri(cache: pd.DataFrame) -> np.ndarray:
     return (cache["mri_file"].fillna("").astype(str) != "").to_numpy() & ~cache["excluded"].to_numpy(bool)
 
 
+def grader_probs(config, grader: FileGrader, cache: pd.DataFrame, *, batch_size: int = 16):
+    """``(probs, centres)``: (N, K) stenosis-grade probabilities of every row of ``cache`` (a
+    preprocess cache table) from a :class:`FileGrader` (CORN decoding), NaN rows where a patient
+    has no MRI, and ``centres`` None; by level (``train.mri_levels.level_probs``) (N, L, K) and
+    the localised (N, L, 2) centres."""
+    from lumbarjax.models.ordinal import corn_probs
+
+    if grader.by_level:
+        return mri_levels.level_probs(config, grader, cache, batch_size=batch_size)
+    model = grader.model
+    apply = jax.jit(lambda v, mri: corn_probs(model.apply(v, {"mri": mri}, train=False)["grade"][:, 0]))
+    source = CachedExamples(cache, {}, mri_shape=tuple(config.mri.shape), xray_shape=tuple(config.xray.shape))
+    probs = np.full((len(cache), int(model.num_grades)), np.nan)
+    for batch in make_loader(source, batch_size=batch_size, shuffle=False, seed=0, num_epochs=1,
+                             indices=np.flatnonzero(with_mri(cache))):
+        keep = np.asarray(batch["valid"]) > 0
+        p = np.asarray(apply(grader.variables, batch["mri"]))
+        probs[np.asarray(batch["index"])[keep]] = p[keep]
+    return probs, None
+
+
 def stenosis_probs(config, path: str, cache: pd.DataFrame, *, batch_size: int = 16) -> np.ndarray | None:
-    """(N, K) stenosis-grade probabilities of every patient of ``cache`` (a preprocess cache
-    table) from the pretrained grader in the encoder file ``path`` (encoder + its grading head,
-    CORN decoding), NaN rows where a patient has no MRI; None when the file holds no head.
-    (N, L, K) per level from a by-level file (``train.mri_levels.level_probs``).
+    """(N, K) stenosis-grade probabilities of every patient of ``cache`` from the pretrained
+    grader in the encoder file ``path`` (:func:`grader_probs`; (N, L, K) from a by-level file),
+    None when the file holds no grading head.
 
     The pretraining patients are never the outcome patients (``workflow.stage_pretrain``
     checks), so these scores are out of sample for every outcome patient and fold."""
-    from lumbarjax.models.ordinal import corn_probs
-
-    head = encoder_file.load_grading_head(path)
-    if head is None:
+    if encoder_file.load_grading_head(path) is None:
         return None
-    if encoder_file.load_encoder_file(path)[1].get("levels"):
-        return mri_levels.level_probs(config, path, cache, batch_size=batch_size)[0]
-    model, variables = grading_model(config, path)
-    k = int(model.num_grades)
-    apply = jax.jit(lambda v, mri: corn_probs(model.apply(v, {"mri": mri}, train=False)["grade"][:, 0]))
-    d, h, w = config.mri.shape
-    source = CachedExamples(cache, {}, mri_shape=(d, h, w), xray_shape=tuple(config.xray.shape))
-    present = with_mri(cache)
-    probs = np.full((len(cache), k), np.nan)
-    idx = np.flatnonzero(present)
-    for batch in make_loader(source, batch_size=batch_size, shuffle=False, seed=0, num_epochs=1, indices=idx):
-        keep = np.asarray(batch["valid"]) > 0
-        p = np.asarray(apply(variables, batch["mri"]))
-        probs[np.asarray(batch["index"])[keep]] = p[keep]
-    return probs
+    return grader_probs(config, file_grader(config, path), cache, batch_size=batch_size)[0]
 
 
 def with_encoder(encoder_params, key: str = "mri_encoder") -> callable:
