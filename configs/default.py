@@ -244,6 +244,10 @@ def get_config() -> ml_collections.ConfigDict:
     # The encoder file then carries the per-level head and the localiser.
     c.pretrain.levels = ml_collections.ConfigDict(dict(
         enabled=False,
+        localise=True,             # with enabled=False: still train the localiser when the cohort has
+                                   # level centres (RSNA coordinates, SPIDER masks, synthetic truth); the
+                                   # encoder file carries it, the outcome cohort's levels are placed and
+                                   # the MRI score's heat maps summarised at them (workflow.stage_mri_levels)
         crop_mm=60.0,              # crop height along the spine (mm); the whole AP width
         localiser=dict(steps=400, batch_size=16, lr=2e-3, width=16, slices=3),
     ))

@@ -46,6 +46,10 @@ def get_config():
     # AUC fell from 0.726 to 0.668 (the whole-volume encoder file reads the levels better for
     # the outcome) and the run took longer; measured by benchmarks/mri_levels.py (README).
     c.pretrain.levels.enabled = False
+    # The localiser is still trained on the pretraining cohort's RSNA coordinates and carried in
+    # the encoder file: it places the outcome cohort's levels (its error in mm against the truth
+    # is in the report) and the MRI score's heat maps are summarised at those levels.
+    c.pretrain.levels.localise = True
     c.explain.max_patients = 40
     # The scale level by level beside the whole-film grader (README, "The X-ray scale level by
     # level"); landmark models from a separate 200-patient synthetic landmark cohort.

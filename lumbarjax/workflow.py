@@ -195,7 +195,7 @@ def stage_pretrain(config, workdir: str, outcome_ids=()):
         manifest = stage_index(sub, pdir)
         centres = None  # a lumbarjax-layout cohort has level centres only with a synthetic ground truth
         gt_csv = os.path.join(root, "ground_truth.csv")
-        if pc.levels.enabled and os.path.exists(gt_csv):
+        if (pc.levels.enabled or pc.levels.get("localise", False)) and os.path.exists(gt_csv):
             from lumbarjax.train.localise import centres_from_truth
             centres = centres_from_truth(pd.read_csv(gt_csv, dtype={"patient_id": str}))
     cohort = stage_cohort(sub, pdir, manifest)
@@ -211,8 +211,9 @@ def stage_mri_scores(config, workdir: str, cohort: Cohort):
     """Stage-1 MRI scores of the outcome cohort: the pretrained stenosis grader's (encoder +
     grading head) expected grade and class probabilities per patient (``stage1.mri_scores``),
     written to ``<workdir>/mri_scores.csv``. Out of sample for every patient: the pretraining
-    cohort shares no patient with this one (``stage_pretrain`` checks). A by-level encoder
-    file grades every level (:func:`stage_mri_levels`). Heat maps of the score:
+    cohort shares no patient with this one (``stage_pretrain`` checks). A file with a
+    localiser places the levels (:func:`stage_mri_levels`); a by-level file also grades every
+    level. Heat maps of the score:
     :func:`stage_mri_heatmaps`. Returns ``(scores, {"mri_levels": summary or None,
     "mri_score_heatmaps": summary or None})``; ``(None, {})`` when the encoder file has no
     grading head."""
@@ -224,7 +225,7 @@ def stage_mri_scores(config, workdir: str, cohort: Cohort):
         return None, {}
     grader = file_grader(config, path)
     probs, centres = grader_probs(config, grader, cohort.cache)
-    levels = stage_mri_levels(config, workdir, cohort, grader.card, probs, centres) if grader.by_level else None
+    levels = stage_mri_levels(config, workdir, cohort, grader.card, probs, centres) if centres is not None else None
     present = np.isfinite(probs).reshape(len(probs), -1).all(axis=1)
     scores = stage1.mri_scores(cohort.records["patient_id"].to_numpy(), np.nan_to_num(probs), present,
                                detail=str(config.outcome.stage1_mri))
@@ -240,12 +241,15 @@ def stage_mri_heatmaps(config, workdir: str, cohort: Cohort, grader, centres: np
     encoder file's grader (``train.pretrain.file_grader``; summed over the levels of a by-level
     grader, placed at ``centres``), the
     MRI column the outcome's linear models read — for the first ``config.explain.max_patients``
-    patients with an MRI (the grader never saw any of them), scored by the pointing game at the
-    true stenotic level where a synthetic ground truth exists. Writes the maps to
-    ``<workdir>/mri_score_heatmaps/`` and returns (and writes) their summary; None when
-    ``explain.max_patients`` is 0."""
+    patients with an MRI (the grader never saw any of them). With the localiser's ``centres``
+    ((N, L, 2) px of the cache rows) the maps are summarised level by level at the placed
+    levels (``at_placed_levels``: where each map points; no ground truth needed); where a
+    synthetic ground truth exists they are scored by the pointing game at the true stenotic
+    level, at the true disc centres and (``at_placed_levels.vs_truth``) at the placed ones.
+    Writes the maps to ``<workdir>/mri_score_heatmaps/`` and returns (and writes) their
+    summary; None when ``explain.max_patients`` is 0."""
     from lumbarjax.data.pipeline import CachedExamples
-    from lumbarjax.eval.localisation import localisation_summary
+    from lumbarjax.eval.localisation import attribution_by_level, centres_px_to_mm, localisation_summary
     from lumbarjax.explain import heatmaps as heatmaps_lib
     from lumbarjax.train import mri_levels
     from lumbarjax.train.pretrain import with_mri
@@ -272,15 +276,35 @@ def stage_mri_heatmaps(config, workdir: str, cohort: Cohort, grader, centres: np
                         f"config.explain.baseline={config.explain.baseline!r}), the first {len(items)} "
                         "patients with an MRI; pointing game: the largest positive attribution lies in "
                         "the true stenotic level"}
+    placed = None
+    if centres is not None:
+        row_of = {pid: i for i, pid in enumerate(cache["patient_id"].astype(str))}
+        placed = [centres_px_to_mm(it["affine"], it["attr"].shape, centres[row_of[it["patient_id"]]])
+                  for it in items]
+        hm["at_placed_levels"] = attribution_by_level([it["attr"] for it in items], [it["affine"] for it in items],
+                                                      placed, patient_ids=[it["patient_id"] for it in items])
+        hm["at_placed_levels"]["definition"] = ("level regions between the disc centres the encoder file's "
+                                                "localiser placed on each scan")
     gt_csv = os.path.join(cohort_dir(config, workdir), "ground_truth.csv")
     if os.path.exists(gt_csv):
         t = pd.read_csv(gt_csv, dtype={"patient_id": str}).set_index("patient_id")
-        items = [it for it in items if it["patient_id"] in t.index]
-        loc = localisation_summary([it["attr"] for it in items], [it["affine"] for it in items],
-                                   t.loc[[it["patient_id"] for it in items]].reset_index(),
-                                   n_boot=int(config.eval.n_boot), seed=int(config.seed))
+        keep = [j for j, it in enumerate(items) if it["patient_id"] in t.index]
+        truth = t.loc[[items[j]["patient_id"] for j in keep]].reset_index()
+        attrs, affines = [items[j]["attr"] for j in keep], [items[j]["affine"] for j in keep]
+        kw = dict(n_boot=int(config.eval.n_boot), seed=int(config.seed))
+        loc = localisation_summary(attrs, affines, truth, **kw)
         hm.update({k: loc[k] for k in ("n", "n_excluded", "hit_rate", "mean_fraction", "chance_hit_rate",
                                        "by_level", "n_no_positive_attribution")})
+        if placed is not None:
+            # the same pointing game with the regions drawn from the placed centres instead of the truth's
+            moved = truth.copy()
+            for j, row in zip(keep, range(len(moved))):
+                for lv in LEVELS:
+                    xyz = placed[j].get(lv, (np.nan, np.nan, np.nan))
+                    for ax, v in zip("xyz", xyz):
+                        moved.loc[row, f"disc_{lv}_{ax}_mm"] = v
+            at = localisation_summary(attrs, affines, moved, **kw)
+            hm["at_placed_levels"]["vs_truth"] = {k: at[k] for k in ("n", "n_excluded", "hit_rate", "by_level")}
     atomic.write_json(os.path.join(workdir, MRI_HEATMAPS_JSON), hm)
     return hm
 
@@ -290,11 +314,13 @@ MRI_LEVELS_JSON = os.path.join("mri_levels", "mri_levels.json")
 
 def stage_mri_levels(config, workdir: str, cohort: Cohort, card: dict, probs: np.ndarray,
                      centres: np.ndarray) -> dict:
-    """The by-level MRI grader on the outcome cohort: ``<workdir>/mri_levels/levels.csv`` (per
-    patient the localised centres, px, and each level's expected grade), the summary
-    ``mri_levels.json`` (``train.mri_levels.outcome_cohort_summary``: with a synthetic ground
-    truth the localiser error in mm and the per-level QWK; the pretraining's held-out localiser
-    error and QWK, from the encoder file's ``card``); its heat maps: :func:`stage_mri_heatmaps`."""
+    """The encoder file's localiser (and, by level, its level grader) on the outcome cohort:
+    ``<workdir>/mri_levels/levels.csv`` (per patient the localised centres, px, and by level
+    each level's expected grade), the summary ``mri_levels.json``
+    (``train.mri_levels.outcome_cohort_summary``: with a synthetic ground truth the localiser
+    error in mm and, by level, the per-level QWK; the pretraining's held-out localiser error and
+    QWK, from the encoder file's ``card``); its heat maps: :func:`stage_mri_heatmaps`.
+    ``probs``: (N, L, K) by level, (N, K) for a whole-volume grader."""
     from lumbarjax.train import mri_levels
     out_dir = os.path.join(workdir, "mri_levels")
     os.makedirs(out_dir, exist_ok=True)
@@ -302,17 +328,18 @@ def stage_mri_levels(config, workdir: str, cohort: Cohort, card: dict, probs: np
     gt_csv = os.path.join(cohort_dir(config, workdir), "ground_truth.csv")
     truth = pd.read_csv(gt_csv, dtype={"patient_id": str}) if os.path.exists(gt_csv) else None
     cache = cohort.cache
-    summary = mri_levels.outcome_cohort_summary(probs, centres, cache, truth, num_grades=k)
+    by_level = np.ndim(probs) == 3
+    summary = mri_levels.outcome_cohort_summary(probs if by_level else None, centres, cache, truth, num_grades=k)
     pre = card["levels"]
     summary["pretraining"] = {"crop_mm": pre.get("crop_mm"), "crop_rows": pre.get("crop_rows"),
-                              "val_qwk_all_levels": card.get("validation", {}).get("qwk"),
+                              "val_qwk_all_levels" if by_level else "val_qwk": card.get("validation", {}).get("qwk"),
                               "localiser_val": pre.get("localiser", {}).get("val"),
                               "localiser_baseline_mean_position": pre.get("localiser", {}).get("baseline_mean_position")}
-    expected = np.asarray(probs) @ np.arange(k, dtype=float)
     tab = pd.DataFrame({"patient_id": cache["patient_id"].astype(str).to_numpy()})
     for j, lv in enumerate(LEVELS):
         tab[f"row_px_{lv}"], tab[f"col_px_{lv}"] = centres[:, j, 0], centres[:, j, 1]
-        tab[f"expected_grade_{lv}"] = expected[:, j]
+        if by_level:
+            tab[f"expected_grade_{lv}"] = np.asarray(probs)[:, j] @ np.arange(k, dtype=float)
     atomic.write_csv(tab.round(4), os.path.join(out_dir, "levels.csv"))
     atomic.write_json(os.path.join(workdir, MRI_LEVELS_JSON), summary)
     return summary

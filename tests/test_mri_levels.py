@@ -164,3 +164,63 @@ def test_localiser_summary_counts_only_known_levels():
     s = localise.summarise(err)
     assert s["within_10mm"] == round(6 / 8, 3) and s["mean_mm"] == round(float(np.nanmean(err)), 2)
     assert "L1L2" in s["per_level"] and s["per_level"]["L3L4"]["mean_mm"] == 1.0
+
+
+def test_whole_volume_pretraining_carries_the_localiser_and_places_the_levels(by_level, tmp_path):
+    """pretrain.levels.localise beside a whole-volume grader: the file holds the localiser, its
+    card says the grader is not by level, and the outcome path gets (N, K) grades + centres."""
+    import ml_collections
+    from lumbarjax import workflow
+    cfg = ml_collections.ConfigDict(by_level["cfg"].to_dict())
+    cfg.pretrain.levels.enabled, cfg.pretrain.levels.localise = False, True
+    cohort = by_level["cohort"]
+    pretrain.pretrain_encoder(cfg, str(tmp_path), cohort.records, cohort.cache, centres_mm=by_level["centres"])
+    path = os.path.join(str(tmp_path), pretrain.ENCODER_FILE)
+    _, card = encoder_file.load_encoder_file(path)
+    assert card["levels"]["graded_by_level"] is False and "crop_rows" not in card["levels"]
+    assert card["levels"]["localiser"]["val"]["mean_mm"] > 0
+    assert set(encoder_file.load_grading_head(path)) == {"ln", "head"}
+    grader = pretrain.file_grader(cfg, path)
+    assert not grader.by_level and grader.localiser is not None
+    probs, centres = pretrain.grader_probs(cfg, grader, cohort.cache)
+    n = len(cohort.cache)
+    assert probs.shape == (n, 3) and centres.shape == (n, 5, 2)
+    ok = pretrain.with_mri(cohort.cache)
+    assert np.isfinite(centres[ok]).all() and np.isnan(centres[~ok]).all()
+    summ = mri_levels.outcome_cohort_summary(None, centres, cohort.cache, by_level["truth"], num_grades=3)
+    assert summ["graded_by_level"] is False and summ["patients"] == ok.sum()
+    assert "pred_grade_counts" not in summ and "vs_truth" not in summ
+    assert set(summ["localiser_error_mm"]["per_level"]) == set(LEVELS)
+    # the localiser is not trained without centres, and the grader file is then a plain one
+    pretrain.pretrain_encoder(cfg, str(tmp_path / "nocentres"), cohort.records, cohort.cache)
+    assert "levels" not in encoder_file.load_encoder_file(str(tmp_path / "nocentres" / pretrain.ENCODER_FILE))[1]
+    # the level table of the outcome stage has the centres and no per-level grades
+    workdir = str(tmp_path / "run")
+    os.makedirs(workdir)
+    cfg.data.cohort_dir = str(tmp_path / "nowhere")
+    s = workflow.stage_mri_levels(cfg, workdir, cohort, card, probs, centres)
+    assert s["pretraining"]["localiser_val"]["mean_mm"] == card["levels"]["localiser"]["val"]["mean_mm"]
+    tab = pd.read_csv(os.path.join(workdir, "mri_levels", "levels.csv"))
+    assert [c for c in tab.columns if c.startswith("expected_grade")] == []
+    assert {f"row_px_{lv}" for lv in LEVELS} <= set(tab.columns)
+
+
+def test_heat_maps_are_summarised_at_the_placed_levels():
+    """attribution_by_level reads where each map points from placed centres alone: a map whose
+    peak sits on the L4L5 centre points at L4L5; one with no positive value points nowhere."""
+    from lumbarjax.eval.localisation import attribution_by_level, centres_px_to_mm
+    affine = np.array([[0, 0, 2.0, 10.0], [0, 2.0, 0, -5.0], [4.0, 0, 0, 1.0], [0, 0, 0, 1]])  # (d,h,w) -> mm
+    shape = (3, 60, 20)
+    px = np.array([[8.0, 10.0], [18.0, 10.0], [28.0, 10.0], [38.0, 10.0], [np.nan, np.nan]])
+    cen = centres_px_to_mm(affine, shape, px)
+    assert set(cen) == {"L1L2", "L2L3", "L3L4", "L4L5"}                      # L5S1 not placed
+    np.testing.assert_allclose(cen["L4L5"], affine[:3] @ np.array([1.0, 38.0, 10.0, 1.0]))
+    a = np.zeros(shape)
+    a[1, 38, 10] = 5.0
+    a[1, 8, 10] = 1.0
+    out = attribution_by_level([a, -np.ones(shape), a], [affine] * 3, [cen, cen, {"L1L2": cen["L1L2"]}],
+                               patient_ids=["p", "q", "r"])
+    assert out["n"] == 2 and out["n_excluded"] == 1 and out["exclusions"][0]["patient_id"] == "r"
+    assert out["points_at"]["L4L5"] == 0.5 and out["points_at"]["none"] == 0.5
+    assert out["mean_mass_fraction"]["L4L5"] == pytest.approx(5 / 6)
+    assert out["mean_mass_fraction"]["L1L2"] == pytest.approx(1 / 6)

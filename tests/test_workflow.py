@@ -67,12 +67,17 @@ def test_outcome_model_starts_from_the_pretrained_frozen_encoder(tiny_run):
     hm = tiny_run["metrics"]["extra"]["mri_score_heatmaps"]   # IG of the stage-1 MRI score
     assert hm["n"] == tiny_run["config"].explain.max_patients and "hit_rate" in hm
     assert len(glob.glob(os.path.join(workdir, "mri_score_heatmaps", "*_mri_score_ig.npz"))) == hm["n"]
+    # summarised at the levels the localiser placed (no truth needed), and that pointing game vs the truth
+    placed = hm["at_placed_levels"]
+    assert placed["n"] + placed["n_excluded"] == hm["n"]
+    assert abs(sum(placed["points_at"].values()) - 1.0) < 1e-9 and "hit_rate" in placed["vs_truth"]
     assert lv["pretraining"]["crop_rows"] == 8
     table = pd.read_csv(os.path.join(workdir, "mri_levels", "levels.csv"), dtype={"patient_id": str})
     assert len(table) == len(tiny_run["results"]["outcome_task"].cache) and "expected_grade_L4L5" in table
     with open(os.path.join(workdir, "report.html")) as f:
         html = f.read()
     assert "The MRI level by level" in html and "Does the MRI score" in html
+    assert "At the levels the localiser placed" in html
     for fm in load_fold_models(tiny_run["config"], workdir, "outcome"):
         params = jax.device_get(fm.state.params)
         for a, b in zip(jax.tree.leaves(params["mri_encoder"]), jax.tree.leaves(encoder)):

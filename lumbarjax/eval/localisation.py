@@ -328,6 +328,58 @@ def film_level_summary(attrs: Sequence, transforms: Sequence, ground_truth, *, n
     return res
 
 
+def centres_px_to_mm(affine, shape, centres_px) -> dict[str, tuple[float, float, float]]:
+    """``{level: (x, y, z)}`` LPS mm of (L, 2) (row, col) pixel centres on the mid-sagittal
+    slice of a ``(D, H, W)`` volume with voxel -> mm ``affine`` (a localiser's output, e.g.
+    ``train.mri_levels.predict_centres``); levels with a non-finite centre are left out."""
+    A = np.asarray(affine, np.float64)
+    mid = (int(shape[0]) - 1) / 2.0
+    out = {}
+    for lv, (r, c) in zip(LEVELS, np.asarray(centres_px, np.float64)):
+        if np.isfinite(r) and np.isfinite(c):
+            out[lv] = tuple(float(v) for v in (A @ np.array([mid, r, c, 1.0]))[:3])
+    return out
+
+
+def attribution_by_level(attrs: Sequence, affines: Sequence, centres_mm: Sequence[Mapping], *,
+                         patient_ids: Sequence[str] | None = None, smooth_sigma: float = 0.0) -> dict:
+    """Where heat maps point, level by level, at *placed* disc centres — a localiser's on a
+    real cohort, no ground truth needed.
+
+    Args:
+      attrs / affines: per patient the ``(D, H, W)`` map and its ``(4, 4)`` voxel -> mm affine.
+      centres_mm: per patient ``{level: (x, y, z)}`` mm (:func:`centres_px_to_mm`); a patient
+        with fewer than two placed levels is excluded and counted.
+
+    Returns ``n, n_excluded, exclusions, points_at`` (per level the share of maps whose largest
+    positive attribution lies in that level's region, plus ``"none"``: outside every level or
+    no positive attribution), ``mean_mass_fraction`` (per level the mean share of positive
+    mass; patients without positive mass left out), ``per_patient`` (argmax level and mass per
+    level).
+    """
+    ids = list(patient_ids) if patient_ids is not None else [str(i) for i in range(len(attrs))]
+    per, excl = [], []
+    for pid, attr, aff, cen in zip(ids, attrs, affines, centres_mm, strict=True):
+        attr = np.asarray(attr)
+        if sum(np.all(np.isfinite(np.asarray(v, float))) for v in cen.values()) < 2:
+            excl.append({"patient_id": str(pid), "reason": "fewer than two placed disc levels"})
+            continue
+        regions = level_regions(aff, attr.shape[:3], cen)
+        attr3 = _attr_3d(attr, regions)
+        am = argmax_level(attr3, regions, smooth_sigma=smooth_sigma)
+        per.append({"patient_id": str(pid), "argmax_level": LEVELS[am - 1] if am > 0 else "none",
+                    "mass_by_level": {lv: positive_mass_fraction(attr3, regions, k + 1, smooth_sigma=smooth_sigma)
+                                      for k, lv in enumerate(LEVELS)}})
+    n = len(per)
+    points = {lv: (sum(p["argmax_level"] == lv for p in per) / n if n else None) for lv in (*LEVELS, "none")}
+    mass = {}
+    for lv in LEVELS:
+        m = np.array([p["mass_by_level"][lv] for p in per], float)
+        mass[lv] = float(m[np.isfinite(m)].mean()) if np.isfinite(m).any() else None
+    return to_jsonable({"n": n, "n_excluded": len(excl), "exclusions": excl, "points_at": points,
+                        "mean_mass_fraction": mass, "smooth_sigma": smooth_sigma, "per_patient": per})
+
+
 def _by_level(per: Sequence[Mapping]) -> dict:
     """Per disc level: the mean share of positive attribution mass in its region (all patients)
     and, among the patients whose true stenotic level it is, their number and pointing-game hit

@@ -437,9 +437,15 @@ def _mri_levels_html(summary: Mapping, level: str) -> str:
     predicted grade counts and the QWK against the true grade."""
     from lumbarjax.schema import LEVELS
     pre = summary.get("pretraining") or {}
-    body = ("<p>Every disc level is found by the localiser and graded on a crop of "
-            f"{_e(pre.get('crop_mm'))} mm around it by the pretrained encoder (one shared grader, "
-            "a bias per level). The pretraining cohort never includes a patient of this one.</p>")
+    graded = summary.get("graded_by_level", True)
+    if graded:
+        body = ("<p>Every disc level is found by the localiser and graded on a crop of "
+                f"{_e(pre.get('crop_mm'))} mm around it by the pretrained encoder (one shared grader, "
+                "a bias per level). The pretraining cohort never includes a patient of this one.</p>")
+    else:
+        body = (f"<p>The encoder file's localiser placed the disc levels of {_e(summary.get('patients'))} "
+                "patients (the grader reads the whole volume; the MRI score's heat maps are summarised "
+                "at these levels). The pretraining cohort never includes a patient of this one.</p>")
     err_rows = []
     for name, e in (("pretraining, held-out patients", pre.get("localiser_val")),
                     ("pretraining, mean-position baseline", pre.get("localiser_baseline_mean_position")),
@@ -451,6 +457,8 @@ def _mri_levels_html(summary: Mapping, level: str) -> str:
     if err_rows:
         body += ("<h3>Localiser error (mm)</h3>"
                  + html_table(["where", "mean", "within 10 mm"] + list(LEVELS), err_rows, "metrics"))
+    if not graded:
+        return body
     vs = summary.get("vs_truth") or {}
     counts = summary.get("pred_grade_counts") or {}
     grows = [[_e(lv), _e(", ".join(str(c) for c in counts.get(lv, []))),
@@ -476,6 +484,21 @@ def _mri_score_heatmaps_html(hm: Mapping, level: str) -> str:
             "network.</p>")
     if hm.get("hit_rate"):
         body += _pointing_html(hm, level)
+    placed = hm.get("at_placed_levels")
+    if placed and placed.get("n"):
+        from lumbarjax.schema import LEVELS
+        vs = (placed.get("vs_truth") or {}).get("by_level") or {}
+        prow = [[_e(lv), fmt_value(placed["points_at"].get(lv)), fmt_value(placed["mean_mass_fraction"].get(lv)),
+                 fmt_value(vs.get(lv, {}).get("hit_rate_true")) if vs.get(lv, {}).get("hit_rate_true") is not None
+                 else "–"] for lv in LEVELS]
+        body += (f"<h3>At the levels the localiser placed ({_e(placed['n'])} patients)</h3>"
+                 f"<p>{_e(placed.get('definition', ''))}; no ground truth needed, so this table exists for a "
+                 f"real cohort too. Maps pointing outside every level: {fmt_value(placed['points_at'].get('none'))}.")
+        if placed.get("vs_truth"):
+            body += (" Pointing game at the true stenotic level with the placed regions: "
+                     f"{_fmt_ci(placed['vs_truth'].get('hit_rate'))}.")
+        body += "</p>" + html_table(["level", "share of maps pointing here", "mean share of positive attribution",
+                                     "pointing-game hit rate among the patients stenotic here"], prow, "metrics")
     return body
 
 

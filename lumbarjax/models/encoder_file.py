@@ -78,8 +78,8 @@ def save_encoder_file(path: str, params, card: Mapping, head=None, *, fmt: str =
     parameters; ``LevelStenosisGrader``'s also ``level_bias``), stored beside the encoder so
     that the file can also grade stenosis — the outcome model's MRI stage-1 scores
     (:func:`load_grading_head`). The card then says so. ``localiser``: the disc-level
-    localiser's parameters of a by-level file (``train.mri_levels``, :func:`load_localiser`;
-    its settings are the card's ``levels.localiser``)."""
+    localiser's parameters (a by-level file's, or one trained beside a whole-volume grader;
+    ``train.mri_levels``, :func:`load_localiser`; its settings are the card's ``levels.localiser``)."""
     path = os.fspath(path)
     card = dict(card)
     if head is not None:
@@ -124,7 +124,7 @@ def load_grading_head(path: str):
 
 
 def load_localiser(path: str):
-    """The disc-level localiser's parameters stored with a by-level encoder, or None."""
+    """The disc-level localiser's parameters stored with the encoder, or None."""
     return _load_blob(path).get("localiser")
 
 

@@ -136,17 +136,22 @@ def true_level_grades(truth: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def outcome_cohort_summary(probs: np.ndarray, centres: np.ndarray, cache: pd.DataFrame,
+def outcome_cohort_summary(probs: np.ndarray | None, centres: np.ndarray, cache: pd.DataFrame,
                            truth: pd.DataFrame | None, *, num_grades: int) -> dict:
-    """The level grader on the outcome cohort in numbers: patients graded, the predicted grade
+    """The localiser and level grader on the outcome cohort in numbers: patients placed (and
+    graded), by level (``probs`` (N, L, K); None for a whole-volume grader) the predicted grade
     counts per level and, with a synthetic ground truth, the localiser's error (mm, per level)
     and the per-level QWK against the noise-free true grade."""
     from lumbarjax.eval import metrics as metrics_lib
-    ok = np.isfinite(probs).all(axis=(1, 2))
-    pred = np.argmax(np.nan_to_num(probs), axis=-1)   # (N, L) most probable grade
-    out = {"patients": int(ok.sum()),
-           "pred_grade_counts": {lv: np.bincount(pred[ok, j], minlength=num_grades).tolist()
-                                 for j, lv in enumerate(LEVELS)}}
+    graded = probs is not None
+    ok = np.isfinite(centres).all(axis=(1, 2))
+    out = {"patients": int(ok.sum()), "graded_by_level": graded}
+    if graded:
+        ok &= np.isfinite(probs).all(axis=(1, 2))
+        pred = np.argmax(np.nan_to_num(probs), axis=-1)   # (N, L) most probable grade
+        out["patients"] = int(ok.sum())
+        out["pred_grade_counts"] = {lv: np.bincount(pred[ok, j], minlength=num_grades).tolist()
+                                    for j, lv in enumerate(LEVELS)}
     if truth is None:
         return out
     t = truth.set_index(truth["patient_id"].astype(str))
@@ -156,6 +161,8 @@ def outcome_cohort_summary(probs: np.ndarray, centres: np.ndarray, cache: pd.Dat
         return out
     out["localiser_error_mm"] = centre_error(np.where(have[:, None, None], centres, np.nan), cache,
                                              localise.centres_from_truth(truth))
+    if not graded:
+        return out
     tg = true_level_grades(t.loc[ids[have]].reset_index(drop=True))
     per = {}
     for j, lv in enumerate(LEVELS):

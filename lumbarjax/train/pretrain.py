@@ -60,7 +60,15 @@ def _signature(config) -> dict:
                                                       "shape": list(config.mri.shape)},
             "seed": int(config.seed), "label_column": p.label_column, "num_grades": int(p.num_grades),
             "train": p.train.to_dict(), "optim": p.optim.to_dict(), "augment": config.outcome.augment.to_dict(),
-            **({"levels": p.levels.to_dict()} if p.levels.enabled else {})}
+            **({"levels": p.levels.to_dict()} if p.levels.enabled else {}),
+            **({"localiser": p.levels.localiser.to_dict()} if localises(p) else {})}
+
+
+def localises(pc) -> bool:
+    """Whether pretraining trains the disc-level localiser: always by level
+    (``pretrain.levels.enabled``), and with ``pretrain.levels.localise`` beside a whole-volume
+    grader (when the cohort has level centres)."""
+    return bool(pc.levels.enabled or pc.levels.get("localise", False))
 
 
 def load_encoder(workdir: str):
@@ -180,12 +188,15 @@ def pretrain_encoder(config, workdir: str, records: pd.DataFrame, cache: pd.Data
                "val_qwk": float((result["best"]["metrics"] or {}).get("qwk", float("nan"))),
                "grade_counts": counts, "signature": sig}
     localiser = None
-    if by_level:
+    if not by_level and localises(pc) and not centres_mm:
+        logging.info("pretrain: the cohort has no disc-level centres: no level localiser is trained")
+    if by_level or (localises(pc) and centres_mm):
         # the localiser learns from the training patients only: its held-out error is on the
         # same validation patients as the grade's
         localiser, loc_card = mri_levels.train_level_localiser(config, cache.iloc[train_idx], centres_mm)
-        levels_info.update(crop_mm=float(pc.levels.crop_mm), crop_rows=int(rows), localiser=loc_card,
-                           levels=list(LEVELS))
+        levels_info.update(localiser=loc_card, levels=list(LEVELS), graded_by_level=by_level)
+        if by_level:
+            levels_info.update(crop_mm=float(pc.levels.crop_mm), crop_rows=int(rows))
         val_cache = cache.iloc[val_idx]
         val_err = mri_levels.centre_error(mri_levels.predict_centres(localiser, loc_card, val_cache), val_cache,
                                           centres_mm)
@@ -200,7 +211,7 @@ def pretrain_encoder(config, workdir: str, records: pd.DataFrame, cache: pd.Data
         label_names=label_names(col, k), training_data=data,
         validation={"qwk": summary["val_qwk"], "best_step": summary["best_step"],
                     "patients": summary["patients_val"]})
-    if by_level:
+    if localiser is not None:
         card["levels"] = levels_info
     encoder_file.save_encoder_file(os.path.join(workdir, ENCODER_FILE), params, card, head=head,
                                    localiser=localiser)
@@ -217,7 +228,9 @@ def encoder_path(config, workdir: str) -> str:
 class FileGrader(NamedTuple):
     """The stenosis grader an encoder file holds: ``model`` (``StenosisGrader``, or
     ``LevelStenosisGrader`` for a by-level file), its ``variables`` (encoder + grading head),
-    the file's ``card`` and, by level, the ``localiser`` parameters that place the levels."""
+    the file's ``card`` and the ``localiser`` parameters that place the levels (always by
+    level; beside a whole-volume grader when it was trained with ``pretrain.levels.localise``,
+    else None)."""
     model: Any
     variables: dict
     card: dict
@@ -225,7 +238,14 @@ class FileGrader(NamedTuple):
 
     @property
     def by_level(self) -> bool:
-        return self.localiser is not None
+        """Whether the grader grades every level on a crop (else the whole volume)."""
+        return is_by_level(self.card)
+
+
+def is_by_level(card: Mapping) -> bool:
+    """Whether an encoder file's model card describes a by-level grader (its ``levels`` entry
+    has the crop; a localiser beside a whole-volume grader has none)."""
+    return "crop_rows" in (card.get("levels") or {})
 
 
 def file_grader(config, path: str) -> FileGrader:
@@ -235,13 +255,13 @@ def file_grader(config, path: str) -> FileGrader:
     card, head = parts["card"], parts["head"]
     if head is None:
         raise ConfigError(f"{path}: the encoder file has no grading head")
-    levels = card.get("levels")
+    levels, by_level = card.get("levels"), is_by_level(card)
     if levels and parts["localiser"] is None:
-        raise ConfigError(f"{path}: a by-level encoder file without its localiser")
+        raise ConfigError(f"{path}: the model card has a 'levels' entry but the file holds no localiser")
     k = int(card.get("labels", {}).get("num_grades") or config.pretrain.num_grades)
-    pc = ml_collections.ConfigDict({"num_grades": k, "levels": {"enabled": bool(levels)}})
+    pc = ml_collections.ConfigDict({"num_grades": k, "levels": {"enabled": by_level}})
     model = TASKS["pretrain"].build_model(pc, encoder=encoder_kwargs(config),
-                                          crop_rows=int(levels["crop_rows"]) if levels else None)
+                                          crop_rows=int(levels["crop_rows"]) if by_level else None)
     return FileGrader(model, {"params": {**head, "mri_encoder": parts["params"]}}, card,
                       parts["localiser"] if levels else None)
 
@@ -254,8 +274,8 @@ def with_mri(cache: pd.DataFrame) -> np.ndarray:
 def grader_probs(config, grader: FileGrader, cache: pd.DataFrame, *, batch_size: int = 16):
     """``(probs, centres)``: (N, K) stenosis-grade probabilities of every row of ``cache`` (a
     preprocess cache table) from a :class:`FileGrader` (CORN decoding), NaN rows where a patient
-    has no MRI, and ``centres`` None; by level (``train.mri_levels.level_probs``) (N, L, K) and
-    the localised (N, L, 2) centres."""
+    has no MRI, and ``centres`` the localised (N, L, 2) px when the file carries a localiser
+    (else None); by level (``train.mri_levels.level_probs``) (N, L, K) probabilities."""
     from lumbarjax.models.ordinal import corn_probs
 
     if grader.by_level:
@@ -269,7 +289,10 @@ def grader_probs(config, grader: FileGrader, cache: pd.DataFrame, *, batch_size:
         keep = np.asarray(batch["valid"]) > 0
         p = np.asarray(apply(grader.variables, batch["mri"]))
         probs[np.asarray(batch["index"])[keep]] = p[keep]
-    return probs, None
+    centres = None
+    if grader.localiser is not None:
+        centres = mri_levels.predict_centres(grader.localiser, grader.card["levels"]["localiser"], cache)
+    return probs, centres
 
 
 def stenosis_probs(config, path: str, cache: pd.DataFrame, *, batch_size: int = 16) -> np.ndarray | None:
