@@ -1,7 +1,6 @@
 """The demo: writes the synthetic 160-patient cohort (if absent) and runs the whole job on it —
 index, grader CV, outcome CV (+ clinical-only twin), baselines, heat maps, report — in
-14.5–16.5 minutes on a quiet 2-core CPU (14 min 28 s, 16 min 25 s, 16 min 25 s in three runs on
-2026-12-02; README)."""
+12-14 minutes on a quiet 2-core CPU (13 min 47 s on 2026-12-02 with 1600 pretraining steps; README)."""
 
 from configs import default
 
