@@ -30,7 +30,7 @@ from lumbarjax.data.public.pretraining import pretraining_inputs
 from lumbarjax.errors import CohortError, ConfigError
 from lumbarjax.schema import LEVELS
 from lumbarjax.train import crossval, xray_levels, xray_pretrain
-from lumbarjax.train.pretrain import load_pretrained, pretrain_encoder
+from lumbarjax.train.pretrain import load_pretrained, localises, pretrain_encoder
 from lumbarjax.train.tasks import get_task
 from lumbarjax.workers import process_map
 
@@ -195,7 +195,7 @@ def stage_pretrain(config, workdir: str, outcome_ids=()):
         manifest = stage_index(sub, pdir)
         centres = None  # a lumbarjax-layout cohort has level centres only with a synthetic ground truth
         gt_csv = os.path.join(root, "ground_truth.csv")
-        if (pc.levels.enabled or pc.levels.get("localise", False)) and os.path.exists(gt_csv):
+        if localises(pc) and os.path.exists(gt_csv):
             from lumbarjax.train.localise import centres_from_truth
             centres = centres_from_truth(pd.read_csv(gt_csv, dtype={"patient_id": str}))
     cohort = stage_cohort(sub, pdir, manifest)
@@ -297,12 +297,8 @@ def stage_mri_heatmaps(config, workdir: str, cohort: Cohort, grader, centres: np
                                        "by_level", "n_no_positive_attribution")})
         if placed is not None:
             # the same pointing game with the regions drawn from the placed centres instead of the truth's
-            moved = truth.copy()
-            for j, row in zip(keep, range(len(moved))):
-                for lv in LEVELS:
-                    xyz = placed[j].get(lv, (np.nan, np.nan, np.nan))
-                    for ax, v in zip("xyz", xyz):
-                        moved.loc[row, f"disc_{lv}_{ax}_mm"] = v
+            moved = truth.assign(**{f"disc_{lv}_{ax}_mm": [placed[j].get(lv, (np.nan,) * 3)[a] for j in keep]
+                                    for lv in LEVELS for a, ax in enumerate("xyz")})
             at = localisation_summary(attrs, affines, moved, **kw)
             hm["at_placed_levels"]["vs_truth"] = {k: at[k] for k in ("n", "n_excluded", "hit_rate", "by_level")}
     atomic.write_json(os.path.join(workdir, MRI_HEATMAPS_JSON), hm)

@@ -144,12 +144,10 @@ def outcome_cohort_summary(probs: np.ndarray | None, centres: np.ndarray, cache:
     and the per-level QWK against the noise-free true grade."""
     from lumbarjax.eval import metrics as metrics_lib
     graded = probs is not None
-    ok = np.isfinite(centres).all(axis=(1, 2))
+    ok = np.isfinite(centres).all(axis=(1, 2)) & (np.isfinite(probs).all(axis=(1, 2)) if graded else True)
     out = {"patients": int(ok.sum()), "graded_by_level": graded}
     if graded:
-        ok &= np.isfinite(probs).all(axis=(1, 2))
         pred = np.argmax(np.nan_to_num(probs), axis=-1)   # (N, L) most probable grade
-        out["patients"] = int(ok.sum())
         out["pred_grade_counts"] = {lv: np.bincount(pred[ok, j], minlength=num_grades).tolist()
                                     for j, lv in enumerate(LEVELS)}
     if truth is None:

@@ -188,9 +188,9 @@ def pretrain_encoder(config, workdir: str, records: pd.DataFrame, cache: pd.Data
                "val_qwk": float((result["best"]["metrics"] or {}).get("qwk", float("nan"))),
                "grade_counts": counts, "signature": sig}
     localiser = None
-    if not by_level and localises(pc) and not centres_mm:
+    if localises(pc) and not centres_mm:   # by level, centres were required above
         logging.info("pretrain: the cohort has no disc-level centres: no level localiser is trained")
-    if by_level or (localises(pc) and centres_mm):
+    elif localises(pc):
         # the localiser learns from the training patients only: its held-out error is on the
         # same validation patients as the grade's
         localiser, loc_card = mri_levels.train_level_localiser(config, cache.iloc[train_idx], centres_mm)
