@@ -22,7 +22,8 @@ Sections (``--only`` takes these names):
            small synthetic cohort vs the train steps' appetite (examples/s).
   compile  compile time of every jitted function; peak host RSS (and device memory on GPU).
   scaling  step time vs batch size (4, 8, 16) and MRI volume size (lumbarjax and the twin);
-           1, 2, 4 forced CPU devices (subprocesses, same global batch).
+           1, 2, 4, 2, 1 forced CPU devices (subprocesses, same global batch; grader, slice2d
+           and lesion2d steps).
   e2e      the demo's outcome cross-validation loop (configs/demo.py: frozen lesion2d, batch 16,
            its steps, evals and prediction pass) timed for real on --e2e-folds folds, lumbarjax
            vs the same loop written in plain PyTorch with the twin (fold by fold, alternating).
@@ -880,17 +881,22 @@ def section_compile(ctx) -> dict:
 
 
 def _worker_devices(n: int, rounds: int, quick: bool) -> None:
-    """Subprocess body: MRI and grader steps at the demo's global batch on n forced devices."""
+    """Subprocess body: grader, MRI (slice2d) and lesion2d (the demo's pretrained encoder,
+    trained whole) steps at the demo's global batch on n forced devices."""
     import jax
     from lumbarjax.train.mesh import make_mesh
     cfg = demo_config(quick)
     grader, outcome = lj_models(cfg)
+    lesion_cfg = demo_config(quick)
+    lesion_cfg.outcome.model.mri.arch = "lesion2d"
+    _, outcome_lesion = lj_models(lesion_cfg)
     b = int(cfg.outcome.train.batch_size)
     mesh = make_mesh()
+    nbm = make_batch(b, mri=tuple(cfg.mri.shape))
     steps = {"grader": LJStep("grader", grader, make_batch(b, xray=tuple(cfg.xray.shape)),
                               mesh=mesh, cfg=cfg),
-             "mri": LJStep("outcome", outcome, make_batch(b, mri=tuple(cfg.mri.shape)),
-                           mesh=mesh, cfg=cfg)}
+             "mri": LJStep("outcome", outcome, nbm, mesh=mesh, cfg=cfg),
+             "mri lesion2d": LJStep("outcome", outcome_lesion, nbm, mesh=mesh, cfg=cfg)}
     res = alternate(steps, rounds)
     print("RESULT " + json.dumps({"devices": len(jax.devices()), "batch": b,
                                   **{k: v["median_s"] for k, v in contenders(res)},
@@ -929,7 +935,9 @@ def section_scaling(ctx) -> dict:
     out["volumes"] = [list(v) for v in vols]
     if jax.default_backend() == "cpu" and not ctx.no_subprocess:
         devs = {}
-        for n in (1, 2, 4):
+        # 1, 2, 4 devices, then 2 and 1 again: the subprocesses cannot alternate round by round,
+        # so the repeat shows how much the machine drifted between them
+        for i, n in enumerate((1, 2, 4, 2, 1)):
             env = dict(os.environ)
             env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
                                 f" --xla_force_host_platform_device_count={n}").strip()
@@ -938,11 +946,14 @@ def section_scaling(ctx) -> dict:
                                 str(n), "--rounds", str(ctx.rounds)] + (["--quick"] if ctx.quick else []), env=env,
                                capture_output=True, text=True, cwd=ROOT)
             line = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
+            key = str(n) if i < 3 else f"{n} (repeat)"
             if p.returncode or not line:
-                devs[n] = {"error": (p.stderr or p.stdout)[-2000:]}
+                devs[key] = {"error": (p.stderr or p.stdout)[-2000:]}
             else:
-                devs[n] = json.loads(line[-1][7:])
-                log(f"  {n} devices: grader {devs[n]['grader']:.3f} s, mri {devs[n]['mri']:.3f} s")
+                devs[key] = json.loads(line[-1][7:])
+                devs[key]["load_per_core_after"] = round(load_per_core(), 2)
+                log(f"  {key} devices: grader {devs[key]['grader']:.3f} s, mri "
+                    f"{devs[key]['mri']:.3f} s, lesion2d {devs[key]['mri lesion2d']:.3f} s")
         out["forced_cpu_devices"] = devs
         out["notes"].append("forced CPU devices run one after another in subprocesses (not "
                             "alternated); on 2 cores N devices share the same 2 cores, so more "
@@ -1238,7 +1249,8 @@ def print_table(results: dict) -> list[str]:
                 add(f"  {n} forced CPU devices: error {r['error'][-200:]}")
             else:
                 add(f"  {n} forced CPU device(s), global batch {r['batch']}: grader "
-                    f"{r['grader']:.3f} s, mri {r['mri']:.3f} s")
+                    f"{r['grader']:.3f} s, mri {r['mri']:.3f} s, lesion2d "
+                    f"{r.get('mri lesion2d', float('nan')):.3f} s")
     e2e = results.get("e2e")
     if e2e and "skipped" not in e2e:
         add("")
