@@ -59,7 +59,8 @@ def grad_fns(jax, jnp, model, batch):
     return params, fns
 
 
-def probe_microbatch(torch, cfg, lesion_cfg) -> dict:
+def probe_microbatch(torch, cfg, lesion_cfg):
+    """(contenders, extra JSON fields, {ratio key: (twin name, lumbarjax name)})."""
     import jax
     import jax.numpy as jnp
     nbm = R.make_batch(16, mri=tuple(cfg.mri.shape))
@@ -70,18 +71,21 @@ def probe_microbatch(torch, cfg, lesion_cfg) -> dict:
         _, model = R.lj_models(c)
         params, gfs = grad_fns(jax, jnp, model, batch)
         ref = gfs[1](params, batch)
+        scale = max(float(jnp.max(jnp.abs(r))) for r in jax.tree.leaves(ref))
         for n, g in gfs.items():
             out = g(params, batch)
-            scale = max(float(jnp.max(jnp.abs(r))) for r in jax.tree.leaves(ref))
             errors[f"{arch} x{n}"] = max(float(jnp.max(jnp.abs(a - r))) for a, r in
                                          zip(jax.tree.leaves(out), jax.tree.leaves(ref))) / scale
             fns[f"lumbarjax {arch} grad x{n}"] = (
                 lambda g=g, p=params: jax.block_until_ready(g(p, batch)))
         fns[f"pytorch twin {arch} step"] = R.torch_outcome_step(torch, nbm, width, arch)
-    return fns, {"max_rel_grad_error_vs_x1": errors}
+    pairs = {f"{a} x{n}": (f"pytorch twin {a} step", f"lumbarjax {a} grad x{n}")
+             for a in ("slice2d", "lesion2d") for n in SPLITS}
+    return fns, {"max_rel_grad_error_vs_x1": errors}, pairs
 
 
-def probe_bf16(torch, cfg, lesion_cfg) -> dict:
+def probe_bf16(torch, cfg, lesion_cfg):
+    """(contenders, extra JSON fields, {ratio key: (twin name, lumbarjax name)})."""
     import jax.numpy as jnp
     grader, slice2d = R.lj_models(cfg)
     _, lesion = R.lj_models(lesion_cfg)
@@ -104,7 +108,9 @@ def probe_bf16(torch, cfg, lesion_cfg) -> dict:
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 step()
         fns[f"pytorch twin {key} bf16"] = autocast
-    return fns, {}
+    pairs = {f"{k} {d}": (f"pytorch twin {k} {d}", f"lumbarjax {k} {d}")
+             for k in ("grader", "slice2d", "lesion2d") for d in ("f32", "bf16")}
+    return fns, {}, pairs
 
 
 def main(argv=None) -> None:
@@ -131,20 +137,14 @@ def main(argv=None) -> None:
               "probes": {}}
     probes = {"microbatch": probe_microbatch, "bf16": probe_bf16}
     for name in args.probes.split(","):
-        fns, extra = probes[name](torch, cfg, lesion_cfg)
+        fns, extra, pairs = probes[name](torch, cfg, lesion_cfg)
         res = R.alternate(fns, args.rounds)
         rec = {"rounds": R.rounds_summary(res), **extra,
                "median_s": {n: r["median_s"] for n, r in R.contenders(res)},
                "times_s": {n: r["times_s"] for n, r in R.contenders(res)},
-               "round_load": res["__rounds__"]}
-        if name == "microbatch":
-            rec["twin_over_lumbarjax"] = {
-                f"{a} x{n}": R.paired_ratio(res, f"pytorch twin {a} step", f"lumbarjax {a} grad x{n}")
-                for a in ("slice2d", "lesion2d") for n in SPLITS}
-        else:
-            rec["twin_over_lumbarjax"] = {
-                f"{k} {d}": R.paired_ratio(res, f"pytorch twin {k} {d}", f"lumbarjax {k} {d}")
-                for k in ("grader", "slice2d", "lesion2d") for d in ("f32", "bf16")}
+               "round_load": res["__rounds__"],
+               "twin_over_lumbarjax": {k: R.paired_ratio(res, twin, lj)
+                                       for k, (twin, lj) in pairs.items()}}
         report["probes"][name] = rec
         print(f"\n[{name}] {rec['rounds']}")
         for n, s in rec["median_s"].items():
