@@ -215,3 +215,24 @@ def test_report_summary_keeps_the_numbers():
     assert levels_train.report_summary(m) == {"qwk_patient_vs_reader": 0.851, "landmark_corner_error_mm": 0.808,
                                               "rule": "max", "n_graded": 3, "n_measured": 3,
                                               "landmark_model": "synthetic"}
+
+
+def test_saved_landmark_models_with_this_configs_card_are_reused_not_retrained(tmp_path, monkeypatch):
+    """A relaunch (or a run seeded from a finished one) finds the finder and refiner it saved and
+    loads them when their card's signature matches the config; it never trains them again."""
+    import jax
+    from configs import default
+    from lumbarjax.train import xray_levels as levels_train
+    cfg = default.get_config().levels
+    cfg.make_demo = True
+    sig = levels_train._signature(cfg, f"synthetic landmark cohort, {int(cfg.landmark_patients)} patients, seed 2", 0)
+    for name, points in (("finder", 5), ("refiner", 4)):
+        kw = {"num_points": points, **cfg[name].to_dict()}
+        params = LandmarkNet(**kw).init(jax.random.key(0), np.zeros((1, 32, 32, 1), np.float32))["params"]
+        landmarks.save(str(tmp_path / f"landmarks_{name}"), params, {"model": kw, "signature": sig})
+
+    def no_training(*a, **k):
+        raise AssertionError("the saved landmark models were trained again")
+    monkeypatch.setattr(levels_train, "train_landmark_models", no_training)
+    out = levels_train.landmark_models(cfg, str(tmp_path), seed=0)
+    assert out["card"]["signature"] == sig and out["finder"][0].num_points == 5

@@ -267,7 +267,7 @@ def landmark_models(cfg, workdir: str, seed: int, exclude_ids=(), num_workers: i
         source = ""
     sig = _signature(cfg, source, seed)
     if landmarks.exists(stem + "_finder") and landmarks.exists(stem + "_refiner"):
-        finder, fp, _ = landmarks.load(stem + "_finder")
+        finder, fp, card = landmarks.load(stem + "_finder")
         refiner, rp, _ = landmarks.load(stem + "_refiner")
         if card.get("signature") == sig or cfg.model_dir:
             logging.info("levels: using the landmark models in %s", model_dir)
