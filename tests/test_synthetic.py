@@ -539,3 +539,49 @@ def test_make_cohort_records_the_regime(tmp_path):
         synthetic.make_cohort(tmp_path / "d", 3, 1, edge_cases=False, regime="strong", **SMALL)
     with pytest.raises(ConfigError, match=r"unknown effect key\(s\) \['beta_s'\]"):
         synthetic.outcome_effects({"beta_s": 1.0})
+
+
+def test_nonlinear_regime_counts_the_stenosis_above_a_threshold_and_with_short_symptoms():
+    c, t = synthetic.sample_patients(300, 4, edge_cases=False, regime="nonlinear")
+    b = synthetic.OUTCOME_REGIMES["nonlinear"]
+    age, fem = c["age"].to_numpy(float), (c["sex"] == "F").to_numpy(float)
+    months, s = c["symptom_months"].to_numpy(float), t["stenosis_severity"].to_numpy(float)
+    term = np.maximum(s - b["s_threshold"], 0.0) * (months <= b["s_within_months"])
+    logit = b["b0"] + b["s"] * term + b["g"] * t["grade"] + b["age"] * (age - 65) / 10 + b["female"] * fem
+    np.testing.assert_allclose(t["p_zcq_success"], 1 / (1 + np.exp(-logit)), atol=2e-6)
+    # below the threshold, or after 24 months of symptoms, the stenosis changes nothing
+    flat = (s <= b["s_threshold"]) | (months > b["s_within_months"])
+    assert 60 < flat.sum() < 240
+    same = synthetic.outcome_logit(s[flat], t["grade"][flat], age[flat], fem[flat], months[flat],
+                                   effects=b)
+    np.testing.assert_allclose(same, synthetic.outcome_logit(0.0 * s[flat], t["grade"][flat], age[flat],
+                                                             fem[flat], months[flat], effects=b))
+    a = synthetic.bayes_auc(t, n_mc=20000, regime="nonlinear")["zcq_success"]
+    assert a["population"] - a["population_no_stenosis"] > 0.08   # the MRI carries the signal
+    with pytest.raises(ConfigError, match="needs symptom_months"):
+        synthetic.outcome_logit(0.5, 2, 60, 1, None, effects=b)
+
+
+def test_bayes_vas_is_the_median_and_mean_of_the_generators_post_operative_vas():
+    rng = np.random.default_rng(5)
+    n = 4000
+    pre = np.clip(np.rint(rng.normal(66, 17, n)), 10, 100)
+    p = rng.uniform(0, 1, n)
+    values, weights = synthetic.vas_post_distribution(pre, p, synthetic.Q_LEG)
+    np.testing.assert_allclose(weights.sum(axis=1), 1.0)
+    mean, median = synthetic._mean_median(values, weights)
+    # draw post exactly as the generator does (_draw_vas_post) and compare
+    success = rng.random(n) < p
+    improved = rng.random(n) < np.where(success, synthetic.Q_LEG[1], synthetic.Q_LEG[0])
+    post = np.array([synthetic._draw_vas_post(rng, int(a), b) for a, b in zip(pre, improved)])
+    assert abs(float((post - mean).mean())) < 1.0                     # unbiased (mm)
+    mae_median = float(np.abs(post - median).mean())
+    assert mae_median < float(np.abs(post - mean).mean())               # the median is the MAE's best
+    assert mae_median < float(np.abs(post - np.median(post)).mean()) - 2.0
+    # the cohort's empirical value and the population value agree for a large cohort
+    c, t = synthetic.sample_patients(1500, 3, edge_cases=False)
+    b = synthetic.bayes_vas(c, t, n_mc=20000)
+    for head in ("back_pain_post", "leg_pain_post"):
+        assert b[head]["n"] == 1500
+        assert abs(b[head]["mae"] - b[head]["mae_empirical"]) < 1.2
+        assert 0.1 < b[head]["r2"] < 0.4 and 0.1 < b[head]["r2_empirical"] < 0.45

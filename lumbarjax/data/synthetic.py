@@ -117,9 +117,15 @@ OUTCOME_REGIMES = {
                           "log_months": -0.3},
     # no image signal: only age, sex and symptom duration matter
     "null": {"b0": 0.4, "s": 0.0, "g": 0.0, "age": -0.5, "female": -0.5, "log_months": -0.7},
+    # the images act non-linearly: the stenosis counts only above a severity of 0.55, and only
+    # in patients with symptoms for at most 24 months (an interaction with a clinical column)
+    "nonlinear": {"b0": -0.2, "s": 9.0, "g": -0.4, "age": -0.3, "female": -0.3, "log_months": 0.0,
+                  "s_threshold": 0.55, "s_within_months": 24.0},
 }
+# Keys every regime may leave out (0 = off): the linear regimes' logit is then the one above.
+OPTIONAL_EFFECTS = ("s_threshold", "s_within_months")
 BETA = OUTCOME_REGIMES["demo"]
-EFFECT_KEYS = tuple(BETA)
+EFFECT_KEYS = tuple(BETA) + OPTIONAL_EFFECTS
 Q_BACK = (0.20, 0.70)  # P(back VAS improved ≥50 % | ZCQ failure), P(… | ZCQ success)
 Q_LEG = (0.25, 0.85)
 READER_ERROR_RATE = 0.15
@@ -229,7 +235,7 @@ def outcome_effects(regime: str | Mapping[str, float] = "demo") -> tuple[str, di
     unknown = sorted(set(regime) - set(EFFECT_KEYS))
     if unknown:
         raise ConfigError(f"outcome regime: unknown effect key(s) {unknown}; known: {list(EFFECT_KEYS)}")
-    eff = {k: float(regime.get(k, 0.0)) for k in EFFECT_KEYS}
+    eff = {k: float(regime.get(k, 0.0)) for k in EFFECT_KEYS if k in regime or k not in OPTIONAL_EFFECTS}
     for k, v in eff.items():
         if not np.isfinite(v):
             raise ConfigError(f"outcome regime: effect {k!r} must be finite, got {v}")
@@ -237,16 +243,25 @@ def outcome_effects(regime: str | Mapping[str, float] = "demo") -> tuple[str, di
 
 
 def outcome_logit(severity, grade, age, female, symptom_months=None, *, effects=None) -> np.ndarray:
-    """b0 + s·s + g·g + age·(age − 65)/10 + female·[F] + log_months·ln(months / 18).
+    """b0 + s·S + g·g + age·(age − 65)/10 + female·[F] + log_months·ln(months / 18), where the
+    stenosis term S is the severity itself, or, in a non-linear regime, max(severity −
+    s_threshold, 0) (with ``s_threshold`` > 0) counted only where symptom_months ≤
+    ``s_within_months`` (with ``s_within_months`` > 0).
 
     ``effects``: a dict over EFFECT_KEYS (default BETA, the demo regime, where symptom duration
     has no effect and ``symptom_months`` may be None)."""
     b = BETA if effects is None else effects
-    x = (b["b0"] + b["s"] * np.asarray(severity, float) + b["g"] * np.asarray(grade, float)
+    sev = np.asarray(severity, float)
+    if b.get("s_threshold", 0.0) > 0.0:
+        sev = np.maximum(sev - b["s_threshold"], 0.0)
+    needs_months = b.get("log_months", 0.0) != 0.0 or b.get("s_within_months", 0.0) > 0.0
+    if needs_months and symptom_months is None:
+        raise ConfigError("outcome_logit: this regime needs symptom_months")
+    if b.get("s_within_months", 0.0) > 0.0:
+        sev = sev * (np.asarray(symptom_months, float) <= b["s_within_months"])
+    x = (b["b0"] + b["s"] * sev + b["g"] * np.asarray(grade, float)
          + b["age"] * (np.asarray(age, float) - 65.0) / 10.0 + b["female"] * np.asarray(female, float))
     if b.get("log_months", 0.0) != 0.0:  # demo: the expression above, bit for bit
-        if symptom_months is None:
-            raise ConfigError("outcome_logit: this regime needs symptom_months")
         x = x + b["log_months"] * np.log(np.asarray(symptom_months, float) / 18.0)
     return x
 
@@ -504,6 +519,81 @@ def bayes_auc(ground_truth: pd.DataFrame | str | os.PathLike, *, n_mc: int = 200
             "population_no_stenosis": round(metrics_lib.auc(ys[name], p_ns), 4),
             "population_clinical": round(metrics_lib.auc(ys[name], p_clin), 4),
         }
+    return out
+
+
+VAS_HEADS = {"back_pain_post": ("back_pain_pre", Q_BACK), "leg_pain_post": ("leg_pain_pre", Q_LEG)}
+_R_IMPROVED, _R_NOT_IMPROVED = (0.52, 1.0), (-0.25, 0.45)   # the fraction r of _draw_vas_post
+
+
+def vas_post_distribution(pre, p_success, q: tuple[float, float], n_nodes: int = 256):
+    """The generator's post-operative VAS given the pre-operative VAS ``pre`` (mm, (N,)) and the
+    true ZCQ success probability ``p_success`` ((N,)): ``(values (N, 2·n_nodes), weights)``, a
+    quadrature of _draw_vas_post's mixture (improved with probability q0 + (q1 − q0)·p, then
+    floor(pre·(1 − r)), r ~ U(0.52, 1); otherwise min(100, ceil(pre·(1 − r))), r ~ U(−0.25, 0.45);
+    pre = 0: U{0..30})."""
+    pre = np.asarray(pre, float)[:, None]
+    q_imp = (q[0] + (q[1] - q[0]) * np.asarray(p_success, float))[:, None]
+    u = (np.arange(n_nodes) + 0.5) / n_nodes
+    r_imp = _R_IMPROVED[0] + (_R_IMPROVED[1] - _R_IMPROVED[0]) * u
+    r_not = _R_NOT_IMPROVED[0] + (_R_NOT_IMPROVED[1] - _R_NOT_IMPROVED[0]) * u
+    values = np.concatenate([np.floor(pre * (1.0 - r_imp)), np.minimum(100.0, np.ceil(pre * (1.0 - r_not)))], axis=1)
+    weights = np.concatenate([np.broadcast_to(q_imp / n_nodes, (len(pre), n_nodes)),
+                              np.broadcast_to((1.0 - q_imp) / n_nodes, (len(pre), n_nodes))], axis=1)
+    zero = pre[:, 0] == 0
+    if zero.any():   # post ~ U{0..30}, whatever the outcome
+        k = values.shape[1]
+        values[zero] = np.floor(np.arange(k) * 31.0 / k)
+        weights[zero] = 1.0 / k
+    return values, weights
+
+
+def _mean_median(values: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    order = np.argsort(values, axis=1)
+    v = np.take_along_axis(values, order, axis=1)
+    cum = np.cumsum(np.take_along_axis(weights, order, axis=1), axis=1)
+    median = v[np.arange(len(v)), np.argmax(cum >= 0.5 * cum[:, -1:], axis=1)]
+    return (values * weights).sum(axis=1) / weights.sum(axis=1), median
+
+
+def bayes_vas(clinical: pd.DataFrame, ground_truth: pd.DataFrame, *, n_mc: int = 20_000, seed: int = 0,
+              regime: str | Mapping[str, float] = "demo") -> dict:
+    """Bayes-optimal accuracy of the post-operative VAS heads (mm) under the outcome ``regime``.
+
+    The best prediction of a patient's post-operative VAS knows the true ZCQ success probability
+    and the pre-operative VAS: for the mean absolute error it is the median of
+    :func:`vas_post_distribution`, for R² its mean. Per head ``back_pain_post`` /
+    ``leg_pain_post``: ``mae`` and ``r2`` from ``n_mc`` Monte Carlo patients of the generative
+    model (population), ``mae_empirical`` / ``r2_empirical`` and ``n`` on the cohort's patients
+    with both VAS values (``clinical`` = clinical.csv, ``ground_truth`` = ground_truth.csv)."""
+    _, eff = outcome_effects(regime)
+    rng = _rng(seed, 2**31 - 7)
+    lat = _sample_latents(rng, int(n_mc))
+    months = _months_mc(seed, int(n_mc))
+    p_mc = outcome_probabilities(lat["severity"], lat["grade"], lat["age"], lat["female"], months,
+                                 effects=eff)["zcq_success"]
+    pre_mc = {"back_pain_pre": np.clip(np.rint(rng.normal(55, 20, n_mc)), 5, 100),
+              "leg_pain_pre": np.clip(np.rint(rng.normal(66, 17, n_mc)), 10, 100)}
+    truth = ground_truth.assign(patient_id=ground_truth["patient_id"].astype(str)).set_index("patient_id")
+    table = clinical.assign(patient_id=clinical["patient_id"].astype(str))
+    p_cohort = pd.to_numeric(truth["p_zcq_success"], errors="coerce").reindex(table["patient_id"]).to_numpy(float)
+
+    def scores(y, values, weights):
+        mean, median = _mean_median(values, weights)
+        ss = float(((y - y.mean()) ** 2).sum())
+        return (round(float(np.abs(y - median).mean()), 3),
+                round(1.0 - float(((y - mean) ** 2).sum()) / ss, 4) if ss > 0 else None)
+
+    out: dict[str, Any] = {"n_mc": int(n_mc)}
+    for head, (pre_col, q) in VAS_HEADS.items():
+        values, weights = vas_post_distribution(pre_mc[pre_col], p_mc, q)
+        draw = np.argmax(np.cumsum(weights, axis=1) >= rng.random(n_mc)[:, None], axis=1)
+        mae, r2 = scores(values[np.arange(n_mc), draw], values, weights)
+        pre = pd.to_numeric(table[pre_col], errors="coerce").to_numpy(float)
+        post = pd.to_numeric(table[head], errors="coerce").to_numpy(float)
+        ok = np.isfinite(pre) & np.isfinite(post) & np.isfinite(p_cohort)
+        emp = scores(post[ok], *vas_post_distribution(pre[ok], p_cohort[ok], q)) if ok.sum() > 1 else (None, None)
+        out[head] = {"mae": mae, "r2": r2, "mae_empirical": emp[0], "r2_empirical": emp[1], "n": int(ok.sum())}
     return out
 
 
