@@ -11,6 +11,8 @@ LEVELS = ("L1L2", "L2L3", "L3L4", "L4L5", "L5S1")
 # Outcome-model heads: binary (probabilities) and regression (post-operative VAS, 0-100 mm).
 BINARY_HEADS = ("zcq_success", "back_pain_improved50", "leg_pain_improved50")
 REGRESSION_HEADS = ("back_pain_post", "leg_pain_post")
+# The scale of the regression heads (VAS, mm): every model's prediction lies in it.
+VAS_RANGE = (0.0, 100.0)
 
 # Manifest roles: the lateral X-ray and the sagittal T2 MRI series of a patient.
 ROLES = ("xray", "mri_t2_sag")

@@ -115,3 +115,13 @@ def test_bad_inputs_name_the_column():
         clinical_baselines(df, folds, "zcq_success", features=["age", "height"])
     with pytest.raises(CohortError, match="folds has shape"):
         clinical_baselines(df, folds[:-1], "zcq_success")
+
+
+def test_vas_baselines_stay_on_the_0_to_100_scale():
+    df, folds = _records()
+    df["back_pain_post"] = np.clip(2.0 * df["back_pain_pre"] - 60, 0, 100)   # a line that leaves the scale
+    df.loc[df.index[:5], "back_pain_pre"] = [1, 2, 3, 150, 160]              # out-of-range inputs
+    out = clinical_baselines(df, folds, "back_pain_post")
+    for col in ("pred_logreg", "pred_gbm"):
+        assert out[col].between(0, 100).all(), col
+    assert (out["pred_logreg"] == 0).any() and (out["pred_logreg"] == 100).any()

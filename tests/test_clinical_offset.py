@@ -6,7 +6,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression, Ridge
 
 from lumbarjax.errors import ConfigError
-from lumbarjax.models.fusion import OutcomeModel
+from lumbarjax.models.fusion import OutcomeModel, vas_link
 from lumbarjax.train import clinical_offset
 
 
@@ -41,7 +41,11 @@ def test_network_at_step_0_is_the_weighted_logistic_and_ridge_regression():
     np.testing.assert_allclose(np.asarray(out["zcq_success"]), ref.decision_function(x), atol=1e-4)
     keep = np.isfinite(labels["back_pain_post"])
     ridge = Ridge(alpha=1.0).fit(x[keep], labels["back_pain_post"][keep] / 100.0)
-    np.testing.assert_allclose(np.asarray(out["back_pain_post"]), 100.0 * ridge.predict(x), atol=1e-3)
+    # through the bounded VAS link (the identity inside the scale, models.fusion.vas_link)
+    np.testing.assert_allclose(np.asarray(out["back_pain_post"]), 100.0 * np.asarray(vas_link(ridge.predict(x))),
+                               atol=1e-3)
+    inside = (ridge.predict(x) > 0.1) & (ridge.predict(x) < 0.9)
+    np.testing.assert_allclose(np.asarray(out["back_pain_post"])[inside], 100.0 * ridge.predict(x)[inside], atol=0.4)
     # the offsets are kept fixed by naming them in optim.frozen
     assert clinical_offset.frozen_names(("zcq_success",), ("back_pain_post",)) == (
         "skip_zcq_success", "skip_back_pain_post")

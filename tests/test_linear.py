@@ -128,3 +128,21 @@ def test_single_candidate_on_too_few_rows_is_fitted_without_inner_scores():
     assert fit.selection == [] and fit.candidate == linear.REFERENCE["binary"]
     p = fit.predict(df.iloc[7:12])
     assert p.shape == (5,) and np.all((p > 0) & (p < 1))
+
+
+def test_vas_predictions_stay_on_the_0_to_100_scale():
+    """A linear VAS model's output is bounded to the scale (schema.VAS_RANGE): where the fitted
+    line leaves 0-100 mm the prediction is the nearer end, inside it the plain ridge prediction."""
+    df = _records()
+    df["vas"] = np.clip(50 + 40 * df["score"].fillna(0), 0, 100)   # steep: the line leaves the scale
+    train = np.arange(0, 120)
+    grid = [linear.Candidate("ridge", 1.0)]
+    fit = linear.fit_penalised(df, "vas", train, FEATS, grid=grid)
+    far = df.iloc[120:].assign(score=np.r_[np.full(15, -6.0), np.full(15, 6.0)])
+    pred = fit.predict(far)
+    assert pred.min() == 0.0 and pred.max() == 100.0
+    raw = Ridge(alpha=1.0).fit(_design(df, train, train), df["vas"].to_numpy()[train]).predict(_design(df, train, train))
+    inside = (raw > 0) & (raw < 100)
+    np.testing.assert_allclose(fit.predict(df.iloc[train])[inside], raw[inside], atol=1e-6)
+    oof = linear.crossval_penalised(df, np.arange(len(df)) % 5, "vas", FEATS, grid=None)
+    assert oof["pred"].between(0, 100).all()

@@ -9,7 +9,8 @@ the test fold leaks into its own predictions.
 * binary labels: ``LogisticRegression`` (L2, C=1) and ``HistGradientBoostingClassifier``;
   predictions are P(label = 1).
 * continuous labels (VAS 0–100, e.g. ``back_pain_post``): ``Ridge`` (alpha=1) and
-  ``HistGradientBoostingRegressor``; predictions in label units.
+  ``HistGradientBoostingRegressor``; predictions in label units, bounded to the VAS scale
+  (:func:`bounded_vas`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from threadpoolctl import threadpool_limits
 
 from lumbarjax.errors import ClinicalError, CohortError
+from lumbarjax.schema import VAS_RANGE
 
 DEFAULT_FEATURES = ("age", "sex", "bmi", "smoker", "symptom_months", "back_pain_pre",
                     "leg_pain_pre", "zcq_symptom_pre", "zcq_function_pre")
@@ -91,10 +93,17 @@ def make_models(numeric: list[str], categorical: list[str], task: str, seed: int
             Pipeline([("prep", preprocessor(numeric, categorical, scale=False)), ("model", gbm)]))
 
 
+def bounded_vas(pred) -> np.ndarray:
+    """A regression model's VAS predictions (mm) on the scale's range ``schema.VAS_RANGE``: the
+    bounded output of the linear and gradient-boosting VAS models (a label lies in the range, so
+    the move can only bring a prediction closer to it)."""
+    return np.clip(np.asarray(pred, float), *VAS_RANGE)
+
+
 def _predict(model, X: pd.DataFrame, task: str) -> np.ndarray:
     if task == "binary":
         return model.predict_proba(X)[:, 1]
-    return model.predict(X)
+    return bounded_vas(model.predict(X))
 
 
 def clinical_baselines(records: pd.DataFrame, folds, label: str,

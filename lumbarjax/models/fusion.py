@@ -26,6 +26,23 @@ Dtype = Any
 BINARY_HEADS = ("zcq_success", "back_pain_improved50", "leg_pain_improved50")
 REGRESSION_HEADS = ("back_pain_post", "leg_pain_post")
 VAS_SCALE = 100.0  # regression heads work in VAS/100 internally
+VAS_LINK_SHARPNESS = 25.0  # b of the soft clip vas_link: within 0.4 mm of the identity from 10 to 90 mm
+
+
+def vas_link(raw: jax.Array, sharpness: float = VAS_LINK_SHARPNESS) -> jax.Array:
+    """The regression heads' bounded output link, VAS/100 units: a soft clip of ``raw`` to (0, 1),
+    ``softplus(b·raw)/b − softplus(b·(raw − 1))/b`` with b = ``sharpness``. It is the identity
+    inside the scale (|link(x) − x| < 0.004, i.e. 0.4 mm, for x in [0.1, 0.9]; link(0.5) = 0.5
+    exactly), between 0 and 1 everywhere, smooth and monotone, so every VAS prediction
+    of the network lies on the 0–100 scale while a prediction near the middle trains as before
+    (the clinical ridge offset of ``train.clinical_offset`` still starts the head where the ridge
+    predicts)."""
+    b = float(sharpness)
+
+    def lower(x):   # exact in float32 for x <= 0.5: softplus(b·(x − 1)) is tiny there
+        return (jax.nn.softplus(b * x) - jax.nn.softplus(b * (x - 1.0))) / b
+    # link(x) = 1 − link(1 − x): the upper half from the lower one, free of cancellation
+    return jnp.where(raw <= 0.5, lower(raw), 1.0 - lower(1.0 - raw))
 
 
 # ----------------------------------------------------------------------------- clinical features
@@ -181,7 +198,8 @@ class OutcomeModel(nn.Module):
     (``skip_<head>``, zero-initialised, added to the head's output), so that the network contains
     the logistic / linear regression on the clinical columns (issue 13).
     Outputs: logits for binary_heads; VAS 0–100 predictions for regression_heads (the network
-    predicts VAS/100, scaled by 100 at the output). Heads are computed in float32.
+    predicts VAS/100 through the bounded link :func:`vas_link`, scaled by 100 at the output, so
+    every prediction lies in (0, 100)). Heads are computed in float32.
     """
 
     mri: Mapping | None = None
@@ -238,7 +256,7 @@ class OutcomeModel(nn.Module):
         for head in self.regression_heads:
             raw = nn.Dense(1, dtype=jnp.float32, bias_init=nn.initializers.constant(0.5),
                            name=f"head_{head}")(h).reshape(b) + skip(head)
-            out[head] = raw * VAS_SCALE
+            out[head] = vas_link(raw) * VAS_SCALE
         return out
 
 

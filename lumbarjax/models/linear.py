@@ -8,7 +8,9 @@ strong model, and it is the model a researcher would fit by hand. This module fi
 * binary heads: ``LogisticRegression`` with an L2 penalty or an elastic net (l1_ratio 0.5),
   C ∈ :data:`C_GRID`;
 * regression heads (VAS 0–100 mm): ``Ridge`` (alpha ∈ :data:`RIDGE_ALPHAS`) or ``ElasticNet``
-  (alpha ∈ :data:`ENET_ALPHAS`, on the standardised target).
+  (alpha ∈ :data:`ENET_ALPHAS`, on the standardised target), its prediction bounded to the VAS
+  scale (``schema.VAS_RANGE``: a prediction outside 0–100 mm is moved to the nearer end, which
+  can only bring it closer to any label).
 
 Preprocessing is lumbarjax.eval.baselines': numeric columns median-imputed with a missing-value
 indicator and standardised, categorical columns one-hot; all of it fitted on the training rows.
@@ -42,7 +44,7 @@ from threadpoolctl import threadpool_limits
 from lumbarjax.data.cohort import make_folds
 from lumbarjax.errors import ClinicalError, CohortError
 from lumbarjax.eval import metrics as metrics_lib
-from lumbarjax.eval.baselines import prepare_X, preprocessor, split_features
+from lumbarjax.eval.baselines import bounded_vas, prepare_X, preprocessor, split_features
 
 C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)          # inverse L2 strength (logistic)
 ENET_C_GRID = (0.03, 0.1, 0.3, 1.0)                # inverse elastic-net strength (logistic)
@@ -105,7 +107,7 @@ def make_model(cand: Candidate):
 
 
 def _predict(pipe: Pipeline, X: pd.DataFrame, task: str) -> np.ndarray:
-    return pipe.predict_proba(X)[:, 1] if task == "binary" else pipe.predict(X)
+    return pipe.predict_proba(X)[:, 1] if task == "binary" else bounded_vas(pipe.predict(X))
 
 
 def _fit(pipe: Pipeline, X: pd.DataFrame, y: np.ndarray) -> Pipeline:
@@ -159,15 +161,6 @@ def choose(y: np.ndarray, table: Sequence[tuple], task: str, seed: int = 0) -> i
 
 CLEAR_Z = 1.0                       # a "clear" win: about one standard error
 CLEAR_WIN = float(norm.cdf(CLEAR_Z))  # = 0.841: that share of paired bootstrap resamples
-
-
-def best_of_z(n_tries: int, z: float = CLEAR_Z) -> float:
-    """The clear-win threshold for a score that is the best of ``n_tries`` looks at the same
-    validation patients (e.g. a network's checkpoint picked on them): Šidák-adjusted so that
-    ``n_tries`` chances to win by luck are as likely to pass as one (1 try -> ``z``;
-    5 tries at z = 1 -> 1.83)."""
-    n = max(int(n_tries), 1)
-    return float(norm.ppf(norm.cdf(z) ** (1.0 / n)))
 
 
 def clearly_better(y: np.ndarray, p_a: np.ndarray, p_b: np.ndarray, task: str, *, seed: int = 0,
