@@ -33,7 +33,7 @@ def plus_mri_auc(cfg, wd, td, mri_scores, bayes):
     sets = {"clinical": cols["clinical"], "+mri": [*cols["clinical"], *cols["mri"]]}
     grid = workflow.linear_grids(cfg, td, notes)["zcq_success"]
     r = ablation_lib.ablation(records, td.folds, "zcq_success", sets, n_boot=int(cfg.eval.n_boot),
-                              seed=int(cfg.seed), bayes_auc=bayes, grid=grid)
+                              seed=int(cfg.seed), bayes=bayes, grid=grid)
     v = next(row["value"] for row in r["rows"] if row["features"] == "+mri")
     return {"point": round(v["point"], 3), "lo": round(v["lo"], 3), "hi": round(v["hi"], 3),
             "columns": list(cols["mri"])}
@@ -73,7 +73,7 @@ def main():
         lv = extra["mri_levels"]
         t3 = time.perf_counter()
         td = crossval.prepare_task("outcome", cfg, cohort.records, cohort.cache)
-        bayes = (workflow.bayes_auc(cfg.data.cohort_dir) or {}).get("zcq_success")
+        bayes = (workflow.bayes_ceilings(cfg.data.cohort_dir) or {}).get("zcq_success")
         probs, _ = mri_levels.level_probs(cfg, pretrain.file_grader(cfg, os.path.join(wd, "pretrain", "mri_encoder.msgpack")),
                                           cohort.cache)
         present = np.isfinite(probs).reshape(len(probs), -1).all(axis=1)

@@ -136,15 +136,17 @@ def task_config(kind: str) -> ml_collections.ConfigDict:
         t.features = ml_collections.ConfigDict(dict(numeric=CLINICAL_NUMERIC,
                                                     categorical=CLINICAL_CATEGORICAL))
         t.clinical_only = True  # also cross-validate the same network without images (baseline)
-        # The report's outcome model: per fold and head, the fusion network or the penalised
-        # linear family on [clinical + stage-1 X-ray/MRI scores], chosen on the inner
-        # validation split (lumbarjax.train.select). False: the network alone.
+        # The report's outcome model (lumbarjax.train.select): per fold and head, a convex
+        # combination of the candidates, its weights fitted on the inner validation split and
+        # shrunk towards equal weights. False: the fusion network alone.
         t.select_model = True
-        # "guarded_cv": clinical logistic regression unless the linear family on all columns is
-        # clearly better in the inner k-fold split of all the fold's training patients, then the
-        # network if clearly better on the inner validation split; "guarded" (both challengers
-        # judged on the inner validation split) | "higher" | "clear" (train.select)
-        t.select_rule = "guarded_cv"
+        t.stack = ml_collections.ConfigDict(dict(
+            # "linear" (penalised family on clinical + stage-1 scores) | "reference" (clinical
+            # logistic / ridge regression) | "network" (fusion) | "clinical network" (its twin)
+            candidates=("linear", "network", "clinical network"),
+            shrink=0.5,            # 0 = the fitted weights, 1 = the plain average
+            weight_step=0.05,      # grid of the weights on the simplex
+        ))
         # Which of the grader's out-of-fold X-ray scores the linear models see (models.stage1):
         # "summary" (expected grade, level grade, scale) or "full" (+ class probabilities,
         # per-level grades, disc height indices and listhesis).

@@ -35,7 +35,7 @@ from lumbarjax import atomic, predict, workflow
 from lumbarjax.data.pipeline import CachedExamples, make_loader
 from lumbarjax.errors import CohortError, ConfigError
 from lumbarjax.train.loop import predict as predict_batches
-from lumbarjax.train.tasks import get_task
+from lumbarjax.train.tasks import find_variant, get_task
 
 
 def cohort_config(config, cohort_dir: str) -> ml_collections.ConfigDict:
@@ -49,12 +49,13 @@ def cohort_config(config, cohort_dir: str) -> ml_collections.ConfigDict:
 
 
 def fold_outputs(config, workdir: str, task_name: str, records: pd.DataFrame, cache: pd.DataFrame) -> list:
-    """Each fold model of the finished cross-validation ``task_name`` (``"outcome"`` or
-    ``"grader"``) applied to every row of ``records`` / ``cache`` (aligned by row): one dict of
-    decoded columns (``pred_<head>``, ``prob_grade_k`` …, (N,) each) per fold, fold order. An
-    outcome fold model sees the clinical columns through its own fold's encoder."""
-    task = get_task(task_name)
-    task_cfg = config[task_name]
+    """Each fold model of the finished cross-validation in ``<workdir>/<task_name>``
+    (``"outcome"``, ``"outcome_clinical_only"`` or ``"grader"``) applied to every row of
+    ``records`` / ``cache`` (aligned by row): one dict of decoded columns (``pred_<head>``,
+    ``prob_grade_k`` …, (N,) each) per fold, fold order. An outcome fold model sees the clinical
+    columns through its own fold's encoder."""
+    task, _ = find_variant(task_name)
+    task_cfg = config[task.name]
     per_fold = []
     for fm in predict.load_fold_models(config, workdir, task_name):
         extras = {"clinical": predict.feature_frame(config, records, fm.encoder)} if fm.encoder is not None else {}
@@ -125,13 +126,15 @@ def stage1_scores(config, workdir: str, records: pd.DataFrame, cache: pd.DataFra
 
 def selected_predictions(config, workdir: str, records: pd.DataFrame, cache: pd.DataFrame,
                          network_per_fold: list) -> pd.DataFrame | None:
-    """The run's selected outcome model (``train.select``) on new patients: per outer fold and
-    head, the fold's network (``network_per_fold[k]``) or the linear model the fold chose, refitted
-    exactly as the selection did (``select.refit_choice``, deterministic) on that fold's training
-    patients and applied to the new patients' clinical columns + :func:`stage1_scores`; the mean
-    over folds (``attrs["per_fold"]``: head -> the k per-fold predictions, fold order). None when
-    the run made no selection (``outcome.select_model`` off)."""
-    from lumbarjax.models import stage1
+    """The run's reported outcome model (``train.select``) on new patients: per outer fold and
+    head, the fold's combination of its candidates with the fold's weights — the fold's fusion
+    network (``network_per_fold[k]``) and clinical-only network, and the linear candidates
+    refitted exactly as the run fitted them (``select.fit_linear``, deterministic) on that fold's
+    training patients, applied to the new patients' clinical columns + :func:`stage1_scores`;
+    then the mean over folds. ``attrs["per_fold"]``: head -> the k per-fold combinations;
+    ``attrs["candidates"]``: head -> per fold ``{candidate: (N,) prediction}``. None when the run
+    has no reported combination (``outcome.select_model`` off)."""
+    from lumbarjax.models import stack, stage1
     from lumbarjax.train import crossval, select
     sel_path = os.path.join(workdir, "outcome", "selection.json")
     if not config.outcome.get("select_model", False) or not os.path.exists(sel_path):
@@ -145,30 +148,39 @@ def selected_predictions(config, workdir: str, records: pd.DataFrame, cache: pd.
     run_records = workflow.stage1_records(config, workdir, td, read("grader/oof.csv"), read("mri_scores.csv"))[0]
     new_records, _ = stage1.attach(records.assign(patient_id=records["patient_id"].astype(str)),
                                    stage1_scores(config, workdir, records, cache))
+    networks = {select.NETWORK: network_per_fold}
+    if select.CLINICAL_NETWORK in summary["candidates"]:
+        networks[select.CLINICAL_NETWORK] = fold_outputs(config, workdir, select.NETWORK_DIRS[select.CLINICAL_NETWORK],
+                                                         records, cache)
     grids = workflow.linear_grids(config, td, [])
     binary = tuple(config.outcome.model.binary_heads)
     ids = td.records["patient_id"].astype(str)
-    train_rows = {}   # fold -> all of its training patients (the rows a chosen linear model refits on)
-    for f in sorted({int(c["fold"]) for c in summary["choices"]}):
+    train_rows = {}   # fold -> all of its training patients (the rows the linear candidates refit on)
+    for f in sorted({int(e["fold"]) for e in summary["folds_detail"]}):
         with open(os.path.join(workdir, "outcome", f"fold_{f}", "split.json")) as fh:
             split = json.load(fh)
         train_rows[f] = np.flatnonzero(ids.isin(set(split["inner_train"]) | set(split["inner_val"])).to_numpy())
     out = pd.DataFrame({"patient_id": new_records["patient_id"].to_numpy()})
-    out.attrs["per_fold"] = {}
+    out.attrs["per_fold"], out.attrs["candidates"] = {}, {}
     for h in td.heads:
         task = "binary" if h in binary else "regression"
-        per_fold = []
-        for c in (c for c in summary["choices"] if c["head"] == h):
-            f = int(c["fold"])
-            if c["choice"] == select.NETWORK:
-                per_fold.append(np.asarray(network_per_fold[f][f"pred_{h}"], float))
-                continue
-            fit = select.refit_choice(run_records, h, task, train_rows[f], c["choice"], summary["features"],
-                                      summary["reference_features"], grids.get(h), int(config.seed) + f)
-            per_fold.append(fit.predict(new_records))
-        out.attrs["per_fold"][h] = per_fold
+        per_fold, parts = [], []
+        for e in (e for e in summary["folds_detail"] if e["head"] == h):
+            f = int(e["fold"])
+            preds = {}
+            for c in e["weights"]:
+                if c in networks:
+                    preds[c] = np.asarray(networks[c][f][f"pred_{h}"], float)
+                else:
+                    preds[c] = select.fit_linear(run_records, h, task, train_rows[f], c, summary["features"],
+                                                 summary["reference_features"], grids.get(h),
+                                                 int(config.seed) + f).predict(new_records)
+            parts.append(preds)
+            per_fold.append(stack.combine(preds, e["weights"]))
+        out.attrs["per_fold"][h], out.attrs["candidates"][h] = per_fold, parts
         out[f"pred_{h}"] = np.mean(per_fold, axis=0)
-        out[f"model_{h}"] = ", ".join(c["choice"] for c in summary["choices"] if c["head"] == h)
+        out[f"model_{h}"] = "mean over folds of: " + " | ".join(
+            stack.describe(e["weights"]) for e in summary["folds_detail"] if e["head"] == h)
     return out
 
 
@@ -229,11 +241,12 @@ def evaluate_cohort(config, workdir: str, cohort_dir: str, *, out_dir: str | Non
         "n_fold_models": pred.attrs["n_fold_models"], "n_patients": int(len(table)),
         "ensemble": "mean of the k outcome fold models' predictions (probabilities / VAS mm)",
         "model": ("the fusion network" if selected is None else
-                  "the selected model (train.select): per fold the network or the chosen linear model, "
-                  "refitted on that fold's training patients; the fusion network ensemble beside it"),
+                  "the reported model (train.select): per fold the combination of the fold's networks and "
+                  "linear models (refitted on that fold's training patients) with the fold's weights, "
+                  "averaged over the folds; the fusion network ensemble beside it"),
         "note": "no patient of this cohort was used in training or model selection"}}
     html, metrics = write_report(
         out_dir, title="lumbarjax external validation", cohort_summary=cohort.summary,
-        outcome_oof=table, other_models=others, bayes=workflow.bayes_auc(cohort_dir), extra=extra,
+        outcome_oof=table, other_models=others, bayes=workflow.bayes_ceilings(cohort_dir), extra=extra,
         n_boot=int(config.eval.n_boot), seed=int(config.seed), threshold=float(config.eval.threshold))
     return {"html": html, "metrics": metrics, "predictions": pred_path, "n_patients": int(len(table))}

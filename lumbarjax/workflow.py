@@ -438,28 +438,34 @@ def linear_grids(config, td: crossval.TaskData, notes: list) -> dict:
     return grids
 
 
-def stage_ablation(config, workdir: str, td: crossval.TaskData, stage1: tuple, root: str) -> dict:
+def stage_ablation(config, workdir: str, td: crossval.TaskData, stage1: tuple, root: str,
+                   grader_oof: pd.DataFrame | None = None) -> dict:
     """Source ablation of every outcome head on the outcome task's folds (lumbarjax.eval.ablation):
     clinical / + X-ray / + MRI / all three (``stage1`` = :func:`stage1_records`'s result), each
     with the penalised linear family, vs clinical logistic regression (ridge for VAS), with the
-    Bayes-optimal AUC of a synthetic cohort. Sets without their source's scores are left out and
-    named in ``notes``. Writes and returns ``<workdir>/ablation.json``."""
+    Bayes-optimal values of a synthetic cohort, its learnable ceiling (the perfect-stage-1 row)
+    and ``stage1_vs_truth`` (``eval.ablation.stage1_vs_truth``: the MRI score's r with the true
+    severity, the X-ray grades' QWK with the true grade). Sets without their source's scores are
+    left out and named in ``notes``. Writes and returns ``<workdir>/ablation.json``."""
     from lumbarjax.eval import ablation as ablation_lib
     records, cols, notes = stage1[0], stage1[1], list(stage1[2])
     sets = ablation_lib.feature_sets(cols["clinical"], cols["xray"], cols["mri"])
     grids = linear_grids(config, td, notes)
-    bayes = bayes_auc(root) or {}
+    bayes = bayes_ceilings(root) or {}
     truth_csv = os.path.join(root, "ground_truth.csv")
+    quality = None
     if bayes and os.path.exists(truth_csv):   # a synthetic cohort: the perfect-stage-1 row
-        records, true_cols = ablation_lib.with_true_latents(
-            records, cols, pd.read_csv(truth_csv, dtype={"patient_id": str}))
+        truth = pd.read_csv(truth_csv, dtype={"patient_id": str})
+        quality = ablation_lib.stage1_vs_truth(records, cols, truth, grader_oof, n_boot=int(config.eval.n_boot),
+                                               seed=int(config.seed), num_grades=int(config.clinical.num_grades))
+        records, true_cols = ablation_lib.with_true_latents(records, cols, truth)
         if true_cols:
             sets[ablation_lib.PERFECT_STAGE1] = [*cols["clinical"], *true_cols]
             notes.append(f"'{ablation_lib.PERFECT_STAGE1}': the clinical columns + the generator's "
                          f"true {', '.join(true_cols)} in place of the image scores (ground truth, "
                          "evaluation only): the ceiling a perfect stage 1 reaches at this cohort size")
     jobs = [(records, td.folds, h, sets, dict(n_boot=int(config.eval.n_boot), seed=int(config.seed),
-                                              bayes_auc=bayes.get(h), grid=grids[h])) for h in td.heads]
+                                              bayes=bayes.get(h), grid=grids[h])) for h in td.heads]
     heads = []
     for h, result in zip(td.heads, process_map(ablation_lib.ablation_or_error, jobs, int(config.data.num_workers))):
         if isinstance(result, str):  # e.g. a fold's training rows with one class
@@ -468,6 +474,7 @@ def stage_ablation(config, workdir: str, td: crossval.TaskData, stage1: tuple, r
         else:
             heads.append(result)
     out = {"feature_sets": {k: list(v) for k, v in sets.items()}, "notes": notes, "heads": heads,
+           "stage1_vs_truth": quality,
            "definition": "out-of-fold AUC (binary) or MAE in VAS mm (regression) of the penalised "
                          "linear family (lumbarjax.models.linear; penalty chosen in the training "
                          "folds) on each column set; difference = set − clinical logistic "
@@ -476,35 +483,54 @@ def stage_ablation(config, workdir: str, td: crossval.TaskData, stage1: tuple, r
     return out
 
 
-def stage_selection(config, workdir: str, td: crossval.TaskData, network_oof: pd.DataFrame, stage1: tuple):
+def stage_selection(config, workdir: str, td: crossval.TaskData, results: dict, stage1: tuple):
     """The outcome model the report leads with (``train.select``): per outer fold and head, the
-    fusion network or the penalised linear family on [clinical + X-ray + MRI scores], chosen on
-    the inner validation split only (``stage1`` = :func:`stage1_records`'s result). Writes
-    ``<workdir>/outcome/selected_oof.csv`` and
-    ``selection.json``; returns ``(selected oof, summary)``."""
-    from lumbarjax.train.select import select_models
+    convex combination of ``config.outcome.stack.candidates`` (the penalised linear family on
+    [clinical + X-ray + MRI scores], the fusion network, its clinical-only twin, …) whose
+    weights are fitted on the inner validation patients (``stage1`` = :func:`stage1_records`'s
+    result; ``results`` holds the networks' out-of-fold tables). Writes
+    ``<workdir>/outcome/selected_oof.csv`` and ``selection.json``; returns ``(oof, summary)``."""
+    from lumbarjax.train.select import NETWORK_DIRS, stack_models
     records, cols, notes = stage1[0], stage1[1], list(stage1[2])
     grids = linear_grids(config, td, notes)
-    oof, summary = select_models(records, td.folds, td.heads, tuple(config.outcome.model.binary_heads),
-                                 cols["clinical"] + cols["xray"] + cols["mri"], network_oof,
-                                 os.path.join(workdir, "outcome"), seed=int(config.seed),
-                                 grid_for=grids.get, rule=str(config.outcome.select_rule),
-                                 reference_features=cols["clinical"], num_workers=int(config.data.num_workers))
-    summary["notes"] = notes
+    found = {name: (results[key], os.path.join(workdir, NETWORK_DIRS[name]))
+             for name, key in (("network", "outcome"), ("clinical network", "clinical_only"))
+             if results.get(key) is not None}
+    sc = config.outcome.stack
+    oof, summary = stack_models(records, td.folds, td.heads, tuple(config.outcome.model.binary_heads),
+                                cols["clinical"] + cols["xray"] + cols["mri"],
+                                {k: v[0] for k, v in found.items()}, {k: v[1] for k, v in found.items()},
+                                os.path.join(workdir, "outcome"), candidates=tuple(sc.candidates),
+                                shrink=float(sc.shrink), weight_step=float(sc.weight_step), seed=int(config.seed),
+                                grid_for=grids.get, reference_features=cols["clinical"],
+                                num_workers=int(config.data.num_workers))
+    summary["notes"] = notes + summary["notes"]
     return oof, summary
 
 
-def bayes_auc(root: str) -> dict | None:
-    """``{binary head: Bayes-optimal AUC}`` of a synthetic cohort (its
-    ``ground_truth_summary.json``: the AUC of the true outcome probabilities), None otherwise."""
+def bayes_ceilings(root: str) -> dict | None:
+    """The Bayes-optimal value of every outcome head of a synthetic cohort, None for any other
+    cohort: ``{binary head: {"auc"}}`` (``ground_truth_summary.json``: the population AUC of the
+    true outcome probabilities) and ``{VAS head: {"mae", "r2", "mae_empirical", "r2_empirical",
+    "n"}}`` (``synthetic.bayes_vas`` from ``clinical.csv`` and ``ground_truth.csv``: the best
+    prediction knows the pre-operative VAS and the true success probability)."""
     gt_path = os.path.join(root, "ground_truth_summary.json")
     if not os.path.exists(gt_path):
         return None
     with open(gt_path) as f:
-        b = json.load(f)["bayes_auc"]
+        summary = json.load(f)
+    b = summary["bayes_auc"]
     names = {"zcq_success": "zcq_success", "back_pain_improved50": "back_improved50",
              "leg_pain_improved50": "leg_improved50"}
-    return {head: b[src]["population"] for head, src in names.items() if src in b}
+    out = {head: {"auc": b[src]["population"]} for head, src in names.items() if src in b}
+    clinical_csv, truth_csv = os.path.join(root, "clinical.csv"), os.path.join(root, "ground_truth.csv")
+    if os.path.exists(clinical_csv) and os.path.exists(truth_csv):
+        vas = synthetic.bayes_vas(pd.read_csv(clinical_csv, dtype={"patient_id": str}),
+                                  pd.read_csv(truth_csv, dtype={"patient_id": str}),
+                                  regime=summary.get("generative_model", {}).get("beta", "demo"),
+                                  seed=int(summary.get("seed", 0)))
+        out.update({h: v for h, v in vas.items() if h in synthetic.VAS_HEADS})
+    return out
 
 
 def xray_heatmap_summary(config, items: list, root: str) -> dict:
@@ -541,7 +567,7 @@ def stage_report(config, workdir: str, cohort: Cohort | dict, results: dict,
     from lumbarjax.eval.report import write_report
     summary = cohort.summary if isinstance(cohort, Cohort) else dict(cohort)
     localisation, heatmaps, completeness = None, None, None
-    bayes = bayes_auc(root)
+    bayes = bayes_ceilings(root)
     hm = results.get("outcome_heatmaps")
     if hm is not None and hm.items:
         completeness = np.array([it["delta"] for it in hm.items])
@@ -575,7 +601,7 @@ def stage_report(config, workdir: str, cohort: Cohort | dict, results: dict,
         outcome_oof, others = results["selected"], {"fusion network": results.get("outcome")}
         sel = results["selection"]
         extra["outcome_model_selection"] = {"rule": sel["rule"], "folds": sel["folds"],
-                                            "network_chosen_in_folds": sel["network_chosen"]}
+                                            "mean_weights": sel["mean_weights"]}
     return write_report(
         workdir, title="lumbarjax cross-validated report", cohort_summary=summary,
         grader_oof=results.get("grader"), outcome_oof=outcome_oof, other_models=others,
@@ -604,12 +630,12 @@ def run(config, workdir: str, mode: str) -> dict:
         stage1 = stage1_records(config, workdir, results["outcome_task"], results.get("grader"),
                                 results.get("mri_scores"))
         results["ablation"] = stage_ablation(config, workdir, results["outcome_task"], stage1,
-                                             manifest.attrs["root"])
+                                             manifest.attrs["root"], grader_oof=results.get("grader"))
         results["timing_s"]["ablation"] = time.perf_counter() - t1
         if config.outcome.select_model:
             t1 = time.perf_counter()
             results["selected"], results["selection"] = stage_selection(
-                config, workdir, results["outcome_task"], results["outcome"], stage1)
+                config, workdir, results["outcome_task"], results, stage1)
             results["timing_s"]["selection"] = time.perf_counter() - t1
     results["timing_s"]["total_before_report"] = time.perf_counter() - t0
     html, metrics = stage_report(config, workdir, cohort, results, manifest.attrs["root"])

@@ -8,6 +8,8 @@ from lumbarjax.errors import ClinicalError
 from lumbarjax.eval import ablation
 from lumbarjax.models import linear
 
+BINARY = ("zcq_success", "back_pain_improved50", "leg_pain_improved50")
+
 
 def _records(n=160, seed=0):
     rng = np.random.default_rng(seed)
@@ -30,7 +32,7 @@ def test_ablation_rows_and_paired_difference_to_clinical_logreg():
     sets = ablation.feature_sets(["age", "sex"], ["xray_expected_grade"], ["mri_stenosis_expected"])
     assert list(sets) == ["clinical", "+xray", "+mri", "all"]
     grid = [linear.REFERENCE["binary"], linear.Candidate("logreg_l2", 0.1)]
-    res = ablation.ablation(df, folds, "zcq_success", sets, n_boot=100, bayes_auc=0.8, grid=grid)
+    res = ablation.ablation(df, folds, "zcq_success", sets, n_boot=100, bayes={"auc": 0.8}, grid=grid)
     rows = {r["features"]: r for r in res["rows"]}
     assert res["metric"] == "auc" and set(rows) == set(sets)
     # the X-ray score carries the signal: its rows beat clinical LR with a CI above 0
@@ -91,7 +93,10 @@ def test_cross_validation_run_reports_the_ablation(tiny_run):
         d = r["rows"][1]["diff_vs_clinical_logreg"]
         assert d["lo"] <= d["diff"] <= d["hi"]
         if r["metric"] == "auc":
-            assert 0.5 < r["bayes_auc"] <= 1.0
+            assert 0.5 < r["bayes"]["auc"] <= 1.0
+        else:   # the VAS heads: R² beside the MAE, and the Bayes-optimal MAE below the ridge's
+            assert all(np.isfinite(row["r2"]["point"]) and row["r2"]["point"] < 1 for row in r["rows"])
+            assert 0 < r["bayes"]["mae"] < r["clinical_logreg"]["point"] and 0 < r["bayes"]["r2"] < 1
     # the X-ray scores are the grader's out-of-fold grades, each from a fold model that held
     # the patient out; a score from a model that trained on the patient is refused
     oof = pd.read_csv(os.path.join(tiny_run["workdir"], "grader", "oof.csv"), dtype={"patient_id": str})
@@ -132,28 +137,44 @@ def test_mri_scores_come_from_the_pretrained_grader_and_cover_the_outcome_patien
     np.testing.assert_allclose(again[cols].to_numpy(float), got[cols].to_numpy(float), rtol=1e-5, atol=1e-6)
 
 
-def test_the_report_leads_with_the_selected_model_and_keeps_the_network_as_a_comparator(tiny_run):
-    """selection.json has one choice per fold and head, made on the inner validation patients;
-    selected_oof.csv predicts every outcome patient once; metrics.json's outcome "model" is the
-    selected model and "fusion network" is among its comparators."""
+def test_the_report_leads_with_the_stacked_model_and_keeps_the_network_as_a_comparator(tiny_run):
+    """selection.json has one combination per fold and head, its weights fitted on the inner
+    validation patients; selected_oof.csv predicts every outcome patient once, within the VAS
+    scale; metrics.json's outcome "model" is that combination and "fusion network" is among its
+    comparators; the summary names the best comparator, the clinical baseline and the ceilings."""
     import json
     import os
     wd = tiny_run["workdir"]
     td = tiny_run["results"]["outcome_task"]
     sel = json.load(open(os.path.join(wd, "outcome", "selection.json")))
-    assert len(sel["choices"]) == len(td.heads) * len(np.unique(td.folds))
-    assert {c["choice"] for c in sel["choices"]} <= {"network", "linear", "reference"}
+    assert len(sel["folds_detail"]) == len(td.heads) * len(np.unique(td.folds))
+    for e in sel["folds_detail"]:
+        # a linear candidate that cannot be fitted (e.g. one class among 10 training patients) is
+        # left out of that fold's combination, with the reason
+        assert set(e["weights"]) | set(e.get("left_out", {})) == {"linear", "network", "clinical network"}
+        k = len(e["weights"])
+        assert abs(sum(e["weights"].values()) - 1) < 1e-9 and min(e["weights"].values()) >= 0.5 / k - 1e-9
     assert "mri_stenosis_expected" in sel["features"] and "xray_expected_grade" in sel["features"]
     oof = pd.read_csv(os.path.join(wd, "outcome", "selected_oof.csv"), dtype={"patient_id": str})
     assert sorted(oof["patient_id"]) == sorted(td.records["patient_id"])
-    net = pd.read_csv(os.path.join(wd, "outcome", "oof.csv"), dtype={"patient_id": str}).set_index("patient_id")
-    for c in sel["choices"]:
-        rows = oof[(oof["fold"] == c["fold"])]
-        if c["choice"] == "network":
-            np.testing.assert_allclose(rows[f"pred_{c['head']}"], net.loc[rows["patient_id"], f"pred_{c['head']}"])
-            assert (rows[f"model_{c['head']}"] == "network").all()
-        else:
-            assert (rows[f"model_{c['head']}"] == c["linear_model_refit"]).all()
+    for h in ("back_pain_post", "leg_pain_post"):
+        assert oof[f"pred_{h}"].between(0, 100).all()
+    nets = [pd.read_csv(os.path.join(wd, d, "oof.csv"), dtype={"patient_id": str}).set_index("patient_id")
+            for d in ("outcome", "outcome_clinical_only")]
+    for e in sel["folds_detail"]:
+        rows = oof[oof["fold"] == e["fold"]]
+        assert rows[f"model_{e['head']}"].str.contains(f"network {e['weights']['network']:.2f}").all()
+        # the linear part is what is left once the networks' weighted predictions are taken off
+        lin = (rows[f"pred_{e['head']}"].to_numpy()
+               - e["weights"]["network"] * nets[0].loc[rows["patient_id"], f"pred_{e['head']}"].to_numpy()
+               - e["weights"]["clinical network"] * nets[1].loc[rows["patient_id"], f"pred_{e['head']}"].to_numpy())
+        w, hi = e["weights"].get("linear", 0.0), 1 if e["head"] in BINARY else 100
+        assert np.all(lin >= -1e-9) and np.all(lin <= hi * w + 1e-9)
+    summ = {r["head"]: r for r in tiny_run["metrics"]["summary"]}
+    assert set(summ) == set(td.heads)
+    assert summ["zcq_success"]["clinical_baseline"]["name"] == "clinical logreg"
+    assert summ["back_pain_post"]["clinical_baseline"]["name"] == "clinical ridge"
+    assert summ["back_pain_post"]["bayes"]["value"] > 0 and summ["back_pain_post"]["learnable_ceiling"]["r2"] is not None
     m = tiny_run["metrics"]["outcomes"]["zcq_success"]
     assert "fusion network" in m["comparators"] and "clinical logreg" in m["comparators"]
     y = oof["label_zcq_success"].to_numpy(float)

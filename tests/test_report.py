@@ -233,3 +233,81 @@ def test_report_shows_the_xray_scale_level_by_level(tmp_path):
     assert "L1L2 0: 2, 1: 2, 2: 2 0: 0.300, 1: 0.250, 2: 0.200 –" in text       # no truth for L1L2
     assert "reader-noise ceiling) 0.921" in text
     assert "LJ0001" in text and "1 / 2 / 0 / 1 / 2 0.25 / 0.20 / 0.30 / 0.25 / 0.20 0.0 / 0.5 / 1.0 / 1.5 / 2.0" in text
+
+
+def _ablation_for(heads_metric):
+    """A source ablation with the perfect-stage-1 row (the learnable ceiling) for each head."""
+    def ci(v):
+        return {"point": v, "lo": v - 0.05, "hi": v + 0.05, "n_boot": 100, "n_skipped": 0}
+    heads = []
+    for head, (metric, ceil, r2) in heads_metric.items():
+        heads.append({"head": head, "metric": metric, "bayes": None, "clinical_logreg": ci(0.6),
+                      "clinical_logreg_r2": None,
+                      "rows": [{"features": "clinical + true latents", "n_columns": 9, "models": ["x"],
+                                "value": ci(ceil), "r2": ci(r2) if r2 is not None else None,
+                                "diff_vs_clinical_logreg": {"diff": 0.0, "lo": -0.1, "hi": 0.1, "p_value": 1.0,
+                                                            "n_boot": 100, "n_skipped": 0}}]})
+    return {"heads": heads, "notes": [], "definition": "test", "feature_sets": {}}
+
+
+def test_summary_in_a_browser_names_comparator_baseline_ceiling_and_bayes_per_head(tmp_path):
+    """The summary a clinician reads, as Chromium renders it: per head the reported model, the
+    best comparator and which it is, the clinical baseline, the learnable ceiling and the Bayes
+    value (MAE with R² for VAS); a plain sentence for a head where the model is not measurably
+    better than the clinical baseline; the grader's level-by-level patient grade beside the
+    whole-film grade."""
+    inputs = _inputs(tmp_path)
+    oof, base = inputs["outcome_oof"], inputs["baseline_oof"]
+    y = oof["label_zcq_success"].to_numpy()
+    oof["pred_zcq_success"] = np.where(np.isnan(y), 0.5, 0.15 + 0.7 * np.nan_to_num(y))   # clearly better
+    oof["pred_leg_pain_improved50"] = base["leg_pain_improved50"]["pred_logreg"]            # no gain at all
+    grader = inputs["grader_oof"]
+    grader["level_pred_grade"] = grader["label_grade"].fillna(0).astype(int)                # perfect levels
+    inputs.update(ablation=_ablation_for({"zcq_success": ("auc", 0.811, None), "back_pain_improved50": ("auc", 0.7, None),
+                                          "leg_pain_improved50": ("auc", 0.65, None),
+                                          "back_pain_post": ("mae", 9.87, 0.61), "leg_pain_post": ("mae", 12.3, 0.4)}),
+                  bayes={"zcq_success": {"auc": 0.842}, "back_pain_improved50": {"auc": 0.777},
+                         "back_pain_post": {"mae": 7.65, "r2": 0.72}},
+                  heatmaps=None, localisation=None, completeness=None,
+                  extra={"outcome_model_selection": {"rule": "stacking (test)", "folds": 5, "mean_weights": {
+                      "zcq_success": {"linear": 0.25, "network": 0.6, "clinical network": 0.15}}}})
+    html_path, json_path = write_report(tmp_path / "out", n_boot=100, **inputs)
+    res = subprocess.run([_chromium(), *CHROME_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom",
+                          f"file://{html_path}"], capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0, res.stderr[-2000:]
+    whole = re.search(r'<section id="summary">(.*?)</section>', res.stdout, re.S).group(1)
+    section = whole[:whole.index("</table>")] + whole[whole.index("</table>"):].split("<table")[0]
+    weights = re.sub(r"<[^>]+>", " ", whole[whole.index("The reported model"):])
+    assert "stacking (test)" in weights and re.search(r"zcq_success\s+0.25\s+0.60\s+0.15", weights), weights
+    header = [re.sub(r"<[^>]+>", "", h) for h in re.findall(r"<th>(.*?)</th>", section)]
+    assert header == ["head", "reported model (95% CI)", "best comparator (which)", "clinical baseline",
+                      "learnable ceiling", "Bayes-optimal"]
+    rows = {}
+    for tr in re.findall(r"<tr>(.*?)</tr>", section, re.S):
+        cells = [re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", c)).strip() for c in re.findall(r"<td>(.*?)</td>", tr, re.S)]
+        if cells:
+            rows[cells[0]] = cells
+    m = json.load(open(json_path))
+    assert set(rows) == {"grader QWK, whole film", "grader QWK, level by level (patient grade)", "zcq_success AUC",
+                         "back_pain_improved50 AUC", "leg_pain_improved50 AUC", "back_pain_post MAE", "leg_pain_post MAE"}
+    assert rows["grader QWK, level by level (patient grade)"][1].startswith("1.000")
+    z = rows["zcq_success AUC"]
+    assert z[1].startswith(f"{m['outcomes']['zcq_success']['model']['auc']['point']:.3f}")
+    best = max(m["outcomes"]["zcq_success"]["comparators"].items(), key=lambda kv: kv[1]["auc"]["point"])
+    assert z[2].startswith(f"{best[1]['auc']['point']:.3f}") and z[2].endswith(best[0])
+    assert z[3].endswith("clinical logreg") and z[4] == "0.811" and z[5] == "0.842"
+    v = rows["back_pain_post MAE"]
+    assert " · R² " in v[1] and v[3].endswith("clinical ridge") and v[4] == "9.9 · R² 0.61" and v[5] == "7.7 · R² 0.72"
+    assert rows["leg_pain_post MAE"][5] == "–"
+    sentences = re.findall(r"<li>(.*?)</li>", section)
+    assert any(s.startswith("leg_pain_improved50: the images add nothing measurable") for s in sentences), sentences
+    assert not any(s.startswith("zcq_success:") for s in sentences)
+    assert [r["head"] for r in m["summary"]] == ["zcq_success", "back_pain_improved50", "leg_pain_improved50",
+                                                 "back_pain_post", "leg_pain_post"]
+
+
+def test_paired_difference_captions_say_which_sign_favours_the_model(report):
+    _, html_path, _ = report
+    doc = open(html_path, encoding="utf-8").read()
+    assert "AUC(model) − AUC(comparator): positive = model better" in doc
+    assert "MAE(model) − MAE(comparator), VAS mm: negative = model better" in doc

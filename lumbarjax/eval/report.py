@@ -336,36 +336,151 @@ def _outcomes(outcome_oof, baseline_oof, clinical_only_oof, kw, threshold, other
     return res, roc, cal, dcs, scatter
 
 
-def _bayes_value(bayes, head):
+def _bayes_value(bayes, head, metric: str = "auc"):
+    """The Bayes-optimal ``metric`` of ``head`` from ``bayes`` (head -> a number, read as the
+    AUC, or a dict with ``auc`` / ``mae`` / ``r2``); None when unknown."""
     if not bayes or head not in bayes:
         return None
     v = bayes[head]
     if isinstance(v, Mapping):
-        return v.get("auc")
-    return v
+        return v.get(metric)
+    return v if metric == "auc" else None
+
+
+CLINICAL_BASELINE = {"auc": "clinical logreg", "mae": "clinical ridge"}
+NO_IMAGE_GAIN = "the images add nothing measurable for this outcome at this cohort size"
+
+
+def _learnable_ceiling(ablation: Mapping | None, head: str) -> dict | None:
+    """The ablation's perfect-stage-1 row of ``head`` (``eval.ablation.PERFECT_STAGE1``):
+    ``{"value": CI dict, "r2": CI dict or None}``; None without one."""
+    from lumbarjax.eval.ablation import PERFECT_STAGE1
+    for r in (ablation or {}).get("heads", []):
+        if r["head"] == head:
+            for row in r["rows"]:
+                if row["features"] == PERFECT_STAGE1:
+                    return {"value": row["value"], "r2": row.get("r2")}
+    return None
+
+
+def summary_rows(outcomes: Mapping, ablation: Mapping | None, bayes: Mapping | None) -> list[dict]:
+    """The summary a clinician reads, one dict per outcome head: the reported model's headline
+    metric (AUC; MAE in VAS mm, with R², for the VAS heads), the best comparator (which one),
+    the clinical baseline (logistic regression / ridge) with the paired difference to it, the
+    learnable ceiling (the same linear family with the true latents, synthetic cohorts) and the
+    Bayes-optimal value, and ``sentence`` when the model is not measurably better than the
+    clinical baseline (the paired 95 % CI of the difference includes 0 or favours the baseline)."""
+    out = []
+    for head, entry in outcomes.items():
+        binary = entry["task"] == "binary"
+        metric = "auc" if binary else "mae"
+        best = None
+        for name, r in entry["comparators"].items():
+            pt = r[metric]["point"]
+            if pt is not None and (best is None or (pt > best[1] if binary else pt < best[1])):
+                best = (name, pt)
+        base = CLINICAL_BASELINE[metric]
+        diff = entry["paired_difference"].get(base)
+        row = {"head": head, "metric": metric, "reported": entry["model"][metric],
+               "reported_r2": None if binary else entry["model"]["r2"],
+               "best_comparator": ({"name": best[0], "value": entry["comparators"][best[0]][metric]}
+                                   if best else None),
+               "clinical_baseline": ({"name": base, "value": entry["comparators"][base][metric], "diff": diff}
+                                     if base in entry["comparators"] else None),
+               "learnable_ceiling": _learnable_ceiling(ablation, head),
+               "bayes": {"value": _bayes_value(bayes, head, metric),
+                         "r2": None if binary else _bayes_value(bayes, head, "r2")},
+               "sentence": None}
+        if diff is not None and diff.get("lo") is not None:
+            better = diff["lo"] > 0 if binary else diff["hi"] < 0
+            if not better:
+                row["sentence"] = (f"{head}: {NO_IMAGE_GAIN} (reported model − {base}: "
+                                   f"{fmt_value(diff['diff'], 3 if binary else 1)}, {100 * (1 - diff.get('alpha', 0.05)):.0f} % CI "
+                                   f"{fmt_value(diff['lo'], 3 if binary else 1)} to {fmt_value(diff['hi'], 3 if binary else 1)} "
+                                   f"{'AUC' if binary else 'VAS mm'}).")
+        out.append(row)
+    return out
+
+
+def _weights_html(selection: Mapping | None) -> str:
+    """What the reported model is: the stacking rule and its mean weights per head
+    (``extra["outcome_model_selection"]``, from ``train.select``)."""
+    if not selection or not selection.get("mean_weights"):
+        return ""
+    rows = [[_e(h)] + [fmt_value(w.get(c), 2) for c in next(iter(selection["mean_weights"].values()))]
+            for h, w in selection["mean_weights"].items()]
+    cands = list(next(iter(selection["mean_weights"].values())))
+    return (f'<p>The reported model: {_e(selection.get("rule", ""))}. Mean weights over the '
+            f'{_e(selection.get("folds", ""))} folds (each fold\'s weights: <code>outcome/selection.json</code>):</p>'
+            + html_table(["head"] + [_e(c) for c in cands], rows, "metrics"))
+
+
+def _summary_html(rows: Sequence[Mapping], grader_rows: Sequence[Sequence[str]], level: str) -> str:
+    """The summary table (:func:`summary_rows`; the grader's rows first) and its sentences."""
+    def with_r2(ci, r2, digits):
+        s = _fmt_ci(ci, digits)
+        return s + (f" · R² {fmt_value((r2 or {}).get('point'), 2)}" if r2 else "")
+
+    def value(v, digits):
+        if not v:
+            return "–"
+        if isinstance(v, Mapping) and "point" in v:
+            return fmt_value(v["point"], digits)
+        return fmt_value(v, digits)
+
+    table = list(grader_rows)
+    for r in rows:
+        d = 3 if r["metric"] == "auc" else 1
+        best, base, ceil, bay = r["best_comparator"], r["clinical_baseline"], r["learnable_ceiling"], r["bayes"]
+        ceil_txt = "–" if not ceil else value(ceil["value"], d) + (
+            f" · R² {value(ceil.get('r2'), 2)}" if r["metric"] == "mae" and ceil.get("r2") else "")
+        bay_txt = value(bay.get("value"), d) + (f" · R² {value(bay.get('r2'), 2)}"
+                                                 if r["metric"] == "mae" and bay.get("r2") is not None else "")
+        table.append([f"{_e(r['head'])} {r['metric'].upper()}",
+                      with_r2(r["reported"], r["reported_r2"], d),
+                      (f"{_fmt_ci(best['value'], d)} <span class='muted'>{_e(best['name'])}</span>" if best else "–"),
+                      (f"{_fmt_ci(base['value'], d)} <span class='muted'>{_e(base['name'])}</span>" if base else "–"),
+                      ceil_txt, bay_txt if bay.get("value") is not None else "–"])
+    sentences = "".join(f"<li>{_e(r['sentence'])}</li>" for r in rows if r["sentence"])
+    return ('<p class="muted">AUC: higher is better; MAE (VAS mm, 0–100): lower is better. Learnable '
+            "ceiling: the same linear models given the true latent grade and stenosis severity instead "
+            "of the image scores (synthetic cohorts only); Bayes: the true outcome model.</p>"
+            + html_table(["head", f"reported model ({level} CI)", "best comparator (which)",
+                          "clinical baseline", "learnable ceiling", "Bayes-optimal"], table, "metrics")
+            + (f'<ul class="sentences">{sentences}</ul>' if sentences else ""))
 
 
 def _ablation_html(ablation: Mapping, level: str) -> str:
     """One table: per head the clinical logistic regression, then each column set with its
-    paired difference to it (and the Bayes-optimal AUC where known); the notes below."""
+    paired difference to it (R² beside the MAE of the VAS heads; the Bayes-optimal value where
+    known); the notes below."""
     rows = []
     for r in ablation["heads"]:
         bin_ = r["metric"] == "auc"
         d = 3 if bin_ else 1
         ref = "clinical logistic regression" if bin_ else "clinical ridge"
-        b = fmt_value(r.get("bayes_auc")) if r.get("bayes_auc") is not None else "–"
-        rows.append([_e(r["head"]), _e(ref), _e(r["metric"].upper()), _fmt_ci(r["clinical_logreg"], d),
-                     "–", "–", b])
+        bayes = r.get("bayes") or {}
+        b = "–" if bayes.get(r["metric"]) is None else fmt_value(bayes[r["metric"]], d) + (
+            "" if bin_ or bayes.get("r2") is None else f" · R² {fmt_value(bayes['r2'], 2)}")
+
+        def value(ci, r2):
+            return _fmt_ci(ci, d) + ("" if not r2 else f" · R² {fmt_value(r2.get('point'), 2)}")
+        rows.append([_e(r["head"]), _e(ref), _e(r["metric"].upper()),
+                     value(r["clinical_logreg"], r.get("clinical_logreg_r2")), "–", "–", b])
         for row in r["rows"]:
             rows.append([_e(r["head"]), _e(f"{row['features']} ({row['n_columns']} columns)"),
-                         _e(r["metric"].upper()), _fmt_ci(row["value"], d),
+                         _e(r["metric"].upper()), value(row["value"], row.get("r2")),
                          _fmt_ci(row["diff_vs_clinical_logreg"], d), _fmt_p(row["diff_vs_clinical_logreg"]), b])
     notes = "".join(f"<li>{_e(n)}</li>" for n in ablation.get("notes", []))
-    return (f'<p class="note">{_e(ablation.get("definition", ""))}. For MAE a negative difference '
-            "is better.</p>"
+    quality = ablation.get("stage1_vs_truth") or {}
+    qrows = [[_e(v.get("definition", k)), _fmt_ci(v), _e(v.get("n"))] for k, v in quality.items()]
+    return (f'<p class="note">{_e(ablation.get("definition", ""))}. For AUC a positive difference is '
+            "better, for MAE (VAS mm) a negative one.</p>"
             + html_table(["head", "features", "metric", f"value ({level} CI)",
-                          f"− clinical reference ({level} CI)", "bootstrap p", "Bayes-optimal AUC"],
+                          f"− clinical reference ({level} CI)", "bootstrap p", "Bayes-optimal"],
                          rows, "metrics")
+            + ("<h3>Stage 1 against the synthetic truth</h3>"
+               + html_table(["measure", f"value ({level} CI)", "patients"], qrows, "metrics") if qrows else "")
             + (f"<ul class='muted'>{notes}</ul>" if notes else ""))
 
 
@@ -582,8 +697,12 @@ def write_report(out_dir, *, title: str, cohort_summary: dict, grader_oof: pd.Da
         (same columns as ``outcome_oof``).
       other_models: further comparators, name → OOF table with ``patient_id, pred_<head>``
         (e.g. the fusion network when ``outcome_oof`` is the selected model).
-      bayes: demo only — head → Bayes-optimal AUC (a number, or a dict with ``auc``), e.g. the
-        AUC of the true outcome probabilities in ``ground_truth.csv``.
+      bayes: synthetic cohorts only — head → its Bayes-optimal value: a number (an AUC) or a dict
+        with ``auc`` (binary heads) or ``mae`` and ``r2`` (VAS heads), e.g.
+        ``workflow.bayes_ceilings`` (the true outcome model of ``ground_truth.csv``).
+      The summary (``metrics["summary"]``, :func:`summary_rows`) puts per head the model beside
+        its best comparator, the clinical baseline, the learnable ceiling (the ablation's
+        perfect-stage-1 row) and the Bayes-optimal value.
       heatmaps: list of ``dict(patient_id, png (bytes or path), caption, correct)``.
       completeness: ``(N,)`` IG completeness errors ``|Σ attr − (F(x) − F(x'))|``.
       localisation: output of :func:`lumbarjax.eval.localisation.localisation_summary`.
@@ -611,7 +730,7 @@ def write_report(out_dir, *, title: str, cohort_summary: dict, grader_oof: pd.Da
         "cohort": cohort_summary,
     }
     sections: list[tuple[str, str, str]] = []   # (id, heading, html)
-    headline: list[list[str]] = []
+    grader_rows: list[list[str]] = []
 
     # -- cohort
     sections.append(("cohort", "Cohort", _generic(cohort_summary or {})))
@@ -635,7 +754,14 @@ def write_report(out_dir, *, title: str, cohort_summary: dict, grader_oof: pd.Da
                 + html_table(["metric", f"value ({level} CI)"], rows)
                 + _img(_fig_confusion(np.asarray(g["confusion"])), "grader confusion matrix"))
         sections.append(("grader", "Grader (X-ray degeneration grade)", body))
-        headline.append(["grader QWK", _fmt_ci(g["qwk"]), "–", "–"])
+        grader_rows.append(["grader QWK, whole film", _fmt_ci(g["qwk"]), "–", "–", "–", "–"])
+        if "level_pred_grade" in grader_oof.columns:
+            lv = pd.to_numeric(grader_oof["level_pred_grade"], errors="coerce").to_numpy(float)
+            ok = np.isfinite(lv)
+            if ok.any():
+                metrics["grader_levels"] = M.grader_report(y[ok], lv[ok], K, **kw)
+                grader_rows.append(["grader QWK, level by level (patient grade)",
+                                    _fmt_ci(metrics["grader_levels"]["qwk"]), "–", "–", "–", "–"])
         if "pred_grade_L1L2" in grader_oof.columns and "dhi_L1L2" in grader_oof.columns:
             sections.append(("xray_levels", "The X-ray scale level by level",
                              _levels_html(grader_oof, (extra or {}).get("xray_levels"))))
@@ -658,9 +784,11 @@ def write_report(out_dir, *, title: str, cohort_summary: dict, grader_oof: pd.Da
             rows = [[_e(m)] + [_fmt_ci(r[m], 2 if m == "r2" else digits) for r in reps]
                     for m in mets]
             rows.append(["n"] + [_e(r["n"]) for r in reps])
-            bv = _bayes_value(bayes, head)
-            if bin_ and bv is not None:
-                rows.append(["Bayes-optimal AUC (demo truth)", fmt_value(bv)] + ["" for _ in reps[1:]])
+            for m in (("auc",) if bin_ else ("mae", "r2")):
+                bv = _bayes_value(bayes, head, m)
+                if bv is not None:
+                    rows.append([f"Bayes-optimal {m.upper() if m != 'r2' else 'R²'} (synthetic truth)",
+                                 fmt_value(bv, 2 if m == "r2" else digits)] + ["" for _ in reps[1:]])
             body += f'<h3 id="head-{_e(head)}">{_e(head)}</h3>'
             extra_note = (f'prevalence {fmt_value(entry["model"]["prevalence"])}, '
                           if bin_ else "VAS 0–100, ")
@@ -671,22 +799,12 @@ def write_report(out_dir, *, title: str, cohort_summary: dict, grader_oof: pd.Da
             if entry["paired_difference"]:
                 prow = [[_e(n), _e(d["metric"]), _fmt_ci(d, digits), _fmt_p(d)]
                         for n, d in entry["paired_difference"].items()]
-                better = "positive" if bin_ else "negative"
-                body += ("<p>Paired bootstrap difference, model − comparator (same resampled "
-                         f"patients; {better} = model better):</p>"
+                better = ("AUC(model) − AUC(comparator): positive = model better" if bin_ else
+                          "MAE(model) − MAE(comparator), VAS mm: negative = model better")
+                body += ("<p>Paired bootstrap difference on the same resampled patients, "
+                         f"{better}:</p>"
                          + html_table(["comparator", "metric", f"difference ({level} CI)",
                                    "bootstrap p"], prow, "metrics"))
-            metric = "auc" if bin_ else "mae"
-            best = None
-            for n, r in entry["comparators"].items():
-                pt = r[metric]["point"]
-                if pt is not None and (best is None or (pt > best[1] if bin_ else pt < best[1])):
-                    best = (n, pt, r[metric])
-            headline.append([
-                f"{_e(head)} {metric.upper()}", _fmt_ci(entry["model"][metric], digits),
-                (f"{_fmt_ci(best[2], digits)} <span class='muted'>{_e(best[0])}</span>"
-                 if best else "–"),
-                fmt_value(bv) if (bin_ and bv is not None) else "–"])
         sections.append(("outcomes", "Outcome model vs clinical baselines", body))
         if roc:
             sections.append(("roc", "ROC curves", _img(_fig_roc(roc), "ROC curves")))
@@ -704,15 +822,20 @@ def write_report(out_dir, *, title: str, cohort_summary: dict, grader_oof: pd.Da
     # -- source ablation
     if ablation:
         metrics["ablation"] = ablation
+        if ablation.get("stage1_vs_truth"):
+            metrics["stage1_vs_truth"] = ablation["stage1_vs_truth"]
         sections.append(("ablation", "Source ablation (clinical / + X-ray / + MRI / all)",
                          _ablation_html(ablation, level)))
 
     # -- bayes
     if bayes:
         metrics["bayes_optimal"] = bayes
-        sections.append(("bayes", "Bayes-optimal performance (demo cohort)",
-                         '<p class="muted">Computed from the true outcome probabilities of the '
-                         "synthetic cohort: the best any model could do.</p>" + _generic(bayes)))
+        sections.append(("bayes", "Bayes-optimal performance (synthetic cohort)",
+                         '<p class="muted">Computed from the true outcome model of the synthetic '
+                         "cohort (AUC of the true probabilities; for VAS the MAE of the conditional "
+                         "median and the R² of the conditional mean given the pre-operative VAS and "
+                         "the true success probability): the best any model could do.</p>"
+                         + _generic(bayes)))
 
     # -- heat maps
     if heatmaps:
@@ -764,15 +887,16 @@ def write_report(out_dir, *, title: str, cohort_summary: dict, grader_oof: pd.Da
         sections.append(("extra", "Further results", _generic(extra)))
 
     # -- assemble
+    metrics["summary"] = summary = summary_rows(metrics.get("outcomes", {}), ablation, bayes)
     metrics = M.to_jsonable(metrics)
     json_path = out / "metrics.json"
     atomic.write_text(json_path, json.dumps(metrics, indent=2, allow_nan=False))
 
     head_html = ""
-    if headline:
+    if summary or grader_rows:
         head_html = ('<section id="summary"><h2>Summary</h2>'
-                     + html_table(["head", f"model ({level} CI)", "best clinical baseline",
-                               "Bayes-optimal (demo)"], headline, "metrics") + "</section>")
+                     + _summary_html(summary, grader_rows, level)
+                     + _weights_html((extra or {}).get("outcome_model_selection")) + "</section>")
     nav = "".join(f'<a href="#{sid}">{_e(h)}</a>' for sid, h, _ in sections)
     body = "".join(f'<section id="{sid}"><h2>{_e(h)}</h2>{b}</section>' for sid, h, b in sections)
     doc = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
