@@ -84,10 +84,11 @@ def run_one(root: str, regime: str, seed: int, encoder_file: str | None, extra: 
 
 
 def reselect(wd: str, regime: str, seed: int, encoder_file: str | None) -> None:
-    """Redo a finished run's model selection with this checkout's ``train.select`` and re-draw
-    its report (``predict.report_from_workdir``). Selection only reads the run's saved artefacts
-    (fold splits, the networks' inner-validation and out-of-fold predictions, stage-1 scores),
-    so the result equals a fresh run of the same config with this selection code."""
+    """Redo what a finished run computes without training — the clinical baselines, the source
+    ablation and the reported model (``train.select``) — with this checkout's code, and re-draw
+    its report (``predict.report_from_workdir``). They only read the run's saved artefacts (fold
+    splits, the networks' inner-validation and out-of-fold predictions, stage-1 scores), so the
+    result equals a fresh run of the same config with this code and the run's networks."""
     sys.path.insert(0, REPO)
     from configs import demo
     from lumbarjax import atomic, predict, workflow
@@ -101,63 +102,111 @@ def reselect(wd: str, regime: str, seed: int, encoder_file: str | None) -> None:
     td = crossval.prepare_task("outcome", c, cohort.records, cohort.cache)
     read = lambda p: pd.read_csv(os.path.join(wd, p), dtype={"patient_id": str})  # noqa: E731
     stage1 = workflow.stage1_records(c, wd, td, read("grader/oof.csv"), read("mri_scores.csv"))
-    workflow.stage_selection(c, wd, td, read("outcome/oof.csv"), stage1)
+    workflow.stage_baselines(c, wd, td)
+    workflow.stage_ablation(c, wd, td, stage1, os.path.join(wd, "demo_cohort"), grader_oof=read("grader/oof.csv"))
+    nets = {"outcome": read("outcome/oof.csv"), "clinical_only": read("outcome_clinical_only/oof.csv")}
+    workflow.stage_selection(c, wd, td, nets, stage1)
     atomic.write_text(os.path.join(wd, "config.json"), c.to_json_best_effort(indent=2, sort_keys=True))
     predict.report_from_workdir(c, wd)
 
 
+HEADS = ("zcq_success", "back_pain_improved50", "leg_pain_improved50", "back_pain_post", "leg_pain_post")
+COMPARATORS = {"auc": ("fusion network", "clinical-only network", "clinical logreg", "clinical GBM"),
+               "mae": ("fusion network", "clinical-only network", "clinical ridge", "clinical GBM")}
+
+
+def head_row(m: dict, head: str) -> dict | None:
+    """One head of a run's ``metrics.json``: the reported model, every comparator, the paired
+    differences (which comparators the model is significantly worse / better than: the 95 % CI
+    of model − comparator excludes 0), the learnable ceiling and the Bayes value."""
+    o = (m.get("outcomes") or {}).get(head)
+    if o is None:
+        return None
+    metric = "auc" if o["task"] == "binary" else "mae"
+    sign = 1.0 if metric == "auc" else -1.0   # + = the model better
+    comp, diffs = o["comparators"], o["paired_difference"]
+    summ = next((r for r in m.get("summary", []) if r["head"] == head), {})
+    worse, better = [], []
+    for name, d in diffs.items():
+        if d.get("lo") is None:
+            continue
+        lo, hi = sorted((sign * d["lo"], sign * d["hi"]))
+        if hi < 0:
+            worse.append(name)
+        elif lo > 0:
+            better.append(name)
+    ceil = (summ.get("learnable_ceiling") or {})
+    bayes = summ.get("bayes") or {}
+    r = {"metric": metric, "reported": o["model"][metric]["point"],
+         **{name: comp[name][metric]["point"] for name in COMPARATORS[metric] if name in comp},
+         "ceiling": (ceil.get("value") or {}).get("point"), "bayes": bayes.get("value"),
+         "worse_than": worse, "better_than": better}
+    if metric == "mae":
+        r.update(reported_r2=o["model"]["r2"]["point"], ceiling_r2=(ceil.get("r2") or {}).get("point"),
+                 bayes_r2=bayes.get("r2"))
+    base = "clinical logreg" if metric == "auc" else "clinical ridge"
+    if base in diffs:
+        r.update(diff=diffs[base]["diff"], lo=diffs[base]["lo"], hi=diffs[base]["hi"])
+    return r
+
+
 def row(wd: str, regime: str, seed: int) -> dict:
+    """A finished run: per head :func:`head_row`, the model-selection counts and stage 1 against the truth."""
     with open(os.path.join(wd, "metrics.json")) as f:
         m = json.load(f)
-    z = m["outcomes"]["zcq_success"]
-    comp = z["comparators"]
-    d = z["paired_difference"]["clinical logreg"]
     sel = (m.get("extra") or {}).get("outcome_model_selection", {})
-    bayes = (m.get("bayes_optimal") or {}).get("zcq_success")
-    if isinstance(bayes, dict):
-        bayes = bayes.get("auc")
-
-    def point(name):
-        return comp[name]["auc"]["point"] if name in comp else None
-
-    return {"regime": regime, "seed": seed, "selected": z["model"]["auc"]["point"],
-            "logreg": point("clinical logreg"), "diff": d["diff"], "lo": d["lo"], "hi": d["hi"],
-            "network": point("fusion network"), "clinical_net": point("clinical-only network"),
-            "bayes": bayes, "network_folds": sel.get("network_chosen_in_folds", {}).get("zcq_success")}
+    q = m.get("stage1_vs_truth") or (m.get("ablation") or {}).get("stage1_vs_truth") or {}
+    return {"regime": regime, "seed": seed, "heads": {h: head_row(m, h) for h in HEADS},
+            "mean_weights": sel.get("mean_weights"),
+            "mri_r": (q.get("mri_r") or {}).get("point"), "xray_qwk": (q.get("xray_qwk") or {}).get("point"),
+            "xray_level_qwk": (q.get("xray_level_qwk") or {}).get("point")}
 
 
-def fmt(v, signed=False):
+def fmt(v, signed=False, digits=3):
     if v is None:
         return "–"
-    return f"{v:+.3f}" if signed else f"{v:.3f}"
+    return f"{v:+.{digits}f}" if signed else f"{v:.{digits}f}"
 
 
-def markdown(rows: list[dict], header: str, before: dict | None = None) -> str:
-    """The table; ``before``: ``{(regime, seed): an earlier table's row}`` adds its selected
-    model's AUC as the column "selected before" (e.g. the previous selection rule)."""
-    b = (lambda r: before.get((r["regime"], r["seed"]), {}).get("selected")) if before else None
-    extra_h, extra_s = (" selected before |", " --- |") if before else ("", "")
-    out = [header, "", f"| regime | seed | selected |{extra_h} logreg | selected − logreg [95 % CI] | network | "
-           f"clinical net | Bayes | network folds |", f"| --- | --- | --- |{extra_s} --- | --- | --- | --- | --- | --- |"]
-    for r in rows:
-        col = f" {fmt(b(r))} |" if before else ""
-        out.append(f"| {r['regime']} | {r['seed']} | {fmt(r['selected'])} |{col} {fmt(r['logreg'])} | "
-                   f"{fmt(r['diff'], True)} [{fmt(r['lo'], True)}, {fmt(r['hi'], True)}] | {fmt(r['network'])} | "
-                   f"{fmt(r['clinical_net'])} | {fmt(r['bayes'])} | {r['network_folds']} |")
-    for regime in dict.fromkeys(r["regime"] for r in rows):
-        rs = [r for r in rows if r["regime"] == regime]
+def head_table(rows: list[dict], head: str) -> list[str]:
+    """The markdown table of one head over the runs, with the regime means."""
+    rs = [(r, r["heads"][head]) for r in rows if r["heads"].get(head)]
+    if not rs:
+        return []
+    metric = rs[0][1]["metric"]
+    d = 3 if metric == "auc" else 2
+    comps = list(COMPARATORS[metric])
+    extra = ["reported R²", "ceiling R²", "Bayes R²"] if metric == "mae" else []
+    keys = ["reported", *comps, "ceiling", "bayes"] + (["reported_r2", "ceiling_r2", "bayes_r2"] if metric == "mae" else [])
+    out = [f"### {head} ({'AUC, higher is better' if metric == 'auc' else 'MAE in VAS mm, lower is better'})", "",
+           "| regime | seed | reported | " + " | ".join(comps) + " | learnable ceiling | Bayes | "
+           + "".join(f"{x} | " for x in extra) + "reported − clinical [95 % CI] | significantly worse than | better than |",
+           "| " + " | ".join("---" for _ in range(9 + len(extra) + 3)) + " |"]
+    for r, h in rs:
+        out.append(f"| {r['regime']} | {r['seed']} | " + " | ".join(fmt(h.get(k), digits=d) for k in keys)
+                   + f" | {fmt(h.get('diff'), True, d)} [{fmt(h.get('lo'), True, d)}, {fmt(h.get('hi'), True, d)}] | "
+                   f"{', '.join(h['worse_than']) or 'none'} | {', '.join(h['better_than']) or '–'} |")
+    for regime in dict.fromkeys(r["regime"] for r, _ in rs):
+        hs = [h for r, h in rs if r["regime"] == regime]
 
         def mean(k):
-            v = [r[k] for r in rs if r[k] is not None]
+            v = [h[k] for h in hs if h.get(k) is not None]
             return sum(v) / len(v) if v else None
-        if before:
-            v = [b(r) for r in rs if b(r) is not None]
-            col = f" {fmt(sum(v) / len(v) if v else None)} |"
-        else:
-            col = ""
-        out.append(f"| **{regime}** | mean of {len(rs)} | {fmt(mean('selected'))} |{col} {fmt(mean('logreg'))} | "
-                   f"{fmt(mean('diff'), True)} | {fmt(mean('network'))} | {fmt(mean('clinical_net'))} | "
-                   f"{fmt(mean('bayes'))} | |")
+        out.append(f"| **{regime}** | mean of {len(hs)} | " + " | ".join(fmt(mean(k), digits=d) for k in keys)
+                   + f" | {fmt(mean('diff'), True, d)} | {sum(bool(h['worse_than']) for h in hs)} run(s) | |")
+    return out + [""]
+
+
+def markdown(rows: list[dict], header: str) -> str:
+    """One table per head (:func:`head_table`) and one of stage 1 against the truth."""
+    out = [header, ""]
+    for head in HEADS:
+        out += head_table(rows, head)
+    out += ["### Stage 1 against the truth (outcome patients)", "",
+            "| regime | seed | r(MRI score, true severity) | X-ray grade QWK vs truth | X-ray level grade QWK vs truth |",
+            "| --- | --- | --- | --- | --- |"]
+    out += [f"| {r['regime']} | {r['seed']} | {fmt(r['mri_r'])} | {fmt(r['xray_qwk'])} | {fmt(r['xray_level_qwk'])} |"
+            for r in rows]
     return "\n".join(out) + "\n"
 
 
@@ -173,8 +222,6 @@ def main(argv=None):
     ap.add_argument("--stage1-from", default="",
                     help="a --root of finished runs: copy each run's stage-1 outputs (cohort, "
                          "grader, levels, pretraining) and redo only the outcome side")
-    ap.add_argument("--before", default="",
-                    help="the JSON of an earlier table: its selected AUC per run as a column")
     ap.add_argument("--out", default="")
     ap.add_argument("extra", nargs="*", help="further --config.… overrides for every run")
     a = ap.parse_args(argv)
@@ -190,18 +237,16 @@ def main(argv=None):
             rows.append(row(wd, regime, seed))
             print(json.dumps(rows[-1]), flush=True)
     load = os.getloadavg()
-    header = (f"# The whole chain per regime (OOF ZCQ-success AUC, 5-fold, demo budget)\n\n"
+    header = (f"# The whole chain per regime, every outcome head (5-fold out of fold, demo budget)\n\n"
               f"`PYTHONPATH=$PWD python benchmarks/outcome_chain_regimes.py --regimes {a.regimes} "
               f"--seeds {a.seeds}{' --pretrained' if a.pretrained else ''}"
               f"{' --stage1-from ' + a.stage1_from if a.stage1_from else ''}"
               f"{' --reselect' if a.reselect else ''}`; load at the end "
-              f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} on {os.cpu_count()} cores.")
-    before = None
-    if a.before:
-        with open(a.before) as f:
-            before = {(r["regime"], r["seed"]): r for r in json.load(f)}
-        header += f" Column \"selected before\": {a.before}."
-    text = markdown(rows, header, before)
+              f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} on {os.cpu_count()} cores. "
+              "`reported`: the model the report leads with; learnable ceiling: the same linear family "
+              "given the true latents (the ablation's last row); `significantly worse than`: the comparators "
+              "whose paired bootstrap 95 % CI of the difference excludes 0 in their favour.")
+    text = markdown(rows, header)
     print(text)
     if a.out:
         with open(a.out, "w") as f:
