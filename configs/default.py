@@ -143,8 +143,14 @@ def task_config(kind: str) -> ml_collections.ConfigDict:
         t.stack = ml_collections.ConfigDict(dict(
             # "linear" (penalised family on clinical + stage-1 scores) | "reference" (clinical
             # logistic / ridge regression) | "network" (fusion) | "clinical network" (its twin)
-            candidates=("linear", "network", "clinical network"),
-            shrink=0.5,            # 0 = the fitted weights, 1 = the plain average
+            candidates=("linear", "network"),
+            # image_gate: a fold combines `candidates` only where the stage-1 image scores clearly
+            # help the linear family (inner k-fold split of all the fold's training patients) for
+            # primary_head or for the head itself; elsewhere `clinical_candidates`
+            image_gate=True,
+            clinical_candidates=("reference", "clinical network"),
+            primary_head="zcq_success",
+            shrink=0.7,            # 0 = the fitted weights, 1 = the plain average
             weight_step=0.05,      # grid of the weights on the simplex
         ))
         # Which of the grader's out-of-fold X-ray scores the linear models see (models.stage1):

@@ -501,7 +501,9 @@ def stage_selection(config, workdir: str, td: crossval.TaskData, results: dict, 
                                 cols["clinical"] + cols["xray"] + cols["mri"],
                                 {k: v[0] for k, v in found.items()}, {k: v[1] for k, v in found.items()},
                                 os.path.join(workdir, "outcome"), candidates=tuple(sc.candidates),
-                                shrink=float(sc.shrink), weight_step=float(sc.weight_step), seed=int(config.seed),
+                                clinical_candidates=tuple(sc.clinical_candidates), image_gate=bool(sc.image_gate),
+                                primary_head=str(sc.primary_head), shrink=float(sc.shrink),
+                                weight_step=float(sc.weight_step), seed=int(config.seed),
                                 grid_for=grids.get, reference_features=cols["clinical"],
                                 num_workers=int(config.data.num_workers))
     summary["notes"] = notes + summary["notes"]

@@ -101,7 +101,8 @@ def test_the_reported_model_is_applied_fold_by_fold_with_the_runs_weights(evalua
     sel = external.selected_predictions(cfg, wd, td.records, td.cache, net.attrs["per_fold"])
     assert open(os.path.join(wd, "cohort_summary.json")).read() == before  # the run is only read
     summary = json.load(open(os.path.join(wd, "outcome", "selection.json")))
-    assert set(summary["candidates"]) == {"linear", "network", "clinical network"}
+    assert set(summary["image_candidates"]) == {"linear", "network"}
+    assert set(summary["clinical_candidates"]) == {"reference", "clinical network"}
     oofs = {c: pd.read_csv(os.path.join(wd, d, "oof.csv"), dtype={"patient_id": str}).set_index("patient_id")
             .loc[sel["patient_id"]] for c, d in (("network", "outcome"), ("clinical network", "outcome_clinical_only"))}
     checked = 0
@@ -110,13 +111,13 @@ def test_the_reported_model_is_applied_fold_by_fold_with_the_runs_weights(evalua
         for e, parts, combined in zip(entries, sel.attrs["candidates"][head], sel.attrs["per_fold"][head]):
             f = e["fold"]
             np.testing.assert_allclose(combined, sum(w * parts[c] for c, w in e["weights"].items()), rtol=1e-12)
-            for c, oof in oofs.items():
+            for c, oof in ((c, o) for c, o in oofs.items() if c in e["weights"]):
                 held = oof["fold"].to_numpy() == f
                 tol = 1e-5 if head in BINARY else 1e-3
                 np.testing.assert_allclose(parts[c][held], oof[f"pred_{head}"].to_numpy()[held], atol=tol, rtol=0)
                 checked += 1
         np.testing.assert_allclose(sel[f"pred_{head}"], np.mean(sel.attrs["per_fold"][head], axis=0))
-    assert checked >= 8, checked
+    assert checked >= 4, checked
     scores = external.stage1_scores(cfg, wd, td.records, td.cache).set_index("patient_id")
     mine = pd.read_csv(os.path.join(wd, "mri_scores.csv"), dtype={"patient_id": str}).set_index("patient_id")
     np.testing.assert_allclose(scores.loc[mine.index, "mri_stenosis_expected"], mine["mri_stenosis_expected"],

@@ -67,6 +67,9 @@ def _stack(tmp_path, net_z, net_v, cnet_z=None, cnet_v=None, features=("age", "s
     oofs["clinical network"] = _network(rec, folds, runs["clinical network"],
                                         np.full(n, 0.5) if cnet_z is None else cnet_z,
                                         np.full(n, 50.0) if cnet_v is None else cnet_v)
+    kw.setdefault("image_gate", False)
+    kw.setdefault("candidates", ("linear", "network", "clinical network"))
+    kw.setdefault("shrink", 0.5)
     out, summary = select.stack_models(rec, folds, HEADS, ["zcq_success"], list(features), oofs, runs,
                                        str(tmp_path), seed=0, grid_for=GRIDS.get, **kw)
     return rec, folds, runs, oofs, out, summary
@@ -146,10 +149,12 @@ def test_candidates_are_checked_and_splits_must_agree(tmp_path):
     split["inner_val"], split["inner_train"] = split["inner_val"][1:], split["inner_train"] + split["inner_val"][:1]
     open(os.path.join(runs["clinical network"], "fold_1", "split.json"), "w").write(json.dumps(split))
     with pytest.raises(CohortError, match="differs from the other network's split"):
-        select.stack_models(rec, folds, HEADS, ["zcq_success"], ["age"], oofs, runs, str(tmp_path / "b"))
+        select.stack_models(rec, folds, HEADS, ["zcq_success"], ["age"], oofs, runs, str(tmp_path / "b"),
+                            image_gate=False, candidates=("linear", "network", "clinical network"))
     # a run without the clinical-only twin: that candidate is left out and said so
     out, summary = select.stack_models(rec, folds, HEADS, ["zcq_success"], ["age"], {"network": oofs["network"]},
-                                       {"network": runs["network"]}, str(tmp_path / "b"), grid_for=GRIDS.get)
+                                       {"network": runs["network"]}, str(tmp_path / "b"), grid_for=GRIDS.get,
+                                       image_gate=False, candidates=("linear", "network", "clinical network"))
     assert summary["candidates"] == ["linear", "network"] and "clinical network" in summary["notes"][0]
 
 
@@ -160,9 +165,55 @@ def test_heads_combined_in_worker_processes_give_the_same_table(tmp_path):
     oofs = {c: _network(rec, folds, runs[c], rng.random(n), rng.uniform(0, 100, n)) for c in runs}
     args = (rec, folds, HEADS, ["zcq_success"], ["age", "score"], oofs, runs, str(tmp_path))
     kw = dict(seed=0, grid_for=GRIDS.get, reference_features=["age"],
-              candidates=("linear", "reference", "network", "clinical network"))
+              candidates=("linear", "reference", "network", "clinical network"), image_gate=False)
     serial, s_summary = select.stack_models(*args, **kw)
     workers, w_summary = select.stack_models(*args, **kw, num_workers=2)
     pd.testing.assert_frame_equal(serial, workers)
     assert s_summary == w_summary and len(w_summary["folds_detail"]) == 8
     assert set(w_summary["folds_detail"][0]["weights"]) == {"linear", "reference", "network", "clinical network"}
+
+
+def _with_score(rec, effect, seed=7):
+    """``rec`` with a stage-1 image ``score`` column; zcq_success redrawn from age + effect·score."""
+    rng = np.random.default_rng(seed)
+    rec = rec.copy()
+    rec["score"] = rng.normal(size=len(rec))
+    logit = (rec["age"].to_numpy() - 60) / 8 + effect * rec["score"].to_numpy()
+    rec["zcq_success"] = (rng.random(len(rec)) < 1 / (1 + np.exp(-logit))).astype(float)
+    return rec
+
+
+@pytest.mark.parametrize("effect, opened", [(0.0, False), (1.5, True)])
+def test_the_image_gate_opens_only_where_the_image_scores_clearly_help(tmp_path, effect, opened):
+    """With image_gate, a fold combines the image candidates only where the linear family with
+    the image score is clearly better than the clinical reference on all the fold's training
+    patients, for the primary head (which opens the gate for every head) or the head itself;
+    elsewhere the clinical candidates (reference + clinical network) alone."""
+    rec, folds, runs = _run(tmp_path)
+    rec = _with_score(rec, effect)
+    rng = np.random.default_rng(8)
+    oofs = {c: _network(rec, folds, runs[c], rng.random(len(rec)), np.full(len(rec), 50.0)) for c in runs}
+    out, summary = select.stack_models(rec, folds, ["zcq_success"], ["zcq_success"], ["age", "score"], oofs, runs,
+                                       str(tmp_path), grid_for=GRIDS.get, reference_features=["age"])
+    for e in summary["folds_detail"]:
+        ev = e["images"]["primary_head"]
+        assert e["images"]["used"] is opened and ev["clear"] is opened, e["images"]
+        assert ev["n"] == int((folds != e["fold"]).sum())           # every training patient of the fold
+        want = {"linear", "network"} if opened else {"reference", "clinical network"}
+        assert set(e["weights"]) == want
+        if opened:
+            assert ev["linear"] > ev["reference"] + 0.05
+    assert summary["images_used_in_folds"] == {"zcq_success": 4 if opened else 0}
+    assert "do not clearly help" in summary["rule"]
+    if not opened:   # the clinical models alone: reference refitted on all training patients + twin
+        e = summary["folds_detail"][0]
+        split = json.load(open(os.path.join(runs["network"], "fold_0", "split.json")))
+        rows = rec.set_index("patient_id").index.get_indexer(split["inner_train"] + split["inner_val"])
+        ref = select.fit_linear(rec, "zcq_success", "binary", rows, "reference", ["age", "score"], ["age"], None, 0)
+        test = folds == 0
+        want = (e["weights"]["reference"] * ref.predict(rec.loc[test])
+                + e["weights"]["clinical network"] * oofs["clinical network"].loc[test, "pred_zcq_success"].to_numpy())
+        np.testing.assert_allclose(out.loc[test, "pred_zcq_success"], want, rtol=1e-12)
+    with pytest.raises(ConfigError, match=r"clinical_candidates: \['network'\] read the images"):
+        select.stack_models(rec, folds, ["zcq_success"], ["zcq_success"], ["age"], oofs, runs, str(tmp_path),
+                            clinical_candidates=("reference", "network"))

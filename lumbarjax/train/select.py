@@ -85,11 +85,37 @@ def _rows(ids: pd.Series, wanted: Sequence[str], what: str) -> np.ndarray:
     return pos.loc[list(map(str, wanted))].to_numpy(int)
 
 
+def image_evidence(records: pd.DataFrame, head: str, task: str, rows: np.ndarray, features: Sequence[str],
+                   reference_features: Sequence[str], grid, seed: int, fits: dict | None = None) -> dict:
+    """Whether the image scores help ``head`` on the training ``rows``: the penalised linear
+    family on all ``features`` against the clinical reference model on ``reference_features``,
+    both scored on the same inner k-fold split of ``rows`` (every training patient of the fold,
+    ~125 in the demo, not only the ~25 inner validation ones). ``clear``: the family is clearly
+    better (``models.linear.clearly_better``: about one standard error). ``fits`` caches the two
+    fits (candidate -> PenalisedFit) for the caller."""
+    fits = {} if fits is None else fits
+    try:
+        for c in (LINEAR, REFERENCE):
+            if c not in fits:
+                fits[c] = fit_linear(records, head, task, rows, c, features, reference_features, grid, seed)
+    except CohortError as e:
+        return {"clear": False, "why": str(e)}
+    lin, ref = fits[LINEAR], fits[REFERENCE]
+    if lin.inner_pred is None or ref.inner_pred is None or not np.array_equal(lin.inner_rows, ref.inner_rows):
+        return {"clear": False, "why": "no inner split to compare on"}
+    y = pd.to_numeric(records[head], errors="coerce").to_numpy(float)[lin.inner_rows]
+    metric = metrics_lib.auc if task == "binary" else metrics_lib.mae
+    return {"clear": bool(linear.clearly_better(y, lin.inner_pred, ref.inner_pred, task, seed=seed)),
+            "n": int(len(y)), "metric": "auc" if task == "binary" else "mae",
+            LINEAR: float(metric(y, lin.inner_pred)), REFERENCE: float(metric(y, ref.inner_pred))}
+
+
 def _stack_head(job):
     """One head over the folds (:func:`stack_models`; module level so that heads run in worker
     processes). Returns ``(labels, combined predictions, model descriptions, fold entries)``,
     each over the task's rows."""
-    records, ids, networks, fold_rows, h, task, candidates, features, ref_features, grid, settings, seed = job
+    (records, ids, networks, fold_rows, h, task, candidate_sets, features, ref_features, grid, settings,
+     primary, seed) = job
     y = pd.to_numeric(records[h], errors="coerce").to_numpy(float)
     pred = np.full(len(ids), np.nan)
     model = np.full(len(ids), "", dtype=object)
@@ -97,6 +123,14 @@ def _stack_head(job):
     entries = []
     for f, (inner_train, inner_val, test) in fold_rows.items():
         entry = {"fold": int(f), "head": h, "metric": "auc" if task == "binary" else "mae"}
+        rows = np.concatenate([inner_train, inner_val])
+        full = {}   # linear candidate -> fitted on all the fold's training patients
+        candidates = candidate_sets["images"]
+        if settings["image_gate"]:
+            own = image_evidence(records, h, task, rows, features, ref_features, grid, seed + int(f), full)
+            uses = bool(primary.get(f, {}).get("clear") or own["clear"])
+            entry["images"] = {"used": uses, "primary_head": primary.get(f), "this_head": own}
+            candidates = candidate_sets["images"] if uses else candidate_sets["clinical"]
         val, tst, names = {}, {}, {}
         for c in candidates:
             if c in networks:
@@ -106,13 +140,13 @@ def _stack_head(job):
                 continue
             try:
                 inner = fit_linear(records, h, task, inner_train, c, features, ref_features, grid, seed + int(f))
-                full = fit_linear(records, h, task, np.concatenate([inner_train, inner_val]), c, features,
-                                  ref_features, grid, seed + int(f))
+                if c not in full:
+                    full[c] = fit_linear(records, h, task, rows, c, features, ref_features, grid, seed + int(f))
             except CohortError as e:   # e.g. a single class among the training patients
                 entry.setdefault("left_out", {})[c] = str(e)
                 continue
-            val[c], tst[c] = inner.predict(records.iloc[inner_val]), full.predict(records.iloc[test])
-            names[c] = full.candidate.name
+            val[c], tst[c] = inner.predict(records.iloc[inner_val]), full[c].predict(records.iloc[test])
+            names[c] = full[c].candidate.name
         if not val:
             raise CohortError(f"stacking: no candidate of {list(candidates)} could be fitted for {h} in fold {f}")
         yv = y[inner_val]
@@ -134,9 +168,10 @@ def _stack_head(job):
 
 def stack_models(records: pd.DataFrame, folds: np.ndarray, heads: Sequence[str], binary_heads: Sequence[str],
                  features: Sequence[str], network_oof: Mapping[str, pd.DataFrame], run_dirs: Mapping[str, str],
-                 out_dir: str, *, candidates: Sequence[str] = (LINEAR, NETWORK, CLINICAL_NETWORK),
-                 shrink: float = 0.5, weight_step: float = 0.05, seed: int = 0, grid_for=None,
-                 reference_features: Sequence[str] | None = None,
+                 out_dir: str, *, candidates: Sequence[str] = (LINEAR, NETWORK),
+                 clinical_candidates: Sequence[str] = (REFERENCE, CLINICAL_NETWORK), image_gate: bool = True,
+                 primary_head: str | None = None, shrink: float = 0.7, weight_step: float = 0.05, seed: int = 0,
+                 grid_for=None, reference_features: Sequence[str] | None = None,
                  num_workers: int = 0) -> tuple[pd.DataFrame, dict]:
     """The reported outcome model of every head (module docstring).
 
@@ -149,8 +184,16 @@ def stack_models(records: pd.DataFrame, folds: np.ndarray, heads: Sequence[str],
       run_dirs: network candidate -> its cross-validation folder (``fold_k/split.json``,
         ``fold_k/inner_val.csv``); every network's splits must be the same.
       out_dir: where ``selected_oof.csv`` and ``selection.json`` are written.
-      candidates: a selection of :data:`CANDIDATES`; a network candidate without a run is left
-        out (named in the summary's ``notes``).
+      candidates: the combination's candidates (a selection of :data:`CANDIDATES`) when the
+        images are used; a network candidate without a run is left out (named in ``notes``).
+      clinical_candidates: the candidates when they are not (``image_gate``): models of the
+        clinical columns only.
+      image_gate: use ``candidates`` in a fold only where the image scores clearly help the
+        linear family for ``primary_head`` or for the head itself (:func:`image_evidence`, on
+        every training patient of the fold), else ``clinical_candidates``. False: always
+        ``candidates``.
+      primary_head: the outcome whose evidence opens the gate for every head (default the first
+        binary head).
       shrink / weight_step: ``models.stack.fit_weights``' settings.
       grid_for: optional ``head -> linear candidates`` (default ``linear.candidates``).
       reference_features: the clinical columns of the reference model (default ``features``).
@@ -159,12 +202,17 @@ def stack_models(records: pd.DataFrame, folds: np.ndarray, heads: Sequence[str],
 
     Returns ``(combined out-of-fold table, summary)``.
     """
-    candidates = check_candidates(candidates)
-    notes = [f"{c}: no cross-validation of it in this run, left out" for c in candidates
+    sets = {"images": check_candidates(candidates), "clinical": check_candidates(clinical_candidates)}
+    image_only = sorted({c for c in sets["clinical"] if c in (LINEAR, NETWORK)})
+    if image_only:
+        raise ConfigError(f"config.outcome.stack.clinical_candidates: {image_only} read the images")
+    notes = [f"{c}: no cross-validation of it in this run, left out" for c in dict.fromkeys(sets["images"] + sets["clinical"])
              if c in NETWORK_DIRS and c not in network_oof]
-    candidates = tuple(c for c in candidates if c not in NETWORK_DIRS or c in network_oof)
-    if not candidates:
+    sets = {k: tuple(c for c in v if c not in NETWORK_DIRS or c in network_oof) for k, v in sets.items()}
+    if not sets["images"] or (image_gate and not sets["clinical"]):
         raise ConfigError("stacking: none of the configured candidates is available in this run")
+    candidates = tuple(dict.fromkeys(sets["images"] + (sets["clinical"] if image_gate else ())))
+    primary_head = primary_head or next(iter(binary_heads), heads[0])
     ids = records["patient_id"].astype(str)
     ref_features = list(reference_features if reference_features is not None else features)
     networks = {c: (network_oof[c].assign(patient_id=network_oof[c]["patient_id"].astype(str)).set_index("patient_id"),
@@ -186,9 +234,15 @@ def stack_models(records: pd.DataFrame, folds: np.ndarray, heads: Sequence[str],
     fold_rows = {f: (_rows(ids, sp["inner_train"], f"fold {f}'s split.json"),
                      _rows(ids, sp["inner_val"], f"fold {f}'s split.json"), np.flatnonzero(np.asarray(folds) == f))
                  for f, sp in splits.items()}
-    settings = {"shrink": shrink, "weight_step": weight_step}
-    jobs = [(records, ids, networks, fold_rows, h, "binary" if h in binary_heads else "regression", candidates,
-             list(features), ref_features, grid_for(h) if grid_for is not None else None, settings, seed)
+    settings = {"shrink": shrink, "weight_step": weight_step, "image_gate": bool(image_gate)}
+    primary = {}   # fold -> the primary head's image evidence (it opens the gate for every head)
+    if image_gate and primary_head in heads:
+        task = "binary" if primary_head in binary_heads else "regression"
+        grid = grid_for(primary_head) if grid_for is not None else None
+        primary = {f: image_evidence(records, primary_head, task, np.concatenate(r[:2]), features, ref_features,
+                                     grid, seed + int(f)) for f, r in fold_rows.items()}
+    jobs = [(records, ids, networks, fold_rows, h, "binary" if h in binary_heads else "regression", sets,
+             list(features), ref_features, grid_for(h) if grid_for is not None else None, settings, primary, seed)
             for h in heads]
     out = pd.DataFrame({"patient_id": ids.to_numpy(), "fold": np.asarray(folds, int)})
     entries = []
@@ -197,10 +251,16 @@ def stack_models(records: pd.DataFrame, folds: np.ndarray, heads: Sequence[str],
         entries.extend(fold_entries)
     mean_weights = {h: {c: float(np.mean([e["weights"].get(c, 0.0) for e in entries if e["head"] == h]))
                         for c in candidates} for h in heads}
-    summary = {"rule": f"stacking: per fold and head the weights of {', '.join(candidates)} that minimise the "
-                       f"head's loss (log loss; MAE for VAS) on the inner validation patients, shrunk "
+    gate = (f"; {', '.join(sets['clinical'])} instead where the image scores do not clearly help the linear "
+            f"family for {primary_head} or the head itself on the fold's training patients" if image_gate else "")
+    summary = {"rule": f"stacking: per fold and head the weights of {', '.join(sets['images'])}{gate}, fitted to "
+                       f"minimise the head's loss (log loss; MAE for VAS) on the inner validation patients and shrunk "
                        f"{shrink:g} of the way to equal weights",
-               "candidates": list(candidates), "shrink": shrink, "weight_step": weight_step,
+               "candidates": list(candidates), "image_candidates": list(sets["images"]),
+               "clinical_candidates": list(sets["clinical"]) if image_gate else [], "image_gate": bool(image_gate),
+               "primary_head": primary_head, "shrink": shrink, "weight_step": weight_step,
+               "images_used_in_folds": {h: int(sum(bool(e.get("images", {"used": True})["used"])
+                                                   for e in entries if e["head"] == h)) for h in heads},
                "features": list(features), "reference_features": ref_features, "folds": int(len(fold_rows)),
                "mean_weights": mean_weights, "folds_detail": entries, "notes": notes}
     atomic.write_csv(out, os.path.join(out_dir, "selected_oof.csv"))
