@@ -1,28 +1,32 @@
-"""The whole chain per generator regime and seed (issue 13's acceptance table): the demo job
-(`configs/demo.py`: grader + levels, pretrained MRI encoder, outcome CV with model selection,
-baselines, ablation) on the cohort of each ``--regimes`` × ``--seeds``, and one table of
-out-of-fold ZCQ-success AUC:
+"""The whole chain per generator regime and seed: the demo job (`configs/demo.py`: grader +
+levels, pretrained MRI encoder, outcome CV, the reported model of ``train.select``, baselines,
+ablation) on the cohort of each ``--regimes`` × ``--seeds``, and one table per outcome head
+(AUC for the binary heads; MAE in VAS mm and R² for the VAS heads), out of fold:
 
-* ``selected``: the report's outcome model (``train.select``: network or penalised linear family
-  per fold, chosen on the inner validation split), with its paired bootstrap difference to
-* ``logreg``: the clinical logistic regression on the same folds (95 % CI);
-* ``network``: the fusion network alone; ``clinical net``: the clinical-only network;
-* ``Bayes``: the Bayes-optimal AUC of the cohort's true outcome probabilities (population);
-* ``network folds``: in how many folds the selection kept the network.
+* ``reported``: the report's outcome model, with its paired bootstrap difference to the
+  clinical logistic regression (ridge for VAS) on the same folds (95 % CI);
+* the comparators: the fusion network, the clinical-only network, clinical logreg / ridge and
+  gradient boosting; ``significantly worse than`` / ``better than``: the comparators whose paired
+  bootstrap 95 % CI of the difference to the reported model excludes 0;
+* ``learnable ceiling``: the same linear family with the generator's true grade and stenosis
+  severity in place of the image scores (the ablation's last row); ``Bayes``: the true outcome
+  model (population AUC; for VAS the conditional median's MAE and the conditional mean's R²);
+* a last table: stage 1 against the truth (r of the MRI score with the true severity, the
+  X-ray grades' QWK with the true grade).
 
-    PYTHONPATH=$PWD python benchmarks/outcome_chain_regimes.py --seeds 0,1,2 \\
-        --regimes demo,clinical_dominant,xray_contributing,null --out benchmarks/OUTCOME_CHAIN.md
+    PYTHONPATH=$PWD python benchmarks/outcome_chain_regimes.py --seeds 0,1,2 --pretrained \
+        --regimes demo,nonlinear,xray_contributing,clinical_dominant,null --out benchmarks/OUTCOME_CHAIN.md
 
 ``--stage1-from OLD_ROOT`` starts each run from the finished stage 1 (cohort, index, grader,
 levels, pretraining) of ``OLD_ROOT/<regime>_s<seed>`` and redoes the outcome side only (about 5
 min instead of 15): for a change of the outcome model alone.
 
-``--reselect`` redoes the model selection of finished runs with the current ``train.select``
-(no training: it reads the runs' saved fold predictions) and re-draws their reports.
+``--reselect`` redoes what finished runs compute without training (baselines, ablation, the
+reported model) with this checkout's code and re-draws their reports.
 
 Each run is a separate ``launch.py`` process in ``<--root>/<regime>_s<seed>`` (kept: a rerun
 resumes or reuses finished runs). One run takes the demo's time (about 15-20 min on 2 cores), so
-the full 4 × 3 table takes hours; ``--pretrained`` reuses the MRI encoder file of the same seed's
+the full 5 × 3 table takes hours; ``--pretrained`` reuses the MRI encoder file of the same seed's
 first run (the pretraining cohort does not depend on the outcome regime, so the file is the same
 one that run would write), which saves the pretraining of the other regimes.
 """
@@ -212,7 +216,7 @@ def markdown(rows: list[dict], header: str) -> str:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--regimes", default="demo,clinical_dominant,xray_contributing,null")
+    ap.add_argument("--regimes", default="demo,nonlinear,xray_contributing,clinical_dominant,null")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--root", default="/tmp/lj_regimes")
     ap.add_argument("--pretrained", action="store_true",
@@ -223,8 +227,11 @@ def main(argv=None):
                     help="a --root of finished runs: copy each run's stage-1 outputs (cohort, "
                          "grader, levels, pretraining) and redo only the outcome side")
     ap.add_argument("--out", default="")
-    ap.add_argument("extra", nargs="*", help="further --config.… overrides for every run")
-    a = ap.parse_args(argv)
+    a, extra = ap.parse_known_args(argv)   # the rest: --config.… overrides for every run
+    bad = [x for x in extra if not x.startswith("--config.")]
+    if bad:
+        ap.error(f"unrecognized arguments: {' '.join(bad)} (only --config.… overrides pass to the runs)")
+    a.extra = extra
     rows = []
     for seed in [int(s) for s in a.seeds.split(",")]:
         encoder = None
