@@ -497,13 +497,19 @@ def test_demo_regime_is_bit_identical_to_the_cohort_before_regimes():
 
 def test_regimes_change_only_the_outcomes():
     base_c, base_t = synthetic.sample_patients(300, 4, edge_cases=False)
-    same = ["age", "sex", "bmi", "smoker", "symptom_months"]  # drawn before the outcome
+    # everything but the post-operative answers: the reader's X-ray grade (the grader's label)
+    # and the pre-operative scores are the demo's, so a regime's stage 1 is the demo's
+    same = ["age", "sex", "bmi", "smoker", "symptom_months", "back_pain_pre", "leg_pain_pre",
+            "xray_grade", *[c for c in base_c if c.startswith(("zcq_sym_pre", "zcq_fun_pre"))]]
     latent = ["grade", *[f"grade_{lv}" for lv in LEVELS], "stenosis_level", "stenosis_severity"]
-    for name in ("clinical_dominant", "xray_contributing", "null"):
+    for name in ("clinical_dominant", "xray_contributing", "null", "nonlinear"):
         c, t = synthetic.sample_patients(300, 4, edge_cases=False, regime=name)
         pd.testing.assert_frame_equal(c[same], base_c[same])
         pd.testing.assert_frame_equal(t[latent], base_t[latent])
         assert not np.allclose(t["p_zcq_success"], base_t["p_zcq_success"])
+        assert (t["zcq_success"] != base_t["zcq_success"]).any()
+        if name == "nonlinear":
+            continue
         b = synthetic.OUTCOME_REGIMES[name]
         age, fem = c["age"].to_numpy(float), (c["sex"] == "F").to_numpy(float)
         months = c["symptom_months"].to_numpy(float)

@@ -73,6 +73,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as _dt
+import functools
 import hashlib
 import json
 import os
@@ -305,18 +306,27 @@ def _items(rng, mean, name, sd):
     return np.clip(np.rint(mean + rng.normal(0.0, sd, n)), lo, hi).astype(float)
 
 
-def _draw_zcq(rng: np.random.Generator, success: int, missing: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """ZCQ items (NaN = unanswered) consistent with the realised success (see module docstring)."""
-    def masked(groups):
-        return {k: np.where(missing[k], np.nan, v) for k, v in groups.items()}
+def _masked(groups: dict[str, np.ndarray], missing: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k: np.where(missing[k], np.nan, v) for k, v in groups.items()}
 
-    while True:  # pre-operative items, independent of the latents; room for a 0.5 improvement
+
+def _draw_zcq_pre(rng: np.random.Generator, missing: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Pre-operative ZCQ items (unmasked), independent of the latents, with room for a 0.5
+    improvement."""
+    while True:
         pre = {"sym_pre": _items(rng, rng.uniform(2.6, 4.4), "sym_pre", 0.6),
                "fun_pre": _items(rng, rng.uniform(2.2, 3.6), "fun_pre", 0.5)}
         means = [np.mean(v) for v in pre.values()]
         means += [np.nanmean(np.where(missing[k], np.nan, v)) for k, v in pre.items()]
         if min(means) >= 1.75:
-            break
+            return pre
+
+
+def _draw_zcq_post(rng: np.random.Generator, pre: dict[str, np.ndarray], success: int,
+                   missing: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """All ZCQ items (NaN = unanswered): ``pre`` and post-operative items consistent with the
+    realised success (see module docstring)."""
+    masked = functools.partial(_masked, missing=missing)
     m_sym, m_fun = pre["sym_pre"].mean(), pre["fun_pre"].mean()
     for _ in range(100000):
         fail = np.zeros(3, bool)
@@ -389,14 +399,22 @@ def _draw_patient(seed: int, i: int, edge: str, effects: Mapping[str, float] = B
         sev2 = s * rng.uniform(0.3, 0.6)
     probs = outcome_probabilities(s, g, age, female, months, effects=effects)
     p = float(probs["zcq_success"])
-    success = int(rng.random() < p)
+    u = rng.random()
+    success = int(u < p)
+    # Every regime shares the demo regime's draws after the outcome (pre-operative scores, reader
+    # grade): the main stream draws the demo's post-operative ZCQ items; where this regime's
+    # outcome differs, its items come from a stream of their own.
+    success_demo = int(u < float(outcome_probabilities(s, g, age, female, months)["zcq_success"]))
     # missing-item pattern (edge cases)
     missing = {k: np.zeros(v[0], bool) for k, v in ZCQ_GROUPS.items()}
     if edge in ("zcq_one_item_missing", "zcq_subscale_missing"):
         grp = list(ZCQ_GROUPS)[int(rng.integers(len(ZCQ_GROUPS)))]
         k = 1 if edge == "zcq_one_item_missing" else 2
         missing[grp][rng.choice(ZCQ_GROUPS[grp][0], size=k, replace=False)] = True
-    zcq = _draw_zcq(rng, success, missing)
+    pre = _draw_zcq_pre(rng, missing)
+    zcq = _draw_zcq_post(rng, pre, success_demo, missing)
+    if success != success_demo:
+        zcq = _draw_zcq_post(_rng(seed, i, 6), pre, success, missing)
     back_pre = 0 if edge == "back_pain_pre_zero" else int(np.clip(np.rint(rng.normal(55, 20)), 5, 100))
     leg_pre = int(np.clip(np.rint(rng.normal(66, 17)), 10, 100))
     q_b, q_l = Q_BACK[success], Q_LEG[success]
@@ -1455,8 +1473,10 @@ def make_cohort(out_dir: str | os.PathLike, n_patients: int = 160, seed: int = 0
       id_prefix: two letters before the patient number (``LJ0001``); another prefix keeps a
         second cohort's ids (e.g. a pretraining cohort, ``PT0001``) apart from the demo's.
       regime: effect sizes of the outcome model, a name of OUTCOME_REGIMES or a dict over
-        EFFECT_KEYS (:func:`outcome_effects`). Only the outcomes depend on it: the "demo" regime
-        is the cohort of earlier versions, byte for byte.
+        EFFECT_KEYS (:func:`outcome_effects`). Only the outcomes depend on it (ZCQ success, the
+        post-operative ZCQ answers and VAS): the images, the reader's X-ray grade and the
+        pre-operative scores are the demo regime's, which is the cohort of earlier versions,
+        byte for byte.
       mark_complete: write the completion marker (``lumbarjax.atomic.MARKER``) last. Until it
         exists the folder is an interrupted write (:func:`is_synthetic_incomplete`): the
         first thing written is the tag file ``SYNTHETIC_TAG``, and every table goes through a
