@@ -132,7 +132,10 @@ def selected_predictions(config, workdir: str, records: pd.DataFrame, cache: pd.
     refitted exactly as the run fitted them (``select.fit_linear``, deterministic) on that fold's
     training patients, applied to the new patients' clinical columns + :func:`stage1_scores`;
     then the mean over folds. ``attrs["per_fold"]``: head -> the k per-fold combinations;
-    ``attrs["candidates"]``: head -> per fold ``{candidate: (N,) prediction}``. None when the run
+    ``attrs["candidates"]``: head -> per fold ``{candidate: (N,) prediction}``;
+    ``attrs["comparators"]``: the clinical baselines as the run's report names them ("clinical
+    logreg" for the binary heads, "clinical ridge" for VAS, "clinical-only network"), each the
+    mean over folds of its fold model, as a table ``patient_id, pred_<head>``. None when the run
     has no reported combination (``outcome.select_model`` off)."""
     from lumbarjax.models import stack, stage1
     from lumbarjax.train import crossval, select
@@ -149,7 +152,7 @@ def selected_predictions(config, workdir: str, records: pd.DataFrame, cache: pd.
     new_records, _ = stage1.attach(records.assign(patient_id=records["patient_id"].astype(str)),
                                    stage1_scores(config, workdir, records, cache))
     networks = {select.NETWORK: network_per_fold}
-    if select.CLINICAL_NETWORK in summary["candidates"]:
+    if os.path.isdir(os.path.join(workdir, select.NETWORK_DIRS[select.CLINICAL_NETWORK])):
         networks[select.CLINICAL_NETWORK] = fold_outputs(config, workdir, select.NETWORK_DIRS[select.CLINICAL_NETWORK],
                                                          records, cache)
     grids = workflow.linear_grids(config, td, [])
@@ -160,27 +163,37 @@ def selected_predictions(config, workdir: str, records: pd.DataFrame, cache: pd.
         with open(os.path.join(workdir, "outcome", f"fold_{f}", "split.json")) as fh:
             split = json.load(fh)
         train_rows[f] = np.flatnonzero(ids.isin(set(split["inner_train"]) | set(split["inner_val"])).to_numpy())
-    out = pd.DataFrame({"patient_id": new_records["patient_id"].to_numpy()})
+    def candidate(c: str, h: str, task: str, f: int) -> np.ndarray:
+        """(N,) prediction of candidate ``c`` of fold ``f`` for head ``h`` on the new patients."""
+        if c in networks:
+            return np.asarray(networks[c][f][f"pred_{h}"], float)
+        return select.fit_linear(run_records, h, task, train_rows[f], c, summary["features"],
+                                 summary["reference_features"], grids.get(h),
+                                 int(config.seed) + f).predict(new_records)
+
+    pid = new_records["patient_id"].to_numpy()
+    out = pd.DataFrame({"patient_id": pid})
     out.attrs["per_fold"], out.attrs["candidates"] = {}, {}
+    baselines = {name: pd.DataFrame({"patient_id": pid})
+                 for name in ("clinical logreg", "clinical ridge", "clinical-only network")}
     for h in td.heads:
         task = "binary" if h in binary else "regression"
         per_fold, parts = [], []
         for e in (e for e in summary["folds_detail"] if e["head"] == h):
-            f = int(e["fold"])
-            preds = {}
-            for c in e["weights"]:
-                if c in networks:
-                    preds[c] = np.asarray(networks[c][f][f"pred_{h}"], float)
-                else:
-                    preds[c] = select.fit_linear(run_records, h, task, train_rows[f], c, summary["features"],
-                                                 summary["reference_features"], grids.get(h),
-                                                 int(config.seed) + f).predict(new_records)
+            preds = {c: candidate(c, h, task, int(e["fold"])) for c in e["weights"]}
             parts.append(preds)
             per_fold.append(stack.combine(preds, e["weights"]))
         out.attrs["per_fold"][h], out.attrs["candidates"][h] = per_fold, parts
         out[f"pred_{h}"] = np.mean(per_fold, axis=0)
         out[f"model_{h}"] = "mean over folds of: " + " | ".join(
             stack.describe(e["weights"]) for e in summary["folds_detail"] if e["head"] == h)
+        folds = sorted(train_rows)
+        base = "clinical logreg" if task == "binary" else "clinical ridge"
+        baselines[base][f"pred_{h}"] = np.mean([candidate(select.REFERENCE, h, task, f) for f in folds], axis=0)
+        if select.CLINICAL_NETWORK in networks:
+            baselines["clinical-only network"][f"pred_{h}"] = np.mean(
+                [candidate(select.CLINICAL_NETWORK, h, task, f) for f in folds], axis=0)
+    out.attrs["comparators"] = {k: v for k, v in baselines.items() if v.shape[1] > 1}
     return out
 
 
@@ -231,7 +244,7 @@ def evaluate_cohort(config, workdir: str, cohort_dir: str, *, out_dir: str | Non
         for h in heads:
             table[f"network_pred_{h}"] = pred[f"pred_{h}"].to_numpy()
             table[f"model_{h}"] = selected[f"model_{h}"].to_numpy()
-        others = {"fusion network": pred}
+        others = {"fusion network": pred, **selected.attrs["comparators"]}
     pred_path = os.path.join(out_dir, "predictions.csv")
     atomic.write_csv(table, pred_path)
     from lumbarjax.eval.report import write_report
@@ -243,7 +256,8 @@ def evaluate_cohort(config, workdir: str, cohort_dir: str, *, out_dir: str | Non
         "model": ("the fusion network" if selected is None else
                   "the reported model (train.select): per fold the combination of the fold's networks and "
                   "linear models (refitted on that fold's training patients) with the fold's weights, "
-                  "averaged over the folds; the fusion network ensemble beside it"),
+                  "averaged over the folds; beside it the fusion network, the clinical-only network and "
+                  "the clinical logistic (ridge) regression, each the mean of its fold models"),
         "note": "no patient of this cohort was used in training or model selection"}}
     html, metrics = write_report(
         out_dir, title="lumbarjax external validation", cohort_summary=cohort.summary,

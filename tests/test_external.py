@@ -122,7 +122,21 @@ def test_the_reported_model_is_applied_fold_by_fold_with_the_runs_weights(evalua
     mine = pd.read_csv(os.path.join(wd, "mri_scores.csv"), dtype={"patient_id": str}).set_index("patient_id")
     np.testing.assert_allclose(scores.loc[mine.index, "mri_stenosis_expected"], mine["mri_stenosis_expected"],
                                atol=1e-5)
-    # the external report leads with the reported model and lists the network beside it
+    # the clinical baselines beside it: each the mean of its fold models; the clinical-only
+    # network's fold models reproduce its out-of-fold predictions for the patients they held out
+    comp = sel.attrs["comparators"]
+    assert set(comp) == {"clinical logreg", "clinical ridge", "clinical-only network"}
+    assert {c for c in comp["clinical logreg"] if c.startswith("pred_")} == {f"pred_{h}" for h in BINARY}
+    assert "pred_back_pain_post" in comp["clinical ridge"]
+    clin_folds = external.fold_outputs(cfg, wd, "outcome_clinical_only", td.records, td.cache)
+    np.testing.assert_allclose(comp["clinical-only network"]["pred_zcq_success"],
+                               np.mean([np.asarray(o["pred_zcq_success"], float) for o in clin_folds], axis=0))
+    assert comp["clinical logreg"]["pred_zcq_success"].between(0, 1).all()
+    assert comp["clinical ridge"]["pred_back_pain_post"].between(0, 100).all()
+    # the external report leads with the reported model and lists every comparator beside it,
+    # with the paired difference to each
     ext = evaluated["metrics"]["outcomes"]["zcq_success"]
-    assert "fusion network" in ext["comparators"]
+    assert {"fusion network", "clinical logreg", "clinical-only network"} <= set(ext["comparators"])
+    assert {"fusion network", "clinical logreg", "clinical-only network"} <= set(ext["paired_difference"])
+    assert "clinical ridge" in evaluated["metrics"]["outcomes"]["back_pain_post"]["comparators"]
     assert "reported model" in evaluated["metrics"]["extra"]["external_validation"]["model"]
