@@ -264,6 +264,8 @@ def main(argv=None):
     ap.add_argument("--share-stage1", action="store_true",
                     help="run stage 1 once per seed (the first regime) and share it with the seed's "
                          "other regimes, whose images are the same (checked byte for byte)")
+    ap.add_argument("--tabulate", action="store_true",
+                    help="run nothing: tabulate the finished runs under --root (others are left out)")
     ap.add_argument("--out", default="")
     a, extra = ap.parse_known_args(argv)   # the rest: --config.… overrides for every run
     bad = [x for x in extra if not x.startswith("--config.")]
@@ -274,6 +276,11 @@ def main(argv=None):
     for seed in [int(s) for s in a.seeds.split(",")]:
         encoder, first = None, ""
         for regime in a.regimes.split(","):
+            if a.tabulate:
+                wd = os.path.join(a.root, f"{regime}_s{seed}")
+                if os.path.exists(os.path.join(wd, "metrics.json")):
+                    rows.append(row(wd, regime, seed))
+                continue
             wd = run_one(a.root, regime, seed, encoder, a.extra, a.stage1_from,
                          first if a.share_stage1 else "")
             first = first or wd
