@@ -12,6 +12,7 @@ import pydicom
 import pytest
 from scipy.ndimage import map_coordinates
 
+from lumbarjax import atomic
 from lumbarjax.data import synthetic
 from lumbarjax.errors import ConfigError
 
@@ -522,6 +523,25 @@ def test_regimes_change_only_the_outcomes():
         "p_zcq_success"].transform("mean")
     assert np.abs(resid).max() < 1e-6
     assert abs(np.corrcoef(t["p_zcq_success"], t["stenosis_severity"])[0, 1]) < 0.15
+
+
+def test_a_regimes_cohort_has_the_demo_regimes_files_but_the_outcome_tables(tmp_path):
+    """Every image file of a cohort is the same in every regime (a regime's stage 1 is the
+    demo's); only the tables with the outcomes differ."""
+    def files(root):
+        out = {}
+        for d, _, names in os.walk(root):
+            for n in names:
+                with open(os.path.join(d, n), "rb") as f:
+                    out[os.path.relpath(os.path.join(d, n), root)] = hashlib.sha256(f.read()).hexdigest()
+        return out
+    a = files(synthetic.make_cohort(tmp_path / "demo", 12, 3, **SMALL)["out_dir"])
+    b = files(synthetic.make_cohort(tmp_path / "nl", 12, 3, regime="nonlinear", **SMALL)["out_dir"])
+    assert a.keys() == b.keys()
+    differ = {k for k in a if a[k] != b[k]}
+    assert differ <= {"clinical.csv", "ground_truth.csv", "ground_truth_summary.json", atomic.MARKER}
+    assert "clinical.csv" in differ
+    assert sum(k.startswith("export") for k in a) > 50
 
 
 def test_regime_bayes_auc_ceilings():
