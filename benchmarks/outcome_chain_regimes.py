@@ -195,7 +195,16 @@ def row(wd: str, regime: str, seed: int) -> dict:
         m = json.load(f)
     sel = (m.get("extra") or {}).get("outcome_model_selection", {})
     q = m.get("stage1_vs_truth") or (m.get("ablation") or {}).get("stage1_vs_truth") or {}
-    return {"regime": regime, "seed": seed, "heads": {h: head_row(m, h) for h in HEADS},
+    heads = {h: head_row(m, h) for h in HEADS}
+    sel_path = os.path.join(wd, "outcome", "selection.json")
+    if os.path.exists(sel_path):   # how many folds' combinations used the image candidates
+        with open(sel_path) as f:
+            detail = json.load(f)["folds_detail"]
+        for h, r in heads.items():
+            used = [bool(e.get("images", {}).get("used", True)) for e in detail if e["head"] == h]
+            if r is not None and used:
+                r["image_folds"] = f"{sum(used)}/{len(used)}"
+    return {"regime": regime, "seed": seed, "heads": heads,
             "mean_weights": sel.get("mean_weights"),
             "mri_r": (q.get("mri_r") or {}).get("point"), "xray_qwk": (q.get("xray_qwk") or {}).get("point"),
             "xray_level_qwk": (q.get("xray_level_qwk") or {}).get("point")}
@@ -219,12 +228,13 @@ def head_table(rows: list[dict], head: str) -> list[str]:
     keys = ["reported", *comps, "ceiling", "bayes"] + (["reported_r2", "ceiling_r2", "bayes_r2"] if metric == "mae" else [])
     out = [f"### {head} ({'AUC, higher is better' if metric == 'auc' else 'MAE in VAS mm, lower is better'})", "",
            "| regime | seed | reported | " + " | ".join(comps) + " | learnable ceiling | Bayes | "
-           + "".join(f"{x} | " for x in extra) + "reported − clinical [95 % CI] | significantly worse than | better than |",
-           "| " + " | ".join("---" for _ in range(9 + len(extra) + 3)) + " |"]
+           + "".join(f"{x} | " for x in extra) + "reported − clinical [95 % CI] | folds with images | "
+           "significantly worse than | better than |",
+           "| " + " | ".join("---" for _ in range(9 + len(extra) + 4)) + " |"]
     for r, h in rs:
         out.append(f"| {r['regime']} | {r['seed']} | " + " | ".join(fmt(h.get(k), digits=d) for k in keys)
                    + f" | {fmt(h.get('diff'), True, d)} [{fmt(h.get('lo'), True, d)}, {fmt(h.get('hi'), True, d)}] | "
-                   f"{', '.join(h['worse_than']) or 'none'} | {', '.join(h['better_than']) or '–'} |")
+                   f"{h.get('image_folds', '–')} | {', '.join(h['worse_than']) or 'none'} | {', '.join(h['better_than']) or '–'} |")
     for regime in dict.fromkeys(r["regime"] for r, _ in rs):
         hs = [h for r, h in rs if r["regime"] == regime]
 
@@ -232,7 +242,7 @@ def head_table(rows: list[dict], head: str) -> list[str]:
             v = [h[k] for h in hs if h.get(k) is not None]
             return sum(v) / len(v) if v else None
         out.append(f"| **{regime}** | mean of {len(hs)} | " + " | ".join(fmt(mean(k), digits=d) for k in keys)
-                   + f" | {fmt(mean('diff'), True, d)} | {sum(bool(h['worse_than']) for h in hs)} run(s) | |")
+                   + f" | {fmt(mean('diff'), True, d)} | | {sum(bool(h['worse_than']) for h in hs)} run(s) | |")
     return out + [""]
 
 
@@ -300,7 +310,9 @@ def main(argv=None):
               f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} on {os.cpu_count()} cores. "
               "`reported`: the model the report leads with; learnable ceiling: the same linear family "
               "given the true latents (the ablation's last row); `significantly worse than`: the comparators "
-              "whose paired bootstrap 95 % CI of the difference excludes 0 in their favour.")
+              "whose paired bootstrap 95 % CI of the difference excludes 0 in their favour; `folds with images`: "
+              "the outer folds whose combination used the image candidates (the gate of `train.select`), "
+              "0/5 = a clinical-only model, so no claim about the images.")
     text = markdown(rows, header)
     print(text)
     if a.out:
