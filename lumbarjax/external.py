@@ -22,6 +22,7 @@ Written to ``out_dir`` (default ``<workdir>/external/<cohort folder name>``):
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 
@@ -163,6 +164,7 @@ def selected_predictions(config, workdir: str, records: pd.DataFrame, cache: pd.
         with open(os.path.join(workdir, "outcome", f"fold_{f}", "split.json")) as fh:
             split = json.load(fh)
         train_rows[f] = np.flatnonzero(ids.isin(set(split["inner_train"]) | set(split["inner_val"])).to_numpy())
+    @functools.cache   # the clinical reference is both a fold's candidate and a comparator
     def candidate(c: str, h: str, task: str, f: int) -> np.ndarray:
         """(N,) prediction of candidate ``c`` of fold ``f`` for head ``h`` on the new patients."""
         if c in networks:
