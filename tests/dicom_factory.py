@@ -6,6 +6,8 @@ Everything here writes under a directory the caller gives (pytest's ``tmp_path``
 - :func:`write_mr_series` — an MR series from a ``(D, H, W)`` volume with real geometry
   (ImageOrientationPatient / ImagePositionPatient), shuffled file names and InstanceNumbers.
 - :func:`write_non_image_dcm` — a DICOM file without pixel data (Basic Text SR, DICOMDIR-like).
+- :func:`write_enhanced_mr` — one Legacy Converted Enhanced MR or Enhanced MR file made from a
+  classic series by highdicom's legacy conversion (an independent, maintained writer).
 - :func:`compress_dataset` — re-encode a dataset in any of the supported transfer syntaxes
   (RLE, JPEG-LS and JPEG 2000 through pydicom's encoders; JPEG baseline through Pillow; JPEG
   lossless process 14 through the small encoder :func:`encode_jpeg_lossless` in this file).
@@ -40,6 +42,8 @@ from pydicom.uid import (
 DX_SOP = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
 CR_SOP = "1.2.840.10008.5.1.4.1.1.1"  # Computed Radiography Image Storage
 MR_SOP = "1.2.840.10008.5.1.4.1.1.4"  # MR Image Storage
+ENHANCED_MR_SOP = "1.2.840.10008.5.1.4.1.1.4.1"  # Enhanced MR Image Storage
+LEGACY_ENHANCED_MR_SOP = "1.2.840.10008.5.1.4.1.1.4.4"  # Legacy Converted Enhanced MR
 BASIC_TEXT_SR_SOP = "1.2.840.10008.5.1.4.1.1.88.11"
 MEDIA_DIRECTORY_SOP = "1.2.840.10008.1.3.10"  # DICOMDIR
 
@@ -356,6 +360,60 @@ def compress_dataset(ds: Dataset, transfer_syntax: str) -> Dataset:
     return ds
 
 
+def write_enhanced_mr(classic_paths, path, *, kind: str = "legacy", drop_text: bool = False,
+                      acquisition_contrast: str | None = None) -> str:
+    """Convert a classic MR series (files in any order) into ONE multi-frame file at ``path``.
+
+    ``kind="legacy"``: highdicom's :class:`highdicom.legacy.LegacyConvertedEnhancedMRImage`
+    as it writes it (SOP class 1.2.840.10008.5.1.4.1.1.4.4; EchoTime / RepetitionTime in the
+    Unassigned Converted Attributes sequences; per-frame Pixel Value Transformation).
+    ``kind="enhanced"``: the same conversion re-labelled Enhanced MR Image Storage
+    (1.2.840.10008.5.1.4.1.1.4.1) with the MR functional groups an Enhanced MR scanner writes:
+    ``MREchoSequence.EffectiveEchoTime``, ``MRTimingAndRelatedParametersSequence.
+    RepetitionTime``, top-level ``AcquisitionContrast`` and ``PulseSequenceName``; the
+    Unassigned sequences removed. ``drop_text`` removes SeriesDescription / ProtocolName /
+    SequenceName so only the Enhanced MR attributes tell the contrast. Returns ``path``.
+    """
+    import highdicom
+
+    classic = [pydicom.dcmread(os.fspath(p)) for p in classic_paths]
+    image = highdicom.legacy.LegacyConvertedEnhancedMRImage(
+        classic, series_instance_uid=classic[0].SeriesInstanceUID,
+        series_number=int(classic[0].get("SeriesNumber", 1) or 1),
+        sop_instance_uid=generate_uid(), instance_number=1)
+    if kind == "enhanced":
+        shared = image.SharedFunctionalGroupsSequence[0]
+        unassigned = shared.get("UnassignedSharedConvertedAttributesSequence", [Dataset()])[0]
+        echo, repetition = unassigned.get("EchoTime"), unassigned.get("RepetitionTime")
+        for item in [shared, *image.PerFrameFunctionalGroupsSequence]:
+            for key in ("UnassignedSharedConvertedAttributesSequence",
+                        "UnassignedPerFrameConvertedAttributesSequence",
+                        "ConversionSourceAttributesSequence"):
+                if key in item:
+                    del item[key]
+        if echo is not None:
+            shared.MREchoSequence = [Dataset()]
+            shared.MREchoSequence[0].EffectiveEchoTime = float(echo)
+        if repetition is not None:
+            shared.MRTimingAndRelatedParametersSequence = [Dataset()]
+            shared.MRTimingAndRelatedParametersSequence[0].RepetitionTime = float(repetition)
+        image.SOPClassUID = ENHANCED_MR_SOP
+        image.file_meta.MediaStorageSOPClassUID = ENHANCED_MR_SOP
+        image.PulseSequenceName = "TSE"
+        image.AcquisitionContrast = acquisition_contrast or "T2"
+    elif kind != "legacy":
+        raise ValueError(f"kind must be 'legacy' or 'enhanced', got {kind!r}")
+    elif acquisition_contrast:
+        image.AcquisitionContrast = acquisition_contrast
+    if drop_text:
+        for key in ("SeriesDescription", "ProtocolName", "SequenceName"):
+            if key in image:
+                del image[key]
+    os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
+    image.save_as(os.fspath(path), enforce_file_format=True)
+    return os.fspath(path)
+
+
 def new_uid() -> str:
     """A fresh DICOM UID (for grouping series/studies in tests)."""
     return generate_uid()
@@ -365,6 +423,8 @@ __all__ = [
     "BASIC_TEXT_SR_SOP",
     "CR_SOP",
     "DX_SOP",
+    "ENHANCED_MR_SOP",
+    "LEGACY_ENHANCED_MR_SOP",
     "MEDIA_DIRECTORY_SOP",
     "MR_SOP",
     "ORIENTATIONS",
@@ -373,6 +433,7 @@ __all__ = [
     "new_uid",
     "random_name",
     "write_mr_series",
+    "write_enhanced_mr",
     "write_non_image_dcm",
     "write_xray_dcm",
 ]

@@ -33,7 +33,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-from lumbarjax.data import sanity
+from lumbarjax.data import multiframe, sanity
 from lumbarjax.errors import DicomError
 
 XRAY_MODALITIES = ("CR", "DX")
@@ -49,7 +49,13 @@ NON_IMAGE_SOP_PREFIXES = (
     "1.2.840.10008.5.1.4.1.1.11.",  # presentation states
     "1.2.840.10008.5.1.4.1.1.9.",  # waveforms
     "1.2.840.10008.5.1.4.1.1.104.",  # encapsulated PDF / CDA
+    "1.2.840.10008.5.1.4.1.1.481.3",  # RT structure set
+    "1.2.840.10008.5.1.4.1.1.481.4",  # RT beams treatment record
     "1.2.840.10008.5.1.4.1.1.481.5",  # RT plan
+    "1.2.840.10008.5.1.4.1.1.481.6",  # RT brachy treatment record
+    "1.2.840.10008.5.1.4.1.1.481.7",  # RT treatment summary record
+    "1.2.840.10008.5.1.4.1.1.481.8",  # RT ion plan
+    "1.2.840.10008.5.1.4.1.1.481.9",  # RT ion beams treatment record
     "1.2.840.10008.5.1.4.1.1.66",  # raw data, spatial registration, ...
 )
 
@@ -74,7 +80,9 @@ class XRayImage:
 @dataclass
 class Volume:
     """A 3-D image. array (D, H, W) float32; spacing (3,) mm = column norms of affine[:3, :3];
-    affine (4, 4): [d, h, w, 1] -> patient LPS mm; paths in sorted slice order."""
+    affine (4, 4): [d, h, w, 1] -> patient LPS mm; ``paths`` (D,) the file of each slice in
+    sorted slice order and ``frames`` (D,) its 1-based frame number in that file (0 for a
+    single-frame file; a multi-frame file's path repeats once per frame)."""
 
     array: np.ndarray
     spacing: np.ndarray
@@ -82,6 +90,7 @@ class Volume:
     paths: list[str] = field(default_factory=list)
     patient_id: str = ""
     series_description: str = ""
+    frames: list[int] = field(default_factory=list)
 
     def voxel_to_world(self, index) -> np.ndarray:
         """(…, 3) voxel indices (d, h, w) -> (…, 3) LPS mm."""
@@ -179,24 +188,31 @@ def _read_full(path: str) -> Dataset:
     return ds
 
 
-def _check_single_frame_image(ds: Dataset, path: str) -> None:
+def _check_image(ds: Dataset, path: str) -> None:
+    """DicomError unless ``ds`` holds grayscale pixel data with Rows / Columns."""
     if "PixelData" not in ds or not is_image_header(ds):
         sop = _media_sop(ds)
         if sop.startswith(IMAGE_SOP_PREFIX) and not _is_non_image_sop(sop):
             raise DicomError(f"{path}: image SOP class {sop} but no pixel data / Rows / Columns "
                              "(truncated file?)")
         raise DicomError(f"{path}: not an image (no pixel data; SOP class {sop or 'missing'})")
-    frames = ds.get("NumberOfFrames", 1)
-    try:
-        frames = int(frames or 1)
-    except (TypeError, ValueError):
-        frames = 1
-    if frames > 1:
-        raise DicomError(f"{path}: multi-frame image ({frames} frames) is not supported")
     if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
         raise DicomError(
             f"{path}: colour image ({ds.get('PhotometricInterpretation')}); expected grayscale"
         )
+    photometric = str(ds.get("PhotometricInterpretation", "") or "MONOCHROME2").strip()
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise DicomError(f"{path}: PhotometricInterpretation {photometric} is not grayscale "
+                         "(stored values are not intensities)")
+
+
+def _check_single_frame_image(ds: Dataset, path: str) -> None:
+    """DicomError unless ``ds`` is a grayscale image of one frame (NumberOfFrames absent or 1)."""
+    _check_image(ds, path)
+    frames = multiframe.n_frames(ds)
+    if frames > 1:
+        raise DicomError(f"{path}: multi-frame image ({frames} frames) where one image is "
+                         "expected")
 
 
 def _decode(ds: Dataset, path: str) -> np.ndarray:
@@ -288,9 +304,7 @@ def read_xray(path, *, limits=None) -> XRayImage:
     sanity.check_xray_spacing(spacing, f"{path} ({source})", DicomError, limits)
     _check_rescale(ds, path)
     stored = _decode(ds, path)
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
-    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        raise DicomError(f"{path}: PhotometricInterpretation {photometric} is not grayscale")
+    photometric = str(ds.get("PhotometricInterpretation", "") or "MONOCHROME2").strip()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -443,7 +457,7 @@ def series_geometry(slices: Sequence[SliceGeometry], name: str, fallback_step=No
 def _fallback_step(ds: Dataset) -> float | None:
     for key in ("SpacingBetweenSlices", "SliceThickness"):
         try:
-            v = float(ds.get(key) or 0)
+            v = float(multiframe.frame_value(ds, 0, key) or 0)
         except (TypeError, ValueError):
             v = 0
         if v > 0:
@@ -451,15 +465,65 @@ def _fallback_step(ds: Dataset) -> float | None:
     return None
 
 
+@dataclass(slots=True)
+class _Slice:
+    """One slice of a series: a single-frame file (frame 0) or frame ``frame`` (1-based) of a
+    multi-frame file."""
+
+    path: str
+    frame: int
+    ds: Dataset
+    geometry: SliceGeometry
+
+
+def _slices_of(ds: Dataset, path: str) -> list[_Slice]:
+    """The slices one file contributes: itself, or each frame of an Enhanced / Legacy Converted
+    image (geometry from its functional groups). DicomError for a multi-frame file without
+    functional groups or whose frames are several stacks / temporal positions."""
+    if not multiframe.has_functional_groups(ds):
+        _check_image(ds, path)
+        if multiframe.n_frames(ds) > 1:
+            raise DicomError(f"{path}: multi-frame image ({multiframe.n_frames(ds)} frames) "
+                             "without functional groups: no per-frame position to place the "
+                             "frames in space")
+        return [_Slice(path, 0, ds, slice_geometry(ds, path))]
+    _check_image(ds, path)
+    n = multiframe.n_frames(ds)
+    problem = multiframe.dimension_problem([multiframe.frame_dimensions(ds, k) for k in range(n)])
+    if problem:
+        raise DicomError(f"{path}: frames 1-{n} are {problem}; not one volume (export the "
+                         "stacks as separate series)")
+    return [_Slice(path, k + 1, ds,
+                   slice_geometry(multiframe.frame_plane(ds, k), f"{path} frame {k + 1}"))
+            for k in range(n)]
+
+
+def _slice_pixels(s: _Slice, decoded: dict[str, np.ndarray]) -> np.ndarray:
+    """(H, W) float32 after the Modality LUT (the frame's Pixel Value Transformation)."""
+    if s.frame:
+        if s.path not in decoded:
+            decoded[s.path] = multiframe.read_frames(s.ds, s.path)
+        return decoded[s.path][s.frame - 1]
+    _check_rescale(s.ds, s.path)
+    stored = _decode(s.ds, s.path)
+    try:
+        return np.asarray(apply_modality_lut(stored, s.ds), dtype=np.float32)
+    except Exception as e:
+        raise DicomError(f"{s.path}: bad Modality LUT ({type(e).__name__}: {e})") from e
+
+
 def read_series(paths: str | os.PathLike | Iterable, *, limits=None) -> Volume:
     """Read one DICOM series into a Volume (D, H, W) float32 after RescaleSlope/Intercept.
 
-    ``paths``: the files of one series in any order (or a single file path). Slices are sorted
-    along the slice normal. DicomError (naming the files) for unreadable or non-image files,
-    multi-frame files, files from several series, mixed sizes / orientations, missing
-    ImageOrientationPatient / ImagePositionPatient, duplicate positions, non-uniform spacing,
-    spacing outside ``limits`` (mm; default :func:`lumbarjax.data.sanity.default_limits`) and
-    non-finite voxels (``err.reason`` says which, for the exclusion count).
+    ``paths``: the files of one series in any order (or a single file path): classic
+    single-frame slices, or Enhanced / Legacy Converted Enhanced files whose frames are the
+    slices (:mod:`lumbarjax.data.multiframe`). Slices are sorted along the slice normal.
+    DicomError (naming the files) for unreadable or non-image files, multi-frame files without
+    functional groups or with several stacks / temporal positions, files from several series,
+    mixed sizes / orientations, missing ImageOrientationPatient / ImagePositionPatient, duplicate
+    positions, non-uniform spacing, spacing outside ``limits`` (mm; default
+    :func:`lumbarjax.data.sanity.default_limits`) and non-finite voxels (``err.reason`` says
+    which, for the exclusion count).
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
@@ -467,37 +531,27 @@ def read_series(paths: str | os.PathLike | Iterable, *, limits=None) -> Volume:
     if not paths:
         raise DicomError("read_series: empty list of files")
     name = f"series of {len(paths)} file(s) starting {paths[0]}"
-    datasets = []
-    for p in paths:
-        ds = _read_full(p)
-        _check_single_frame_image(ds, p)
-        datasets.append(ds)
+    datasets = [_read_full(p) for p in paths]
+    slices = [s for ds, p in zip(datasets, paths) for s in _slices_of(ds, p)]
     uids = sorted({str(ds.get("SeriesInstanceUID", "")) for ds in datasets})
     if len(uids) > 1:
         raise DicomError(f"{name}: files belong to {len(uids)} different series {uids}")
     name = f"series {uids[0] or '(no SeriesInstanceUID)'} ({len(paths)} files, first {paths[0]})"
-    geoms = [slice_geometry(ds, p) for ds, p in zip(datasets, paths)]
-    geom = series_geometry(geoms, name, _fallback_step(datasets[0]))
-    between = geom.spacing[0] if len(paths) > 1 else None  # one slice: no measured step
+    geom = series_geometry([s.geometry for s in slices], name, _fallback_step(datasets[0]))
+    between = geom.spacing[0] if len(slices) > 1 else None  # one slice: no measured step
     sanity.check_volume_spacing([between, *geom.spacing[1:]], name, DicomError, limits)
-    slices = []
-    for i in geom.order:
-        _check_rescale(datasets[i], paths[i])
-        stored = _decode(datasets[i], paths[i])
-        try:
-            slices.append(np.asarray(apply_modality_lut(stored, datasets[i]), dtype=np.float32))
-        except Exception as e:
-            raise DicomError(f"{paths[i]}: bad Modality LUT ({type(e).__name__}: {e})") from e
-    first = datasets[geom.order[0]]
-    array = np.stack(slices)
+    decoded: dict[str, np.ndarray] = {}
+    array = np.stack([_slice_pixels(slices[i], decoded) for i in geom.order])
     sanity.check_finite(array, name, DicomError)
+    first = slices[geom.order[0]].ds
     return Volume(
         array=array,
         spacing=geom.spacing,
         affine=geom.affine,
-        paths=[paths[i] for i in geom.order],
+        paths=[slices[i].path for i in geom.order],
         patient_id=str(first.get("PatientID", "") or ""),
         series_description=str(first.get("SeriesDescription", "") or ""),
+        frames=[slices[i].frame for i in geom.order],
     )
 
 

@@ -28,11 +28,13 @@ for it and are listed in ``df.attrs["missing"]`` (and logged). Skipped files are
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import multiprocessing
 import os
 import re
+import warnings
 from collections import Counter, defaultdict
 from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
@@ -42,6 +44,7 @@ import numpy as np
 import pandas as pd
 
 from lumbarjax import atomic
+from lumbarjax.data import multiframe
 from lumbarjax.data.dicom import (
     SeriesGeometry,
     SliceGeometry,
@@ -88,8 +91,14 @@ _T1_RE = re.compile(r"t1", re.I)
 
 @dataclass(slots=True)
 class FileInfo:
-    """Header facts of one image file (path relative to the cohort root). Slotted: the indexer
-    keeps one per file of the cohort (~32,000 for 1,000 patients), so each byte counts."""
+    """Header facts of one image file, or of one frame of an Enhanced (multi-frame) file (path
+    relative to the cohort root). Slotted: the indexer keeps one per file of the cohort (~32,000
+    for 1,000 patients), so each byte counts.
+
+    ``frame`` is 0 for a single-frame file, else the 1-based frame number whose geometry, echo /
+    repetition time, ``stack`` (StackID) and ``temporal`` (TemporalPositionIndex) come from the
+    functional groups; ``frames`` is the file's NumberOfFrames.
+    """
 
     path: str
     patient_id: str
@@ -112,6 +121,9 @@ class FileInfo:
     repetition_time: float | None
     study_date: str
     identity: tuple[str, str, str] = ("", "", "")  # hashes of PatientName, BirthDate, Sex
+    frame: int = 0
+    stack: str = ""
+    temporal: int = 0
 
 
 def _num(value, cast=float):
@@ -143,13 +155,35 @@ def identity_conflict(files: list[FileInfo]) -> list[str]:
             if len({f.identity[i] for f in files if f.identity[i]}) > 1]
 
 
+def _file_infos(ds, relpath: str) -> list[FileInfo]:
+    """One FileInfo for a single-frame file; one per frame of an Enhanced / Legacy Converted
+    file (geometry and MR timing from its functional groups)."""
+    info = _file_info(ds, relpath)
+    if not multiframe.has_functional_groups(ds):
+        return [info]
+    infos = []
+    for k in range(info.frames):
+        try:
+            geometry = slice_geometry(multiframe.frame_plane(ds, k), f"{relpath} frame {k + 1}")
+        except DicomError:
+            geometry = None
+        echo, repetition = multiframe.frame_timing(ds, k)
+        stack, temporal = multiframe.frame_dimensions(ds, k)
+        infos.append(dataclasses.replace(
+            info, geometry=geometry, echo_time=echo, repetition_time=repetition,
+            spacing_2d=info.spacing_2d or (tuple(geometry.pixel_spacing) if geometry else None),
+            frame=k + 1, stack=stack, temporal=temporal))
+    return infos
+
+
 def _file_info(ds, relpath: str) -> FileInfo:
     def s(key):
         v = ds.get(key, "")
         return "" if v is None else str(v).strip()
 
     texts = [s("SeriesDescription"), s("ProtocolName"), s("SequenceName"),
-             s("AcquisitionDeviceProcessingDescription")]
+             s("AcquisitionDeviceProcessingDescription"), s("PulseSequenceName"),
+             s("AcquisitionContrast")]
     for item in ds.get("ViewCodeSequence", None) or []:
         texts.append(str(item.get("CodeMeaning", "")))
     image_type = tuple(str(v).upper() for v in (ds.get("ImageType", None) or []))
@@ -193,41 +227,44 @@ def _file_info(ds, relpath: str) -> FileInfo:
     )
 
 
-def _scan_one(path: str, root: str, skipped: Counter) -> FileInfo | None:
-    """Header facts of one file, or None (and ``skipped`` counts why)."""
+def _scan_one(path: str, root: str, skipped: Counter) -> list[FileInfo]:
+    """Header facts of one file (one per frame of an Enhanced file), or [] (and ``skipped``
+    counts why)."""
     rel = os.path.relpath(path, root)
     try:
         ds = read_header(path)
     except DicomError as e:
         log.warning("skipping %s", e)
         skipped[SKIP_UNREADABLE] += 1
-        return None
+        return []
     if ds is None:
         skipped[SKIP_NOT_DICOM] += 1
-        return None
+        return []
     problem = header_problem(ds)
     if problem == "truncated":
         log.warning("skipping %s: image SOP class without Rows/Columns (truncated?)", rel)
         skipped[SKIP_UNREADABLE] += 1
-        return None
+        return []
     if problem is not None:
         skipped[SKIP_NON_IMAGE] += 1
-        return None
+        return []
     try:
-        info = _file_info(ds, rel)
+        with warnings.catch_warnings():  # pydicom warns on malformed values; they are checked
+            warnings.simplefilter("ignore")
+            infos = _file_infos(ds, rel)
     except Exception as e:  # malformed values in an otherwise parsable header
         log.warning("skipping %s: unreadable header values (%s: %s)", rel, type(e).__name__, e)
         skipped[SKIP_UNREADABLE] += 1
-        return None
-    if not info.patient_id:
+        return []
+    if not infos[0].patient_id:
         skipped[SKIP_NO_PATIENT] += 1
-        return None
-    return info
+        return []
+    return infos
 
 
 def _scan_chunk(paths: list[str], root: str) -> tuple[list[FileInfo], Counter]:
     skipped: Counter = Counter()
-    infos = [info for p in paths if (info := _scan_one(p, root, skipped)) is not None]
+    infos = [info for p in paths for info in _scan_one(p, root, skipped)]
     return infos, skipped
 
 
@@ -264,9 +301,7 @@ def scan_files(root, *, progress: bool = False, num_workers: int = 0,
                 skipped.update(part_skipped)
     else:
         for path in _progress(files, len(files), progress, "file"):
-            info = _scan_one(path, root, skipped)
-            if info is not None:
-                infos.append(info)
+            infos.extend(_scan_one(path, root, skipped))
     return infos, skipped
 
 
@@ -353,7 +388,9 @@ def choose_xray(files: list[FileInfo]) -> tuple[FileInfo | None, str]:
 
 @dataclass
 class SeriesInfo:
-    """One MR series (all files sharing Study/SeriesInstanceUID) and its verdict."""
+    """One MR series (all files, or frames of Enhanced files, sharing Study/SeriesInstanceUID)
+    and its verdict. ``files`` holds one FileInfo per slice; ``sorted_paths`` each file once, in
+    slice order."""
 
     study_uid: str
     series_uid: str
@@ -367,6 +404,18 @@ class SeriesInfo:
     @property
     def first(self) -> FileInfo:
         return self.files[0]
+
+    @property
+    def n_files(self) -> int:
+        return len({f.path for f in self.files})
+
+    def frames_text(self) -> str:
+        """"frames 1-15 of a/IM1" for each multi-frame file of the series ("" when none)."""
+        by_file: dict[str, list[int]] = defaultdict(list)
+        for f in self.files:
+            if f.frame:
+                by_file[f.path].append(f.frame)
+        return "; ".join(f"frames {multiframe.frame_ranges(v)} of {p}" for p, v in by_file.items())
 
 
 def _orientation(iop: np.ndarray) -> tuple[str, float]:
@@ -413,8 +462,12 @@ def classify_mr_series(series: SeriesInfo) -> SeriesInfo:
     if "LOCALIZER" in f0.image_type or _LOCALIZER_RE.search(desc) or len(iops) > 1:
         series.label = "localizer"
         return series
-    if any(f.frames > 1 for f in files):
-        series.label = "multi-frame (enhanced) series"
+    if any(f.frames > 1 and not f.frame for f in files):
+        series.label = "multi-frame image without functional groups"
+        return series
+    problem = multiframe.dimension_problem([(f.stack, f.temporal) for f in files if f.frame])
+    if problem:
+        series.label = problem
         return series
     if n < MIN_MRI_SLICES:
         series.label = f"too few slices (< {MIN_MRI_SLICES})"
@@ -442,8 +495,10 @@ def classify_mr_series(series: SeriesInfo) -> SeriesInfo:
     series.eligible = True
     series.rank = (crank, original, n, f0.series_number, series.series_uid)
     series.geometry = geom
-    series.sorted_paths = [files[i].path for i in geom.order]
+    series.sorted_paths = list(dict.fromkeys(files[i].path for i in geom.order))
     series.label += f", {n} slices, |normal x|={nx:.2f}"
+    if series.frames_text():
+        series.label += f" ({series.frames_text()})"
     return series
 
 
@@ -452,7 +507,7 @@ def choose_mri(series_list: list[SeriesInfo]) -> tuple[SeriesInfo | None, str]:
     for s in series_list:
         classify_mr_series(s)
     eligible = sorted((s for s in series_list if s.eligible), key=lambda s: s.rank, reverse=True)
-    rejected = [(s.label, len(s.files)) for s in series_list if not s.eligible]
+    rejected = [(s.label, s.n_files) for s in series_list if not s.eligible]
     head = _plural(len(series_list), "MR series")
     if not series_list:
         return None, "no MR series"
@@ -460,7 +515,7 @@ def choose_mri(series_list: list[SeriesInfo]) -> tuple[SeriesInfo | None, str]:
         return None, f"{head}; rejected: {_rejections(rejected)}"
     best = eligible[0]
     reason = f"MR {best.label}; {head}"
-    others = [(s.label.split(", ")[0], len(s.files)) for s in eligible[1:]]
+    others = [(s.label.split(", ")[0], s.n_files) for s in eligible[1:]]
     if others:
         reason += f"; not chosen: {_rejections(others)}"
     studies = {s.study_uid for s in eligible}
@@ -534,7 +589,7 @@ def index_cohort(root, *, progress: bool = False, num_workers: int = 0) -> pd.Da
                 "paths": ";".join(best_s.sorted_paths), "study_uid": best_s.study_uid,
                 "series_uid": best_s.series_uid, "modality": "MR",
                 "series_description": best_s.first.series_description,
-                "n_files": len(best_s.files), "spacing_mm": _fmt(g.spacing),
+                "n_files": best_s.n_files, "spacing_mm": _fmt(g.spacing),
                 "shape": ";".join(str(v) for v in g.shape), "reason": reason,
             })
     for m in missing:
@@ -545,7 +600,7 @@ def index_cohort(root, *, progress: bool = False, num_workers: int = 0) -> pd.Da
     df.attrs["skipped"] = dict(skipped)
     df.attrs["missing"] = missing
     df.attrs["excluded"] = excluded
-    df.attrs["n_files"] = len(infos) + sum(skipped.values())
+    df.attrs["n_files"] = len({f.path for f in infos}) + sum(skipped.values())
     log.info("indexed %s: %d files, %d manifest rows, skipped %s", root, df.attrs["n_files"],
              len(df), dict(skipped))
     return df
