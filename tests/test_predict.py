@@ -214,3 +214,33 @@ def test_predict_heat_map_equals_the_cross_validation_report(run, tmp_path):
     assert mine.shape == cv["attr"].shape and np.abs(cv["attr"]).max() > 0
     np.testing.assert_allclose(mine, cv["attr"], atol=1e-5, rtol=0)
     assert hm["fold_completeness_delta"][fold] == pytest.approx(float(cv["delta"]), abs=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["legacy", "enhanced"])
+def test_an_enhanced_mr_export_predicts_as_the_classic_series(run, patient, tmp_path, kind):
+    """The patient's sagittal T2 converted to one multi-frame file by highdicom (Legacy
+    Converted Enhanced MR, or Enhanced MR) gives the classic export's prediction."""
+    from dicom_factory import write_enhanced_mr
+    from lumbarjax.data import index as index_lib
+
+    folder = str(tmp_path / "export")
+    shutil.copytree(patient["folder"], folder)
+    man = index_lib.index_cohort(folder)
+    classic = index_lib.resolve_paths(man[man["role"] == "mri_t2_sag"].iloc[0], folder)
+    write_enhanced_mr(classic, os.path.join(folder, "enhanced", "IM000001"), kind=kind)
+    for p in classic:
+        os.remove(p)
+    man = index_lib.index_cohort(folder)
+    row = man[man["role"] == "mri_t2_sag"].iloc[0]
+    assert row["paths"] == "enhanced/IM000001" and f"frames 1-{len(classic)} of" in row["reason"]
+    out_dir = str(tmp_path / "pred")
+    predict.predict_patient(run["config"], run["workdir"], folder, out_dir=out_dir)
+    with open(os.path.join(out_dir, "prediction.json")) as f:
+        pred = json.load(f)
+    with open(os.path.join(patient["out_dir"], "prediction.json")) as f:
+        ref = json.load(f)
+    assert pred["inputs"]["mri_present"]
+    for head in BINARY + REGRESSION:
+        assert pred["outcome"]["heads"][head]["mean"] == pytest.approx(
+            ref["outcome"]["heads"][head]["mean"], rel=0, abs=1e-6), head
+    np.testing.assert_allclose(pred["grader"]["prob_mean"], ref["grader"]["prob_mean"], atol=1e-6)
