@@ -18,7 +18,9 @@ headers only, groups PatientID -> StudyInstanceUID -> SeriesInstanceUID and pick
           localizers (ImageType LOCALIZER, "loc/scout/survey/3-plane" descriptions, several
           orientations in one series, < 5 slices), axial / coronal / oblique, T1. Ties: ORIGINAL
           before DERIVED, more slices, higher SeriesNumber (a repeat is usually the better one),
-          then UID.
+          then UID. The frames of an Enhanced / Legacy Converted Enhanced MR file are the
+          slices of its series (:mod:`lumbarjax.data.multiframe`); several stacks or temporal
+          positions, or frames without functional groups, are rejected with that reason.
 
 Every manifest row has a ``reason``; patients without an eligible series for a role get no row
 for it and are listed in ``df.attrs["missing"]`` (and logged). Skipped files are counted in
