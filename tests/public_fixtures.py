@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import pydicom
 
 from lumbarjax.data.public import rsna_layout
 from lumbarjax.schema import LEVELS
@@ -40,13 +41,17 @@ def rsna_grades(study_id: str) -> dict:
     return g
 
 
-def write_rsna_fixture(root, *, studies=None) -> dict:
+def write_rsna_fixture(root, *, studies=None, instance_numbers=None, unannotated=()) -> dict:
     """Write the RSNA 2024 layout below ``root``; returns {"grades", "coordinates", "series"}.
 
     Canal coordinates sit on the middle instance of the sagittal T2 (x = column, y = row, one
-    per level, 4 px apart); foraminal ones on the sagittal T1; subarticular ones on the axial."""
+    per level, 4 px apart); foraminal ones on the sagittal T1; subarticular ones on the axial.
+    ``instance_numbers``: series_id -> the InstanceNumber of each slice in slice-position order
+    (position along the slice normal ascending; default: a random permutation of 1..n);
+    ``unannotated``: series ids given no coordinates."""
     root = os.fspath(root)
     studies = studies or RSNA_STUDIES
+    instance_numbers = instance_numbers or {}
     src = os.path.join(root, "..", "rsna_src")
     grades, coords, series = [], [], []
     cond_for = {"Sagittal T2/STIR": ("spinal_canal_stenosis",),
@@ -59,8 +64,15 @@ def write_rsna_fixture(root, *, studies=None) -> dict:
             paths = write_mr_series(os.path.join(src, sid, se), vol, spacing=SPACING, orientation=orient,
                                     patient_id=f"MRN{k}", description="T2 SAG", seed=k * 10 + j,
                                     origin=(-20.0 + k, -100.0, 80.0))
+            if se in instance_numbers:  # paths are in slice-position order
+                for p, number in zip(paths, instance_numbers[se], strict=True):
+                    ds = pydicom.dcmread(p)
+                    ds.InstanceNumber = int(number)
+                    ds.save_as(p, enforce_file_format=True)
             written = rsna_layout.write_series(root, sid, se, paths)
             series.append({"study_id": sid, "series_id": se, "series_description": desc})
+            if se in unannotated:
+                continue
             mid = sorted(int(os.path.basename(p)[:-4]) for p in written)[n // 2]
             for c in cond_for[desc]:
                 for i, lv in enumerate(LEVELS):
@@ -97,6 +109,27 @@ def spider_volume(n_vert=6):
     mask[:, 16:19, :] = 100
     image = (mask.astype(np.int16) * 3 + 50).astype(np.int16)
     return image, mask
+
+
+def write_spider_scan(root, name, image, mask, *, spacing=SPIDER_SPACING, origin=SPIDER_ORIGIN,
+                      direction=None) -> tuple[str, str]:
+    """Write ``images/<name>.mha`` and ``masks/<name>.mha`` below ``root`` on one grid:
+    ``image`` and ``mask`` in SimpleITK array order (k, j, i); ``direction`` the row-major 3x3
+    direction matrix (column a = the LPS direction of index axis a; default identity), stored
+    as the MetaImage TransformMatrix. Returns the two paths."""
+    import SimpleITK as sitk
+
+    out = []
+    for arr, folder in ((image, "images"), (mask, "masks")):
+        os.makedirs(os.path.join(os.fspath(root), folder), exist_ok=True)
+        img = sitk.GetImageFromArray(np.asarray(arr))
+        img.SetSpacing(tuple(float(v) for v in spacing))
+        img.SetOrigin(tuple(float(v) for v in origin))
+        if direction is not None:
+            img.SetDirection(tuple(float(v) for v in np.asarray(direction, float).ravel()))
+        out.append(os.path.join(os.fspath(root), folder, f"{name}.mha"))
+        sitk.WriteImage(img, out[-1])
+    return out[0], out[1]
 
 
 def write_spider_fixture(root, *, patients=(1, 2), scans=("t1", "t2", "t2_SPACE")) -> dict:

@@ -135,6 +135,8 @@ def test_partial_download_is_counted_not_silent(rsna_root, tmp_path):
     assert "train_label_coordinates.csv line 47" in ex.loc[ex["series_id"] == "123456", "detail"].iloc[0]
     assert list(data.manifest["patient_id"]) == ["4003253"]
     assert {m["patient_id"] for m in data.manifest.attrs["missing"]} == {"4646740", "7143189"}
+    assert data.counts["exclusions"]["study folder missing"] == 1      # counted, labels kept
+    assert "7143189" in set(data.labels["study_id"]) and data.counts["studies_labelled"] == 3
     assert data.counts["exclusions"]["coordinates for a series not downloaded"] == 10 + 5 + 5
     assert "coordinates for a missing instance" not in data.counts["exclusions"]
     assert len(data.coordinates) == 45 - 20  # 25 + 15 + 5 written; the extra row dropped too

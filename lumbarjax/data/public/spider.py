@@ -25,8 +25,9 @@ transitional (L6 / sacralised L5) anatomy, which the masks cannot tell.
 
 A mask without its image (half-extracted download) or an unknown grading value raises
 :class:`~lumbarjax.errors.CohortError` naming the file; images without a mask, series missing
-from overview.csv, overview rows without files and gradings of IVD label 0 are logged and
-counted in ``exclusions``.
+from overview.csv, overview rows without files, gradings of IVD label 0 and (``centres=True``)
+mask values outside the documented labels (ignored; reason "unknown mask label", naming the
+values) are logged and counted in ``exclusions``.
 """
 
 from __future__ import annotations
@@ -164,18 +165,32 @@ def _header(path: str) -> tuple[np.ndarray, tuple]:
     return np.linalg.norm(aff[:3, :3], axis=0), arr.shape
 
 
-def mask_centres(mask_path: str, patient_id: str, scan: str) -> list[tuple]:
-    """Centre (voxel mean, and in LPS mm) of every disc (201-225) and fully visible vertebra (1-25)."""
+def is_mask_label(value: int) -> bool:
+    """A documented SPIDER mask value: 0, 1-25, 100 (canal), 101-125 (partly visible), 201-225."""
+    v = int(value)
+    return (v == 0 or 1 <= v <= 25 or v == CANAL or PARTIAL_OFFSET + 1 <= v <= PARTIAL_OFFSET + 25
+            or DISC_OFFSET + 1 <= v <= DISC_OFFSET + 25)
+
+
+def mask_centres(mask_path: str, patient_id: str, scan: str, unknown: list | None = None) -> list[tuple]:
+    """Centre (voxel mean, and in LPS mm) of every disc (201-225) and fully visible vertebra (1-25).
+
+    The canal (100) and partly visible vertebrae (101-125) get no centre. Values outside the
+    documented ones (:func:`is_mask_label`) are ignored; when ``unknown`` is a list, each is
+    appended to it as (value, voxel count)."""
     vol = read_metaimage(mask_path, labels=True)
     m = vol.array
     out = []
-    for value in np.unique(m):
+    values, n_voxels = np.unique(m, return_counts=True)
+    for value, n in zip(values, n_voxels):
         value = int(value)
         if 1 <= value <= 25:
             structure, label, level = "vertebra", value, VERTEBRAE[value - 1] if value <= 5 else ""
         elif DISC_OFFSET + 1 <= value <= DISC_OFFSET + 25:
             structure, label, level = "disc", value - DISC_OFFSET, disc_level(value - DISC_OFFSET)
         else:
+            if unknown is not None and not is_mask_label(value):
+                unknown.append((value, int(n)))
             continue
         idx = np.argwhere(m == value).astype(float)
         c = idx.mean(axis=0)
@@ -254,7 +269,12 @@ def read_spider(root, *, centres: bool = True) -> SpiderDataset:
         else:
             assert_same_grid(os.path.join(root, img), os.path.join(root, mask))
             if centres:
-                centre_rows.extend(mask_centres(os.path.join(root, mask), pid, scan))
+                unknown: list = []
+                centre_rows.extend(mask_centres(os.path.join(root, mask), pid, scan, unknown))
+                if unknown:
+                    excl.append((pid, mask, "unknown mask label", "value(s) " + ", ".join(
+                        f"{v} ({n} voxels)" for v, n in unknown) + " not a SPIDER label (0, 1-25, "
+                        "100, 101-125, 201-225): ignored, the other labels used"))
         series_rows.append((pid, scan, SCANS[scan], img, mask, ";".join(f"{v:.6g}" for v in spacing),
                             ";".join(str(v) for v in shape)))
     on_disk = {f"{p}_{s}" for p, s in images}
@@ -303,6 +323,7 @@ __all__ = [
     "SpiderDataset",
     "assert_same_grid",
     "disc_level",
+    "is_mask_label",
     "level_labels",
     "mask_centres",
     "read_gradings",
