@@ -40,7 +40,13 @@ flags.DEFINE_string("cohort_dir", None, "--mode=evaluate: another labelled cohor
 flags.DEFINE_string("out_dir", None, "--mode=predict: output folder (default "
                     "<workdir>/predictions/<patient_id>); --mode=evaluate: default "
                     "<workdir>/external/<cohort folder name>")
-flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() (multi-host)")
+flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() (multi-host; "
+                  "SLURM / Open MPI / TPU detected, else the three flags below)")
+flags.DEFINE_string("coordinator_address", None, "--distributed: host:port of process 0 "
+                    "(default: detected, or $JAX_COORDINATOR_ADDRESS)")
+flags.DEFINE_integer("num_processes", None, "--distributed: number of processes (default: detected)")
+flags.DEFINE_integer("process_id", None, "--distributed: this process, 0..num_processes-1 "
+                     "(default: detected)")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -55,9 +61,12 @@ def main(argv):
     del argv
     logging.get_absl_handler().addFilter(_QuietLibraries())
     from lumbarjax.train.mesh import maybe_initialize_distributed
-    maybe_initialize_distributed(FLAGS.distributed)
-    from lumbarjax import predict, workflow
+    maybe_initialize_distributed(FLAGS.distributed, coordinator_address=FLAGS.coordinator_address,
+                                 num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
+    from lumbarjax import compile_cache, predict, workflow
     config = FLAGS.config
+    cache = compile_cache.enable(config.compilation_cache)
+    logging.info("compilation cache: %s", cache or "off")
     mode = FLAGS.mode or config.mode
     logging.info("config:\n%s", config)
     try:

@@ -205,6 +205,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.mode = "crossval"            # index | crossval | report | predict | demo | evaluate (external
                                    # validation of a finished run on --cohort_dir; launch.py)
     c.tasks = ("grader", "outcome")
+    # Compiled XLA executables kept on disk and reused by later runs (lumbarjax.compile_cache):
+    # "auto" = $XDG_CACHE_HOME/lumbarjax/jax or ~/.cache/lumbarjax/jax; a folder; "" = off.
+    c.compilation_cache = "auto"
 
     c.data = ml_collections.ConfigDict(dict(
         cohort_dir="",             # folder with clinical.csv/.xlsx and DICOM below it

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from absl import logging
 
-from lumbarjax import atomic
+from lumbarjax import atomic, timing
 from lumbarjax.data import clinical as clinical_lib
 from lumbarjax.data import cohort as cohort_lib
 from lumbarjax.data import index as index_lib
@@ -234,6 +234,7 @@ def stage_mri_scores(config, workdir: str, cohort: Cohort):
 
 
 MRI_HEATMAPS_JSON = os.path.join("mri_score_heatmaps", "summary.json")
+TIMING_JSON = "timing.json"  # lumbarjax.timing.breakdown() of the run
 
 
 def stage_mri_heatmaps(config, workdir: str, cohort: Cohort, grader, centres: np.ndarray | None = None):
@@ -343,7 +344,7 @@ def stage_mri_levels(config, workdir: str, cohort: Cohort, card: dict, probs: np
 
 def stage_crossval(config, workdir: str, cohort: Cohort) -> dict:
     """Cross-validate every task in ``config.tasks``; returns OOF tables and heat-map items."""
-    results: dict[str, Any] = {"timing_s": {}}
+    results: dict[str, Any] = {}
     for kind in config.tasks:
         task = get_task(kind)
         td = crossval.prepare_task(kind, config, cohort.records, cohort.cache)
@@ -351,29 +352,26 @@ def stage_crossval(config, workdir: str, cohort: Cohort) -> dict:
         hook = task.heatmaps(config, workdir) if task.explains(config) else None
         encoder = None
         if task.uses_pretrained_encoder(config) and kind == "grader":
-            t0 = time.perf_counter()
-            encoder, results["xray_pretrain"] = xray_pretrain.stage_xray_pretrain(config, workdir)
-            results["timing_s"]["xray_pretrain"] = time.perf_counter() - t0
+            with timing.stage("xray_pretrain"):
+                encoder, results["xray_pretrain"] = xray_pretrain.stage_xray_pretrain(config, workdir)
         elif task.uses_pretrained_encoder(config):
-            t0 = time.perf_counter()
-            encoder, results["pretrain"] = stage_pretrain(config, workdir, cohort.records["patient_id"])
-            results["timing_s"]["pretrain"] = time.perf_counter() - t0
-            results["mri_scores"], mri_extra = stage_mri_scores(config, workdir, cohort)
+            with timing.stage("pretrain"):
+                encoder, results["pretrain"] = stage_pretrain(config, workdir,
+                                                              cohort.records["patient_id"])
+            with timing.stage("mri_scores"):
+                results["mri_scores"], mri_extra = stage_mri_scores(config, workdir, cohort)
             results.update(mri_extra)
         for key, sub, clinical_only in task.variants(config[kind]):
-            t0 = time.perf_counter()
-            results[key] = crossval.run_crossval(
-                td, config, os.path.join(workdir, sub), clinical_only=clinical_only,
-                after_fold=None if clinical_only else hook,
-                encoder_params=None if clinical_only else encoder)
-            results["timing_s"][key] = time.perf_counter() - t0
+            with timing.stage(key):
+                results[key] = crossval.run_crossval(
+                    td, config, os.path.join(workdir, sub), clinical_only=clinical_only,
+                    after_fold=None if clinical_only else hook,
+                    encoder_params=None if clinical_only else encoder)
         results[f"{kind}_heatmaps"] = hook
-        t0 = time.perf_counter()
-        results[kind], extra = task.after_crossval(config, workdir, td, results[kind],
-                                                   cohort_dir(config, workdir))
+        with timing.stage(f"{kind}_after_crossval"):
+            results[kind], extra = task.after_crossval(config, workdir, td, results[kind],
+                                                       cohort_dir(config, workdir))
         results.update(extra)
-        for key in extra:
-            results["timing_s"][key] = time.perf_counter() - t0
     return results
 
 
@@ -617,31 +615,40 @@ def run(config, workdir: str, mode: str) -> dict:
     """Run ``mode``: ``index`` | ``crossval`` (= the whole job incl. report) | ``demo``."""
     os.makedirs(workdir, exist_ok=True)
     t0 = time.perf_counter()
-    sweep_temporary(config, workdir)
-    manifest = stage_index(config, workdir)
-    if mode == "index":
-        return {"manifest": manifest}
-    # The config of the models in this workdir: predict / report check against it.
-    atomic.write_text(os.path.join(workdir, "config.json"),
-                      config.to_json_best_effort(indent=2, sort_keys=True))
-    cohort = stage_cohort(config, workdir, manifest)
-    results = stage_crossval(config, workdir, cohort)
-    if "outcome" in config.tasks:
-        results["baselines"] = stage_baselines(config, workdir, results["outcome_task"])
-        t1 = time.perf_counter()
-        stage1 = stage1_records(config, workdir, results["outcome_task"], results.get("grader"),
-                                results.get("mri_scores"))
-        results["ablation"] = stage_ablation(config, workdir, results["outcome_task"], stage1,
-                                             manifest.attrs["root"], grader_oof=results.get("grader"))
-        results["timing_s"]["ablation"] = time.perf_counter() - t1
-        if config.outcome.select_model:
-            t1 = time.perf_counter()
-            results["selected"], results["selection"] = stage_selection(
-                config, workdir, results["outcome_task"], results, stage1)
-            results["timing_s"]["selection"] = time.perf_counter() - t1
-    results["timing_s"]["total_before_report"] = time.perf_counter() - t0
-    html, metrics = stage_report(config, workdir, cohort, results, manifest.attrs["root"])
+    timing.reset()
+    with timing.stage("run"):
+        sweep_temporary(config, workdir)
+        with timing.stage("index"):
+            manifest = stage_index(config, workdir)
+        if mode == "index":
+            return {"manifest": manifest}
+        # The config of the models in this workdir: predict / report check against it.
+        atomic.write_text(os.path.join(workdir, "config.json"),
+                          config.to_json_best_effort(indent=2, sort_keys=True))
+        with timing.stage("cohort"):
+            cohort = stage_cohort(config, workdir, manifest)
+        results = stage_crossval(config, workdir, cohort)
+        if "outcome" in config.tasks:
+            with timing.stage("baselines"):
+                results["baselines"] = stage_baselines(config, workdir, results["outcome_task"])
+            with timing.stage("ablation"):
+                stage1 = stage1_records(config, workdir, results["outcome_task"],
+                                        results.get("grader"), results.get("mri_scores"))
+                results["ablation"] = stage_ablation(
+                    config, workdir, results["outcome_task"], stage1, manifest.attrs["root"],
+                    grader_oof=results.get("grader"))
+            if config.outcome.select_model:
+                with timing.stage("selection"):
+                    results["selected"], results["selection"] = stage_selection(
+                        config, workdir, results["outcome_task"], results, stage1)
+        results["timing_s"] = {name.split("/", 1)[1]: row["wall_s"]
+                               for name, row in timing.breakdown().items() if "/" in name}
+        results["timing_s"]["total_before_report"] = time.perf_counter() - t0
+        with timing.stage("report"):
+            html, metrics = stage_report(config, workdir, cohort, results, manifest.attrs["root"])
     results["report"] = html
     results["metrics"] = metrics
-    logging.info("report: %s (%.0f s in all)", html, time.perf_counter() - t0)
+    atomic.write_json(os.path.join(workdir, TIMING_JSON), timing.breakdown())
+    logging.info("report: %s (%.0f s in all; where it went: %s)", html,
+                 time.perf_counter() - t0, os.path.join(workdir, TIMING_JSON))
     return results

@@ -7,6 +7,16 @@ import pytest
 # The repository root (configs/, launch.py) importable from tests.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+# JAX's persistent compilation cache (lumbarjax.compile_cache) for this process and the worker
+# processes tests start: set before jax is imported, through the environment jax reads.
+# LUMBARJAX_TEST_COMPILATION_CACHE=off runs the suite without it.
+if os.environ.get("LUMBARJAX_TEST_COMPILATION_CACHE", "auto").lower() not in ("", "off"):
+    from lumbarjax import compile_cache as _compile_cache
+
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _compile_cache.resolve("auto"))
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
 
 def decoded_data_uris(data: bytes) -> bytes:
     """``data`` with every base64 ``data:`` URI (a report's embedded PNGs) replaced by the bytes

@@ -359,6 +359,7 @@ def make_loader(
     num_epochs: int | None = None,
     augment=None,
     indices=None,
+    shard: tuple[int, int] | None = None,
     num_threads: int = 0,
     prefetch_buffer_size: int = 0,
     worker_count: int = 0,
@@ -378,6 +379,10 @@ def make_loader(
         (see ``augment_example``); ``None`` = no augmentation.
       indices: optional int indices or boolean mask selecting a subset (a fold) of
         ``source``; ``index`` in the examples stays the row of the full source.
+      shard: ``(p, P)``: of the stream of batches one process would read, yield only batches
+        p, p+P, p+2P, … (training with P processes: ``batch_size`` is the per-process batch,
+        and the P processes' batches together are the global batches of one process with
+        ``P * batch_size`` rows; grain reads lazily, so only this shard's rows are read).
       num_threads, prefetch_buffer_size: grain ``ReadOptions`` (0 = read in the calling
         thread). Threads prefetch ahead; results are identical.
       worker_count: >0 uses grain ``mp_prefetch`` with that many processes (off by default:
@@ -405,6 +410,8 @@ def make_loader(
         ds = ds.batch(batch_size, drop_remainder=True, batch_fn=_stack)
     else:
         ds = ds.batch(batch_size, drop_remainder=False, batch_fn=_PadBatch(batch_size))
+    if shard is not None and int(shard[1]) > 1:
+        ds = ds[int(shard[0])::int(shard[1])]
     read_options = grain.ReadOptions(num_threads=num_threads,
                                      prefetch_buffer_size=prefetch_buffer_size)
     it_ds = ds.to_iter_dataset(read_options)

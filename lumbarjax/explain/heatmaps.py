@@ -14,6 +14,7 @@ the pretrained MRI grader's expected grade, the stage-1 MRI score (``MriGradeFn`
 from __future__ import annotations
 
 import dataclasses
+import functools
 import glob
 import os
 from typing import Any
@@ -81,7 +82,15 @@ def attribute(fn, inputs: dict, static: dict, cfg, baseline: str | None = None) 
                                         method=cfg.method, chunk_size=int(cfg.chunk_size) or None,
                                         static=static, chunk_loop=cfg.chunk_loop)
     return {"attrs": jax.tree.map(np.asarray, attrs), "delta": np.asarray(delta),
-            "value": np.asarray(fn(inputs, static)), "base": np.asarray(fn(base_inputs, static))}
+            "value": np.asarray(_value(fn, inputs, static)),
+            "base": np.asarray(_value(fn, base_inputs, static))}
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _value(fn, inputs, static):
+    """``fn(inputs, static)`` compiled once per ``fn`` (hashed by identity) and input shapes,
+    instead of running the model op by op."""
+    return fn(inputs, static)
 
 
 class HeatmapCollector:

@@ -37,11 +37,11 @@ from absl import logging
 
 from lumbarjax import atomic
 from lumbarjax.data.cohort import check_no_leakage, make_folds
-from lumbarjax.data.pipeline import CachedExamples, Subset, make_loader
+from lumbarjax.data.pipeline import CachedExamples, Subset
 from lumbarjax.errors import CohortError
 from lumbarjax.schema import LEVELS
 from lumbarjax.train import clinical_offset
-from lumbarjax.train.loop import predict, train_and_evaluate
+from lumbarjax.train.loop import host_local_batches, predict, train_and_evaluate
 from lumbarjax.train.pretrain import with_encoder
 from lumbarjax.train.tasks import get_task
 
@@ -146,7 +146,9 @@ def run_fold(td: TaskData, fold: int, config, workdir: str, *, clinical_only: bo
     bs = int(task_cfg.train.batch_size)
 
     def loader(idx):
-        return make_loader(source, batch_size=bs, shuffle=False, seed=seed, num_epochs=1, indices=idx)
+        # one process: make_loader(shuffle=False, num_epochs=1) over idx; P processes: each reads
+        # its share of every batch (predict needs host-local batches, not P copies of each)
+        return host_local_batches(source, bs, idx)
 
     def eval_fn(state):
         out = predict(state, model, loader(inner_val))

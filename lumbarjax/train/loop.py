@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from lumbarjax import timing
 from lumbarjax.errors import ConfigError, NonFiniteError
 from lumbarjax.train import mesh as mesh_lib
 from lumbarjax.train import steps as steps_lib
@@ -37,6 +38,7 @@ __all__ = [
     "restore_checkpoint",
     "evaluate_loss",
     "predict",
+    "host_local_batches",
     "train_and_evaluate",
 ]
 
@@ -199,9 +201,10 @@ def predict(state: TrainState, model, loader_or_batches: Iterable[Mapping], mesh
     mesh = mesh_lib.make_mesh() if mesh is None else mesh
     step_fn = steps_lib.make_predict_step(model, mesh, compute_dtype=compute_dtype)
     chunks, indices = [], []
-    for batch in loader_or_batches:
+    for batch in timing.timed_iter(loader_or_batches):
         outputs, index, valid = step_fn(state, mesh_lib.shard_batch(batch, mesh))
-        outputs, index, valid = jax.device_get((outputs, index, valid))
+        with timing.waiting("device_s"):
+            outputs, index, valid = jax.device_get((outputs, index, valid))
         keep = np.asarray(valid) > 0
         chunks.append(jax.tree.map(lambda x: np.asarray(x)[keep], outputs))
         indices.append(np.asarray(index)[keep])
@@ -224,8 +227,10 @@ def evaluate_loss(state: TrainState, model, loss_fn, batches: Iterable[Mapping],
                                 compute_dtype=compute_dtype)
     totals: dict[str, float] = {}
     n_total = 0.0
-    for batch in batches:
-        metrics, n = jax.device_get(step_fn(state, mesh_lib.shard_batch(batch, mesh)))
+    for batch in timing.timed_iter(batches):
+        out = step_fn(state, mesh_lib.shard_batch(batch, mesh))
+        with timing.waiting("device_s"):
+            metrics, n = jax.device_get(out)
         n = float(n)
         if n == 0:
             continue
@@ -237,17 +242,45 @@ def evaluate_loss(state: TrainState, model, loss_fn, batches: Iterable[Mapping],
     return {k: v / n_total for k, v in totals.items()}
 
 
-def _eval_batches(make_loader, source, local_bs: int):
-    """Finite, padded, host-local eval batches: process p reads rows p, p+P, …"""
+def _eval_batches(make_loader, source, local_bs: int, indices=None):
+    """Finite, padded, host-local eval batches of ``source`` (or of its rows ``indices``):
+    process p reads rows p, p+P, … and every process yields the same number of batches."""
     pc, pi = jax.process_count(), jax.process_index()
     if pc == 1:
-        return make_loader(source, batch_size=local_bs, shuffle=False, seed=0, num_epochs=1)
-    n = len(source)
+        return make_loader(source, batch_size=local_bs, shuffle=False, seed=0, num_epochs=1,
+                           indices=indices)
+    rows = np.arange(len(source)) if indices is None else np.asarray(indices)
+    if rows.dtype == bool:
+        rows = np.flatnonzero(rows)
+    n = len(rows)
     per_proc = math.ceil(n / pc)
     n_batches = math.ceil(per_proc / local_bs)
     it = make_loader(source, batch_size=local_bs, shuffle=False, seed=0, num_epochs=1,
-                     indices=np.arange(n)[pi::pc])
+                     indices=rows[pi::pc])
     return _pad_to(it, n_batches)
+
+
+def host_local_batches(source, batch_size: int, indices=None):
+    """Finite batches of ``source`` (or of its rows ``indices``) for ``predict`` /
+    ``evaluate_loss``, ``batch_size`` rows per global batch: one process reads them all in order
+    (``make_loader(shuffle=False, num_epochs=1)``); P processes each read ``batch_size / P``
+    rows per batch (process p: rows p, p+P, …), padded to the same number of batches."""
+    local_bs = max(1, int(batch_size) // jax.process_count())
+    from lumbarjax.data.pipeline import make_loader
+    return _eval_batches(make_loader, source, local_bs, indices)
+
+
+def _train_batches(source, *, local_bs: int, seed: int, augment):
+    """The infinite, shuffled training batches of this process: the global stream of one
+    process (shuffle, epochs and augmentation of the whole source), cut into local batches of
+    ``local_bs`` rows of which process p takes p, p+P, … (``make_loader(shard=(p, P))``): P
+    processes train on exactly one process's batches, and the iterator state is the same on
+    every process, so the ``data_iter`` item orbax saves from process 0 resumes every process."""
+    from lumbarjax.data.pipeline import make_loader
+
+    pc, pi = jax.process_count(), jax.process_index()
+    return make_loader(source, batch_size=local_bs, shuffle=True, seed=seed, num_epochs=None,
+                       augment=augment, shard=(pi, pc))
 
 
 # -- the loop ------------------------------------------------------------------------------
@@ -339,9 +372,7 @@ def train_and_evaluate(
     workdir = os.path.abspath(os.fspath(workdir))
     os.makedirs(workdir, exist_ok=True)
 
-    indices = None if pc == 1 else np.arange(len(train_source))[pi::pc]
-    train_iter = make_loader(train_source, batch_size=local_bs, shuffle=True, seed=seed,
-                             num_epochs=None, augment=augment, indices=indices)
+    train_iter = _train_batches(train_source, local_bs=local_bs, seed=seed, augment=augment)
     if sample_batch is None:
         sample_batch = next(make_loader(train_source, batch_size=local_bs, shuffle=False,
                                         seed=seed, num_epochs=1))
@@ -404,7 +435,8 @@ def train_and_evaluate(
     def check_finite():
         """Before anything is logged, evaluated or saved: stop at the first non-finite step
         (or count the skipped ones)."""
-        flags = jax.device_get([m["finite"] for _, m, _ in pending[checked[0]:]])
+        with timing.waiting("device_s"):
+            flags = jax.device_get([m["finite"] for _, m, _ in pending[checked[0]:]])
         bad = [checked[0] + i for i, f in enumerate(flags) if float(f) < 1.0]
         checked[0] = len(pending)
         if not bad:
@@ -435,7 +467,8 @@ def train_and_evaluate(
             loop["history"]["eval"].append({"step": 0, **eval_metrics})
             save(0, state, eval_metrics)
         while step < stop_at and not loop["stopped_early"]:
-            batch = next(train_iter)
+            with timing.waiting("input_s"):
+                batch = next(train_iter)
             state, metrics = train_step(state, mesh_lib.shard_batch(batch, mesh))
             step += 1
             steps_since += 1

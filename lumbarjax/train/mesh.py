@@ -82,7 +82,14 @@ def shard_batch(batch: Mapping[str, Any], mesh: Mesh) -> dict:
     return jax.tree.unflatten(treedef, out)
 
 
-def maybe_initialize_distributed(flag: bool) -> None:
-    """``jax.distributed.initialize()`` (cluster auto-detection) when ``flag``; once."""
+def maybe_initialize_distributed(flag: bool, *, coordinator_address: str | None = None,
+                                 num_processes: int | None = None,
+                                 process_id: int | None = None) -> None:
+    """``jax.distributed.initialize()`` when ``flag``; once. Without arguments jax detects the
+    cluster (SLURM, Open MPI, Cloud TPU; ``JAX_COORDINATOR_ADDRESS`` for the address);
+    ``coordinator_address`` ("host:port" of process 0), ``num_processes`` and ``process_id``
+    name it explicitly (plain multi-host launches). On CPU the processes' collectives go over
+    gloo (jax's default ``jax_cpu_collectives_implementation``)."""
     if flag and not jax.distributed.is_initialized():
-        jax.distributed.initialize()
+        jax.distributed.initialize(coordinator_address=coordinator_address,
+                                   num_processes=num_processes, process_id=process_id)
