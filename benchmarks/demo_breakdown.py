@@ -106,6 +106,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=2, help="demo runs (1st cold cache, then warm)")
     ap.add_argument("--ref", default="", help="git commit to run instead of the working tree")
     ap.add_argument("--scratch", default="", help="folder for workdirs and the cache (temp)")
+    ap.add_argument("--cache", default="", help="compilation cache folder to use (default: a "
+                                                "new one under --scratch); a full one = warm")
     ap.add_argument("--out", default="", help="JSON to write (default benchmarks/results/"
                                               "<date>-demo-breakdown[-<ref>].json)")
     ap.add_argument("--tabulate", default="", help="print the table of a result JSON and exit")
@@ -124,14 +126,16 @@ def main() -> None:
                             capture_output=True, text=True).stdout.strip()
     dirty = bool(subprocess.run(["git", "-C", code_dir, "status", "--porcelain", "--", "lumbarjax",
                                  "configs", "launch.py"], capture_output=True, text=True).stdout)
-    cache = None if args.ref else os.path.join(scratch, "jax_cache")
+    cache = None if args.ref else (args.cache or os.path.join(scratch, "jax_cache"))
+    warm_at_start = bool(cache and os.path.isdir(cache) and os.listdir(cache))
     date = datetime.date.today().isoformat()
     result = {"date": date, "cpu": _cpu(), "cores": os.cpu_count(),
               "commit": commit + ("+uncommitted" if dirty else ""), "ref": args.ref or None,
               "command": " ".join(sys.argv), "runs": []}
     try:
         for i in range(args.runs):
-            label = "no cache" if cache is None else ("cold cache" if i == 0 else "warm cache")
+            label = ("no cache" if cache is None else
+                     "cold cache" if i == 0 and not warm_at_start else "warm cache")
             print(f"run {i + 1}/{args.runs} ({label}) ...", flush=True)
             r = run_demo(code_dir, os.path.join(scratch, f"run{i}"), cache, extra)
             r["label"] = label

@@ -86,6 +86,22 @@ def test_cache_table_source_reads_npy_and_missing(tmp_path):
         CachedExamples(table, {"labels": {"y": np.zeros(4, np.float32)}})
 
 
+def test_a_modality_the_model_does_not_read_is_never_loaded(tmp_path):
+    x = np.arange(XH * XW, dtype=np.float32).reshape(XH, XW)
+    np.save(tmp_path / "x.npy", x)
+    table = pd.DataFrame([{"patient_id": "P0", "mri_file": str(tmp_path / "absent_mri.npy"),
+                           "xray_file": str(tmp_path / "x.npy")}])
+    src = CachedExamples(table, {}, mri_shape=(D, H, W), xray_shape=(XH, XW),
+                         modalities=("xray",))
+    e = src[0]   # the MRI file does not exist: reading it would raise CohortError
+    np.testing.assert_array_equal(e["xray"][..., 0], x)
+    assert e["mri"].shape == (1, 1, 1, 1) and float(e["mri_present"]) == 0.0
+    with pytest.raises(CohortError, match="absent_mri.npy"):
+        CachedExamples(table, {}, mri_shape=(D, H, W), xray_shape=(XH, XW))[0]
+    with pytest.raises(CohortError, match="unknown modalities \\['ct'\\]"):
+        CachedExamples(table, {}, modalities=("ct",))
+
+
 def test_eval_loader_pads_last_batch_and_sees_each_once():
     src = CachedExamples(None, _extras())
     batches = list(make_loader(src, batch_size=4, shuffle=False, seed=0, num_epochs=1))

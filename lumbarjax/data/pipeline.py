@@ -71,6 +71,8 @@ class CachedExamples:
       mri_shape, xray_shape: shape of the zeros for a missing modality, (D, H, W) / (H, W).
         Default: the shape of the first available cached / in-memory image, else (1, 1, 1) /
         (1, 1).
+      modalities: the images the model reads (default both); another modality is never read
+        from disk: its example entry is a (1, 1, 1, 1) / (1, 1, 1) zero with ``*_present`` 0.
     """
 
     def __init__(
@@ -80,7 +82,13 @@ class CachedExamples:
         *,
         mri_shape: Sequence[int] | None = None,
         xray_shape: Sequence[int] | None = None,
+        modalities: Sequence[str] = ("mri", "xray"),
     ):
+        unknown = sorted(set(modalities) - set(_IMAGE_KEYS))
+        if unknown:
+            raise CohortError(f"CachedExamples: unknown modalities {unknown} (expected a subset "
+                              f"of {_IMAGE_KEYS})")
+        self._modalities = tuple(modalities)
         extras = dict(extras or {})
         self._extras = extras
         sizes = {k: _n_rows(v) for k, v in extras.items()}
@@ -135,6 +143,9 @@ class CachedExamples:
             "mri": tuple(mri_shape) if mri_shape is not None else self._infer_shape("mri", 3),
             "xray": tuple(xray_shape) if xray_shape is not None else self._infer_shape("xray", 2),
         }
+        for key, ndim in (("mri", 3), ("xray", 2)):
+            if key not in self._modalities:
+                self._shapes[key] = (1,) * ndim
 
     # -- helpers ---------------------------------------------------------------------
     def _infer_shape(self, key: str, ndim: int) -> tuple[int, ...]:
@@ -149,7 +160,9 @@ class CachedExamples:
     def _image(self, key: str, i: int) -> tuple[np.ndarray, np.float32]:
         shape = self._shapes[key]
         arr = None
-        if self._files is not None:
+        if key not in self._modalities:
+            pass
+        elif self._files is not None:
             path = self._files[key][i]
             if path:
                 try:

@@ -138,7 +138,8 @@ def run_fold(td: TaskData, fold: int, config, workdir: str, *, clinical_only: bo
         extras["clinical"] = enc.transform(td.records)
     run_cfg = run_config(config, task_cfg)
     d, h, w = config.mri.shape
-    source = CachedExamples(td.cache, extras, mri_shape=(d, h, w), xray_shape=tuple(config.xray.shape))
+    source = CachedExamples(td.cache, extras, mri_shape=(d, h, w), xray_shape=tuple(config.xray.shape),
+                            modalities=task.inputs(task_cfg, clinical_only))
     masks = {k: np.isfinite(v).astype(np.float32) for k, v in td.labels.items()}
     model = task.build_model(task_cfg, clinical_only)
     loss_fn = task.loss(task_cfg, {k: v[inner_train] for k, v in td.labels.items()},

@@ -162,7 +162,7 @@ def pretrain_encoder(config, workdir: str, records: pd.DataFrame, cache: pd.Data
     model = task.build_model(pc, encoder=encoder_kwargs(config), crop_rows=rows)
     d, h, w = config.mri.shape
     source = CachedExamples(cache, {"labels": labels, **extras}, mri_shape=(d, h, w),
-                            xray_shape=tuple(config.xray.shape))
+                            xray_shape=tuple(config.xray.shape), modalities=task.inputs(pc))
     run_cfg = ml_collections.ConfigDict(dict(seed=int(config.seed), train=pc.train.to_dict(),
                                              optim=pc.optim.to_dict(), augment=config.outcome.augment.to_dict()))
     bs = int(pc.train.batch_size)

@@ -6,6 +6,8 @@ never branch on the task's name:
 
   ``labels(records, cache, task_cfg)``   -> ``(usable (N,) bool, {head: labels}, heads)``
   ``build_model(task_cfg, clinical_only=False)`` -> the flax model (``Model(**cfg.model)``)
+  ``inputs(task_cfg, clinical_only=False)`` -> the images that model reads ("mri", "xray"):
+                                          the loader reads no other from disk
   ``loss(task_cfg, train_labels, train_masks)``  -> a hashable ``loss_fn(outputs, batch)``
   ``decode(outputs, task_cfg)``           -> ``{column: (N,) array}`` prediction columns
   ``selection_metric(cols, labels, task_cfg)`` -> ``{name: float}`` (higher is better)
@@ -153,6 +155,9 @@ class GraderTask:
     def build_model(self, task_cfg, clinical_only: bool = False):
         return build_grader(task_cfg.model)
 
+    def inputs(self, task_cfg, clinical_only: bool = False) -> tuple[str, ...]:
+        return ("xray",)
+
     def loss(self, task_cfg, train_labels=None, train_masks=None):
         return OrdinalLoss(str(task_cfg.model.head))
 
@@ -213,6 +218,11 @@ class OutcomeTask:
             mc.mri.enabled = False
             mc.xray.enabled = False
         return build_outcome_model(mc)
+
+    def inputs(self, task_cfg, clinical_only: bool = False) -> tuple[str, ...]:
+        if clinical_only:
+            return ()
+        return tuple(k for k in ("mri", "xray") if task_cfg.model[k].enabled)
 
     def loss(self, task_cfg, train_labels, train_masks):
         weights = positive_class_weights(train_labels, train_masks, tuple(task_cfg.model.binary_heads))
@@ -280,6 +290,9 @@ class PretrainTask:
             return LevelStenosisGrader(mri=FrozenDict(encoder), num_grades=int(task_cfg.num_grades),
                                        crop_rows=int(crop_rows))
         return StenosisGrader(mri=FrozenDict(encoder), num_grades=int(task_cfg.num_grades))
+
+    def inputs(self, task_cfg, clinical_only: bool = False) -> tuple[str, ...]:
+        return ("mri",)
 
     def loss(self, task_cfg, train_labels=None, train_masks=None):
         return OrdinalLoss(self.head)
