@@ -33,13 +33,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import multiprocessing
 import os
 import re
 import warnings
 from collections import Counter, defaultdict
 from collections.abc import Mapping
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -56,6 +54,7 @@ from lumbarjax.data.dicom import (
     slice_geometry,
 )
 from lumbarjax.errors import CohortError, DicomError
+from lumbarjax.workers import spawn_pool
 
 log = logging.getLogger(__name__)
 
@@ -293,9 +292,9 @@ def scan_files(root, *, progress: bool = False, num_workers: int = 0,
     skipped = Counter({SKIP_NOT_DICOM: 0, SKIP_NON_IMAGE: 0, SKIP_UNREADABLE: 0})
     infos: list[FileInfo] = []
     if num_workers > 0 and len(chunks) > 1 and len(files) >= MIN_FILES_FOR_WORKERS:
-        # spawn, not fork: the parent may hold JAX's threads.
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(min(num_workers, len(chunks)), mp_context=ctx) as pool:
+        # spawn, not fork: the parent may hold JAX's threads; the workers exit when this
+        # process is killed (workers.spawn_pool)
+        with spawn_pool(min(num_workers, len(chunks))) as pool:
             parts = pool.map(_scan_chunk, chunks, [root] * len(chunks))
             parts = _progress(parts, len(chunks), progress, "chunk")
             for part_infos, part_skipped in parts:

@@ -18,10 +18,8 @@ import functools
 import hashlib
 import json
 import logging
-import multiprocessing
 import os
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -31,6 +29,7 @@ from scipy import ndimage
 from lumbarjax import atomic
 from lumbarjax.data import sanity
 from lumbarjax.errors import CohortError, ConfigError, LumbarjaxError, NiftiError
+from lumbarjax.workers import spawn_pool
 
 __all__ = [
     "CODE_VERSION",
@@ -419,7 +418,10 @@ def preprocess_cohort(records: pd.DataFrame, config, cache_dir: str, *, progress
       cache_dir: folder for ``mri/<sha256>.npy`` and ``xray/<sha256>.npy`` (+ ``.json`` meta,
         written last, each file atomically: an entry is complete or absent after a crash).
         The key hashes the sorted input paths, their sizes and mtimes, the config subset and
-        ``CODE_VERSION``: a second call with unchanged inputs decodes nothing.
+        ``CODE_VERSION``: a second call with unchanged inputs decodes nothing, and a run
+        killed mid-way resumes: the relaunch reads back the entries already complete and
+        decodes the rest, with the outputs of an uninterrupted run (the killed run's worker
+        processes exit with it).
       progress: show a tqdm bar.
       num_workers: >0 decodes patients in that many worker processes when there are at least
         ``MIN_PATIENTS_FOR_WORKERS`` of them (0 = serial, in this process). Patients stream through: at most one patient's images per worker are in
@@ -442,9 +444,9 @@ def preprocess_cohort(records: pd.DataFrame, config, cache_dir: str, *, progress
     rows = records.to_dict("records")
     work = functools.partial(_one_patient, sub=sub, cache_dir=cache_dir)
     if num_workers > 0 and len(rows) >= MIN_PATIENTS_FOR_WORKERS:
-        # spawn, not fork: the parent may hold JAX's threads, which fork would copy half-alive.
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(min(num_workers, len(rows)), mp_context=ctx) as pool:
+        # spawn, not fork: the parent may hold JAX's threads, which fork would copy half-alive;
+        # the workers exit when this process is killed (workers.spawn_pool)
+        with spawn_pool(min(num_workers, len(rows))) as pool:
             results = list(_progress(pool.map(work, rows, chunksize=4), len(rows), progress))
     else:
         results = [work(r) for r in _progress(rows, len(rows), progress)]

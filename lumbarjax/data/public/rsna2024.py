@@ -37,11 +37,9 @@ indexing streams with memory flat in the number of studies.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import re
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -52,6 +50,7 @@ from lumbarjax.data.index import COLUMNS as MANIFEST_COLUMNS
 from lumbarjax.data.public.tables import read_table, write_tables
 from lumbarjax.errors import CohortError, DicomError
 from lumbarjax.schema import LEVELS
+from lumbarjax.workers import spawn_pool
 
 log = logging.getLogger(__name__)
 
@@ -370,9 +369,9 @@ def _run(tasks: list[tuple], workers: int | None, progress: bool) -> list[dict]:
             if bar is not None:
                 bar.update()
     else:
-        # spawn: safe when the parent already initialised JAX or threads (fork is not).
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as ex:
+        # spawn: safe when the parent already initialised JAX or threads (fork is not); the
+        # workers exit when this process is killed (workers.spawn_pool)
+        with spawn_pool(workers) as ex:
             for r in ex.map(_index_study_args, tasks, chunksize=max(1, min(16, len(tasks) // (4 * workers)))):
                 out.append(r)
                 if bar is not None:
