@@ -289,14 +289,22 @@ def _write_rsna_study(job) -> tuple[dict, list, list, int]:
     return g, coords, series_rows, n_files
 
 
+def _written_before(marker: str, info: dict) -> dict | None:
+    """The summary a finished earlier write of the same stand-in left in ``marker``; else None
+    (and the folder is cleared for a fresh write)."""
+    if os.path.exists(marker) and json.load(open(marker)).get("info") == info:
+        return json.load(open(marker))
+    shutil.rmtree(os.path.dirname(marker), ignore_errors=True)
+    return None
+
+
 def generate_rsna(root: str, n: int, seed: int, rle: bool, workers: int) -> dict:
     from lumbarjax.data.public import rsna_layout
 
     info = {"set": "rsna", "n": n, "seed": seed, "rle": rle}
     marker = os.path.join(root, ".bench.json")
-    if os.path.exists(marker) and json.load(open(marker)).get("info") == info:
-        return json.load(open(marker))
-    shutil.rmtree(root, ignore_errors=True)
+    if (done := _written_before(marker, info)) is not None:
+        return done
     os.makedirs(root)
     t0 = time.perf_counter()
     grades, coords, series, files, per_study = [], [], [], 0, []
@@ -394,9 +402,8 @@ def generate_spider(root: str, n: int, n_space: int, seed: int, workers: int) ->
 
     info = {"set": "spider", "n": n, "n_space": n_space, "seed": seed}
     marker = os.path.join(root, ".bench.json")
-    if os.path.exists(marker) and json.load(open(marker)).get("info") == info:
-        return json.load(open(marker))
-    shutil.rmtree(root, ignore_errors=True)
+    if (done := _written_before(marker, info)) is not None:
+        return done
     for d in ("images", "masks"):
         os.makedirs(os.path.join(root, d))
     t0 = time.perf_counter()
@@ -477,9 +484,8 @@ def _write_vindr_film(job) -> list[dict]:
 def generate_vindr(root: str, n: int, seed: int, rle: bool, workers: int) -> dict:
     info = {"set": "vindr", "n": n, "seed": seed, "rle": rle}
     marker = os.path.join(root, ".bench.json")
-    if os.path.exists(marker) and json.load(open(marker)).get("info") == info:
-        return json.load(open(marker))
-    shutil.rmtree(root, ignore_errors=True)
+    if (done := _written_before(marker, info)) is not None:
+        return done
     os.makedirs(os.path.join(root, "train_images"))
     os.makedirs(os.path.join(root, "annotations"))
     t0 = time.perf_counter()
