@@ -36,13 +36,9 @@ DEADLINE_S = 500  # per launch (baseline + first half together, then the second 
 
 
 def _free_port() -> int:
-    try:
-        import portpicker
-        return portpicker.pick_unused_port()
-    except ImportError:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _env(n_devices: int) -> dict:

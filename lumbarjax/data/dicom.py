@@ -200,10 +200,15 @@ def _check_image(ds: Dataset, path: str) -> None:
         raise DicomError(
             f"{path}: colour image ({ds.get('PhotometricInterpretation')}); expected grayscale"
         )
-    photometric = str(ds.get("PhotometricInterpretation", "") or "MONOCHROME2").strip()
+    photometric = _photometric(ds)
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise DicomError(f"{path}: PhotometricInterpretation {photometric} is not grayscale "
                          "(stored values are not intensities)")
+
+
+def _photometric(ds: Dataset) -> str:
+    """PhotometricInterpretation; MONOCHROME2 when absent or empty."""
+    return str(ds.get("PhotometricInterpretation", "") or "MONOCHROME2").strip()
 
 
 def _check_single_frame_image(ds: Dataset, path: str) -> None:
@@ -304,7 +309,7 @@ def read_xray(path, *, limits=None) -> XRayImage:
     sanity.check_xray_spacing(spacing, f"{path} ({source})", DicomError, limits)
     _check_rescale(ds, path)
     stored = _decode(ds, path)
-    photometric = str(ds.get("PhotometricInterpretation", "") or "MONOCHROME2").strip()
+    photometric = _photometric(ds)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -480,15 +485,13 @@ def _slices_of(ds: Dataset, path: str) -> list[_Slice]:
     """The slices one file contributes: itself, or each frame of an Enhanced / Legacy Converted
     image (geometry from its functional groups). DicomError for a multi-frame file without
     functional groups or whose frames are several stacks / temporal positions."""
-    if not multiframe.has_functional_groups(ds):
-        _check_image(ds, path)
-        if multiframe.n_frames(ds) > 1:
-            raise DicomError(f"{path}: multi-frame image ({multiframe.n_frames(ds)} frames) "
-                             "without functional groups: no per-frame position to place the "
-                             "frames in space")
-        return [_Slice(path, 0, ds, slice_geometry(ds, path))]
     _check_image(ds, path)
     n = multiframe.n_frames(ds)
+    if not multiframe.has_functional_groups(ds):
+        if n > 1:
+            raise DicomError(f"{path}: multi-frame image ({n} frames) without functional groups: "
+                             "no per-frame position to place the frames in space")
+        return [_Slice(path, 0, ds, slice_geometry(ds, path))]
     problem = multiframe.dimension_problem([multiframe.frame_dimensions(ds, k) for k in range(n)])
     if problem:
         raise DicomError(f"{path}: frames 1-{n} are {problem}; not one volume (export the "

@@ -498,8 +498,9 @@ def classify_mr_series(series: SeriesInfo) -> SeriesInfo:
     series.geometry = geom
     series.sorted_paths = list(dict.fromkeys(files[i].path for i in geom.order))
     series.label += f", {n} slices, |normal x|={nx:.2f}"
-    if series.frames_text():
-        series.label += f" ({series.frames_text()})"
+    frames = series.frames_text()
+    if frames:
+        series.label += f" ({frames})"
     return series
 
 

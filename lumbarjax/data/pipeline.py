@@ -161,8 +161,8 @@ class CachedExamples:
         shape = self._shapes[key]
         arr = None
         if key not in self._modalities:
-            pass
-        elif self._files is not None:
+            return np.zeros(shape + (1,), np.float32), np.float32(0.0)
+        if self._files is not None:
             path = self._files[key][i]
             if path:
                 try:
