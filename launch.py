@@ -13,7 +13,7 @@ cross-validation of every task in ``config.tasks``, baselines, heat maps and the
 of the k fold models) predicts every patient of another labelled cohort, indexed and
 preprocessed as the run's (its manifest and cache go to the output folder), and
 ``metrics.json`` + ``report.html`` there give per head AUC / MAE with bootstrap CIs,
-calibration slope and intercept with a plot, and a decision curve (lumbarjax/external.py).
+calibration slope and intercept with a plot, and a decision curve (lumbarjax/jobs/external.py).
 
     python launch.py --config=configs/demo.py --workdir=runs/demo --mode=predict \
         --patient_dir=/data/new/patient_0421 [--clinical=/data/new/clinical.csv]
@@ -63,7 +63,8 @@ def main(argv):
     from lumbarjax.train.mesh import maybe_initialize_distributed
     maybe_initialize_distributed(FLAGS.distributed, coordinator_address=FLAGS.coordinator_address,
                                  num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
-    from lumbarjax import compile_cache, predict, workflow
+    from lumbarjax import compile_cache
+    from lumbarjax.jobs import predict, workflow
     config = FLAGS.config
     cache = compile_cache.enable(config.compilation_cache)
     logging.info("compilation cache: %s", cache or "off")
@@ -84,7 +85,7 @@ def main(argv):
         if mode == "evaluate":
             if not FLAGS.cohort_dir:
                 raise app.UsageError("--mode=evaluate needs --cohort_dir=FOLDER (another labelled cohort)")
-            from lumbarjax import external
+            from lumbarjax.jobs import external
             res = external.evaluate_cohort(config, FLAGS.workdir, FLAGS.cohort_dir, out_dir=FLAGS.out_dir)
             print(f"external validation ({res['n_patients']} patients): {res['html']}\n"
                   f"metrics: {res['metrics']}")

@@ -56,7 +56,7 @@ def _count_files(root: str) -> int:
 
 def run(args) -> dict:
     from lumbarjax.data.index import index_cohort
-    from lumbarjax.data.synthetic import make_cohort
+    from lumbarjax.synthetic import make_cohort
 
     root = os.path.join(args.workdir, "cohort")
     cache = os.path.join(args.workdir, "cache")
@@ -160,7 +160,7 @@ def scale_one(args) -> dict:
     """Index + cold preprocessing of ``args.patients`` generated patients (cohort written first,
     outside the timing). Run it in a fresh interpreter: the peak RSS is the process's own."""
     from lumbarjax.data.index import index_cohort
-    from lumbarjax.data.synthetic import make_cohort
+    from lumbarjax.synthetic import make_cohort
 
     root = os.path.join(args.workdir, f"cohort_{args.patients}")
     cache = os.path.join(args.workdir, f"cache_{args.patients}")

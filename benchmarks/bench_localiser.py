@@ -31,8 +31,8 @@ def main():
     from lumbarjax.data.index import resolve_paths
     from lumbarjax.data.preprocess import preprocess_cohort
     from lumbarjax.data.public import rsna2024
-    from lumbarjax.data.public.rsna_layout import write_synthetic_pretraining
-    from lumbarjax.train import localise
+    from lumbarjax.synthetic.rsna_layout import write_synthetic_pretraining
+    from lumbarjax.pipelines import localise
 
     t0 = time.perf_counter()
     root = os.path.join(a.dir, f"rsna_demo_{a.patients}")

@@ -34,7 +34,7 @@ def generate(root: str, n: int) -> None:
     import numpy as np
     import pydicom
 
-    from lumbarjax.data.public import rsna_layout
+    from lumbarjax.synthetic import rsna_layout
     from tests.dicom_factory import write_mr_series
 
     marker = os.path.join(root, f".bench_{n}")

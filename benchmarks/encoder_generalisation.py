@@ -59,8 +59,8 @@ def load_demo(workdir: str):
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
     import demo  # configs/demo.py
 
-    from lumbarjax import workflow
-    from lumbarjax.data.synthetic import make_cohort
+    from lumbarjax.jobs import workflow
+    from lumbarjax.synthetic import make_cohort
 
     cfg = demo.get_config()
     cohort = os.path.join(workdir, "cohort")

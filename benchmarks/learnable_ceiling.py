@@ -60,10 +60,10 @@ sys.path.insert(0, REPO)
 
 from configs import default  # noqa: E402
 from lumbarjax.data import clinical as clinical_lib  # noqa: E402
-from lumbarjax.data import synthetic  # noqa: E402
+from lumbarjax import synthetic  # noqa: E402
 from lumbarjax.data.cohort import make_folds  # noqa: E402
 from lumbarjax.eval import metrics as metrics_lib  # noqa: E402
-from lumbarjax.models import linear  # noqa: E402
+from lumbarjax.selection import linear  # noqa: E402
 
 HEAD = "zcq_success"
 
@@ -139,8 +139,8 @@ def run_records(wd: str, regime: str, seed: int):
     (only where an MRI score is) / ``true_g``; returns ``(records, folds, feature sets,
     {head: grid}, ground_truth, clinical)`` (the tables of ``<wd>/demo_cohort``)."""
     from configs import demo
-    from lumbarjax import workflow
-    from lumbarjax.train import crossval
+    from lumbarjax.jobs import workflow
+    from lumbarjax.pipelines import crossval
     c = demo.get_config()
     c.seed, c.data.demo_regime = int(seed), regime
     cohort = workflow.join_cohort(c, wd, workflow.stage_index(c, wd))

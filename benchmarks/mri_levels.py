@@ -27,8 +27,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 def plus_mri_auc(cfg, wd, td, mri_scores, bayes):
     """The ablation's "+mri" ZCQ AUC (point, CI) with ``mri_scores`` as the MRI columns."""
-    from lumbarjax import workflow
-    from lumbarjax.eval import ablation as ablation_lib
+    from lumbarjax.jobs import workflow
+    from lumbarjax.selection import ablation as ablation_lib
     records, cols, notes = workflow.stage1_records(cfg, wd, td, None, mri_scores)
     sets = {"clinical": cols["clinical"], "+mri": [*cols["clinical"], *cols["mri"]]}
     grid = workflow.linear_grids(cfg, td, notes)["zcq_success"]
@@ -50,9 +50,9 @@ def main():
     import pandas as pd
 
     from configs import demo
-    from lumbarjax import workflow
+    from lumbarjax.jobs import workflow
     from lumbarjax.models import stage1
-    from lumbarjax.train import crossval, mri_levels, pretrain
+    from lumbarjax.pipelines import crossval, mri_levels, pretrain
 
     results = []
     for crop in [float(x) for x in a.crop_mm.split(",")]:

@@ -87,7 +87,7 @@ def share_stage1(src: str, wd: str, regime: str, seed: int) -> None:
     X-ray grade and the MRI encoder is pretrained on its own cohort, so stage 1 is the one this
     run would compute."""
     sys.path.insert(0, REPO)
-    from lumbarjax.data import synthetic
+    from lumbarjax import synthetic
     copy_stage1(src, wd)
     cohort = os.path.join(wd, "demo_cohort")
     n = json.load(open(os.path.join(cohort, "ground_truth_summary.json")))["counts"]["n_patients"]
@@ -130,8 +130,9 @@ def reselect(wd: str, regime: str, seed: int, encoder_file: str | None) -> None:
     result equals a fresh run of the same config with this code and the run's networks."""
     sys.path.insert(0, REPO)
     from configs import demo
-    from lumbarjax import atomic, predict, workflow
-    from lumbarjax.train import crossval
+    from lumbarjax import atomic
+    from lumbarjax.jobs import predict, workflow
+    from lumbarjax.pipelines import crossval
     c = demo.get_config()
     c.seed, c.data.demo_regime = seed, regime
     if encoder_file:

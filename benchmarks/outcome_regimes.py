@@ -2,12 +2,12 @@
 the Bayes-optimal AUC, 5-fold CV, seeds 0, 1, 2 (issue 13).
 
 The linear-family part only (cheap: no images are drawn). For every regime of
-``lumbarjax.data.synthetic.OUTCOME_REGIMES`` and seed it draws the demo's clinical table
+``lumbarjax.synthetic.OUTCOME_REGIMES`` and seed it draws the demo's clinical table
 (``sample_patients(160, seed, regime=…)``), makes the outcome task's folds (stratified on
 zcq_success, as ``crossval.prepare_task``), and reports out-of-fold ZCQ-success AUC of
 
 * ``logreg``: the clinical logistic regression of lumbarjax.eval.baselines (C = 1);
-* ``selected``: lumbarjax.models.linear's selected penalised model on the same columns;
+* ``selected``: lumbarjax.selection.linear's selected penalised model on the same columns;
 * ``oracle``: the selected penalised model on the clinical columns plus the *true* degeneration
   grade and stenosis severity (what a perfect stage 1 would hand the outcome model). It is not a
   result of the chain, only the ceiling of the linear family on this cohort;
@@ -31,12 +31,12 @@ import time
 
 import numpy as np
 
-from lumbarjax.data import synthetic
+from lumbarjax import synthetic
 from lumbarjax.data.clinical import derive_outcomes, validate_clinical
 from lumbarjax.data.cohort import make_folds
 from lumbarjax.eval.baselines import clinical_baselines
 from lumbarjax.eval.metrics import auc, paired_bootstrap_diff
-from lumbarjax.models.linear import crossval_penalised
+from lumbarjax.selection.linear import crossval_penalised
 
 FEATURES = ["age", "sex", "bmi", "smoker", "symptom_months", "back_pain_pre", "leg_pain_pre",
             "zcq_symptom_pre", "zcq_function_pre"]   # configs/default.py's outcome features

@@ -26,9 +26,9 @@ import ml_collections
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from configs import demo as demo_config  # noqa: E402
-from lumbarjax import workflow  # noqa: E402
-from lumbarjax.data.public.pretraining import pretraining_inputs  # noqa: E402
-from lumbarjax.train.pretrain import pretrain_encoder  # noqa: E402
+from lumbarjax.jobs import workflow  # noqa: E402
+from lumbarjax.pipelines.public_inputs import pretraining_inputs  # noqa: E402
+from lumbarjax.pipelines.pretrain import pretrain_encoder  # noqa: E402
 
 
 def load_cohort(config, root: str, workdir: str):

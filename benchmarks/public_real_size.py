@@ -233,7 +233,7 @@ def _write_rsna_study(job) -> tuple[dict, list, list, int]:
     import pydicom  # noqa: F401
     from pydicom.dataset import Dataset, FileMetaDataset
 
-    from lumbarjax.data.public import rsna_layout
+    from lumbarjax.synthetic import rsna_layout
     from lumbarjax.schema import LEVELS
 
     root, seed, i, rle = job
@@ -299,7 +299,7 @@ def _written_before(marker: str, info: dict) -> dict | None:
 
 
 def generate_rsna(root: str, n: int, seed: int, rle: bool, workers: int) -> dict:
-    from lumbarjax.data.public import rsna_layout
+    from lumbarjax.synthetic import rsna_layout
 
     info = {"set": "rsna", "n": n, "seed": seed, "rle": rle}
     marker = os.path.join(root, ".bench.json")
@@ -453,7 +453,8 @@ def vindr_plan(seed: int, i: int) -> dict:
 def _write_vindr_film(job) -> list[dict]:
     from pydicom.dataset import Dataset, FileMetaDataset
 
-    from lumbarjax.data.public import vindr_layout, vindr_spinexr
+    from lumbarjax.synthetic import vindr_layout
+    from lumbarjax.data.public import vindr_spinexr
 
     root, seed, i, rle = job
     p = vindr_plan(seed, i)
@@ -640,7 +641,7 @@ def step_timing(spec: dict) -> dict:
     config = cfg_mod.get_config()
     rng = np.random.default_rng(0)
     if what == "vindr":
-        from lumbarjax.train.xray_pretrain import FindingsLoss, FindingsNet, backbone_kwargs
+        from lumbarjax.pipelines.xray_pretrain import FindingsLoss, FindingsNet, backbone_kwargs
 
         task_cfg = config.xray_pretrain
         kw = backbone_kwargs(config)
@@ -653,8 +654,8 @@ def step_timing(spec: dict) -> dict:
         images = lambda n: {"xray": rng.random((n, *shape), np.float32), "xray_present": np.ones(n, np.float32)}  # noqa: E731
         input_desc = {"xray": list(shape)}
     else:
-        from lumbarjax.train.pretrain import encoder_kwargs
-        from lumbarjax.train.tasks import TASKS
+        from lumbarjax.pipelines.pretrain import encoder_kwargs
+        from lumbarjax.pipelines.tasks import TASKS
 
         task_cfg = config.pretrain
         if what == "spider":

@@ -1020,7 +1020,7 @@ def e2e_lumbarjax_fold(cfg, data, plan) -> dict:
     t0 = time.perf_counter()
     task = cfg.outcome
     optim = task.optim.to_dict()
-    if task.model.freeze_mri:  # as lumbarjax.train.crossval does for a frozen encoder
+    if task.model.freeze_mri:  # as lumbarjax.pipelines.crossval does for a frozen encoder
         optim["frozen"] = tuple(sorted(set(optim.get("frozen", ()) or ()) | {"mri_encoder"}))
     config = ml_collections.ConfigDict({"train": task.train.to_dict(), "optim": optim})
     model = build_outcome_model(task.model.to_dict())

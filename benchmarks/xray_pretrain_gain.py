@@ -24,10 +24,10 @@ sys.path.insert(0, os.path.dirname(HERE))
 import numpy as np  # noqa: E402
 
 from configs import demo as demo_config  # noqa: E402
-from lumbarjax import workflow  # noqa: E402
-from lumbarjax.data.public import vindr_layout  # noqa: E402
+from lumbarjax.jobs import workflow  # noqa: E402
+from lumbarjax.synthetic import vindr_layout  # noqa: E402
 from lumbarjax.eval import metrics  # noqa: E402
-from lumbarjax.train import crossval, xray_pretrain  # noqa: E402
+from lumbarjax.pipelines import crossval, xray_pretrain  # noqa: E402
 
 
 def qwk5(y, yhat):

@@ -136,7 +136,7 @@ def task_config(kind: str) -> ml_collections.ConfigDict:
         t.features = ml_collections.ConfigDict(dict(numeric=CLINICAL_NUMERIC,
                                                     categorical=CLINICAL_CATEGORICAL))
         t.clinical_only = True  # also cross-validate the same network without images (baseline)
-        # The report's outcome model (lumbarjax.train.select): per fold and head, a convex
+        # The report's outcome model (lumbarjax.selection.select): per fold and head, a convex
         # combination of the candidates, its weights fitted on the inner validation split and
         # shrunk towards equal weights. False: the fusion network alone.
         t.select_model = True
@@ -164,13 +164,13 @@ def task_config(kind: str) -> ml_collections.ConfigDict:
         # "glm": every outcome network (fusion and clinical-only, each fold and refit) starts as
         # the clinical logistic / ridge regression fitted on its own training patients, kept as
         # a fixed offset in the skip path; step 0 competes in the inner validation
-        # (lumbarjax.train.clinical_offset). "none": heads and skip path start at 0.
+        # (lumbarjax.selection.clinical_offset). "none": heads and skip path start at 0.
         t.clinical_offset = "glm"
     return t
 
 
 def levels_config() -> ml_collections.ConfigDict:
-    """The X-ray scale level by level (lumbarjax.train.xray_levels): disc finder on the whole film,
+    """The X-ray scale level by level (lumbarjax.pipelines.xray_levels): disc finder on the whole film,
     endplate refiner on per-disc crops, measured disc height index, per-level grades fitted from
     the patient grades, patient grade / scale by ``rule``."""
     return ml_collections.ConfigDict(dict(
@@ -231,7 +231,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.grader = task_config("grader")
     c.outcome = task_config("outcome")
 
-    # Transfer learning for the outcome model's MRI encoder (lumbarjax.train.pretrain): pretrain it
+    # Transfer learning for the outcome model's MRI encoder (lumbarjax.pipelines.pretrain): pretrain it
     # on a separate cohort with radiologist stenosis grades (e.g. RSNA 2024 lumbar spine), then
     # start the outcome model from it with the encoder frozen (outcome.model.freeze_mri). The
     # encoder is config.outcome.model.mri; the augmentation is config.outcome.augment.
@@ -249,7 +249,7 @@ def get_config() -> ml_collections.ConfigDict:
         make_demo=False,           # write the synthetic pretraining cohort when no labels table exists
         demo_patients=240,
     ))
-    # Level by level (lumbarjax.train.mri_levels): grade every disc level on a crop around its
+    # Level by level (lumbarjax.pipelines.mri_levels): grade every disc level on a crop around its
     # centre (labels <label_column>_<LEVEL>, centres from the RSNA coordinates / SPIDER masks /
     # synthetic truth), and train the disc-level localiser that finds the centres on new scans.
     # The encoder file then carries the per-level head and the localiser.
@@ -263,7 +263,7 @@ def get_config() -> ml_collections.ConfigDict:
         localiser=dict(steps=400, batch_size=16, lr=2e-3, width=16, slices=3),
     ))
 
-    # Transfer learning for the X-ray grader (lumbarjax.train.xray_pretrain): pretrain its ResNet2D
+    # Transfer learning for the X-ray grader (lumbarjax.pipelines.xray_pretrain): pretrain its ResNet2D
     # backbone (config.grader.model) on a public radiograph set with radiologists' findings
     # (VinDr-SpineXR as downloaded: root/annotations/<split>.csv + <split>_images/*.dicom), one
     # sigmoid per finding, then fine-tune the whole grader on the cohort's grades in every fold.

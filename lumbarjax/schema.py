@@ -24,3 +24,7 @@ XRAY_MODALITIES = ("CR", "DX")
 
 # The three sources an outcome model can use.
 SOURCES = ("clinical", "xray", "mri")
+
+# The ablation row that feeds the generator's true latents to the linear family: the ceiling a
+# perfect image stage 1 would give (synthetic cohorts only).
+PERFECT_STAGE1 = "clinical + true latents"

@@ -7,12 +7,12 @@ import os, sys
 tree, workdir, croot, proot = sys.argv[1:5]
 sys.path.insert(0, os.path.join(tree, "tests"))
 from conftest import tiny_config
-from lumbarjax.data.synthetic import make_cohort, make_pretraining_cohort
+from lumbarjax.synthetic import make_cohort, make_pretraining_cohort
 if not os.path.exists(os.path.join(croot, "clinical.csv")):
     make_cohort(croot, n_patients=24, seed=5, xray_size=(96, 80), mri_size=(48, 48), n_mc=2000)
 if not os.path.exists(os.path.join(proot, "stenosis_labels.csv")):
     make_pretraining_cohort(proot, n_patients=12, seed=4, mri_size=(48, 48))
-from lumbarjax import workflow
+from lumbarjax.jobs import workflow
 c = tiny_config(croot)
 for t in (c.grader, c.outcome):
     t.train.num_steps = 12

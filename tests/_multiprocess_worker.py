@@ -91,10 +91,10 @@ def train_task(kind: str, config, extras, labels, workdir: str, stop_at):
     """One task as ``crossval.run_fold`` trains a fold (rows 0..N_TRAIN-1 inner training,
     the rest inner validation); returns what the test compares."""
     from lumbarjax.data.pipeline import CachedExamples, Subset
-    from lumbarjax.train import clinical_offset
-    from lumbarjax.train.crossval import run_config
+    from lumbarjax.selection import clinical_offset
+    from lumbarjax.pipelines.crossval import run_config
     from lumbarjax.train.loop import host_local_batches, predict, train_and_evaluate
-    from lumbarjax.train.tasks import get_task
+    from lumbarjax.pipelines.tasks import get_task
 
     task, task_cfg = get_task(kind), config[kind]
     train_idx, val_idx = np.arange(N_TRAIN), np.arange(N_TRAIN, N_TRAIN + N_VAL)

@@ -85,7 +85,7 @@ def tiny_config(cohort_dir):
 
 @pytest.fixture(scope="session")
 def tiny_cohort(tmp_path_factory):
-    from lumbarjax.data.synthetic import make_cohort
+    from lumbarjax.synthetic import make_cohort
     root = str(tmp_path_factory.mktemp("cohort"))
     make_cohort(root, n_patients=16, seed=3, xray_size=(96, 80), mri_size=(48, 48), n_mc=2000)
     return root
@@ -93,7 +93,7 @@ def tiny_cohort(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_pretrain_cohort(tmp_path_factory):
-    from lumbarjax.data.synthetic import make_pretraining_cohort
+    from lumbarjax.synthetic import make_pretraining_cohort
     root = str(tmp_path_factory.mktemp("pretrain_cohort"))
     make_pretraining_cohort(root, n_patients=12, seed=4, mri_size=(48, 48))
     return root
@@ -103,7 +103,7 @@ def tiny_pretrain_cohort(tmp_path_factory):
 def tiny_pretrain_loaded(tiny_pretrain_cohort, tmp_path_factory):
     """``(config, cohort)``: the tiny pretraining cohort indexed and preprocessed at the tiny
     config's sizes, its labels table as the clinical table (for ``pretrain.pretrain_encoder``)."""
-    from lumbarjax import workflow
+    from lumbarjax.jobs import workflow
     workdir = str(tmp_path_factory.mktemp("pre"))
     cfg = tiny_config(tiny_pretrain_cohort)
     cfg.data.clinical_file = os.path.join(tiny_pretrain_cohort, "stenosis_labels.csv")
@@ -115,7 +115,7 @@ def tiny_pretrain_loaded(tiny_pretrain_cohort, tmp_path_factory):
 def tiny_run(tiny_cohort, tiny_pretrain_cohort, tmp_path_factory):
     """One tiny cross-validated run of the whole job (with a pretrained, frozen MRI encoder),
     shared by the tests that read its outputs."""
-    from lumbarjax import workflow
+    from lumbarjax.jobs import workflow
     workdir = str(tmp_path_factory.mktemp("run"))
     config = tiny_config(tiny_cohort)
     config.pretrain.enabled = True

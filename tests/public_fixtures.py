@@ -15,7 +15,7 @@ import os
 import numpy as np
 import pydicom
 
-from lumbarjax.data.public import rsna_layout
+from lumbarjax.synthetic import rsna_layout
 from lumbarjax.schema import LEVELS
 from tests.dicom_factory import write_mr_series
 

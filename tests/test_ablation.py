@@ -1,12 +1,12 @@
-"""Tests of lumbarjax.eval.ablation: clinical / + X-ray / + MRI / all, out of fold, vs clinical LR."""
+"""Tests of lumbarjax.selection.ablation: clinical / + X-ray / + MRI / all, out of fold, vs clinical LR."""
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from lumbarjax.errors import ClinicalError
-from lumbarjax.eval import ablation
-from lumbarjax.models import linear
+from lumbarjax.selection import ablation
+from lumbarjax.selection import linear
 
 BINARY = ("zcq_success", "back_pain_improved50", "leg_pain_improved50")
 
@@ -117,7 +117,7 @@ def test_mri_scores_come_from_the_pretrained_grader_and_cover_the_outcome_patien
     [0, K-1], and the same numbers when the file is applied again."""
     import os
     from lumbarjax.models import stage1
-    from lumbarjax.train.pretrain import stenosis_probs
+    from lumbarjax.pipelines.pretrain import stenosis_probs
     wd = tiny_run["workdir"]
     scores = pd.read_csv(os.path.join(wd, "mri_scores.csv"), dtype={"patient_id": str})
     td = tiny_run["results"]["outcome_task"]

@@ -7,7 +7,7 @@ from sklearn.linear_model import LogisticRegression, Ridge
 
 from lumbarjax.errors import ConfigError
 from lumbarjax.models.fusion import OutcomeModel, vas_link
-from lumbarjax.train import clinical_offset
+from lumbarjax.selection import clinical_offset
 
 
 def _data(n=80, f=5, seed=0):

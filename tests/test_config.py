@@ -11,7 +11,7 @@ from lumbarjax.data import clinical, sanity
 from lumbarjax.errors import ConfigError
 from lumbarjax.train.loop import train_config
 from lumbarjax.train.state import make_optimizer
-from lumbarjax.train.tasks import TASKS
+from lumbarjax.pipelines.tasks import TASKS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from conftest import decoded_data_uris, phi_strings
-from lumbarjax import external, predict
+from lumbarjax.jobs import external, predict
 from lumbarjax.errors import ConfigError
 
 BINARY = ("zcq_success", "back_pain_improved50", "leg_pain_improved50")
@@ -17,7 +17,7 @@ BINARY = ("zcq_success", "back_pain_improved50", "leg_pain_improved50")
 
 @pytest.fixture(scope="module")
 def evaluated(tiny_run, tmp_path_factory):
-    from lumbarjax.data.synthetic import make_cohort
+    from lumbarjax.synthetic import make_cohort
     other = str(tmp_path_factory.mktemp("hospital_b"))
     make_cohort(other, n_patients=12, seed=11, xray_size=(96, 80), mri_size=(48, 48), n_mc=2000)
     out_dir = str(tmp_path_factory.mktemp("external"))

@@ -1,4 +1,4 @@
-"""Tests of lumbarjax.models.linear: penalised linear outcome models chosen on training rows only."""
+"""Tests of lumbarjax.selection.linear: penalised linear outcome models chosen on training rows only."""
 
 import numpy as np
 import pandas as pd
@@ -9,7 +9,7 @@ from sklearn.preprocessing import StandardScaler
 
 from lumbarjax.errors import ClinicalError, CohortError
 from lumbarjax.eval.baselines import clinical_baselines
-from lumbarjax.models import linear
+from lumbarjax.selection import linear
 
 
 def _records(n=150, seed=0, signal=1.5):

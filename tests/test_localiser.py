@@ -10,7 +10,7 @@ import pytest
 
 from lumbarjax.models.localiser import soft_argmax
 from lumbarjax.schema import LEVELS
-from lumbarjax.train import localise
+from lumbarjax.pipelines import localise
 
 
 def test_soft_argmax_finds_the_peak():

@@ -15,7 +15,7 @@ from lumbarjax.models import encoder_file, stage1
 from lumbarjax.models.encoder3d import MRIEncoder
 from lumbarjax.models.level_stenosis import LevelStenosisGrader, crop_rows, crop_rows_for
 from lumbarjax.schema import LEVELS
-from lumbarjax.train import localise, mri_levels, pretrain
+from lumbarjax.pipelines import localise, mri_levels, pretrain
 
 
 def test_crops_take_the_rows_around_each_centre_and_zero_outside():
@@ -170,7 +170,7 @@ def test_whole_volume_pretraining_carries_the_localiser_and_places_the_levels(by
     """pretrain.levels.localise beside a whole-volume grader: the file holds the localiser, its
     card says the grader is not by level, and the outcome path gets (N, K) grades + centres."""
     import ml_collections
-    from lumbarjax import workflow
+    from lumbarjax.jobs import workflow
     cfg = ml_collections.ConfigDict(by_level["cfg"].to_dict())
     cfg.pretrain.levels.enabled, cfg.pretrain.levels.localise = False, True
     cohort = by_level["cohort"]

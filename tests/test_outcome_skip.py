@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import default
-from lumbarjax.data import synthetic
+from lumbarjax import synthetic
 from lumbarjax.models.fusion import OutcomeModel, build_outcome_model, vas_link
 
 

@@ -13,7 +13,7 @@ import pandas as pd
 import pydicom
 import pytest
 
-from lumbarjax import predict
+from lumbarjax.jobs import predict
 from conftest import phi_strings, tiny_config
 from lumbarjax.errors import CohortError, ConfigError
 

@@ -12,11 +12,11 @@ import pydicom
 import pytest
 
 from conftest import tiny_config
-from lumbarjax import workflow
-from lumbarjax.data.synthetic import STENOSIS_GRADE_CUTS, STENOSIS_NARROWING, stenosis_grades
+from lumbarjax.jobs import workflow
+from lumbarjax.synthetic import STENOSIS_GRADE_CUTS, STENOSIS_NARROWING, stenosis_grades
 from lumbarjax.errors import CohortError, ConfigError
 from lumbarjax.schema import LEVELS
-from lumbarjax.train import pretrain
+from lumbarjax.pipelines import pretrain
 
 
 def test_stenosis_grades_follow_the_cuts_with_reader_noise():

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from lumbarjax import workflow
+from lumbarjax.jobs import workflow
 from lumbarjax.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
 def rsna_run(tmp_path_factory):
-    from lumbarjax.data.public.rsna_layout import write_synthetic_pretraining
+    from lumbarjax.synthetic.rsna_layout import write_synthetic_pretraining
     root = str(tmp_path_factory.mktemp("rsna_pre") / "rsna")
     write_synthetic_pretraining(root, n_patients=12, seed=4, mri_size=(48, 48))
     workdir = str(tmp_path_factory.mktemp("rsna_run"))

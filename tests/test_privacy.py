@@ -12,7 +12,7 @@ import pandas as pd
 import pydicom
 import pytest
 
-from lumbarjax import predict
+from lumbarjax.jobs import predict
 
 PHI_KEYS = ("PatientName", "PatientBirthDate", "PatientAddress", "InstitutionName",
             "AccessionNumber", "OtherPatientIDs", "ReferringPhysicianName")

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lumbarjax.data.public.pretraining import label_names, pretraining_inputs
+from lumbarjax.pipelines.public_inputs import label_names, pretraining_inputs
 from lumbarjax.errors import ConfigError
 from lumbarjax.schema import LEVELS
 from tests.public_fixtures import write_rsna_fixture, write_spider_fixture

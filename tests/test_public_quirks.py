@@ -170,7 +170,7 @@ def test_a_series_with_mixed_rows_columns_is_a_counted_logged_exclusion(tmp_path
 
 
 def test_coordinates_on_t1_and_axial_series_stay_on_their_own_series(tmp_path):
-    from lumbarjax.train.localise import centres_from_rsna
+    from lumbarjax.pipelines.localise import centres_from_rsna
 
     root = str(tmp_path / "rsna")
     write_rsna_fixture(root)

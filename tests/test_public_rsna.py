@@ -231,8 +231,8 @@ def test_rsna_metric_agrees_with_sklearn_and_rejects_gaps():
 
 
 def test_synthetic_pretraining_cohort_in_rsna_layout_keeps_todays_labels(tmp_path):
-    from lumbarjax.data.public.rsna_layout import write_synthetic_pretraining
-    from lumbarjax.data.synthetic import sample_patients, stenosis_grades
+    from lumbarjax.synthetic.rsna_layout import write_synthetic_pretraining
+    from lumbarjax.synthetic import sample_patients, stenosis_grades
 
     out = tmp_path / "rsna_demo"
     summary = write_synthetic_pretraining(out, n_patients=10, seed=1, mri_size=(48, 48))
@@ -265,7 +265,7 @@ def test_synthetic_pretraining_cohort_in_rsna_layout_keeps_todays_labels(tmp_pat
 def test_synthetic_rsna_layout_is_the_same_bytes_with_worker_processes(tmp_path):
     """num_workers=2 writes the cohort and re-writes its studies in spawned processes (from
     MIN_STUDIES_FOR_WORKERS studies on): every file equals the serial write's."""
-    from lumbarjax.data.public import rsna_layout
+    from lumbarjax.synthetic import rsna_layout
 
     n = rsna_layout.MIN_STUDIES_FOR_WORKERS + 2
     rsna_layout.write_synthetic_pretraining(tmp_path / "serial", n_patients=n, seed=2, mri_size=(48, 48))
@@ -285,8 +285,8 @@ def test_synthetic_rsna_layout_is_the_same_bytes_with_worker_processes(tmp_path)
 def test_rsna_layout_demo_gives_the_same_volumes_labels_and_folds_as_the_old_path(tmp_path):
     from lumbarjax.data.cohort import make_folds
     from lumbarjax.data.index import index_cohort
-    from lumbarjax.data.public.rsna_layout import write_synthetic_pretraining
-    from lumbarjax.data.synthetic import make_pretraining_cohort
+    from lumbarjax.synthetic.rsna_layout import write_synthetic_pretraining
+    from lumbarjax.synthetic import make_pretraining_cohort
 
     old = make_pretraining_cohort(tmp_path / "old", n_patients=10, seed=1, mri_size=(48, 48))
     write_synthetic_pretraining(tmp_path / "new", n_patients=10, seed=1, mri_size=(48, 48))

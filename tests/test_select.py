@@ -12,8 +12,8 @@ import pytest
 from lumbarjax.data.cohort import make_folds
 from lumbarjax.errors import CohortError, ConfigError
 from lumbarjax.eval import metrics as M
-from lumbarjax.models import linear, stack
-from lumbarjax.train import select
+from lumbarjax.selection import linear, stack
+from lumbarjax.selection import select
 
 # two candidates per head keep the test quick; the choice among them is models.linear's
 GRIDS = {"zcq_success": [linear.Candidate("logreg_l2", 1.0), linear.Candidate("logreg_l2", 0.1)],

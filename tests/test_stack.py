@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from lumbarjax.errors import ConfigError
-from lumbarjax.models import stack
+from lumbarjax.selection import stack
 
 
 def test_the_simplex_grid_holds_every_weight_vector_of_the_step():

@@ -1,4 +1,4 @@
-"""Tests of the synthetic demo cohort (lumbarjax.data.synthetic): small n, small images."""
+"""Tests of the synthetic demo cohort (lumbarjax.synthetic): small n, small images."""
 
 import glob
 import hashlib
@@ -13,7 +13,7 @@ import pytest
 from scipy.ndimage import map_coordinates
 
 from lumbarjax import atomic
-from lumbarjax.data import synthetic
+from lumbarjax import synthetic
 from lumbarjax.errors import ConfigError
 
 LEVELS = ("L1L2", "L2L3", "L3L4", "L4L5", "L5S1")

@@ -1,4 +1,4 @@
-"""The task objects (lumbarjax.train.tasks) and cross-validation built on them."""
+"""The task objects (lumbarjax.pipelines.tasks) and cross-validation built on them."""
 
 import os
 
@@ -9,14 +9,14 @@ import pandas as pd
 import pytest
 
 from conftest import tiny_config
-from lumbarjax import workflow
+from lumbarjax.jobs import workflow
 from lumbarjax.data.pipeline import make_loader
 from lumbarjax.errors import ConfigError
 from lumbarjax.models import ordinal
-from lumbarjax.train import crossval
+from lumbarjax.pipelines import crossval
 from lumbarjax.train.loop import predict
 from lumbarjax.train.metrics_log import read_metrics
-from lumbarjax.train.tasks import TASKS, OrdinalLoss, find_variant, get_task
+from lumbarjax.pipelines.tasks import TASKS, OrdinalLoss, find_variant, get_task
 
 
 def test_tasks_are_a_plain_dict_with_one_interface():
@@ -134,7 +134,7 @@ def test_outcome_networks_start_as_the_clinical_regression_of_their_own_training
     kept = [s for _, _, s in seen.values()]
     assert 0 in kept, kept  # at least one fold kept the regression alone (checked above)
     # --mode=predict / evaluate restore the same fold models, the step-0 refits included
-    from lumbarjax import predict as predict_lib
+    from lumbarjax.jobs import predict as predict_lib
     for fm in predict_lib.load_fold_models(config, run_dir, "outcome_clinical_only"):
         _assert_same_params(fm.state.params, seen[fm.fold][0])
 

@@ -53,8 +53,8 @@ def test_whole_job_writes_report_and_out_of_fold_predictions(tiny_run):
 def test_outcome_model_starts_from_the_pretrained_frozen_encoder(tiny_run):
     """The MRI encoder pretrained on the (PT…) stenosis cohort is the outcome fold models'
     encoder, unchanged by the outcome training (optim.frozen); the rest of the model trained."""
-    from lumbarjax.predict import load_fold_models
-    from lumbarjax.train.pretrain import load_encoder
+    from lumbarjax.jobs.predict import load_fold_models
+    from lumbarjax.pipelines.pretrain import load_encoder
     workdir = tiny_run["workdir"]
     encoder, summary = load_encoder(os.path.join(workdir, "pretrain"))
     assert summary["patients_train"] + summary["patients_val"] == 12

@@ -5,7 +5,7 @@ import pytest
 
 from lumbarjax.data.public import buu_lspine
 from lumbarjax.errors import ConfigError
-from lumbarjax.eval import xray_indices
+from lumbarjax.data import xray_indices
 
 # A lateral film facing left (anterior = small column), lordotic, sacrum sloping anteriorly down.
 # (x1, y1, x2, y2) = (col, row) of the anterior then the posterior corner, pixels.
@@ -84,7 +84,7 @@ def test_anisotropic_spacing_and_bad_input(tmp_path):
 def test_synthetic_endplate_corners_carry_the_disc_height_loss():
     """The ground truth's endplate corners of one phantom drawn at grades 0..4: the disc height
     index from them falls with the grade at every lumbar level, film facing left."""
-    from lumbarjax.data import synthetic
+    from lumbarjax import synthetic
     from lumbarjax.schema import LEVELS
     _, tr = synthetic.sample_patients(1, seed=0, edge_cases=False)
     t = tr.iloc[0].to_dict()

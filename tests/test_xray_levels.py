@@ -4,12 +4,13 @@ network (soft-argmax, training, saved file + card) and the per-level grader."""
 import numpy as np
 import pytest
 
-from lumbarjax.data import synthetic, xray_levels
+from lumbarjax import synthetic
+from lumbarjax.data import xray_levels
 from lumbarjax.errors import CohortError, ConfigError
 from lumbarjax.models.landmarks import LandmarkNet, soft_argmax
 from lumbarjax.models.level_grader import fit_level_grader
 from lumbarjax.schema import LEVELS
-from lumbarjax.train import landmarks
+from lumbarjax.pipelines import landmarks
 
 
 def test_crop_level_is_centred_and_physical():
@@ -113,7 +114,7 @@ def test_level_grader_recovers_level_grades_from_patient_grades_only():
 def test_buu_lateral_films_become_landmark_training_data(tmp_path):
     from PIL import Image
     from tests.test_xray_indices import LINES
-    from lumbarjax.train import xray_levels as levels_train
+    from lumbarjax.pipelines import xray_levels as levels_train
     la = tmp_path / "BUU" / "LA"
     la.mkdir(parents=True)
     for stem, lines in (("0001-F-050Y1", LINES), ("0002-M-060Y1", [(300 - a, b, 300 - c, d) for a, b, c, d in LINES])):
@@ -135,7 +136,7 @@ def test_run_levels_end_to_end_on_a_tiny_synthetic_cohort(tmp_path):
     grades; checks the files and columns the outcome model reads, not the accuracy."""
     import json
     import pandas as pd
-    from lumbarjax.train import xray_levels as levels_train
+    from lumbarjax.pipelines import xray_levels as levels_train
     from configs import default
     cfg = default.get_config().levels
     cfg.update(dict(view_shape=(64, 64), crop_shape=(24, 40), crop_mm_per_px=1.2, finder_steps=3,
@@ -199,7 +200,7 @@ def test_refine_corners_moves_corners_onto_the_endplate_edges():
 
 def test_levels_config_keys_are_checked():
     from configs import default
-    from lumbarjax.train import xray_levels as levels_train
+    from lumbarjax.pipelines import xray_levels as levels_train
     cfg = default.get_config().levels
     levels_train.check_config(cfg)                      # the defaults are exactly the keys read
     cfg.unlock()
@@ -209,7 +210,7 @@ def test_levels_config_keys_are_checked():
 
 
 def test_report_summary_keeps_the_numbers():
-    from lumbarjax.train import xray_levels as levels_train
+    from lumbarjax.pipelines import xray_levels as levels_train
     m = {"qwk_patient_vs_reader": 0.85123, "landmark_corner_error_mm": 0.8081, "rule": "max", "n_graded": 3,
          "n_measured": 3, "landmark_model": {"source": "synthetic", "seconds": 1.0}, "fitted": [{}]}
     assert levels_train.report_summary(m) == {"qwk_patient_vs_reader": 0.851, "landmark_corner_error_mm": 0.808,
@@ -222,7 +223,7 @@ def test_saved_landmark_models_with_this_configs_card_are_reused_not_retrained(t
     loads them when their card's signature matches the config; it never trains them again."""
     import jax
     from configs import default
-    from lumbarjax.train import xray_levels as levels_train
+    from lumbarjax.pipelines import xray_levels as levels_train
     cfg = default.get_config().levels
     cfg.make_demo = True
     sig = levels_train._signature(cfg, f"synthetic landmark cohort, {int(cfg.landmark_patients)} patients, seed 2", 0)

@@ -7,13 +7,13 @@ import jax
 import numpy as np
 import pytest
 
-from lumbarjax import workflow
+from lumbarjax.jobs import workflow
 from lumbarjax.data.public import vindr_spinexr
 from lumbarjax.errors import ConfigError
 from lumbarjax.models import encoder_file
 from lumbarjax.models.fusion import build_grader
-from lumbarjax.train import crossval, xray_pretrain
-from lumbarjax.train.pretrain import with_encoder
+from lumbarjax.pipelines import crossval, xray_pretrain
+from lumbarjax.pipelines.pretrain import with_encoder
 from tests.conftest import tiny_config
 from tests.dicom_factory import write_xray_dcm
 
@@ -159,7 +159,7 @@ def test_grader_folds_start_from_the_pretrained_backbone(pretrained, tiny_cohort
 
 
 def test_synthetic_vindr_layout_is_read_back_with_the_generator_findings(tmp_path):
-    from lumbarjax.data.public import vindr_layout
+    from lumbarjax.synthetic import vindr_layout
     import pandas as pd
     import pydicom
     root = tmp_path / "vindr"

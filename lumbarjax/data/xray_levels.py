@@ -23,7 +23,7 @@ from scipy import ndimage
 
 from lumbarjax.data import preprocess
 from lumbarjax.errors import ConfigError
-from lumbarjax.eval import xray_indices
+from lumbarjax.data import xray_indices
 from lumbarjax.schema import LEVELS
 
 # The 11 lateral endplates, cranial to caudal (as BUU-LSPINE and the synthetic ground truth).

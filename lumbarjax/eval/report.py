@@ -354,7 +354,7 @@ NO_IMAGE_GAIN = "the images add nothing measurable for this outcome at this coho
 def _learnable_ceiling(ablation: Mapping | None, head: str) -> dict | None:
     """The ablation's perfect-stage-1 row of ``head`` (``eval.ablation.PERFECT_STAGE1``):
     ``{"value": CI dict, "r2": CI dict or None}``; None without one."""
-    from lumbarjax.eval.ablation import PERFECT_STAGE1
+    from lumbarjax.schema import PERFECT_STAGE1
     for r in (ablation or {}).get("heads", []):
         if r["head"] == head:
             for row in r["rows"]:
@@ -707,7 +707,7 @@ def write_report(out_dir, *, title: str, cohort_summary: dict, grader_oof: pd.Da
       completeness: ``(N,)`` IG completeness errors ``|Σ attr − (F(x) − F(x'))|``.
       localisation: output of :func:`lumbarjax.eval.localisation.localisation_summary`.
       ablation: the source ablation (``workflow.stage_ablation``: ``feature_sets, notes,
-        definition, heads`` = a list of :func:`lumbarjax.eval.ablation.ablation` results),
+        definition, heads`` = a list of :func:`lumbarjax.selection.ablation.ablation` results),
         stored as ``metrics["ablation"]`` and shown as a table.
       extra: any further JSON-like numbers (shown as a table and stored in metrics.json).
       n_boot, seed, alpha: patient bootstrap settings for every CI; threshold: the

@@ -280,7 +280,7 @@ class MRIEncoder(nn.Module):
 class StenosisGrader(nn.Module):
     """batch["mri"] (B, D, H, W, 1) -> {"grade": (B, 1, K-1)} CORN logits of the stenosis grade.
 
-    The MRI-encoder pretraining model (``lumbarjax.train.pretrain``): the encoder is named
+    The MRI-encoder pretraining model (``lumbarjax.pipelines.pretrain``): the encoder is named
     ``mri_encoder`` exactly as in ``OutcomeModel``, so its parameters can replace the outcome
     model's.
     """

@@ -1,7 +1,7 @@
 """Stage-1 outputs as stage-2 features: the grader's X-ray grades and the pretrained MRI encoder's
 stenosis grade become columns of the outcome records, without leakage.
 
-* X-ray: the grader's out-of-fold table (``grader/oof.csv`` of lumbarjax.train.crossval) gives
+* X-ray: the grader's out-of-fold table (``grader/oof.csv`` of lumbarjax.pipelines.crossval) gives
   every patient a grade predicted by the fold model that held that patient out. From it come
   ``xray_expected_grade`` = Σ_k k·prob_grade_k and ``xray_prob_grade_k`` when the table has class
   probabilities, else ``xray_pred_grade``, and ``xray_pred_grade_<LEVEL>`` per level when the
@@ -10,7 +10,7 @@ stenosis grade become columns of the outcome records, without leakage.
   ``xray_scale``, ``xray_dhi_<LEVEL>`` (disc height index) and ``xray_listhesis_abs_mm_<LEVEL>``.
   The level grades' cut points are fitted in the grader's training folds and the landmark
   models on a separate landmark cohort, so these columns are out of fold too.
-* MRI: CORN logits of the pretrained stenosis grader (lumbarjax.train.pretrain), which never saw
+* MRI: CORN logits of the pretrained stenosis grader (lumbarjax.pipelines.pretrain), which never saw
   the outcome cohort, give ``mri_stenosis_expected`` and ``mri_stenosis_prob_k``; a grader by
   level (``pretrain.levels``) gives them for the worst level and, in full detail,
   ``mri_stenosis_expected_<LEVEL>``.

@@ -30,7 +30,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from lumbarjax import atomic
-from lumbarjax.data.public.rsna_layout import deidentified_copy
+from lumbarjax.synthetic.rsna_layout import deidentified_copy
 from lumbarjax.errors import ConfigError
 from lumbarjax.schema import LEVELS
 from lumbarjax.workers import process_map
@@ -104,7 +104,7 @@ def write_synthetic_vindr(out_dir, n_films: int = 600, seed: int = 21, *, reader
     marker records the settings; a folder written with the same settings is reused as it is.
     Returns a summary (counts, paths)."""
     from lumbarjax.data.index import index_cohort, resolve_paths
-    from lumbarjax.data.synthetic import make_cohort
+    from lumbarjax.synthetic import make_cohort
 
     out_dir = os.fspath(out_dir)
     settings = {"readers": int(readers), "miss_rate": float(miss_rate), "narrowing_grade": int(narrowing_grade),

@@ -37,7 +37,7 @@ from lumbarjax.models.fusion import (ClinicalEncoder, build_grader, build_outcom
 from lumbarjax.models.encoder3d import StenosisGrader
 from lumbarjax.models.level_stenosis import LevelStenosisGrader
 from lumbarjax.models.resnet2d import grader_loss
-from lumbarjax.train import clinical_offset
+from lumbarjax.selection import clinical_offset
 from lumbarjax.schema import LEVELS
 
 __all__ = ["TASKS", "GraderTask", "OutcomeTask", "PretrainTask", "OrdinalLoss",
@@ -139,7 +139,7 @@ class GraderTask:
         ``(oof, {results key: extra results})``."""
         if not config.levels.enabled:
             return oof, {}
-        from lumbarjax.train import xray_levels  # the landmark models: only when levels are on
+        from lumbarjax.pipelines import xray_levels  # the landmark models: only when levels are on
         oof, levels = xray_levels.levels_beside_grader(config, workdir, td, oof, cohort_root)
         return oof, {"levels": levels}
 

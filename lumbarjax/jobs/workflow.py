@@ -25,13 +25,13 @@ from lumbarjax.data import clinical as clinical_lib
 from lumbarjax.data import cohort as cohort_lib
 from lumbarjax.data import index as index_lib
 from lumbarjax.data import preprocess as preprocess_lib
-from lumbarjax.data import synthetic
-from lumbarjax.data.public.pretraining import pretraining_inputs
+from lumbarjax import synthetic
+from lumbarjax.pipelines.public_inputs import pretraining_inputs
 from lumbarjax.errors import CohortError, ConfigError
 from lumbarjax.schema import LEVELS
-from lumbarjax.train import crossval, xray_levels, xray_pretrain
-from lumbarjax.train.pretrain import load_pretrained, localises, pretrain_encoder
-from lumbarjax.train.tasks import get_task
+from lumbarjax.pipelines import crossval, xray_levels, xray_pretrain
+from lumbarjax.pipelines.pretrain import load_pretrained, localises, pretrain_encoder
+from lumbarjax.pipelines.tasks import get_task
 from lumbarjax.workers import process_map
 
 
@@ -196,7 +196,7 @@ def stage_pretrain(config, workdir: str, outcome_ids=()):
         centres = None  # a lumbarjax-layout cohort has level centres only with a synthetic ground truth
         gt_csv = os.path.join(root, "ground_truth.csv")
         if localises(pc) and os.path.exists(gt_csv):
-            from lumbarjax.train.localise import centres_from_truth
+            from lumbarjax.pipelines.localise import centres_from_truth
             centres = centres_from_truth(pd.read_csv(gt_csv, dtype={"patient_id": str}))
     cohort = stage_cohort(sub, pdir, manifest)
     shared = sorted(set(cohort.records["patient_id"]) & set(outcome_ids))
@@ -218,7 +218,7 @@ def stage_mri_scores(config, workdir: str, cohort: Cohort):
     "mri_score_heatmaps": summary or None})``; ``(None, {})`` when the encoder file has no
     grading head."""
     from lumbarjax.models import encoder_file, stage1
-    from lumbarjax.train.pretrain import encoder_path, file_grader, grader_probs
+    from lumbarjax.pipelines.pretrain import encoder_path, file_grader, grader_probs
     path = encoder_path(config, workdir)
     if encoder_file.load_grading_head(path) is None:
         logging.warning("%s has no grading head: no MRI stage-1 scores", path)
@@ -252,8 +252,8 @@ def stage_mri_heatmaps(config, workdir: str, cohort: Cohort, grader, centres: np
     from lumbarjax.data.pipeline import CachedExamples
     from lumbarjax.eval.localisation import attribution_by_level, centres_px_to_mm, localisation_summary
     from lumbarjax.explain import heatmaps as heatmaps_lib
-    from lumbarjax.train import mri_levels
-    from lumbarjax.train.pretrain import with_mri
+    from lumbarjax.pipelines import mri_levels
+    from lumbarjax.pipelines.pretrain import with_mri
     n = int(config.explain.max_patients)
     if not n:
         return None
@@ -318,7 +318,7 @@ def stage_mri_levels(config, workdir: str, cohort: Cohort, card: dict, probs: np
     error in mm and, by level, the per-level QWK; the pretraining's held-out localiser error and
     QWK, from the encoder file's ``card``); its heat maps: :func:`stage_mri_heatmaps`.
     ``probs``: (N, L, K) by level, (N, K) for a whole-volume grader."""
-    from lumbarjax.train import mri_levels
+    from lumbarjax.pipelines import mri_levels
     out_dir = os.path.join(workdir, "mri_levels")
     os.makedirs(out_dir, exist_ok=True)
     k = int(card["labels"]["num_grades"])
@@ -421,7 +421,7 @@ def stage1_records(config, workdir: str, td: crossval.TaskData, grader_oof: pd.D
 def linear_grids(config, td: crossval.TaskData, notes: list) -> dict:
     """``{head: None (the full linear grid) | [reference candidate]}``: a head with fewer than 8
     labelled training patients in some fold gets no inner penalty choice."""
-    from lumbarjax.models import linear
+    from lumbarjax.selection import linear
     grids = {}
     for h in td.heads:
         y = pd.to_numeric(td.records[h], errors="coerce").to_numpy(float)
@@ -438,14 +438,14 @@ def linear_grids(config, td: crossval.TaskData, notes: list) -> dict:
 
 def stage_ablation(config, workdir: str, td: crossval.TaskData, stage1: tuple, root: str,
                    grader_oof: pd.DataFrame | None = None) -> dict:
-    """Source ablation of every outcome head on the outcome task's folds (lumbarjax.eval.ablation):
+    """Source ablation of every outcome head on the outcome task's folds (lumbarjax.selection.ablation):
     clinical / + X-ray / + MRI / all three (``stage1`` = :func:`stage1_records`'s result), each
     with the penalised linear family, vs clinical logistic regression (ridge for VAS), with the
     Bayes-optimal values of a synthetic cohort, its learnable ceiling (the perfect-stage-1 row)
     and ``stage1_vs_truth`` (``eval.ablation.stage1_vs_truth``: the MRI score's r with the true
     severity, the X-ray grades' QWK with the true grade). Sets without their source's scores are
     left out and named in ``notes``. Writes and returns ``<workdir>/ablation.json``."""
-    from lumbarjax.eval import ablation as ablation_lib
+    from lumbarjax.selection import ablation as ablation_lib
     records, cols, notes = stage1[0], stage1[1], list(stage1[2])
     sets = ablation_lib.feature_sets(cols["clinical"], cols["xray"], cols["mri"])
     grids = linear_grids(config, td, notes)
@@ -474,7 +474,7 @@ def stage_ablation(config, workdir: str, td: crossval.TaskData, stage1: tuple, r
     out = {"feature_sets": {k: list(v) for k, v in sets.items()}, "notes": notes, "heads": heads,
            "stage1_vs_truth": quality,
            "definition": "out-of-fold AUC (binary) or MAE in VAS mm (regression) of the penalised "
-                         "linear family (lumbarjax.models.linear; penalty chosen in the training "
+                         "linear family (lumbarjax.selection.linear; penalty chosen in the training "
                          "folds) on each column set; difference = set − clinical logistic "
                          "regression (ridge for VAS) on the same patients and folds"}
     _dump(out, os.path.join(workdir, "ablation.json"))
@@ -488,7 +488,7 @@ def stage_selection(config, workdir: str, td: crossval.TaskData, results: dict, 
     weights are fitted on the inner validation patients (``stage1`` = :func:`stage1_records`'s
     result; ``results`` holds the networks' out-of-fold tables). Writes
     ``<workdir>/outcome/selected_oof.csv`` and ``selection.json``; returns ``(oof, summary)``."""
-    from lumbarjax.train.select import NETWORK_DIRS, stack_models
+    from lumbarjax.selection.select import NETWORK_DIRS, stack_models
     records, cols, notes = stage1[0], stage1[1], list(stage1[2])
     grids = linear_grids(config, td, notes)
     found = {name: (results[key], os.path.join(workdir, NETWORK_DIRS[name]))

@@ -40,10 +40,10 @@ from lumbarjax.data.cohort import check_no_leakage, make_folds
 from lumbarjax.data.pipeline import CachedExamples, Subset
 from lumbarjax.errors import CohortError
 from lumbarjax.schema import LEVELS
-from lumbarjax.train import clinical_offset
+from lumbarjax.selection import clinical_offset
 from lumbarjax.train.loop import host_local_batches, predict, train_and_evaluate
-from lumbarjax.train.pretrain import with_encoder
-from lumbarjax.train.tasks import get_task
+from lumbarjax.pipelines.pretrain import with_encoder
+from lumbarjax.pipelines.tasks import get_task
 
 
 @dataclasses.dataclass

@@ -32,11 +32,12 @@ import numpy as np
 import pandas as pd
 from absl import logging
 
-from lumbarjax import atomic, predict, workflow
+from lumbarjax import atomic
+from lumbarjax.jobs import predict, workflow
 from lumbarjax.data.pipeline import CachedExamples, make_loader
 from lumbarjax.errors import CohortError, ConfigError
 from lumbarjax.train.loop import predict as predict_batches
-from lumbarjax.train.tasks import find_variant, get_task
+from lumbarjax.pipelines.tasks import find_variant, get_task
 
 
 def cohort_config(config, cohort_dir: str) -> ml_collections.ConfigDict:
@@ -91,7 +92,7 @@ def stage1_scores(config, workdir: str, records: pd.DataFrame, cache: pd.DataFra
     level grader, when the run has them), and the pretrained MRI grader's stenosis scores.
     Returns ``patient_id`` + the ``xray_…`` / ``mri_…`` columns the run's linear models use."""
     from lumbarjax.models import stage1
-    from lumbarjax.train import pretrain, xray_levels
+    from lumbarjax.pipelines import pretrain, xray_levels
     ids = records["patient_id"].astype(str).to_numpy()
     tables = []
     if "grader" in config.tasks:
@@ -138,8 +139,10 @@ def selected_predictions(config, workdir: str, records: pd.DataFrame, cache: pd.
     logreg" for the binary heads, "clinical ridge" for VAS, "clinical-only network"), each the
     mean over folds of its fold model, as a table ``patient_id, pred_<head>``. None when the run
     has no reported combination (``outcome.select_model`` off)."""
-    from lumbarjax.models import stack, stage1
-    from lumbarjax.train import crossval, select
+    from lumbarjax.selection import stack
+    from lumbarjax.models import stage1
+    from lumbarjax.pipelines import crossval
+    from lumbarjax.selection import select
     sel_path = os.path.join(workdir, "outcome", "selection.json")
     if not config.outcome.get("select_model", False) or not os.path.exists(sel_path):
         return None

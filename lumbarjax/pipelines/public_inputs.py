@@ -26,7 +26,7 @@ import numpy as np
 from lumbarjax import atomic
 from lumbarjax.errors import ConfigError
 from lumbarjax.schema import LEVELS
-from lumbarjax.train.localise import centres_from_rsna, centres_from_spider
+from lumbarjax.pipelines.localise import centres_from_rsna, centres_from_spider
 
 FORMATS = ("lumbarjax", "rsna2024", "spider")
 LABEL_NAMES = {"stenosis_grade": ("normal/mild", "moderate", "severe"),
@@ -59,7 +59,7 @@ def pretraining_inputs(pc, root: str, out_dir: str, *, seed: int, num_workers: i
             if not pc.make_demo:
                 raise ConfigError(f"config.pretrain.cohort_dir={root!r}: no {rsna2024.TRAIN_CSV} "
                                   "(point it at the RSNA 2024 download, or set pretrain.make_demo=True)")
-            from lumbarjax.data.public.rsna_layout import write_synthetic_pretraining
+            from lumbarjax.synthetic.rsna_layout import write_synthetic_pretraining
 
             write_synthetic_pretraining(root, n_patients=int(pc.demo_patients), seed=seed,
                                         num_workers=num_workers)

@@ -46,7 +46,7 @@ import pandas as pd
 from lumbarjax import atomic
 from lumbarjax.errors import CohortError, ConfigError
 from lumbarjax.eval import metrics as metrics_lib
-from lumbarjax.models import linear, stack
+from lumbarjax.selection import linear, stack
 from lumbarjax.workers import process_map
 
 NETWORK, CLINICAL_NETWORK, LINEAR, REFERENCE = "network", "clinical network", "linear", "reference"

@@ -184,9 +184,9 @@ def load_fold_models(config, workdir: str, task: str) -> list[FoldModel]:
       ConfigError: unknown task. CohortError: the task's folders or checkpoints are missing.
     """
     from lumbarjax.models.fusion import ClinicalEncoder
-    from lumbarjax.train import crossval
+    from lumbarjax.pipelines import crossval
     from lumbarjax.train.loop import restore_checkpoint, make_checkpoint_manager, train_config
-    from lumbarjax.train.tasks import find_variant
+    from lumbarjax.pipelines.tasks import find_variant
 
     task_obj, clinical_only = find_variant(task)
     kind = task_obj.name
@@ -343,7 +343,7 @@ def _ig(fn, inputs, static, config, baseline=None):
 
 def _predict_outcome(config, workdir, records, cache, ex_mri_present, out_dir, pid, task="outcome"):
     from lumbarjax.explain import overlays
-    from lumbarjax.train.tasks import TASKS
+    from lumbarjax.pipelines.tasks import TASKS
     folds = load_fold_models(config, workdir, task)
     mc = config.outcome.model
     binary = tuple(mc.binary_heads)
@@ -468,7 +468,7 @@ def _predict_grader(config, workdir, cache, out_dir, pid):
            "expected_grade": _spread([f["expected_grade"] for f in per_fold]),
            "folds": per_fold}
     if mean.shape[0] > 1:
-        from lumbarjax.train.crossval import LEVELS
+        from lumbarjax.pipelines.crossval import LEVELS
         res["grade_per_level"] = {lv: int(g) for lv, g in zip(LEVELS, grade)}
     attr = np.mean(attrs, axis=0)
     tr = json.loads(cache["xray_transform"].iloc[0]) if cache["xray_transform"].iloc[0] else {}
@@ -547,7 +547,7 @@ def predict_patient(config, workdir: str, patient_dir: str, *, out_dir: str | No
             pred["grader"], f = _predict_grader(config, workdir, cache, out_dir, pid)
             figs += f
             if config.levels.enabled:  # the level-by-level scale of the run (train.xray_levels)
-                from lumbarjax.train.xray_levels import predict_levels
+                from lumbarjax.pipelines.xray_levels import predict_levels
                 try:
                     pred["grader"]["levels"] = predict_levels(config.levels, os.path.join(workdir, "levels"),
                                                               records["xray_paths"].iloc[0])
@@ -650,14 +650,14 @@ def report_from_workdir(config, workdir: str) -> tuple[str, str]:
     ``baseline_<head>.csv``, ``ablation.json``, ``levels/levels_metrics.json``,
     ``xray_pretrain/xray_pretrain_summary.json``, ``mri_levels/mri_levels.json``,
     ``mri_score_heatmaps/summary.json`` and the saved IG maps
-    (``heatmaps/*_ig.npz``) and calls :func:`lumbarjax.workflow.stage_report` — the very code of
+    (``heatmaps/*_ig.npz``) and calls :func:`lumbarjax.jobs.workflow.stage_report` — the very code of
     the run — so the numbers (same bootstrap seed) equal the run's. The timings of the run are
     carried over from its old ``metrics.json``. Overwrites both files in ``workdir``.
 
     Raises:
       CohortError: ``cohort_summary.json`` or every OOF table is missing (not a finished run).
     """
-    from lumbarjax import workflow
+    from lumbarjax.jobs import workflow
 
     check_run_config(config, workdir)
     path = os.path.join(workdir, "cohort_summary.json")

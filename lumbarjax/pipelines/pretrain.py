@@ -32,14 +32,14 @@ from lumbarjax import atomic
 from lumbarjax.data.cohort import make_folds
 from lumbarjax.data.pipeline import CachedExamples, Subset, make_loader
 from lumbarjax.data.preprocess import preprocessing_config
-from lumbarjax.data.public.pretraining import label_names
+from lumbarjax.pipelines.public_inputs import label_names
 from lumbarjax.errors import CohortError, ConfigError
 from lumbarjax.models import encoder_file
 from lumbarjax.models.fusion import build_outcome_model
 from lumbarjax.schema import LEVELS
-from lumbarjax.train import mri_levels
+from lumbarjax.pipelines import mri_levels
 from lumbarjax.train.loop import predict, train_and_evaluate
-from lumbarjax.train.tasks import TASKS
+from lumbarjax.pipelines.tasks import TASKS
 
 ENCODER_FILE = "mri_encoder.msgpack"
 SUMMARY_FILE = "pretrain_summary.json"

@@ -1385,7 +1385,7 @@ def _write_mri_study(seed, i, an, truth, phi, pdir, mri_size, files) -> dict:
     return out
 
 
-_README = """Demo export written by lumbarjax.data.synthetic (synthetic, no real patient).
+_README = """Demo export written by lumbarjax.synthetic (synthetic, no real patient).
 Folders and file names are meaningless on purpose, like a hospital PACS export.
 """
 
@@ -1502,7 +1502,7 @@ def make_cohort(out_dir: str | os.PathLike, n_patients: int = 160, seed: int = 0
     os.makedirs(out_dir, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):  # from now on the folder is incomplete
         os.remove(os.path.join(out_dir, atomic.MARKER))
-    atomic.write_json(os.path.join(out_dir, SYNTHETIC_TAG), {"writer": "lumbarjax.data.synthetic"})
+    atomic.write_json(os.path.join(out_dir, SYNTHETIC_TAG), {"writer": "lumbarjax.synthetic"})
     if os.path.exists(export):
         shutil.rmtree(export)
     os.makedirs(export, exist_ok=True)
@@ -1623,7 +1623,7 @@ def make_pretraining_cohort(out_dir: str | os.PathLike, n_patients: int = 240, s
     """A second synthetic cohort, disjoint from the demo, with radiologist-style stenosis grades.
 
     It stands in for a public labelled set (such as RSNA 2024 lumbar spine degenerative
-    classification) on which ``lumbarjax.train.pretrain`` teaches the MRI encoder what a
+    classification) on which ``lumbarjax.pipelines.pretrain`` teaches the MRI encoder what a
     narrowed canal looks like. Same generative model as ``make_cohort`` (another seed, no edge
     cases, ids ``PT0001…``, small X-rays that nothing reads) plus ``stenosis_labels.csv``
     (``patient_id, stenosis_grade, stenosis_grade_<LEVEL>``; see STENOSIS_GRADE_CUTS and
@@ -1642,7 +1642,7 @@ def make_pretraining_cohort(out_dir: str | os.PathLike, n_patients: int = 240, s
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m lumbarjax.data.synthetic", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m lumbarjax.synthetic", description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="cohort folder to write")
     ap.add_argument("--n", type=int, default=160, help="number of patients")
     ap.add_argument("--seed", type=int, default=0)

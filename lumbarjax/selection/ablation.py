@@ -1,5 +1,5 @@
 """Source ablation of the outcome task: clinical only / + X-ray / + MRI / all three, with the
-penalised linear family of lumbarjax.models.linear on each column set, out of fold.
+penalised linear family of lumbarjax.selection.linear on each column set, out of fold.
 
 Each row gives the out-of-fold metric with a patient bootstrap CI: AUC for binary heads, MAE in
 VAS mm (and R²) for regression heads. It also gives the paired bootstrap difference to the
@@ -17,9 +17,10 @@ import numpy as np
 import pandas as pd
 
 from lumbarjax.errors import ClinicalError, CohortError
+from lumbarjax.schema import PERFECT_STAGE1
 from lumbarjax.eval import metrics as metrics_lib
 from lumbarjax.eval.baselines import clinical_baselines
-from lumbarjax.models.linear import crossval_penalised
+from lumbarjax.selection.linear import crossval_penalised
 
 
 def feature_sets(clinical: Sequence[str], xray: Sequence[str] = (), mri: Sequence[str] = ()) -> dict:
@@ -35,7 +36,6 @@ def feature_sets(clinical: Sequence[str], xray: Sequence[str] = (), mri: Sequenc
     return sets
 
 
-PERFECT_STAGE1 = "clinical + true latents"
 TRUE_COLUMNS = {"xray": ("true_grade", "grade"), "mri": ("true_stenosis_severity", "stenosis_severity")}
 
 
@@ -110,7 +110,7 @@ def ablation(records: pd.DataFrame, folds: np.ndarray, head: str, sets: Mapping[
     dict}, ...], "clinical_logreg": CI dict, "clinical_logreg_r2": CI dict or None}``.
     For MAE the difference is MAE(set) − MAE(logreg), so negative is better. ``bayes``: the
     head's Bayes-optimal values (``{"auc"}``, or ``{"mae", "r2"}`` for VAS), stored as given.
-    ``grid``: the linear candidates (default lumbarjax.models.linear.candidates).
+    ``grid``: the linear candidates (default lumbarjax.selection.linear.candidates).
     """
     if "clinical" not in sets:
         raise ClinicalError("ablation: the column sets need a 'clinical' entry (the reference)")

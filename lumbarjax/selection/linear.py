@@ -73,7 +73,7 @@ REFERENCE = {"binary": Candidate("logreg_l2", 1.0), "regression": Candidate("rid
 
 
 def candidates(task: str) -> list[Candidate]:
-    """The default grid of :mod:`lumbarjax.models.linear` for ``task`` (binary | regression)."""
+    """The default grid of :mod:`lumbarjax.selection.linear` for ``task`` (binary | regression)."""
     if task == "binary":
         return ([Candidate("logreg_l2", c) for c in C_GRID]
                 + [Candidate("logreg_elasticnet", c) for c in ENET_C_GRID])

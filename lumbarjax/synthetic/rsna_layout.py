@@ -195,7 +195,7 @@ def write_synthetic_pretraining(out_dir, n_patients: int = 240, seed: int = 1, *
     ``index_cohort``; the result does not depend on it). Returns a summary (counts, paths).
     """
     from lumbarjax.data.index import index_cohort, resolve_paths
-    from lumbarjax.data.synthetic import make_pretraining_cohort
+    from lumbarjax.synthetic import make_pretraining_cohort
 
     out_dir = os.fspath(out_dir)
     info = {"writer": "write_synthetic_pretraining", "n_patients": int(n_patients), "seed": int(seed),

@@ -28,7 +28,7 @@ from lumbarjax.models.level_stenosis import crop_rows_for
 from lumbarjax.models.localiser import LevelLocaliser
 from lumbarjax.models.ordinal import corn_probs
 from lumbarjax.schema import LEVELS
-from lumbarjax.train import localise
+from lumbarjax.pipelines import localise
 
 
 def crop_rows(config) -> int:
@@ -124,7 +124,7 @@ def level_probs(config, grader, cache: pd.DataFrame, *, batch_size: int = 16):
 def true_level_grades(truth: pd.DataFrame) -> pd.DataFrame:
     """``patient_id`` + ``grade_<LEVEL>``: the synthetic cohort's noise-free canal grade per
     level (``synthetic.stenosis_grade_of`` of the primary and secondary stenosis, 0 elsewhere)."""
-    from lumbarjax.data.synthetic import stenosis_grade_of
+    from lumbarjax.synthetic import stenosis_grade_of
     out = pd.DataFrame({"patient_id": truth["patient_id"].astype(str).to_numpy()})
     for lv in LEVELS:
         g = np.zeros(len(truth))

@@ -35,11 +35,11 @@ from lumbarjax import atomic
 from lumbarjax.data import dicom, xray_levels
 from lumbarjax.errors import CohortError, ConfigError, DicomError
 from lumbarjax.eval import metrics as metrics_lib
-from lumbarjax.eval import xray_indices
+from lumbarjax.data import xray_indices
 from lumbarjax.models.landmarks import LandmarkNet
 from lumbarjax.models.level_grader import fit_level_grader
 from lumbarjax.schema import LEVELS
-from lumbarjax.train import landmarks
+from lumbarjax.pipelines import landmarks
 
 
 LEVELS_KEYS = ("enabled", "view_shape", "crop_shape", "crop_mm_per_px", "finder", "refiner",
@@ -280,7 +280,7 @@ def landmark_models(cfg, workdir: str, seed: int, exclude_ids=(), num_workers: i
     else:
         root = cfg.landmark_cohort_dir or os.path.join(workdir, "landmark_cohort")
         if not cfg.landmark_cohort_dir and not os.path.exists(os.path.join(root, "ground_truth.csv")):
-            from lumbarjax.data.synthetic import make_cohort
+            from lumbarjax.synthetic import make_cohort
             logging.info("levels: writing the synthetic landmark cohort to %s", root)
             make_cohort(root, n_patients=int(cfg.landmark_patients), seed=seed + 2, mri_size=(48, 48),
                         edge_cases=False, overwrite=True, n_mc=1000, id_prefix="LM", num_workers=num_workers)
