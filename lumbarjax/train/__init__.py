@@ -20,7 +20,7 @@ from lumbarjax.train.mesh import (
     shard_batch,
 )
 from lumbarjax.train.metrics_log import MetricsLogger, read_metrics, scalar_metrics
-from lumbarjax.train.state import TrainState, create_train_state, make_optimizer, setting
+from lumbarjax.train.state import TrainState, create_train_state, make_optimizer
 from lumbarjax.train.steps import (
     eval_step,
     loss_eval_step,
@@ -52,7 +52,6 @@ __all__ = [
     "read_metrics",
     "replicated_sharding",
     "scalar_metrics",
-    "setting",
     "shard_batch",
     "train_and_evaluate",
     "train_config",

@@ -29,7 +29,8 @@ from lumbarjax.errors import ConfigError, NonFiniteError
 from lumbarjax.train import mesh as mesh_lib
 from lumbarjax.train import steps as steps_lib
 from lumbarjax.train.metrics_log import MetricsLogger, scalar_metrics
-from lumbarjax.train.state import TrainState, create_train_state, setting
+from lumbarjax.settings import setting
+from lumbarjax.train.state import TrainState, create_train_state
 
 __all__ = [
     "TRAIN_FIELDS",

@@ -19,24 +19,13 @@ import numpy as np
 import optax
 
 from lumbarjax.errors import ConfigError
+from lumbarjax.settings import setting
 from lumbarjax.train.mesh import make_mesh, replicated_sharding
 
-__all__ = ["TrainState", "setting", "make_optimizer", "create_train_state"]
+__all__ = ["TrainState", "make_optimizer", "create_train_state"]
 
 OPTIM_FIELDS = ("lr", "weight_decay", "warmup_steps", "end_lr_ratio", "clip_norm", "frozen",
                 "b1", "b2", "eps")
-
-
-def setting(config: Any, dotted: str):
-    """``config.a.b`` (ConfigDict or dict); a missing key is a ConfigError naming it."""
-    node = config
-    for part in dotted.split("."):
-        try:
-            node = node[part]
-        except (KeyError, TypeError, AttributeError):
-            raise ConfigError(f"config.{dotted} is missing (configs/default.py lists every "
-                              "setting with its default)") from None
-    return node
 
 
 @flax.struct.dataclass
