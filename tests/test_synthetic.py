@@ -14,6 +14,8 @@ from scipy.ndimage import map_coordinates
 
 from lumbarjax import atomic
 from lumbarjax import synthetic
+from lumbarjax.synthetic import anatomy, ceilings, cohort as cohort_module, outcomes, streams
+from lumbarjax.synthetic.__main__ import main as synthetic_main
 from lumbarjax.errors import ConfigError
 
 LEVELS = ("L1L2", "L2L3", "L3L4", "L4L5", "L5S1")
@@ -287,7 +289,7 @@ def test_renderer_same_anatomy_grade_changes_disc_height():
     heights = []
     for g in (0, 4):
         t.update({f"grade_{lv}": g for lv in LEVELS})
-        an = synthetic._make_anatomy(synthetic._rng(0, 0, 1), t)
+        an = anatomy.make_anatomy(streams.stream(0, 0, 1), t)
         heights.append(2 * an.disc_hh[1:])
         assert an.disc_grade[4] == g
     assert np.allclose(heights[1], heights[0] * (1 - 4 * synthetic.DISC_HEIGHT_LOSS_PER_GRADE))
@@ -430,7 +432,7 @@ def test_completion_marker_written_last(tmp_path, monkeypatch, cohort):
 
     def crash(*a, **k):
         raise KeyboardInterrupt("killed")
-    monkeypatch.setattr(synthetic, "bayes_auc", crash)  # after the tables, before the summary
+    monkeypatch.setattr(cohort_module, "bayes_auc", crash)  # after the tables, before the summary
     with pytest.raises(KeyboardInterrupt):
         synthetic.make_cohort(tmp_path / "c", 3, 1, edge_cases=False, **SMALL)
     assert (tmp_path / "c" / "clinical.csv").exists()
@@ -471,7 +473,7 @@ def test_auc_helper():
 
 
 def test_cli(tmp_path, capsys):
-    rc = synthetic.main(["--out", str(tmp_path / "cli"), "--n", "8", "--seed", "1",
+    rc = synthetic_main(["--out", str(tmp_path / "cli"), "--n", "8", "--seed", "1",
                          "--xray-size", "128", "96", "--mri-size", "64", "64"])
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
@@ -595,11 +597,11 @@ def test_bayes_vas_is_the_median_and_mean_of_the_generators_post_operative_vas()
     p = rng.uniform(0, 1, n)
     values, weights = synthetic.vas_post_distribution(pre, p, synthetic.Q_LEG)
     np.testing.assert_allclose(weights.sum(axis=1), 1.0)
-    mean, median = synthetic._mean_median(values, weights)
+    mean, median = ceilings._mean_median(values, weights)
     # draw post exactly as the generator does (_draw_vas_post) and compare
     success = rng.random(n) < p
     improved = rng.random(n) < np.where(success, synthetic.Q_LEG[1], synthetic.Q_LEG[0])
-    post = np.array([synthetic._draw_vas_post(rng, int(a), b) for a, b in zip(pre, improved)])
+    post = np.array([outcomes._draw_vas_post(rng, int(a), b) for a, b in zip(pre, improved)])
     assert abs(float((post - mean).mean())) < 1.0                     # unbiased (mm)
     mae_median = float(np.abs(post - median).mean())
     assert mae_median < float(np.abs(post - mean).mean())               # the median is the MAE's best

@@ -86,14 +86,16 @@ def test_synthetic_endplate_corners_carry_the_disc_height_loss():
     index from them falls with the grade at every lumbar level, film facing left."""
     from lumbarjax import synthetic
     from lumbarjax.schema import LEVELS
+    from lumbarjax.synthetic.anatomy import endplate_corners, make_anatomy
+    from lumbarjax.synthetic.streams import stream
     _, tr = synthetic.sample_patients(1, seed=0, edge_cases=False)
     t = tr.iloc[0].to_dict()
     dhi = []
     for g in range(5):
         t.update({f"grade_{lv}": g for lv in LEVELS})
-        an = synthetic._make_anatomy(synthetic._rng(0, 0, 1), t)
+        an = make_anatomy(stream(0, 0, 1), t)
         # (u, v) mm with v posterior -> (row, col) = (u, v): anterior = smaller column
-        lines = np.array([[ant, post] for ant, post in synthetic._endplate_corners(an)])
+        lines = np.array([[ant, post] for ant, post in endplate_corners(an)])
         assert xray_indices.anterior_side(lines) == "left"
         dhi.append(xray_indices.disc_indices(lines, (1.0, 1.0))["dhi"].to_numpy())
     dhi = np.array(dhi)                                        # (grade, level)
