@@ -446,7 +446,7 @@ def section_train(ctx) -> dict:
     """Train steps, round-robin. Headline rounds: lumbarjax vs its PyTorch twin vs MONAI's own
     classes at matched width/depth, plus the 2048² matmul (XLA and torch). Separate rounds: MONAI
     resnet18 defaults (10-100x larger steps; alternating them with the small steps disturbed the
-    small ones, RESULTS.md of issue 5) against the lumbarjax steps."""
+    small ones, benchmarks/history/2026-11.md, issue 5) against the lumbarjax steps."""
     import jax
     cfg = ctx.cfg
     torch, why_t = torch_or_none()

@@ -32,12 +32,12 @@ import numpy as np
 import pandas as pd
 from absl import logging
 
-from lumbarjax.data import clinical
+from lumbarjax.data import clinical, outcomes
 from lumbarjax.errors import CohortError
+from lumbarjax.schema import BINARY_HEADS as BINARY_LABELS
+from lumbarjax.schema import REGRESSION_HEADS as CONTINUOUS_LABELS
+from lumbarjax.schema import ROLE_PREFIX as ROLES  # manifest role -> records column prefix
 
-ROLES = {"xray": "xray", "mri_t2_sag": "mri"}  # manifest role → records column prefix
-BINARY_LABELS = ("zcq_success", "back_pain_improved50", "leg_pain_improved50")
-CONTINUOUS_LABELS = ("back_pain_post", "leg_pain_post")
 EXCLUSION_COLUMNS = ["patient_id", "reason", "detail"]
 
 
@@ -161,7 +161,7 @@ def build_cohort(
         img[f"{prefix}_source"] = img[f"{prefix}_source"].fillna("").astype(str).astype(object)
         img[f"has_{prefix}"] = img[f"{prefix}_paths"] != ""
 
-    derived = clinical.derive_outcomes(clin, cfg)
+    derived = outcomes.derive_outcomes(clin, cfg)
     derived = derived.rename(columns={idc: "patient_id"}) if idc != "patient_id" else derived
     merged = img.merge(derived, on="patient_id", how="outer", indicator=True)
     for prefix in ROLES.values():

@@ -35,8 +35,8 @@ from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
 from lumbarjax.data import multiframe, sanity
 from lumbarjax.errors import DicomError
+from lumbarjax.schema import XRAY_MODALITIES  # dicom.XRAY_MODALITIES still resolves
 
-XRAY_MODALITIES = ("CR", "DX")
 SLICE_TOLERANCE = 0.1  # fraction of the mean slice step
 _ORIENTATION_TOL = 1e-3
 _DUPLICATE_TOL_MM = 1e-3

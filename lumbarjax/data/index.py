@@ -54,11 +54,11 @@ from lumbarjax.data.dicom import (
     slice_geometry,
 )
 from lumbarjax.errors import CohortError, DicomError
+from lumbarjax.schema import ROLES, XRAY_MODALITIES  # index.ROLES etc. still resolve
 from lumbarjax.workers import spawn_pool
 
 log = logging.getLogger(__name__)
 
-ROLES = ("xray", "mri_t2_sag")
 SOURCES = ("dicom", "nifti", "mha")  # mha: MetaImage (SPIDER), read with SimpleITK
 COLUMNS = [
     "patient_id", "role", "source", "paths", "study_uid", "series_uid", "modality",
@@ -70,7 +70,6 @@ SKIP_NON_IMAGE = "no pixel data / non-image SOP"
 SKIP_UNREADABLE = "unreadable"
 SKIP_NO_PATIENT = "no PatientID"
 
-XRAY_MODALITIES = ("CR", "DX")
 LATERAL_VIEWS = {"LL", "RL", "LAT", "LATERAL", "LLD", "RLD", "LLO", "RLO"}
 FRONTAL_VIEWS = {"AP", "PA", "APL", "PAL"}
 MIN_MRI_SLICES = 5

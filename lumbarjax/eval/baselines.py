@@ -29,11 +29,11 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from threadpoolctl import threadpool_limits
 
 from lumbarjax.errors import ClinicalError, CohortError
+from lumbarjax.schema import REGRESSION_HEADS as REGRESSION_LABELS  # baselines.REGRESSION_LABELS still resolves
 from lumbarjax.schema import VAS_RANGE
 
 DEFAULT_FEATURES = ("age", "sex", "bmi", "smoker", "symptom_months", "back_pain_pre",
                     "leg_pain_pre", "zcq_symptom_pre", "zcq_function_pre")
-REGRESSION_LABELS = ("back_pain_post", "leg_pain_post")
 
 
 def infer_task(label: str, y: pd.Series) -> str:

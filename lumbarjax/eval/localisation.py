@@ -39,7 +39,7 @@ from scipy.ndimage import gaussian_filter
 from lumbarjax.errors import CohortError, LumbarjaxError
 from lumbarjax.eval.metrics import bootstrap_ci, to_jsonable
 
-LEVELS = ("L1L2", "L2L3", "L3L4", "L4L5", "L5S1")
+from lumbarjax.schema import LEVELS
 
 
 def normalise_level(level) -> str:

@@ -1,9 +1,9 @@
 """One self-contained HTML report (plus ``metrics.json``) for a cross-validated lumbarjax run.
 
 The HTML has no external resources: CSS is inline, every figure is a PNG drawn with matplotlib's
-Agg backend and embedded as a ``data:image/png;base64`` URI, there is no JavaScript. Patients are
-named only by ``patient_id``; dictionaries whose keys look like PHI (names, birth dates, …) are
-refused.
+Agg backend (``eval.report_figures``) and embedded as a ``data:image/png;base64`` URI, there is no
+JavaScript. Patients are named only by ``patient_id``; dictionaries whose keys look like PHI
+(names, birth dates, …) are refused.
 
 ``metrics.json`` holds every number shown (and more: bootstrap settings, calibration bins,
 decision curves, per-patient localisation results), strict JSON (``NaN`` → ``null``).
@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import html
-import io
 import json
 import os
 import re
@@ -23,19 +22,16 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from lumbarjax import atomic
 from lumbarjax.errors import LumbarjaxError
 from lumbarjax.eval import metrics as M
+from lumbarjax.eval import report_figures as F
+from lumbarjax.eval.report_figures import fmt_value  # report.fmt_value still resolves
+from lumbarjax.schema import BINARY_HEADS, LEVELS, REGRESSION_HEADS
 
-BINARY_HEADS = ("zcq_success", "back_pain_improved50", "leg_pain_improved50")
-REGRESSION_HEADS = ("back_pain_post", "leg_pain_post")
 _PHI_KEY = re.compile(r"(patient_?name|birth|\bdob\b|address|phone|ssn|social_?security"
                       r"|patientsname|othernames|mothers)", re.I)
-_COLORS = {"model": "#1f5fa8", "clinical logreg": "#d9822b", "clinical ridge": "#d9822b",
-           "clinical GBM": "#3a9a57", "clinical-only network": "#8e44ad"}
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -50,13 +46,6 @@ def _check_no_phi(obj, where: str) -> None:
     elif isinstance(obj, (list, tuple)):
         for i, v in enumerate(obj):
             _check_no_phi(v, f"{where}[{i}]")
-
-
-def _fig_to_png(fig: Figure) -> bytes:
-    FigureCanvasAgg(fig)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
-    return buf.getvalue()
 
 
 def data_uri(png: bytes) -> str:
@@ -74,18 +63,6 @@ def _img(png: bytes, alt: str, cls: str = "plot") -> str:
 
 def _e(x) -> str:
     return html.escape(str(x))
-
-
-def fmt_value(v, digits: int = 3) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, (bool, np.bool_)):
-        return "yes" if v else "no"
-    if isinstance(v, (int, np.integer)):
-        return str(int(v))
-    if isinstance(v, (float, np.floating)):
-        return "–" if not np.isfinite(v) else f"{float(v):.{digits}f}"
-    return str(v)
 
 
 def _fmt_ci(d: Mapping | None, digits: int = 3) -> str:
@@ -164,103 +141,6 @@ def _num_grades(df: pd.DataFrame) -> int:
         return len(probs)
     vals = pd.concat([df["label_grade"], df["pred_grade"]]).dropna()
     return int(max(vals.max() + 1, 2)) if len(vals) else 2
-
-
-# ----------------------------------------------------------------------------- figures
-def _fig_roc(curves: dict) -> bytes:
-    heads = list(curves)
-    fig = Figure(figsize=(4.2 * len(heads), 4.0))
-    for i, head in enumerate(heads):
-        ax = fig.add_subplot(1, len(heads), i + 1)
-        ax.plot([0, 1], [0, 1], color="#bbbbbb", lw=1, ls="--")
-        for name, (y, p, a) in curves[head].items():
-            fpr, tpr = M.roc_curve(y, p)
-            ax.plot(fpr, tpr, lw=2 if name == "model" else 1.3, color=_COLORS.get(name),
-                    label=f"{name} (AUC {fmt_value(a)})")
-        ax.set(title=head, xlabel="1 − specificity", ylabel="sensitivity", xlim=(0, 1),
-               ylim=(0, 1.01), aspect="equal")
-        ax.legend(loc="lower right", fontsize=7)
-    return _fig_to_png(fig)
-
-
-def _fig_calibration(cals: dict) -> bytes:
-    heads = list(cals)
-    fig = Figure(figsize=(4.2 * len(heads), 4.0))
-    for i, head in enumerate(heads):
-        ax = fig.add_subplot(1, len(heads), i + 1)
-        ax.plot([0, 1], [0, 1], color="#bbbbbb", lw=1, ls="--", label="ideal")
-        for name, cal in cals[head].items():
-            b = cal["bins"]
-            if not b["count"]:
-                continue
-            sizes = 15 + 60 * np.asarray(b["count"]) / max(b["count"])
-            ax.plot(b["mean_pred"], b["observed"], "-o", color=_COLORS.get(name), lw=1.3,
-                    ms=3, label=f"{name} (slope {fmt_value(cal['slope'], 2)})")
-            ax.scatter(b["mean_pred"], b["observed"], s=sizes, color=_COLORS.get(name),
-                       alpha=0.4)
-        ax.set(title=head, xlabel="predicted probability", ylabel="observed frequency",
-               xlim=(0, 1), ylim=(0, 1.01), aspect="equal")
-        ax.legend(loc="upper left", fontsize=7)
-    return _fig_to_png(fig)
-
-
-def _fig_decision(dcs: dict) -> bytes:
-    heads = list(dcs)
-    fig = Figure(figsize=(4.2 * len(heads), 3.8))
-    for i, head in enumerate(heads):
-        ax = fig.add_subplot(1, len(heads), i + 1)
-        first = next(iter(dcs[head].values()))
-        t = np.asarray(first["thresholds"])
-        ax.plot(t, first["treat_all"], color="#999999", lw=1, label="treat all")
-        ax.plot(t, first["treat_none"], color="#333333", lw=1, ls=":", label="treat none")
-        lo = -0.05
-        for name, dc in dcs[head].items():
-            ax.plot(t, dc["model"], color=_COLORS.get(name), lw=2 if name == "model" else 1.3,
-                    label=name)
-        top = max(max(first["treat_all"]), max(max(d["model"]) for d in dcs[head].values()))
-        ax.set(title=head, xlabel="threshold probability", ylabel="net benefit",
-               ylim=(lo, max(top, 0.05) * 1.1 + 0.01))
-        ax.legend(loc="best", fontsize=7)
-    return _fig_to_png(fig)
-
-
-def _fig_confusion(cm: np.ndarray) -> bytes:
-    K = cm.shape[0]
-    fig = Figure(figsize=(1.0 + 0.75 * K, 0.8 + 0.7 * K))
-    ax = fig.add_subplot(1, 1, 1)
-    rows = cm.sum(axis=1, keepdims=True)
-    frac = np.divide(cm, rows, out=np.zeros_like(cm, dtype=float), where=rows > 0)
-    ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
-    for i in range(K):
-        for j in range(K):
-            ax.text(j, i, str(int(cm[i, j])), ha="center", va="center",
-                    color="white" if frac[i, j] > 0.6 else "black", fontsize=9)
-    ax.set(xticks=range(K), yticks=range(K), xlabel="predicted grade", ylabel="true grade",
-           title="grader confusion (row-normalised colour)")
-    return _fig_to_png(fig)
-
-
-def _fig_scatter(pairs: dict) -> bytes:
-    heads = list(pairs)
-    fig = Figure(figsize=(4.0 * len(heads), 4.0))
-    for i, head in enumerate(heads):
-        ax = fig.add_subplot(1, len(heads), i + 1)
-        y, p = pairs[head]
-        m = np.isfinite(y)
-        ax.plot([0, 100], [0, 100], color="#bbbbbb", lw=1, ls="--")
-        ax.scatter(y[m], p[m], s=10, color=_COLORS["model"], alpha=0.7)
-        ax.set(title=head, xlabel="observed VAS (0–100)", ylabel="predicted VAS (0–100)",
-               xlim=(0, 100), ylim=(0, 100), aspect="equal")
-    return _fig_to_png(fig)
-
-
-def _fig_hist(values: np.ndarray, xlabel: str, title: str) -> bytes:
-    fig = Figure(figsize=(5.5, 3.2))
-    ax = fig.add_subplot(1, 1, 1)
-    ax.hist(values, bins=min(30, max(5, values.size // 3)), color=_COLORS["model"],
-            edgecolor="white")
-    ax.set(xlabel=xlabel, ylabel="count", title=title)
-    return _fig_to_png(fig)
 
 
 # ----------------------------------------------------------------------------- sections
@@ -489,7 +369,6 @@ def _levels_html(grader_oof: pd.DataFrame, summary: Mapping | None, n_patients: 
     per level the grade counts, the median disc height index (DHI) per grade and, on a synthetic
     cohort, the QWK against the true level grade; the patient-level agreement; then the first
     ``n_patients`` patients' level grades, DHI and |listhesis|."""
-    from lumbarjax.schema import LEVELS
     summary = dict(summary or {})
     rows = []
     for lv in LEVELS:
@@ -550,7 +429,6 @@ def _mri_levels_html(summary: Mapping, level: str) -> str:
     """The by-level MRI grader on this cohort (``workflow.stage_mri_levels``): the localiser's
     error (held out in pretraining; on this cohort against a synthetic truth), per level the
     predicted grade counts and the QWK against the true grade."""
-    from lumbarjax.schema import LEVELS
     pre = summary.get("pretraining") or {}
     graded = summary.get("graded_by_level", True)
     if graded:
@@ -601,7 +479,6 @@ def _mri_score_heatmaps_html(hm: Mapping, level: str) -> str:
         body += _pointing_html(hm, level)
     placed = hm.get("at_placed_levels")
     if placed and placed.get("n"):
-        from lumbarjax.schema import LEVELS
         vs = (placed.get("vs_truth") or {}).get("by_level") or {}
         prow = [[_e(lv), fmt_value(placed["points_at"].get(lv)), fmt_value(placed["mean_mass_fraction"].get(lv)),
                  fmt_value(vs.get(lv, {}).get("hit_rate_true")) if vs.get(lv, {}).get("hit_rate_true") is not None
@@ -752,7 +629,7 @@ def write_report(out_dir, *, title: str, cohort_summary: dict, grader_oof: pd.Da
         body = (f'<p>{g["n"]} patients with a grade ({g["n_missing_label"]} missing), '
                 f'{K} grades. Headline: quadratic weighted kappa.</p>'
                 + html_table(["metric", f"value ({level} CI)"], rows)
-                + _img(_fig_confusion(np.asarray(g["confusion"])), "grader confusion matrix"))
+                + _img(F.fig_confusion(np.asarray(g["confusion"])), "grader confusion matrix"))
         sections.append(("grader", "Grader (X-ray degeneration grade)", body))
         grader_rows.append(["grader QWK, whole film", _fmt_ci(g["qwk"]), "–", "–", "–", "–"])
         if "level_pred_grade" in grader_oof.columns:
@@ -807,17 +684,17 @@ def write_report(out_dir, *, title: str, cohort_summary: dict, grader_oof: pd.Da
                                    "bootstrap p"], prow, "metrics"))
         sections.append(("outcomes", "Outcome model vs clinical baselines", body))
         if roc:
-            sections.append(("roc", "ROC curves", _img(_fig_roc(roc), "ROC curves")))
+            sections.append(("roc", "ROC curves", _img(F.fig_roc(roc), "ROC curves")))
             sections.append(("calibration", "Calibration",
                              '<p class="note">Slope: logistic recalibration '
                              "logit P(y) = a + b·logit(p), b = slope (1 ideal, &lt; 1 "
                              "overconfident). Intercept: calibration-in-the-large (slope fixed "
-                             "at 1).</p>" + _img(_fig_calibration(cal), "calibration plots")))
+                             "at 1).</p>" + _img(F.fig_calibration(cal), "calibration plots")))
             sections.append(("decision", "Decision curves",
-                             _img(_fig_decision(dcs), "decision curves")))
+                             _img(F.fig_decision(dcs), "decision curves")))
         if scatter:
             sections.append(("regression", "Post-operative pain (VAS)",
-                             _img(_fig_scatter(scatter), "predicted vs observed VAS")))
+                             _img(F.fig_scatter(scatter), "predicted vs observed VAS")))
 
     # -- source ablation
     if ablation:
@@ -859,7 +736,7 @@ def write_report(out_dir, *, title: str, cohort_summary: dict, grader_oof: pd.Da
                 + html_table(["n", "mean |error|", "median", "95th pct", "max"],
                          [[fmt_value(summ[k], 5) for k in summ]]))
         if c.size:
-            body += _img(_fig_hist(a, "|completeness error|", "IG completeness error"),
+            body += _img(F.fig_hist(a, "|completeness error|", "IG completeness error"),
                          "completeness error histogram")
         sections.append(("completeness", "Integrated-gradients completeness", body))
 

@@ -34,7 +34,7 @@ gradient sum is accumulated, so the peak memory is ~ ``c`` x one fwd+bwd whateve
 (256 steps on a full volume fit). How the chunks are sequenced is ``chunk_loop``: by default
 (``"auto"``) written out one after another in the program, each chunk depending on the previous sum
 (up to ``MAX_UNROLL`` chunks; a ``lax.scan`` beyond); measured against the floor (one batched
-fwd+bwd of ``steps`` points) in benchmarks/RESULTS.md.
+fwd+bwd of ``steps`` points) in benchmarks/history/2026-12-01.md.
 Compiled functions are cached per ``fn`` object (keep passing the same ``fn``); inside that,
 ``jax.jit`` compiles once per (input shapes/dtypes, steps, chunk_size) — the quadrature nodes and
 weights are runtime arguments, so switching ``method`` does not recompile.
@@ -188,7 +188,7 @@ def compiled_programs(fn: Callable, has_static: bool) -> _Programs:
             # (s != s) is 0/1, never NaN, times 0.0), so XLA runs the chunks in sequence and
             # reuses their buffers: memory stays ~one chunk. (An optimization barrier is dropped
             # by XLA:CPU before scheduling; a lax.scan/while body ran 3x slower on XLA:CPU —
-            # benchmarks/RESULTS.md.)
+            # benchmarks/history/2026-12-01.md.)
             avg_grad = jax.tree_util.tree_map(jnp.zeros_like, inputs)
             for k in range(alphas.shape[0]):
                 x_k, b_k = inputs, baselines
@@ -251,7 +251,7 @@ def integrated_gradients(fn: Callable, inputs: PyTree, baselines: PyTree | None 
         written out in sequence (a data dependency between chunks keeps one live at a time;
         compile time grows with the number of chunks); ``"scan"`` — one program with a
         ``jax.lax.scan`` over chunks (smallest program; on XLA:CPU the loop body ran ~3x
-        slower, benchmarks/RESULTS.md); ``"python"`` — a host loop calling a jitted chunk step
+        slower, benchmarks/history/2026-12-01.md); ``"python"`` — a host loop calling a jitted chunk step
         (accumulator donated) and a jitted finish (one dispatch per chunk).
     Returns:
       ``(attributions, delta)``: ``attributions`` has the structure and shapes of ``inputs``;

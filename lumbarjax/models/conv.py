@@ -1,9 +1,11 @@
 """2D convolution whose kernel gradient is one im2col matmul.
 
-XLA:CPU's backward-filter convolution was 2-6x slower than an im2col matmul at the sizes this
-library runs (4-64 channels on 12x8 to 48x32 maps, 128 slices; benchmarks/RESULTS.md). The
-forward and the input gradient stay XLA's convolution; only the kernel gradient changes, and only
-its summation order (the maths is the same).
+On XLA:CPU the backward-filter convolution can be slower than an im2col matmul at the small
+channel counts this library runs (4-64 channels on 12x8 to 48x32 maps), and which is faster
+depends on the shape, so the kernel gradient is chosen per conv (``weight_grad``). The forward
+and the input gradient stay XLA's convolution; only the kernel gradient changes, and only its
+summation order (the maths is the same). Measurements: benchmarks/studies/conv_parts/ and
+benchmarks/history/ (2026-12-01, 2026-12-02).
 """
 
 from __future__ import annotations
@@ -18,10 +20,9 @@ import jax.numpy as jnp
 from lumbarjax.errors import ConfigError
 
 Pads = tuple  # ((top, bottom), (left, right)) in pixels
-# Default kernel gradient of ResNet2D / BasicBlock / ConvND (the grader, slice2d): XLA's. On the
-# 2-core CPU (2026-12-02, quiet) the im2col matmul was 2.3x slower for 16->16 at 24x16 (20.6 vs
-# 8.9 ms, 128 maps) and 0.6-0.8x the time for 4->16 at 48x32 and the stride-2 convs, and the
-# whole grader / slice2d train steps were equal either way; lesion2d sets its own, per conv.
+# Default kernel gradient of ResNet2D / BasicBlock / ConvND (the grader, slice2d): XLA's, since the
+# im2col matmul lost on their stride-1 16-channel convs and gave their whole train steps no gain
+# (benchmarks/history/2026-12-02.md); lesion2d sets its own, per conv.
 WEIGHT_GRAD = "xla"
 
 

@@ -6,11 +6,9 @@ sqrt(var + epsilon) + bias), so its parameters and encoder files are interchange
 flax's. What differs is the order of the sums: flax reduces x reshaped to (N, ..., G, C/G) over
 the positions and the group's channels at once, which XLA:CPU runs with the short group axis
 innermost; here the per-channel sums over the positions come first (channels stay the minor,
-vectorised axis) and the C/G channel sums of each group after. On the 2-core CPU one layer's
-fwd+bwd at the demo encoders' map sizes is 1.5-2.4x faster than flax's; in whole train steps
-lesion2d's is 1.04-1.25x faster with it (five runs), while the grader's moves 0.99-1.05x and
-slice2d's 0.90-1.08x (benchmarks/group_norm.py, benchmarks/RESULTS.md), so only ``LesionCNN``
-uses it and the ResNets keep flax's. Results agree with flax's to float32 rounding (~1e-6 relative).
+vectorised axis) and the C/G channel sums of each group after. Only ``LesionCNN`` uses it (its
+train step gained; the ResNets' did not, so they keep flax's: benchmarks/studies/group_norm/ and
+benchmarks/history/2026-12-03.md). Results agree with flax's to float32 rounding (~1e-6 relative).
 """
 
 from __future__ import annotations

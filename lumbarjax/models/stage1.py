@@ -43,8 +43,8 @@ def xray_scores(grader_oof: pd.DataFrame, detail: str = "full") -> pd.DataFrame:
 
     ``detail``: ``"full"`` — every column named in the module docstring (up to ~25 with the
     level scale); ``"summary"`` — only :data:`SUMMARY_XRAY` (whole-film expected grade, level
-    patient grade, scale): on ~160 patients a linear model pays for every noisy column (on the
-    demo, clinical + the full set scored ZCQ AUC 0.545 against 0.618 for clinical alone)."""
+    patient grade, scale): on ~160 patients a linear model pays for every noisy column
+    (docs/results/outcome_selection.md)."""
     if detail not in ("full", "summary"):
         raise CohortError(f"stage-1 X-ray scores: detail must be 'full' or 'summary', got {detail!r}")
     for col in ("patient_id", "fold", "pred_grade"):
