@@ -1,17 +1,21 @@
 """The one accessor through which the library reads its settings.
 
-Every setting and its default is in ``configs/default.py``; library code reads a setting with
+Every setting and its default is in ``configs/default.py`` (``lumbarjax/defaults.py``, which
+it re-exports, so the library can read it too); library code reads a setting with
 :func:`setting` and never restates a default, so a key missing from the config is an error that
-names it instead of a silent fallback.
+names it instead of a silent fallback (tests/test_config_keys.py checks both directions).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
+
+import ml_collections
 
 from lumbarjax.errors import ConfigError
 
-__all__ = ["setting"]
+__all__ = ["setting", "setting_or_default", "defaults"]
 
 
 def setting(config: Any, dotted: str):
@@ -28,3 +32,22 @@ def setting(config: Any, dotted: str):
             raise ConfigError(f"config.{dotted} is missing (configs/default.py lists every "
                               "setting with its default)") from None
     return node
+
+
+@functools.lru_cache(maxsize=1)
+def defaults() -> ml_collections.FrozenConfigDict:
+    """``lumbarjax.defaults.get_config()`` (= ``configs/default.py``), built once, read-only."""
+    from lumbarjax.defaults import get_config
+    return ml_collections.FrozenConfigDict(get_config())
+
+
+def setting_or_default(config: Any, dotted: str):
+    """``setting(config, dotted)``; where ``config`` is a partial config without the key (a
+    data-layer function called directly, by a test or a script, with only the settings it cares
+    about) the value in the one source of defaults, :func:`defaults`. For the few settings a
+    partial config may leave out (normalisation percentiles, the film's aspect, the plausible
+    spacing); the application config always has them all."""
+    try:
+        return setting(config, dotted)
+    except ConfigError:
+        return setting(defaults(), dotted)

@@ -5,12 +5,13 @@ import pandas as pd
 import pytest
 
 from lumbarjax.data import clinical
+from lumbarjax.data import outcomes
 from lumbarjax.data.clinical import (
     default_outcome_config,
-    derive_outcomes,
     read_clinical,
     validate_clinical,
 )
+from lumbarjax.data.outcomes import derive_outcomes
 from lumbarjax.errors import ClinicalError, ConfigError
 
 
@@ -151,7 +152,7 @@ def test_derive_returns_copy():
     df = frame(zcq_row("1", SYM_PRE, SYM_POST, FUN_PRE, FUN_POST, SAT_OK))
     out = derive_outcomes(df)
     assert "zcq_success" not in df.columns
-    for col in clinical.OUTCOME_COLUMNS:
+    for col in outcomes.OUTCOME_COLUMNS:
         assert out[col].dtype == np.float64
 
 

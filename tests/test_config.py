@@ -1,4 +1,5 @@
-"""configs/: plain ml_collections files, the single source of defaults; unknown keys are errors."""
+"""configs/: plain ml_collections files starting from the single source of defaults
+(lumbarjax/defaults.py, re-exported as configs/default.py); unknown keys are errors."""
 
 import glob
 import os
@@ -7,7 +8,9 @@ import re
 import pytest
 
 from configs import default, demo
+from lumbarjax import defaults
 from lumbarjax.data import clinical, sanity
+from lumbarjax.schema import LEVELS
 from lumbarjax.errors import ConfigError
 from lumbarjax.train.loop import train_config
 from lumbarjax.train.state import make_optimizer
@@ -17,15 +20,24 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_config_files_import_no_library_code():
+    """configs/*.py import nothing of the library but lumbarjax.defaults, which imports no
+    library code itself (plain ml_collections): a config file never runs library code."""
     for path in glob.glob(os.path.join(ROOT, "configs", "*.py")):
         src = open(path).read()
-        assert not re.search(r"^\s*(from|import)\s+lumbarjax", src, re.M), path
+        imported = re.findall(r"^\s*(?:from|import)\s+(lumbarjax[\w.]*)", src, re.M)
+        assert set(imported) <= {"lumbarjax.defaults"}, (path, imported)
+    src = open(os.path.join(ROOT, "lumbarjax", "defaults.py")).read()
+    assert not re.search(r"^\s*(from|import)\s+lumbarjax", src, re.M)
+    assert default.get_config is defaults.get_config
 
 
 def test_clinical_defaults_match_the_data_layer():
-    """The data layer's own schema (used when it is called without a config) and the config
-    file agree, so an experiment and a direct call read a table the same way."""
+    """The data layer's own schema (used when it is called without a config) is the config
+    file's clinical section, so an experiment and a direct call read a table the same way."""
     assert default.clinical_config().to_dict() == clinical.default_outcome_config().to_dict()
+    assert default.get_config().clinical.to_dict() == clinical.default_outcome_config().to_dict()
+    assert clinical.DEFAULT_GRADE_COLUMNS == tuple(default.clinical_config().grade_columns)
+    assert default.LEVELS == LEVELS
 
 
 def test_spacing_limits_match_the_data_layer():
@@ -45,7 +57,7 @@ def test_every_task_section_is_complete_and_pretrain_reuses_task_config():
     for section in (c.grader, c.outcome, c.pretrain):
         train_config(section)                       # every loop setting present and valid
         make_optimizer(section, int(section.train.num_steps))
-    src = open(os.path.join(ROOT, "configs", "default.py")).read()
+    src = open(os.path.join(ROOT, "lumbarjax", "defaults.py")).read()
     mode_line = next(ln for ln in src.splitlines() if ln.strip().startswith("c.mode ="))
     assert "index | crossval | report | predict | demo" in mode_line   # no "evaluate" mode yet
     for kind in ("grader", "outcome"):

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from configs import default
 from lumbarjax.models.localiser import soft_argmax
 from lumbarjax.schema import LEVELS
 from lumbarjax.pipelines import localise
@@ -38,7 +39,9 @@ def test_localiser_learns_a_toy_spine_better_than_the_mean_position():
     rng = np.random.default_rng(0)
     imgs, tg = _toy(48, rng)
     mask = np.ones(tg.shape[:2], np.float32)
-    _, rep = localise.train_localiser(imgs, tg, mask, (2.0, 2.0), steps=100, batch_size=8, lr=3e-3,
+    lc = default.get_config().pretrain.levels.localiser
+    lc.optim.lr = 3e-3
+    _, rep = localise.train_localiser(imgs, tg, mask, (2.0, 2.0), config=lc, steps=100, batch_size=8,
                                       width=4, seed=0)
     assert rep["n_val"] == 10 and rep["n_train"] == 38
     assert rep["val"]["mean_mm"] < 0.5 * rep["baseline_mean_position"]["mean_mm"]

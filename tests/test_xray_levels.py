@@ -4,6 +4,7 @@ network (soft-argmax, training, saved file + card) and the per-level grader."""
 import numpy as np
 import pytest
 
+from configs import default
 from lumbarjax import synthetic
 from lumbarjax.data import xray_levels
 from lumbarjax.errors import CohortError, ConfigError
@@ -64,7 +65,9 @@ def test_landmark_net_learns_a_point_and_round_trips_through_its_file(tmp_path):
     rng = np.random.default_rng(0)
     imgs, pts = _blobs(96, rng)
     model = LandmarkNet(num_points=1, widths=(8,), stem_stride=1, out_stride=1)
-    params = landmarks.fit(model, imgs[:80], pts[:80], steps=60, batch_size=16, lr=1e-2, seed=0, shift_px=2,
+    cfg = default.levels_config()
+    cfg.optim.lr = 1e-2
+    params = landmarks.fit(model, imgs[:80], pts[:80], config=cfg, steps=60, batch_size=16, seed=0, shift_px=2,
                            gamma=0.0, log_every=0)
     pred = landmarks.predict(model, params, imgs[80:])
     err = np.linalg.norm(pred - pts[80:], axis=-1).mean()
@@ -79,7 +82,7 @@ def test_landmark_net_learns_a_point_and_round_trips_through_its_file(tmp_path):
     with pytest.raises(CohortError, match="no landmark model"):
         landmarks.load(str(tmp_path / "missing"))
     with pytest.raises(ConfigError, match=r"points \(N, 1, 2\)"):
-        landmarks.fit(model, imgs, pts[:, :, 0], steps=1)
+        landmarks.fit(model, imgs, pts[:, :, 0], config=cfg, steps=1, batch_size=16, shift_px=0)
 
 
 def _levels(n, rng):

@@ -241,13 +241,14 @@ class Subset:
 # -- augmentation ------------------------------------------------------------------------
 
 def _cfg_dict(augment) -> dict:
-    if augment is None:
-        return {}
-    d = augment.to_dict() if hasattr(augment, "to_dict") else dict(augment)
+    """Every augmentation in ``AUGMENT_KEYS`` with its setting: the ones ``augment`` names (the
+    training loop passes the whole ``config.<task>.augment`` section, configs/default.py), the
+    others off (0: a direct call may name only the augmentations it wants, ``None`` = none)."""
+    d = {} if augment is None else augment.to_dict() if hasattr(augment, "to_dict") else dict(augment)
     unknown = set(d) - set(AUGMENT_KEYS)
     if unknown:
         raise ConfigError(f"augment: unknown keys {sorted(unknown)}; known {list(AUGMENT_KEYS)}")
-    return d
+    return {**dict.fromkeys(AUGMENT_KEYS, 0), **d}
 
 
 def _shift(x: np.ndarray, dy: int, dx: int, axes: tuple[int, int]) -> np.ndarray:
@@ -286,11 +287,11 @@ def augment_example(ex: dict, rng: np.random.Generator, augment) -> dict:
     """
     cfg = _cfg_dict(augment)
     ex = dict(ex)
-    flip = cfg.get("flip_lr", False)
+    flip = cfg["flip_lr"]
     p_flip = 0.5 if flip is True else float(flip or 0.0)
-    f = float(cfg.get("intensity", 0.0) or 0.0)
-    s = int(cfg.get("shift_px", 0) or 0)
-    sd = float(cfg.get("noise_std", 0.0) or 0.0)
+    f = float(cfg["intensity"] or 0.0)
+    s = int(cfg["shift_px"] or 0)
+    sd = float(cfg["noise_std"] or 0.0)
     for key in _IMAGE_KEYS:
         x = ex[key]
         present = float(ex[f"{key}_present"]) > 0
@@ -417,7 +418,7 @@ def make_loader(
     if shuffle:
         ds = ds.shuffle(seed=_seed32(seed, 1))
     ds = ds.repeat(num_epochs)
-    if augment is not None and _cfg_dict(augment):
+    if augment is not None and _cfg_dict(augment) and list(augment.keys()):  # names one at least
         ds = ds.random_map(_Augment(augment), seed=_seed32(seed, 2))
     if num_epochs is None:
         ds = ds.batch(batch_size, drop_remainder=True, batch_fn=_stack)

@@ -29,6 +29,7 @@ from scipy import ndimage
 from lumbarjax import atomic
 from lumbarjax.data import sanity
 from lumbarjax.errors import CohortError, ConfigError, LumbarjaxError, NiftiError
+from lumbarjax.settings import setting, setting_or_default
 from lumbarjax.workers import spawn_pool
 
 __all__ = [
@@ -213,41 +214,28 @@ def normalize_intensity(x, lo: float = 1, hi: float = 99, *, mask=None) -> np.nd
 
 # -- config ----------------------------------------------------------------------------
 
-def _get(cfg, dotted: str, default=None):
-    cur = cfg
-    for part in dotted.split("."):
-        if cur is None:
-            return default
-        if isinstance(cur, Mapping):
-            cur = cur.get(part, None)
-        else:
-            cur = getattr(cur, part, None) if hasattr(cur, part) else None
-    return default if cur is None else cur
-
-
 def preprocessing_config(config) -> dict:
-    """The config subset the cache depends on (JSON-able), with defaults filled in.
+    """The config subset the cache depends on (JSON-able).
 
-    Keys read: ``mri.spacing`` (3 mm), ``mri.shape`` (3), ``mri.norm_percentiles`` (default
-    (1, 99)), ``xray.shape`` (2), ``xray.norm_percentiles`` (default (1, 99)),
-    ``xray.keep_physical_aspect`` (default True: use the pixel spacing), and the plausible
-    input spacing ``mri.plausible_spacing_mm`` / ``xray.plausible_spacing_mm`` (see
+    Keys read (configs/default.py): ``mri.spacing`` (3 mm), ``mri.shape`` (3), ``xray.shape``
+    (2) — a missing one is a ConfigError naming it — and ``mri.norm_percentiles``,
+    ``xray.norm_percentiles``, ``xray.keep_physical_aspect`` and the plausible input spacing
+    ``mri.plausible_spacing_mm`` / ``xray.plausible_spacing_mm`` (see
     ``lumbarjax.data.sanity.spacing_limits``; under ``"limits"``, outside the cache key: they
-    decide which inputs are refused, not what a cached array holds).
+    decide which inputs are refused, not what a cached array holds), which a partial config may
+    leave to ``configs/default.py`` (``settings.setting_or_default``).
     """
     try:
         sub = {
             "mri": {
-                "spacing": [float(v) for v in _get(config, "mri.spacing")],
-                "shape": [int(v) for v in _get(config, "mri.shape")],
-                "norm_percentiles": [float(v) for v in _get(config, "mri.norm_percentiles",
-                                                            (1.0, 99.0))],
+                "spacing": [float(v) for v in setting(config, "mri.spacing")],
+                "shape": [int(v) for v in setting(config, "mri.shape")],
+                "norm_percentiles": [float(v) for v in setting_or_default(config, "mri.norm_percentiles")],
             },
             "xray": {
-                "shape": [int(v) for v in _get(config, "xray.shape")],
-                "norm_percentiles": [float(v) for v in _get(config, "xray.norm_percentiles",
-                                                            (1.0, 99.0))],
-                "keep_physical_aspect": bool(_get(config, "xray.keep_physical_aspect", True)),
+                "shape": [int(v) for v in setting(config, "xray.shape")],
+                "norm_percentiles": [float(v) for v in setting_or_default(config, "xray.norm_percentiles")],
+                "keep_physical_aspect": bool(setting_or_default(config, "xray.keep_physical_aspect")),
             },
         }
     except TypeError as e:

@@ -6,55 +6,47 @@ Each check raises the caller's error class (DicomError / NiftiError) naming the 
 with ``err.reason`` set to one of the exclusion reasons below; ``preprocess_cohort`` counts a
 patient excluded for that reason.
 
-Ranges (mm, inclusive) are module defaults and can be changed per call (``limits=``) or in the
-config (``config.mri.plausible_spacing_mm`` / ``config.xray.plausible_spacing_mm``, see
-:func:`spacing_limits`).
+Ranges (mm, inclusive) are the config's (``config.mri.plausible_spacing_mm`` /
+``config.xray.plausible_spacing_mm`` in configs/default.py, see :func:`spacing_limits`) and can
+be changed per call (``limits=``); a reader called without limits uses configs/default.py's.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 
 import numpy as np
 
+from lumbarjax.settings import defaults, setting_or_default
+
 REASON_NON_FINITE = "non-finite image"
 REASON_SPACING = "implausible spacing"
 
-# (lowest, highest) plausible spacing in mm.
-MRI_IN_PLANE_MM = (0.05, 10.0)
-MRI_BETWEEN_SLICES_MM = (0.5, 20.0)
-XRAY_PIXEL_MM = (0.02, 10.0)  # detector pixels are 0.05-0.2 mm; 10 mm is a thumbnail at best
+_LIMIT_KEYS = {"in_plane": "mri.plausible_spacing_mm.in_plane",
+               "between_slices": "mri.plausible_spacing_mm.between_slices",
+               "xray": "xray.plausible_spacing_mm"}
+
+
+@functools.lru_cache(maxsize=1)
+def _default_limits() -> tuple:
+    return tuple((k, tuple(float(v) for v in setting_or_default(defaults(), key)))
+                 for k, key in _LIMIT_KEYS.items())
 
 
 def default_limits() -> dict:
-    """``{"in_plane": (lo, hi), "between_slices": (lo, hi), "xray": (lo, hi)}`` in mm."""
-    return {"in_plane": MRI_IN_PLANE_MM, "between_slices": MRI_BETWEEN_SLICES_MM,
-            "xray": XRAY_PIXEL_MM}
+    """``{"in_plane": (lo, hi), "between_slices": (lo, hi), "xray": (lo, hi)}`` in mm:
+    configs/default.py's plausible spacing."""
+    return dict(_default_limits())
 
 
 def spacing_limits(config=None) -> dict:
-    """Default limits updated from ``config.mri.plausible_spacing_mm`` (a mapping with
-    ``in_plane`` / ``between_slices``) and ``config.xray.plausible_spacing_mm`` ((lo, hi))."""
-    out = default_limits()
+    """The limits of ``config.mri.plausible_spacing_mm`` (``in_plane`` / ``between_slices``)
+    and ``config.xray.plausible_spacing_mm`` ((lo, hi)); configs/default.py's where ``config``
+    is None or a partial config without them."""
     if config is None:
-        return out
-    mri = _lookup(_lookup(config, "mri"), "plausible_spacing_mm")
-    if mri is not None:
-        for k in ("in_plane", "between_slices"):
-            if _lookup(mri, k) is not None:
-                out[k] = tuple(float(v) for v in _lookup(mri, k))
-    xray = _lookup(_lookup(config, "xray"), "plausible_spacing_mm")
-    if xray is not None:
-        out["xray"] = tuple(float(v) for v in xray)
-    return out
-
-
-def _lookup(cfg, key):
-    if cfg is None:
-        return None
-    if isinstance(cfg, Mapping):
-        return cfg.get(key)
-    return getattr(cfg, key, None) if key in cfg else None
+        return default_limits()
+    return {k: tuple(float(v) for v in setting_or_default(config, key)) for k, key in _LIMIT_KEYS.items()}
 
 
 def _fail(error_cls, message: str, reason: str) -> Exception:

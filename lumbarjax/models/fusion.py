@@ -21,11 +21,10 @@ from lumbarjax.errors import ClinicalError, ConfigError
 from lumbarjax.models.encoder3d import MRIEncoder
 from lumbarjax.models.ordinal import bce_with_logits
 from lumbarjax.models.resnet2d import Grader, ResNet2D
+from lumbarjax.schema import BINARY_HEADS, REGRESSION_HEADS, VAS_RANGE  # fusion.BINARY_HEADS etc. still resolve
 
 Dtype = Any
-BINARY_HEADS = ("zcq_success", "back_pain_improved50", "leg_pain_improved50")
-REGRESSION_HEADS = ("back_pain_post", "leg_pain_post")
-VAS_SCALE = 100.0  # regression heads work in VAS/100 internally
+VAS_SCALE = VAS_RANGE[1]  # regression heads work in VAS/100 internally
 VAS_LINK_SHARPNESS = 25.0  # b of the soft clip vas_link: within 0.4 mm of the identity from 10 to 90 mm
 
 
@@ -371,10 +370,12 @@ def _branch(cfg, cls, what: str) -> FrozenDict | None:
 
 def build_outcome_model(model_config) -> OutcomeModel:
     """``OutcomeModel(**config.outcome.model)``: the ``mri`` / ``xray`` branches are MRIEncoder /
-    ResNet2D fields plus ``enabled`` (configs/default.py lists them)."""
+    ResNet2D fields plus ``enabled`` (configs/default.py lists them); a branch absent from a
+    partial config keeps the module's default (no branch), like every other absent field."""
     kw = module_kwargs(OutcomeModel, model_config, "config.outcome.model")
-    kw["mri"] = _branch(kw.get("mri", {}), MRIEncoder, "config.outcome.model.mri")
-    kw["xray"] = _branch(kw.get("xray", {"enabled": False}), ResNet2D, "config.outcome.model.xray")
+    for key, cls in (("mri", MRIEncoder), ("xray", ResNet2D)):
+        if key in kw:
+            kw[key] = _branch(kw[key], cls, f"config.outcome.model.{key}")
     if "dtype" in kw:
         kw["dtype"] = _dtype(kw["dtype"])
     return OutcomeModel(**kw)

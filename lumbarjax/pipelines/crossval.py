@@ -41,6 +41,7 @@ from lumbarjax.data.pipeline import CachedExamples, Subset
 from lumbarjax.errors import CohortError
 from lumbarjax.schema import LEVELS
 from lumbarjax.selection import clinical_offset
+from lumbarjax.settings import setting
 from lumbarjax.train.loop import host_local_batches, predict, train_and_evaluate
 from lumbarjax.pipelines.pretrain import with_encoder
 from lumbarjax.pipelines.tasks import get_task
@@ -57,15 +58,22 @@ class TaskData:
     folds: np.ndarray               # (N,) outer fold per patient
 
 
+def _fusion(task_cfg) -> bool:
+    """Whether ``task_cfg`` is a fusion (outcome) model's section: its model has output heads and
+    it carries the outcome-only settings (``model.freeze_mri``, ``clinical_offset``), read then
+    with ``setting`` (a missing one is a ConfigError). The grader's section has neither."""
+    return "binary_heads" in setting(task_cfg, "model")
+
+
 def run_config(config, task_cfg) -> ml_collections.ConfigDict:
     """The flat config train_and_evaluate reads: seed, train, optim, augment. An outcome model
     with ``model.freeze_mri`` gets "mri_encoder" added to ``optim.frozen``; with
     ``clinical_offset="glm"`` its ``skip_<head>`` paths too, and ``train.eval_at_start``."""
     optim, train = task_cfg.optim.to_dict(), task_cfg.train.to_dict()
     frozen = set(optim["frozen"] or ())
-    if task_cfg.get("model", {}).get("freeze_mri", False):
+    if _fusion(task_cfg) and setting(task_cfg, "model.freeze_mri"):
         frozen |= {"mri_encoder"}
-    if clinical_offset.kind_of(task_cfg) == "glm":
+    if _fusion(task_cfg) and clinical_offset.kind_of(task_cfg) == "glm":
         # the fitted clinical regression stays fixed; step 0 (the regression alone) is scored too
         mc = task_cfg.model
         frozen |= set(clinical_offset.frozen_names(mc.binary_heads, mc.regression_heads))
@@ -177,7 +185,8 @@ def run_fold(td: TaskData, fold: int, config, workdir: str, *, clinical_only: bo
 
     def start(idx):
         """The initial-parameter hook of a network trained on patients ``idx``."""
-        if clinical_offset.kind_of(task_cfg) != "glm" or extras["clinical"].shape[1] == 0:
+        if not _fusion(task_cfg) or clinical_offset.kind_of(task_cfg) != "glm" \
+                or extras["clinical"].shape[1] == 0:
             return init  # no clinical columns: no regression to start from
         mc = task_cfg.model
         offsets = clinical_offset.fit_offsets(
@@ -197,7 +206,7 @@ def run_fold(td: TaskData, fold: int, config, workdir: str, *, clinical_only: bo
                                    **{c: np.asarray(v) for c, v in val_cols.items() if np.ndim(v) == 1}}),
                      os.path.join(fold_dir, "inner_val.csv"))
     best_step = result["best"]["step"]
-    if task_cfg.cv.get("refit", False):
+    if setting(task_cfg, "cv.refit"):
         # The inner split chose the number of steps; the model that predicts the test fold
         # then learns from every training patient (inner train + inner validation), on the
         # same schedule, stopped at that step. On ~160 patients the 20 % held out for the

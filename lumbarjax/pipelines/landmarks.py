@@ -26,6 +26,7 @@ from absl import logging
 from lumbarjax import atomic
 from lumbarjax.errors import CohortError, ConfigError
 from lumbarjax.models.landmarks import LandmarkNet, landmark_loss
+from lumbarjax.train.state import make_optimizer
 
 
 def _shift(images: np.ndarray, points: np.ndarray, rng: np.random.Generator, shift_px: int):
@@ -42,12 +43,14 @@ def _shift(images: np.ndarray, points: np.ndarray, rng: np.random.Generator, shi
     return out, pts
 
 
-def fit(model: LandmarkNet, images: np.ndarray, points: np.ndarray, *, steps: int = 300,
-        batch_size: int = 16, lr: float = 2e-3, weight_decay: float = 1e-4, seed: int = 0,
-        shift_px: int = 4, gamma: float = 0.2, log_every: int = 100):
+def fit(model: LandmarkNet, images: np.ndarray, points: np.ndarray, *, config, steps: int,
+        batch_size: int, shift_px: int, seed: int = 0, gamma: float = 0.2, log_every: int = 100):
     """Train ``model`` on images (N, H, W) in [0, 1] and points (N, P, 2) (row, col) pixels.
 
-    Returns the parameters (numpy pytree). Deterministic in ``seed`` on one machine."""
+    ``config``: a section with the ``optim`` settings (``config.levels``): the optimiser is
+    ``train.state.make_optimizer``'s, decayed over ``max(steps, 2)`` steps with the warmup at
+    most a tenth of the run (``steps // 10 + 1``). Returns the parameters (numpy pytree).
+    Deterministic in ``seed`` on one machine."""
     images = np.asarray(images, np.float32)
     points = np.asarray(points, np.float32)
     if images.ndim != 3 or points.shape[:1] != images.shape[:1] or points.shape[1:] != (model.num_points, 2):
@@ -58,8 +61,7 @@ def fit(model: LandmarkNet, images: np.ndarray, points: np.ndarray, *, steps: in
     n = len(images)
     rng = np.random.default_rng(seed)
     params = model.init(jax.random.PRNGKey(seed), jnp.asarray(images[:1]))["params"]
-    sched = optax.warmup_cosine_decay_schedule(0.0, lr, min(20, steps // 10 + 1), max(steps, 2), lr * 0.02)
-    tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(sched, weight_decay=weight_decay))
+    tx, _ = make_optimizer(config, max(int(steps), 2), warmup_cap=int(steps) // 10 + 1)
     opt = tx.init(params)
 
     @jax.jit

@@ -25,6 +25,7 @@ import pandas as pd
 from lumbarjax.errors import CohortError
 from lumbarjax.models.localiser import LevelLocaliser, localiser_loss
 from lumbarjax.schema import LEVELS
+from lumbarjax.train.state import make_optimizer
 
 
 # --------------------------------------------------------------------------- centres
@@ -120,9 +121,13 @@ def summarise(err: np.ndarray) -> dict:
             "per_level": per}
 
 
-def train_localiser(images, targets, mask, spacing, *, steps: int = 400, batch_size: int = 16,
-                    lr: float = 2e-3, width: int = 16, seed: int = 0, val_fraction: float = 0.2):
+def train_localiser(images, targets, mask, spacing, *, config, steps: int, batch_size: int,
+                    width: int, seed: int = 0, val_fraction: float = 0.2):
     """Train :class:`LevelLocaliser` on a seeded split; returns (variables, report).
+
+    ``config``: a section with the ``optim`` settings (``config.pretrain.levels.localiser``):
+    the optimiser is ``train.state.make_optimizer``'s, with the warmup at most a tenth of the
+    run (``steps // 10 + 1``).
 
     report: ``n_train, n_val, steps, val`` (errors in mm: mean, median, fraction within 10 mm,
     per level), ``baseline_mean_position`` (same, predicting each level's mean training
@@ -138,8 +143,7 @@ def train_localiser(images, targets, mask, spacing, *, steps: int = 400, batch_s
     # rbg keys: compiling the threefry init of this net took ~45 s CPU on XLA:CPU here (rbg: ~5 s)
     variables = jax.jit(model.init)(jax.random.key(seed, impl="rbg"), jnp.asarray(images[:1]))
     scale = float(images.shape[1])
-    sched = optax.warmup_cosine_decay_schedule(0.0, lr, min(20, steps // 10 + 1), steps, lr * 0.05)
-    tx = optax.adamw(sched, weight_decay=1e-4)
+    tx, _ = make_optimizer(config, int(steps), warmup_cap=int(steps) // 10 + 1)
     opt = tx.init(variables["params"])
 
     @jax.jit

@@ -59,8 +59,8 @@ def train_level_localiser(config, cache: pd.DataFrame, centres_mm: dict):
     lc = config.pretrain.levels.localiser
     images, targets, mask, spacing, ids = localise.localiser_data(cache, centres_mm, n_slices=int(lc.slices))
     variables, report = localise.train_localiser(
-        images, targets, mask, spacing, steps=int(lc.steps), batch_size=int(lc.batch_size),
-        lr=float(lc.lr), width=int(lc.width), seed=int(config.seed))
+        images, targets, mask, spacing, config=lc, steps=int(lc.steps),
+        batch_size=int(lc.batch_size), width=int(lc.width), seed=int(config.seed))
     card = {"model": {"num_levels": len(LEVELS), "width": int(lc.width)}, "slices": int(lc.slices),
             "spacing_mm": [float(s) for s in spacing], "patients": len(ids), **report}
     return jax.device_get(variables["params"]), card

@@ -37,6 +37,7 @@ from lumbarjax.errors import CohortError, ConfigError
 from lumbarjax.models import encoder_file
 from lumbarjax.models.fusion import build_outcome_model
 from lumbarjax.schema import LEVELS
+from lumbarjax.settings import setting
 from lumbarjax.pipelines import mri_levels
 from lumbarjax.train.loop import predict, train_and_evaluate
 from lumbarjax.pipelines.tasks import TASKS
@@ -68,7 +69,7 @@ def localises(pc) -> bool:
     """Whether pretraining trains the disc-level localiser: always by level
     (``pretrain.levels.enabled``), and with ``pretrain.levels.localise`` beside a whole-volume
     grader (when the cohort has level centres)."""
-    return bool(pc.levels.enabled or pc.levels.get("localise", False))
+    return bool(setting(pc, "levels.enabled") or setting(pc, "levels.localise"))
 
 
 def load_encoder(workdir: str):
@@ -311,7 +312,7 @@ def with_encoder(encoder_params, key: str = "mri_encoder") -> callable:
     """``init_params`` hook for ``train_and_evaluate``: put ``encoder_params`` into params[key]
     ("mri_encoder": the outcome model's pretrained MRI encoder; "backbone": the grader's
     pretrained X-ray backbone, ``train.xray_pretrain``)."""
-    setting = {"mri_encoder": "config.outcome.model.mri", "backbone": "config.grader.model"}.get(key, key)
+    section = {"mri_encoder": "config.outcome.model.mri", "backbone": "config.grader.model"}.get(key, key)
 
     def init(params):
         if key not in params:
@@ -319,7 +320,7 @@ def with_encoder(encoder_params, key: str = "mri_encoder") -> callable:
         want = jax.tree.map(np.shape, params[key])
         got = jax.tree.map(np.shape, encoder_params)
         if want != got:
-            raise ConfigError(f"the pretrained {key} does not match {setting} "
+            raise ConfigError(f"the pretrained {key} does not match {section} "
                               "(different architecture or width): pretrain again")
         return {**params, key: encoder_params}
     return init

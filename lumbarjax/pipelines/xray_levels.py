@@ -43,7 +43,7 @@ from lumbarjax.pipelines import landmarks
 
 
 LEVELS_KEYS = ("enabled", "view_shape", "crop_shape", "crop_mm_per_px", "finder", "refiner",
-               "finder_steps", "refiner_steps", "batch_size", "lr", "shift_px", "centre_jitter_mm",
+               "finder_steps", "refiner_steps", "batch_size", "optim", "shift_px", "centre_jitter_mm",
                "refine_passes", "edge_refine", "edge_search_mm", "rule", "ref_quantile", "tau",
                "model_dir", "buu_root", "buu_spacing_mm", "landmark_cohort_dir", "make_demo",
                "landmark_patients")
@@ -148,16 +148,17 @@ def train_landmark_models(films: Sequence, centres: np.ndarray, corners: np.ndar
     views, tfs = _finder_inputs(films, cfg.view_shape)
     vc = np.stack([xray_levels.preprocess.apply_xray_transform(t, c) for t, c in zip(tfs, centres)])
     finder = LandmarkNet(num_points=len(LEVELS), **cfg.finder.to_dict())
-    fp = landmarks.fit(finder, views[~val], vc[~val], steps=int(cfg.finder_steps), batch_size=int(cfg.batch_size),
-                       lr=float(cfg.lr), seed=seed, shift_px=int(cfg.shift_px))
+    fp = landmarks.fit(finder, views[~val], vc[~val], config=cfg, steps=int(cfg.finder_steps),
+                       batch_size=int(cfg.batch_size), seed=seed, shift_px=int(cfg.shift_px))
     pred = landmarks.predict(finder, fp, views[val])
     mm_per_view_px = np.array([t["spacing_mm"][0] for t, v in zip(tfs, val) if v])
     finder_err = float(np.mean(np.linalg.norm(pred - vc[val], axis=-1) * mm_per_view_px[:, None]))
     crops, tgt = _jittered_crops(films, centres, corners, cfg, rng)
     per_film = np.repeat(np.arange(n), len(LEVELS))
     refiner = LandmarkNet(num_points=4, **cfg.refiner.to_dict())
-    rp = landmarks.fit(refiner, crops[~val[per_film]], tgt[~val[per_film]], steps=int(cfg.refiner_steps),
-                       batch_size=int(cfg.batch_size) * 2, lr=float(cfg.lr), seed=seed + 1, shift_px=2, gamma=0.2)
+    rp = landmarks.fit(refiner, crops[~val[per_film]], tgt[~val[per_film]], config=cfg,
+                       steps=int(cfg.refiner_steps), batch_size=int(cfg.batch_size) * 2, seed=seed + 1,
+                       shift_px=2, gamma=0.2)
     rpred = landmarks.predict(refiner, rp, crops[val[per_film]])
     refiner_err = float(np.mean(np.linalg.norm(rpred - tgt[val[per_film]], axis=-1)) * cfg.crop_mm_per_px)
     card = {"source": source, "n_films_train": int((~val).sum()), "n_films_val": int(val.sum()),
@@ -247,7 +248,7 @@ def qwk_table(oof: pd.DataFrame, truth: pd.DataFrame | None, reader: np.ndarray,
 
 def _signature(cfg, source: str, seed: int) -> dict:
     keys = ("view_shape", "crop_shape", "crop_mm_per_px", "finder", "refiner", "finder_steps",
-            "refiner_steps", "batch_size", "lr", "shift_px", "centre_jitter_mm")
+            "refiner_steps", "batch_size", "optim", "shift_px", "centre_jitter_mm")
     d = {k: (cfg[k].to_dict() if hasattr(cfg[k], "to_dict") else cfg[k]) for k in keys}
     return json.loads(json.dumps({**d, "source": source, "seed": int(seed)}))
 

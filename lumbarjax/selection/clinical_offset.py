@@ -25,6 +25,7 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from threadpoolctl import threadpool_limits
 
 from lumbarjax.errors import ConfigError
+from lumbarjax.settings import setting
 from lumbarjax.models.fusion import VAS_SCALE
 
 KINDS = ("none", "glm")
@@ -33,7 +34,8 @@ ALPHA_RIDGE = 1.0
 
 
 def kind_of(task_cfg) -> str:
-    kind = str(task_cfg.get("clinical_offset", "none"))
+    """``config.outcome.clinical_offset`` (configs/default.py; a missing key is a ConfigError)."""
+    kind = str(setting(task_cfg, "clinical_offset"))
     if kind not in KINDS:
         raise ConfigError(f"config.outcome.clinical_offset: expected one of {KINDS}, got {kind!r}")
     return kind

@@ -1,37 +1,29 @@
 """The outcome model the report leads with: per outer fold and head, a convex combination
-(stacking) of the candidate models, its weights fitted on the fold's inner validation patients.
+(stacking) of candidate models, its weights fitted on the fold's inner validation patients.
 
-The candidates (``config.outcome.stack.candidates``):
+Candidates (``config.outcome.stack.candidates``): ``"linear"`` — the penalised linear family
+(``selection.linear``) on the clinical columns plus the stage-1 image scores; ``"reference"`` —
+the clinical reference model of ``eval.baselines`` (logistic regression C = 1 / ridge alpha = 1);
+``"network"`` — the fusion network (``outcome/``); ``"clinical network"`` — its clinical-only twin
+(``outcome_clinical_only/``).
 
-* ``"linear"`` — the penalised linear family (``models.linear.fit_penalised``: L2 / elastic-net
-  logistic regression, ridge / elastic net for VAS, the penalty chosen by an inner split of its
-  own training rows) on the clinical columns plus the stage-1 image scores (the grader's
-  out-of-fold X-ray grades, the pretrained MRI stenosis grader's scores);
-* ``"reference"`` — the clinical reference model (logistic regression C = 1 / ridge alpha = 1 on
-  the clinical columns, the model of ``eval.baselines``);
-* ``"network"`` — the fusion network (``outcome/``); ``"clinical network"`` — its clinical-only
-  twin (``outcome_clinical_only/``).
+Per outer fold ``k``: the linear candidates are fitted on the fold's inner training patients (the
+networks were trained there by ``pipelines.crossval``: ``fold_k/split.json``,
+``fold_k/inner_val.csv``); ``selection.stack.fit_weights`` picks the simplex weights that minimise
+the head's loss on the inner validation patients (log loss; mean absolute error for VAS) and
+shrinks them towards equal weights (``stack.shrink``). With ``image_gate`` the image candidates
+are used in a fold only where the image scores clearly help the linear family on the fold's
+training patients (:func:`image_evidence`), else the clinical candidates. The fold's test
+patients get the same combination of the candidates refitted on all its training patients.
+Why this rule, and how it compares: docs/OUTCOME_MODELS.md.
 
-For outer fold ``k`` (its patients never seen) each network was trained on the fold's inner
-training patients and its checkpoint picked on the inner validation patients
-(``train.crossval``: ``fold_k/split.json``, ``fold_k/inner_val.csv``); the linear candidates are
-fitted on the same inner training patients here. On the inner validation patients — held out
-from every candidate — ``models.stack.fit_weights`` chooses the weights that minimise the head's
-loss (log loss of the combined probability; mean absolute error for VAS) and shrinks them
-towards equal weights by ``stack.shrink``: on ~25 patients a fitted weight is noisy, and an
-average of models that each carry some of the signal is rarely far behind the best of them.
-The fold's test patients are then predicted by the same combination of the candidates fitted on
-all its training patients: the refitted linear models and the networks' out-of-fold
-predictions (themselves refitted, ``outcome.cv.refit``). Every fold and head combines the same
-kinds of model on the same scale, so the pooled out-of-fold predictions are comparable across
-folds (a rule that picked one model per fold mixed scales and cost pooled AUC).
-
-Output: ``<run_dir>/selected_oof.csv`` (``patient_id, fold, label_<head>, pred_<head>,
-model_<head>`` = the fold's combination, e.g. ``linear 0.45 (logreg_l2(C=1)) + network 0.30 +
-clinical network 0.25``) and ``<run_dir>/selection.json`` (per fold and head: the weights, each
-candidate's inner-validation AUC / MAE and loss, the linear model chosen; per head the mean
-weights). ``--mode=evaluate`` applies the same combinations to a new cohort
-(``external.selected_predictions``).
+Inputs: the run's records (clinical columns, labels, stage-1 scores), the outer folds and the
+networks' fold folders. Outputs: ``<run_dir>/selected_oof.csv`` (``patient_id, fold,
+label_<head>, pred_<head>, model_<head>`` = the fold's combination, e.g. ``linear 0.45
+(logreg_l2(C=1)) + network 0.30 + clinical network 0.25``) and ``<run_dir>/selection.json`` (per
+fold and head the weights, each candidate's inner-validation AUC / MAE and loss, the linear
+model chosen, the gate's evidence; per head the mean weights). ``--mode=evaluate`` applies the
+same combinations to a new cohort (``jobs.external.selected_predictions``).
 """
 
 from __future__ import annotations

@@ -25,7 +25,8 @@ from lumbarjax.train.mesh import make_mesh, replicated_sharding
 __all__ = ["TrainState", "make_optimizer", "create_train_state"]
 
 OPTIM_FIELDS = ("lr", "weight_decay", "warmup_steps", "end_lr_ratio", "clip_norm", "frozen",
-                "b1", "b2", "eps")
+                "b1", "b2", "eps", "decay_on")
+DECAY_ON = ("kernels", "all")
 
 
 @flax.struct.dataclass
@@ -64,12 +65,16 @@ def _decay_mask(params):
     return jax.tree.map(lambda p: np.ndim(p) > 1, params)
 
 
-def make_optimizer(config, num_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """AdamW with global-norm clipping and a linear-warmup + cosine learning rate.
+def make_optimizer(config, num_steps: int, *,
+                   warmup_cap: int | None = None) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """AdamW with global-norm clipping and a linear-warmup + cosine learning rate: the one
+    optimiser builder of every trainer (task models, landmark networks, the level localiser).
 
     Reads ``config.optim.{lr, weight_decay, warmup_steps, end_lr_ratio, clip_norm, frozen, b1,
-    b2, eps}``: warmup 0 -> ``lr`` over ``warmup_steps``, cosine decay to ``lr * end_lr_ratio``
-    at ``num_steps``; decoupled weight decay on kernels only; ``clip_norm`` None/0 = off.
+    b2, eps, decay_on}``: warmup 0 -> ``lr`` over ``warmup_steps`` (at most ``warmup_cap``
+    steps when given: short runs warm up over a fraction of the run), cosine decay to
+    ``lr * end_lr_ratio`` at ``num_steps``; decoupled weight decay on kernels only
+    (``decay_on="kernels"``) or on every parameter (``"all"``); ``clip_norm`` None/0 = off.
     ``frozen`` names top-level parameter subtrees (e.g. ``("mri_encoder",)`` for a pretrained
     encoder) that ``optax.multi_transform`` gives zero updates and no optimiser state, so they
     stay exactly as initialised. Equal settings return the very same objects (memoised), so
@@ -83,6 +88,10 @@ def make_optimizer(config, num_steps: int) -> tuple[optax.GradientTransformation
         raise ConfigError(f"config.optim: unknown key(s) {unknown}; known keys: {sorted(OPTIM_FIELDS)}")
     spec = {k: setting(config, f"optim.{k}") for k in OPTIM_FIELDS}
     lr, warmup, wd, clip = float(spec["lr"]), int(spec["warmup_steps"]), float(spec["weight_decay"]), spec["clip_norm"]
+    if warmup_cap is not None:
+        warmup = min(warmup, int(warmup_cap))
+    if spec["decay_on"] not in DECAY_ON:
+        raise ConfigError(f"config.optim.decay_on must be one of {DECAY_ON}, got {spec['decay_on']!r}")
     if lr <= 0:
         raise ConfigError(f"config.optim.lr must be > 0, got {lr}")
     if int(num_steps) < 1:
@@ -95,17 +104,18 @@ def make_optimizer(config, num_steps: int) -> tuple[optax.GradientTransformation
         raise ConfigError(f"config.optim.clip_norm must be > 0 or None, got {clip}")
     return _optimizer(lr, warmup, float(spec["end_lr_ratio"]), int(num_steps),
                       float(clip) if clip else None, wd, float(spec["b1"]), float(spec["b2"]),
-                      float(spec["eps"]), tuple(sorted(str(k) for k in (spec["frozen"] or ()))))
+                      float(spec["eps"]), tuple(sorted(str(k) for k in (spec["frozen"] or ()))),
+                      str(spec["decay_on"]))
 
 
 @functools.lru_cache(maxsize=32)
-def _optimizer(lr, warmup, end_ratio, num_steps, clip, wd, b1, b2, eps, frozen):
+def _optimizer(lr, warmup, end_ratio, num_steps, clip, wd, b1, b2, eps, frozen, decay_on):
     schedule = optax.warmup_cosine_decay_schedule(
         init_value=0.0 if warmup > 0 else lr, peak_value=lr, warmup_steps=warmup,
         decay_steps=num_steps, end_value=lr * end_ratio)
     parts = [optax.clip_by_global_norm(clip)] if clip else []
     parts.append(optax.adamw(learning_rate=schedule, b1=b1, b2=b2, eps=eps, weight_decay=wd,
-                             mask=_decay_mask))
+                             mask=_decay_mask if decay_on == "kernels" else None))
     tx = optax.chain(*parts)
     if frozen:
         def labels(params):
