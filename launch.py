@@ -64,7 +64,7 @@ def main(argv):
     maybe_initialize_distributed(FLAGS.distributed, coordinator_address=FLAGS.coordinator_address,
                                  num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
     from lumbarjax import compile_cache
-    from lumbarjax.jobs import predict, workflow
+    from lumbarjax.jobs import predict, report, workflow
     config = FLAGS.config
     cache = compile_cache.enable(config.compilation_cache)
     logging.info("compilation cache: %s", cache or "off")
@@ -72,7 +72,7 @@ def main(argv):
     logging.info("config:\n%s", config)
     try:
         if mode == "report":
-            html, metrics = predict.report_from_workdir(config, FLAGS.workdir)
+            html, metrics = report.report_from_workdir(config, FLAGS.workdir)
             print(f"report: {html}\nmetrics: {metrics}")
             return
         if mode == "predict":
@@ -93,8 +93,8 @@ def main(argv):
         results = workflow.run(config, FLAGS.workdir, "crossval" if mode == "demo" else mode)
     except LumbarjaxError as e:  # bad input or config: the message says what and where
         raise app.UsageError(f"{type(e).__name__}: {e}") from None
-    if "report" in results:
-        print(f"report: {results['report']}\nmetrics: {results['metrics']}")
+    if results.report:
+        print(f"report: {results.report}\nmetrics: {results.metrics}")
 
 
 if __name__ == "__main__":

@@ -73,7 +73,7 @@ def test_cross_validation_run_reports_the_ablation(tiny_run):
     from lumbarjax.models import stage1
     m = tiny_run["metrics"]
     abl = m["ablation"]
-    td = tiny_run["results"]["outcome_task"]
+    td = tiny_run["results"].task_data["outcome"]
     done = {r["head"]: r for r in abl["heads"]}
     skipped = [n for n in abl["notes"] if "not computed" in n]
     assert len(done) + len(skipped) == len(td.heads) and len(done) >= 3, abl["notes"]
@@ -120,7 +120,7 @@ def test_mri_scores_come_from_the_pretrained_grader_and_cover_the_outcome_patien
     from lumbarjax.pipelines.pretrain import stenosis_probs
     wd = tiny_run["workdir"]
     scores = pd.read_csv(os.path.join(wd, "mri_scores.csv"), dtype={"patient_id": str})
-    td = tiny_run["results"]["outcome_task"]
+    td = tiny_run["results"].task_data["outcome"]
     assert set(td.records["patient_id"]) <= set(scores["patient_id"])
     probs = scores[[c for c in scores.columns if c.startswith("mri_stenosis_prob_")]].to_numpy(float)
     ok = np.isfinite(probs).all(axis=1)
@@ -128,7 +128,7 @@ def test_mri_scores_come_from_the_pretrained_grader_and_cover_the_outcome_patien
     np.testing.assert_allclose(probs[ok].sum(axis=1), 1.0, atol=1e-5)
     assert scores["mri_stenosis_expected"][ok].between(0, probs.shape[1] - 1).all()
     # the same numbers as applying the file's grader again
-    cohort_cache = tiny_run["results"]["outcome_task"].cache
+    cohort_cache = tiny_run["results"].task_data["outcome"].cache
     again = stenosis_probs(tiny_run["config"], os.path.join(wd, "pretrain", "mri_encoder.msgpack"), cohort_cache)
     assert again.shape == (len(cohort_cache), 5, probs.shape[1])   # the tiny run's encoder grades by level
     again = stage1.mri_scores(td.records["patient_id"], again)
@@ -145,7 +145,7 @@ def test_the_report_leads_with_the_stacked_model_and_keeps_the_network_as_a_comp
     import json
     import os
     wd = tiny_run["workdir"]
-    td = tiny_run["results"]["outcome_task"]
+    td = tiny_run["results"].task_data["outcome"]
     sel = json.load(open(os.path.join(wd, "outcome", "selection.json")))
     assert len(sel["folds_detail"]) == len(td.heads) * len(np.unique(td.folds))
     for e in sel["folds_detail"]:

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from conftest import decoded_data_uris, phi_strings
-from lumbarjax.jobs import external, predict
+from lumbarjax.jobs import external
 from lumbarjax.errors import ConfigError
 
 BINARY = ("zcq_success", "back_pain_improved50", "leg_pain_improved50")
@@ -55,7 +55,7 @@ def test_ensemble_is_the_mean_of_the_fold_models(evaluated):
     """On the run's own patients each restored fold model reproduces the run's out-of-fold
     prediction for the patients it held out, and the ensemble is the mean of the fold models."""
     run = evaluated["run"]
-    td = run["results"]["outcome_task"]
+    td = run["results"].task_data["outcome"]
     ens = external.ensemble_predictions(run["config"], run["workdir"], td.records, td.cache)
     per_fold = ens.attrs["per_fold"]
     assert len(per_fold) == ens.attrs["n_fold_models"] == int(run["config"].outcome.cv.num_folds)
@@ -94,7 +94,7 @@ def test_the_reported_model_is_applied_fold_by_fold_with_the_runs_weights(evalua
     fold's part is its candidates combined with the fold's weights from selection.json, the
     whole is the mean over folds, and the stage-1 MRI scores are the run's own."""
     run = evaluated["run"]
-    td = run["results"]["outcome_task"]
+    td = run["results"].task_data["outcome"]
     cfg, wd = run["config"], run["workdir"]
     before = open(os.path.join(wd, "cohort_summary.json")).read()
     net = external.ensemble_predictions(cfg, wd, td.records, td.cache)

@@ -170,7 +170,7 @@ def test_whole_volume_pretraining_carries_the_localiser_and_places_the_levels(by
     """pretrain.levels.localise beside a whole-volume grader: the file holds the localiser, its
     card says the grader is not by level, and the outcome path gets (N, K) grades + centres."""
     import ml_collections
-    from lumbarjax.jobs import workflow
+    from lumbarjax.jobs import mri_stages
     cfg = ml_collections.ConfigDict(by_level["cfg"].to_dict())
     cfg.pretrain.levels.enabled, cfg.pretrain.levels.localise = False, True
     cohort = by_level["cohort"]
@@ -198,7 +198,7 @@ def test_whole_volume_pretraining_carries_the_localiser_and_places_the_levels(by
     workdir = str(tmp_path / "run")
     os.makedirs(workdir)
     cfg.data.cohort_dir = str(tmp_path / "nowhere")
-    s = workflow.stage_mri_levels(cfg, workdir, cohort, card, probs, centres)
+    s = mri_stages.stage_mri_levels(cfg, workdir, cohort, card, probs, centres)
     assert s["pretraining"]["localiser_val"]["mean_mm"] == card["levels"]["localiser"]["val"]["mean_mm"]
     tab = pd.read_csv(os.path.join(workdir, "mri_levels", "levels.csv"))
     assert [c for c in tab.columns if c.startswith("expected_grade")] == []

@@ -13,7 +13,7 @@ import pandas as pd
 import pydicom
 import pytest
 
-from lumbarjax.jobs import predict
+from lumbarjax.jobs import predict, report, restore
 from conftest import phi_strings, tiny_config
 from lumbarjax.errors import CohortError, ConfigError
 
@@ -149,7 +149,7 @@ def test_patient_without_mri_or_clinical_row_still_predicts(run, patient, tmp_pa
 
 
 def test_report_from_workdir_reproduces_the_runs_metrics(run, patient):
-    html, mpath = predict.report_from_workdir(run["config"], run["workdir"])
+    html, mpath = report.report_from_workdir(run["config"], run["workdir"])
     assert os.path.exists(html)
     new = json.load(open(mpath))
     old = run["metrics"]
@@ -172,9 +172,9 @@ def test_bad_inputs_name_what_is_wrong(run, tmp_path):
     with pytest.raises(ConfigError, match=r"outcome\.model"):
         predict.predict_patient(bad, run["workdir"], str(tmp_path))
     with pytest.raises(ConfigError, match="unknown task"):
-        predict.load_fold_models(run["config"], run["workdir"], "segmentation")
+        restore.load_fold_models(run["config"], run["workdir"], "segmentation")
     with pytest.raises(CohortError, match="not a finished"):
-        predict.load_fold_models(run["config"], str(tmp_path), "outcome")
+        restore.load_fold_models(run["config"], str(tmp_path), "outcome")
     with pytest.raises(CohortError, match="no lateral X-ray and no sagittal T2"):
         predict.predict_patient(run["config"], run["workdir"], str(tmp_path))
     two = tmp_path / "two"
@@ -184,7 +184,7 @@ def test_bad_inputs_name_what_is_wrong(run, tmp_path):
         _patient_folder(run, pid, two / f"p{i}", clinical_row=False)
     with pytest.raises(CohortError, match="images of 2 patients"):
         predict.predict_patient(run["config"], run["workdir"], str(two))
-    assert predict.check_run_config(run["config"], run["workdir"]) == []
+    assert restore.check_run_config(run["config"], run["workdir"]) == []
 
 
 def test_predict_heat_map_equals_the_cross_validation_report(run, tmp_path):

@@ -12,7 +12,7 @@ import pydicom
 import pytest
 
 from conftest import tiny_config
-from lumbarjax.jobs import workflow
+from lumbarjax.jobs import mri_stages
 from lumbarjax.synthetic import STENOSIS_GRADE_CUTS, STENOSIS_NARROWING, stenosis_grades
 from lumbarjax.errors import CohortError, ConfigError
 from lumbarjax.schema import LEVELS
@@ -138,10 +138,10 @@ def test_stage_pretrain_refuses_shared_patients(tiny_pretrain_cohort, tmp_path):
     cfg = tiny_config(tiny_pretrain_cohort)
     cfg.pretrain.enabled, cfg.pretrain.cohort_dir = True, tiny_pretrain_cohort
     with pytest.raises(CohortError, match="share 1 patient id"):
-        workflow.stage_pretrain(cfg, str(tmp_path), outcome_ids=["PT0003", "LJ0001"])
+        mri_stages.stage_pretrain(cfg, str(tmp_path), outcome_ids=["PT0003", "LJ0001"])
     cfg.pretrain.cohort_dir, cfg.pretrain.make_demo = str(tmp_path / "none"), False
     with pytest.raises(ConfigError, match="no labels table"):
-        workflow.stage_pretrain(cfg, str(tmp_path), outcome_ids=[])
+        mri_stages.stage_pretrain(cfg, str(tmp_path), outcome_ids=[])
 
 
 def test_heat_maps_of_the_mri_score_are_complete_and_scored_by_the_pointing_game(pre, tmp_path):
@@ -150,7 +150,7 @@ def test_heat_maps_of_the_mri_score_are_complete_and_scored_by_the_pointing_game
     game against the cohort's ground truth."""
     cfg, cohort = pre
     pretrain.pretrain_encoder(cfg, str(tmp_path), cohort.records, cohort.cache)
-    hm = workflow.stage_mri_heatmaps(cfg, str(tmp_path), cohort,
+    hm = mri_stages.stage_mri_heatmaps(cfg, str(tmp_path), cohort,
                                      pretrain.file_grader(cfg, os.path.join(str(tmp_path), pretrain.ENCODER_FILE)))
     assert hm["n"] == cfg.explain.max_patients and "stage-1 MRI score" in hm["definition"]
     assert 0.0 <= hm["hit_rate"]["point"] <= 1.0 and set(hm["by_level"]) == set(LEVELS)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from lumbarjax.jobs import workflow
+from lumbarjax.jobs import mri_stages
 from lumbarjax.errors import ConfigError
 
 
@@ -20,7 +20,7 @@ def rsna_run(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("rsna_run"))
     cfg = tiny_config(root)
     cfg.pretrain.update(enabled=True, format="rsna2024", cohort_dir=root)
-    params, summary = workflow.stage_pretrain(cfg, workdir, outcome_ids=["LJ0001"])
+    params, summary = mri_stages.stage_pretrain(cfg, workdir, outcome_ids=["LJ0001"])
     return cfg, workdir, params, summary
 
 
@@ -45,15 +45,15 @@ def test_encoder_file_is_loaded_instead_of_pretraining(rsna_run, tmp_path):
     path = os.path.join(workdir, "pretrain", "mri_encoder.msgpack")
     cfg2 = tiny_config(cfg.data.cohort_dir)
     cfg2.pretrain.update(enabled=True, format="rsna2024", cohort_dir="/nonexistent", encoder_file=path)
-    got, summary = workflow.stage_pretrain(cfg2, str(tmp_path), outcome_ids=[])
+    got, summary = mri_stages.stage_pretrain(cfg2, str(tmp_path), outcome_ids=[])
     assert summary["encoder_file"] == path and summary["training_data"]["format"] == "rsna2024"
     assert not os.path.exists(tmp_path / "pretrain")   # nothing trained, nothing read
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     cfg2.outcome.model.mri.width = 8
     with pytest.raises(ConfigError, match="encoder field 'width' differs: the file has 4"):
-        workflow.stage_pretrain(cfg2, str(tmp_path), outcome_ids=[])
+        mri_stages.stage_pretrain(cfg2, str(tmp_path), outcome_ids=[])
     cfg2.outcome.model.mri.width = 4
     cfg2.mri.shape = (4, 48, 32)
     with pytest.raises(ConfigError, match=r"input geometry differs: the file expects mri.shape=\[4, 32, 32\]"):
-        workflow.stage_pretrain(cfg2, str(tmp_path), outcome_ids=[])
+        mri_stages.stage_pretrain(cfg2, str(tmp_path), outcome_ids=[])

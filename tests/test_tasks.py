@@ -134,8 +134,8 @@ def test_outcome_networks_start_as_the_clinical_regression_of_their_own_training
     kept = [s for _, _, s in seen.values()]
     assert 0 in kept, kept  # at least one fold kept the regression alone (checked above)
     # --mode=predict / evaluate restore the same fold models, the step-0 refits included
-    from lumbarjax.jobs import predict as predict_lib
-    for fm in predict_lib.load_fold_models(config, run_dir, "outcome_clinical_only"):
+    from lumbarjax.jobs import restore
+    for fm in restore.load_fold_models(config, run_dir, "outcome_clinical_only"):
         _assert_same_params(fm.state.params, seen[fm.fold][0])
 
 

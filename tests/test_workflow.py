@@ -29,7 +29,7 @@ def test_whole_job_writes_report_and_out_of_fold_predictions(tiny_run):
     assert summary["n_excluded"] == len(excl) > 0          # edge cases: no images / no clinical row
     assert set(excl["reason"]) >= {"no images", "no clinical row"}
     oof = pd.read_csv(os.path.join(workdir, "outcome/oof.csv"), dtype={"patient_id": str})
-    td = results["outcome_task"]
+    td = results.task_data["outcome"]
     assert sorted(oof["patient_id"]) == sorted(td.records["patient_id"])   # each patient once
     assert set(oof["fold"]) == {0, 1}
     assert oof["pred_zcq_success"].between(0, 1).all()
@@ -39,9 +39,9 @@ def test_whole_job_writes_report_and_out_of_fold_predictions(tiny_run):
     probs = g[[f"prob_grade_{k}" for k in range(5)]].sum(axis=1)
     assert ((probs - 1).abs() < 1e-4).all()
     assert tiny_run["metrics"]["completeness"] is not None
-    assert len(results["outcome_heatmaps"].items) == 2
+    assert len(results.heatmaps["outcome"].items) == 2
     # the grader's heat maps: IG of the expected grade over the film, summarised level by level
-    xray = results["grader_heatmaps"].items
+    xray = results.heatmaps["grader"].items
     assert len(xray) == 4 and all(it["attr"].shape == tuple(tiny_run["config"].xray.shape) for it in xray)
     assert all(os.path.exists(os.path.join(tiny_run["workdir"], "grader", "heatmaps", f"{it['patient_id']}_xray_ig.npz"))
                for it in xray)
@@ -53,7 +53,7 @@ def test_whole_job_writes_report_and_out_of_fold_predictions(tiny_run):
 def test_outcome_model_starts_from_the_pretrained_frozen_encoder(tiny_run):
     """The MRI encoder pretrained on the (PT…) stenosis cohort is the outcome fold models'
     encoder, unchanged by the outcome training (optim.frozen); the rest of the model trained."""
-    from lumbarjax.jobs.predict import load_fold_models
+    from lumbarjax.jobs.restore import load_fold_models
     from lumbarjax.pipelines.pretrain import load_encoder
     workdir = tiny_run["workdir"]
     encoder, summary = load_encoder(os.path.join(workdir, "pretrain"))
@@ -73,7 +73,7 @@ def test_outcome_model_starts_from_the_pretrained_frozen_encoder(tiny_run):
     assert abs(sum(placed["points_at"].values()) - 1.0) < 1e-9 and "hit_rate" in placed["vs_truth"]
     assert lv["pretraining"]["crop_rows"] == 8
     table = pd.read_csv(os.path.join(workdir, "mri_levels", "levels.csv"), dtype={"patient_id": str})
-    assert len(table) == len(tiny_run["results"]["outcome_task"].cache) and "expected_grade_L4L5" in table
+    assert len(table) == len(tiny_run["results"].task_data["outcome"].cache) and "expected_grade_L4L5" in table
     with open(os.path.join(workdir, "report.html")) as f:
         html = f.read()
     assert "The MRI level by level" in html and "Does the MRI score" in html

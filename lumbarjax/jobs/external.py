@@ -4,7 +4,7 @@ labelled cohort.
 The other cohort is indexed, joined with its clinical table and preprocessed exactly as the run's
 own cohort (``workflow.stage_index`` / ``stage_cohort`` with ``data.cohort_dir`` = that cohort; its
 manifest, cache, exclusions and cohort summary go to the output folder, never to the run's). The
-k outcome fold models are restored as for ``--mode=predict`` (``predict.load_fold_models``: each
+k outcome fold models are restored as for ``--mode=predict`` (``restore.load_fold_models``: each
 fold's best checkpoint and clinical encoder); each predicts every usable patient, and the
 ensemble prediction is the mean of the k fold models' outputs (probabilities for binary heads,
 VAS 0-100 mm for regression heads). Nothing of the other cohort was seen in training or model
@@ -33,11 +33,12 @@ import pandas as pd
 from absl import logging
 
 from lumbarjax import atomic
-from lumbarjax.jobs import predict, workflow
+from lumbarjax.jobs import cohort_stages, restore, workflow
 from lumbarjax.data.pipeline import CachedExamples, make_loader
 from lumbarjax.errors import CohortError, ConfigError
 from lumbarjax.train.loop import predict as predict_batches
-from lumbarjax.pipelines.tasks import find_variant, get_task
+from lumbarjax.pipelines.tasks import find_variant, outcome_task, xray_stage1_task
+from lumbarjax.settings import setting
 
 
 def cohort_config(config, cohort_dir: str) -> ml_collections.ConfigDict:
@@ -59,8 +60,8 @@ def fold_outputs(config, workdir: str, task_name: str, records: pd.DataFrame, ca
     task, _ = find_variant(task_name)
     task_cfg = config[task.name]
     per_fold = []
-    for fm in predict.load_fold_models(config, workdir, task_name):
-        extras = {"clinical": predict.feature_frame(config, records, fm.encoder)} if fm.encoder is not None else {}
+    for fm in restore.load_fold_models(config, workdir, task_name):
+        extras = {"clinical": restore.feature_frame(config, records, fm.encoder)} if fm.encoder is not None else {}
         source = CachedExamples(cache, extras, mri_shape=tuple(config.mri.shape),
                                 xray_shape=tuple(config.xray.shape))
         out = predict_batches(fm.state, fm.model,
@@ -95,9 +96,10 @@ def stage1_scores(config, workdir: str, records: pd.DataFrame, cache: pd.DataFra
     from lumbarjax.pipelines import pretrain, xray_levels
     ids = records["patient_id"].astype(str).to_numpy()
     tables = []
-    if "grader" in config.tasks:
+    xray_task = xray_stage1_task(config.tasks)
+    if xray_task is not None:
         has_xray = cache["xray_file"].fillna("").astype(str).str.len().to_numpy() > 0
-        per_fold = fold_outputs(config, workdir, "grader", records, cache)
+        per_fold = fold_outputs(config, workdir, xray_task.name, records, cache)
         g = pd.DataFrame({"patient_id": ids, "fold": -1})
         for c in per_fold[0]:
             v = np.stack([p[c] for p in per_fold]).astype(float)
@@ -144,11 +146,11 @@ def selected_predictions(config, workdir: str, records: pd.DataFrame, cache: pd.
     from lumbarjax.pipelines import crossval
     from lumbarjax.selection import select
     sel_path = os.path.join(workdir, "outcome", "selection.json")
-    if not config.outcome.get("select_model", False) or not os.path.exists(sel_path):
+    if not setting(config, "outcome.select_model") or not os.path.exists(sel_path):
         return None
     with open(sel_path) as f:
         summary = json.load(f)
-    run = workflow.join_cohort(config, workdir, workflow.stage_index(config, workdir))  # writes nothing
+    run = cohort_stages.join_cohort(config, workdir, workflow.stage_index(config, workdir))  # writes nothing
     td = crossval.prepare_task("outcome", config, run.records, run.cache)
     read = lambda p: (pd.read_csv(os.path.join(workdir, p), dtype={"patient_id": str})  # noqa: E731
                       if os.path.exists(os.path.join(workdir, p)) else None)
@@ -214,21 +216,21 @@ def evaluate_cohort(config, workdir: str, cohort_dir: str, *, out_dir: str | Non
       CohortError: the run is not finished, the cohort folder is missing, or no patient of it
         has an outcome label and a usable image / clinical row.
     """
-    if "outcome" not in config.tasks:
+    task = outcome_task(config.tasks)
+    if task is None:
         raise ConfigError("--mode=evaluate applies the outcome fold models: config.tasks has no 'outcome'")
     if not os.path.isdir(cohort_dir):
         raise CohortError(f"--mode=evaluate: the cohort folder {cohort_dir} does not exist")
     if os.path.abspath(cohort_dir) == os.path.abspath(config.data.cohort_dir or os.path.join(workdir, "demo_cohort")):
         raise ConfigError(f"--mode=evaluate: {cohort_dir} is the run's own cohort; external "
                           "validation needs another cohort (the run's own estimate is its report)")
-    predict.check_run_config(config, workdir)
+    restore.check_run_config(config, workdir)
     out_dir = out_dir or os.path.join(workdir, "external", os.path.basename(os.path.normpath(cohort_dir)))
     os.makedirs(out_dir, exist_ok=True)
     sub = cohort_config(config, cohort_dir)
     manifest = workflow.stage_index(sub, out_dir)
     cohort = workflow.stage_cohort(sub, out_dir, manifest)
-    task = get_task("outcome")
-    ok, labels, heads = task.labels(cohort.records, cohort.cache, config.outcome)
+    ok, labels, heads = task.labels(cohort.records, cohort.cache, config[task.name])
     ok = ok & ~cohort.cache["excluded"].to_numpy(bool)
     if not ok.any():
         raise CohortError(f"{cohort_dir}: no patient with an outcome label and usable inputs "

@@ -1,16 +1,13 @@
-"""Use a finished cross-validation: predict one new patient, or regenerate the run's report.
+"""Predict one new patient with a finished cross-validation's fold models.
 
-* :func:`load_fold_models` rebuilds the k fold models of one task from the run's config and
-  restores each fold's best checkpoint (the one its out-of-fold predictions came from).
-* :func:`predict_patient` reads ONE new patient folder (a DICOM export, optionally with a
-  one-row ``clinical.csv``), preprocesses it exactly as the run did and runs every fold model:
-  per head the fold-ensemble mean with its spread across the k fold models (SD, min–max: the
-  model's cross-validation uncertainty, not a confidence interval for this patient), the
-  grader's grade probabilities likewise, integrated-gradients heat maps of the ensemble (the
-  mean of the fold models' attributions) and a self-contained ``prediction.html`` +
-  ``prediction.json``.
-* :func:`report_from_workdir` re-draws ``report.html`` / ``metrics.json`` of a finished run
-  from its saved artefacts (OOF tables, baselines, saved IG maps) without training.
+:func:`predict_patient` reads ONE new patient folder (a DICOM export, optionally with a
+one-row ``clinical.csv``), preprocesses it exactly as the run did and runs every fold model
+(restored by :mod:`lumbarjax.jobs.restore`): per head the fold-ensemble mean with its spread
+across the k fold models (SD, min–max: the model's cross-validation uncertainty, not a
+confidence interval for this patient), the grader's grade probabilities likewise,
+integrated-gradients heat maps of the ensemble (the mean of the fold models' attributions) and
+a self-contained ``prediction.html`` + ``prediction.json``. What each task predicts is chosen
+by its ``patient_prediction`` (``PREDICTORS``).
 
 Only the pseudonymous ``patient_id`` (DICOM PatientID, optionally translated by
 ``config.clinical.id_map`` / ``id_map_column``) is written; no other DICOM header value.
@@ -18,16 +15,15 @@ Only the pseudonymous ``patient_id`` (DICOM PatientID, optionally translated by
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
-import glob
 import html
 import json
 import os
-from typing import Any, NamedTuple
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pandas as pd
 from absl import logging
@@ -35,208 +31,12 @@ from absl import logging
 from lumbarjax import atomic
 from lumbarjax.atomic import atomic_path
 from lumbarjax.data.preprocess import load_affine
-from lumbarjax.errors import CohortError, ConfigError, DicomError
+from lumbarjax.errors import CohortError, DicomError
 from lumbarjax.explain import heatmaps
+from lumbarjax.jobs.restore import check_run_config, feature_frame, load_fold_models, memo
+from lumbarjax.pipelines.tasks import get_task
 
-__all__ = ["FoldModel", "TASKS", "saved_config", "check_run_config", "load_fold_models",
-           "predict_patient", "report_from_workdir", "feature_frame"]
-
-
-
-class FoldModel(NamedTuple):
-    """One restored fold model. ``state.step`` is the optimiser step of the checkpoint."""
-    model: Any                    # flax module (eval mode: ``model.apply(state.variables, b)``)
-    state: Any                    # TrainState restored from the fold's best checkpoint
-    encoder: Any                  # ClinicalEncoder of the fold (outcome tasks) or None
-    fold: int
-
-
-# -- the run's config -----------------------------------------------------------------------
-
-def saved_config(workdir: str) -> ml_collections.ConfigDict | None:
-    """The config a run saved as ``<workdir>/config.json`` (``workflow.run`` writes it), or
-    None when absent. JSON lists stand where the original had tuples."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        return None
-    try:
-        with open(path) as f:
-            return ml_collections.ConfigDict(json.load(f))
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{path}: unreadable run config: {e}") from e
-
-
-def _plain(x):
-    """ConfigDict / tuples -> JSON-comparable plain values."""
-    if hasattr(x, "to_dict"):
-        x = x.to_dict()
-    return json.loads(json.dumps(x, default=str))
-
-
-# Sections that must equal the run's for its checkpoints and preprocessing to apply.
-_MUST_MATCH = ("seed", "mri", "xray", "grader.model", "grader.optim", "grader.train.num_steps",
-               "outcome.model", "outcome.features", "outcome.optim", "outcome.train.num_steps",
-               "clinical")
-
-
-def _section(cfg, dotted: str):
-    node = cfg
-    for part in dotted.split("."):
-        if node is None or part not in node:
-            return None
-        node = node[part]
-    return _plain(node)
-
-
-def check_run_config(config, workdir: str) -> list[str]:
-    """Compare ``config`` with the run's saved ``config.json`` on everything the checkpoints
-    and the preprocessing depend on. Returns notes (empty = identical or nothing saved).
-
-    Raises:
-      ConfigError: a model / preprocessing / feature section differs (names the sections).
-    """
-    saved = saved_config(workdir)
-    if saved is None:
-        return [f"{workdir} has no config.json: the given config is assumed to be the run's"]
-    diff = [s for s in _MUST_MATCH if _section(config, s) != _section(saved, s)]
-    if diff:
-        raise ConfigError(f"the config differs from the run's {os.path.join(workdir, 'config.json')} "
-                          f"in {diff}: the checkpoints and preprocessing of that run need the "
-                          "same settings (pass the run's config file and overrides)")
-    return []
-
-
-# -- fold models --------------------------------------------------------------------------
-
-_MEMO: dict = {}
-
-
-def _memo(key, make):
-    """One object per key for this process: equal configs give the very same model, jitted
-    forward and IG head function, so a second prediction compiles nothing."""
-    if key not in _MEMO:
-        _MEMO[key] = make()
-    return _MEMO[key]
-
-
-def _sample_batch(config, num_features: int) -> dict:
-    """A one-example batch of the run's input shapes (for model init / abstract state)."""
-    d, h, w = (int(v) for v in config.mri.shape)
-    xh, xw = (int(v) for v in config.xray.shape)
-    return {"mri": np.zeros((1, d, h, w, 1), np.float32), "mri_present": np.ones((1,), np.float32),
-            "xray": np.zeros((1, xh, xw, 1), np.float32), "xray_present": np.ones((1,), np.float32),
-            "clinical": np.zeros((1, num_features), np.float32),
-            "index": np.zeros((1,), np.int32), "valid": np.ones((1,), np.float32)}
-
-
-def _abstract_state(config, model, num_features: int, run_cfg, num_steps: int):
-    """The train state's structure, shapes and (replicated) shardings, without running or
-    compiling the init: ``jax.eval_shape`` of ``create_train_state``."""
-    from lumbarjax.train.state import create_train_state
-    from lumbarjax.train.mesh import make_mesh, replicated_sharding
-    batch = _sample_batch(config, num_features)
-    shapes = jax.eval_shape(lambda: create_train_state(jax.random.PRNGKey(int(config.seed)), model,
-                                                       batch, run_cfg, num_steps=num_steps))
-    repl = replicated_sharding(make_mesh())
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), shapes)
-
-
-def _choose_step(mngr, fold_dir: str) -> tuple[int, str]:
-    """The step whose weights made the fold's OOF predictions: the loop's recorded best step,
-    else orbax's best step, else the latest."""
-    import orbax.checkpoint as ocp
-    latest = mngr.latest_step()
-    if latest is None:
-        raise CohortError(f"{fold_dir}/checkpoints: no checkpoint (is the cross-validation finished?)")
-    steps = set(mngr.all_steps())
-    try:
-        loop = mngr.restore(latest, args=ocp.args.Composite(loop=ocp.args.JsonRestore()))["loop"]
-        best = loop.get("best_step")
-    except Exception as e:  # noqa: BLE001 - older checkpoints: fall back to orbax's view
-        logging.warning("%s: cannot read the loop bookkeeping (%s); using orbax's best step",
-                        fold_dir, e)
-        best = None
-    if best is not None and int(best) in steps:
-        return int(best), "best"
-    best = mngr.best_step()
-    if best is not None:
-        return int(best), "best (orbax)"
-    return int(latest), "latest"
-
-
-def load_fold_models(config, workdir: str, task: str) -> list[FoldModel]:
-    """Rebuild and restore every fold model of a finished cross-validation.
-
-    Args:
-      config: the run's config (see :func:`check_run_config`).
-      workdir: the run's folder; fold ``k`` lives in ``<workdir>/<task>/fold_<k>/`` with
-        ``checkpoints/`` (orbax), ``split.json`` and, for outcome tasks,
-        ``clinical_encoder.json``.
-      task: ``"grader"``, ``"outcome"`` or ``"outcome_clinical_only"``.
-
-    Returns:
-      ``[FoldModel(model, state, encoder, fold), …]`` for folds 0..k-1, each state restored
-      from the fold's best checkpoint (the loop's recorded best step; orbax's best or the
-      latest step as fall-backs; with ``cv.refit`` the refitted model in ``fold_<k>/refit/``) into a state built by ``create_train_state`` with inputs of
-      ``config.mri.shape`` / ``config.xray.shape`` and F = the fold encoder's features.
-
-    Raises:
-      ConfigError: unknown task. CohortError: the task's folders or checkpoints are missing.
-    """
-    from lumbarjax.models.fusion import ClinicalEncoder
-    from lumbarjax.pipelines import crossval
-    from lumbarjax.train.loop import restore_checkpoint, make_checkpoint_manager, train_config
-    from lumbarjax.pipelines.tasks import find_variant
-
-    task_obj, clinical_only = find_variant(task)
-    kind = task_obj.name
-    task_cfg = config[kind]
-    task_dir = os.path.join(workdir, task)
-    k = int(task_cfg.cv.num_folds)
-    missing = [f for f in range(k) if not os.path.isdir(os.path.join(task_dir, f"fold_{f}", "checkpoints"))]
-    if missing:
-        raise CohortError(f"{task_dir}: no checkpoints for fold(s) {missing} of {k}: not a finished "
-                          f"{task} cross-validation (run --mode=crossval first)")
-    key = ("model", kind, clinical_only, json.dumps(_plain(task_cfg.model), sort_keys=True))
-    model = _memo(key, lambda: task_obj.build_model(task_cfg, clinical_only))
-    run_cfg = crossval.run_config(config, task_cfg)
-    tc = train_config(run_cfg)
-    out = []
-    for f in range(k):
-        fold_dir = os.path.join(task_dir, f"fold_{f}")
-        enc = None
-        if task_obj.has_features:
-            path = os.path.join(fold_dir, "clinical_encoder.json")
-            try:
-                with open(path) as fh:
-                    enc = ClinicalEncoder.from_dict(json.load(fh))
-            except (OSError, ValueError) as e:
-                raise CohortError(f"{path}: cannot read the fold's clinical encoder: {e}") from e
-        n_feat = enc.num_features if enc is not None else 0
-        like = _abstract_state(config, model, n_feat, run_cfg, tc["num_steps"])
-        # with cv.refit the test fold was predicted by the model retrained on all its training
-        # patients (fold_<k>/refit/, stopped at the chosen step): that one is the fold model
-        ckpt_dir = os.path.join(fold_dir, "refit" if task_cfg.cv.get("refit", False) else "", "checkpoints")
-        if not os.path.isdir(ckpt_dir):
-            raise CohortError(f"{ckpt_dir}: missing (config.{kind}.cv.refit is on): not a finished "
-                              f"{task} cross-validation")
-        mngr = make_checkpoint_manager(ckpt_dir,
-                                       best_metric=tc["best_metric"], best_mode=tc["best_metric_mode"],
-                                       max_to_keep=tc["max_to_keep"], keep_best=tc["keep_best"],
-                                       async_checkpointing=False)
-        try:
-            step, how = _choose_step(mngr, fold_dir)
-            try:
-                state, _ = restore_checkpoint(mngr, step, like, items=("state",))
-            except Exception as e:  # noqa: BLE001 - orbax errors say little about why
-                raise CohortError(f"{fold_dir}/checkpoints/{step}: cannot restore into the model "
-                                  f"built from config.{kind}.model ({type(e).__name__}: {e}); was "
-                                  "the run made with another config?") from e
-        finally:
-            mngr.close()
-        logging.info("%s fold %d: restored step %d (%s)", task, f, step, how)
-        out.append(FoldModel(model, state, enc, f))
-    return out
+__all__ = ["PREDICTORS", "predict_patient"]
 
 
 # -- one new patient -------------------------------------------------------------------------
@@ -261,7 +61,7 @@ def _find_clinical(patient_dir: str, clinical: str | None) -> str | None:
 
 def _patient_records(config, patient_dir: str, clinical: str | None) -> tuple[pd.DataFrame, dict, list]:
     """Index one patient folder and join its clinical row: (records (1 row), inputs, notes)."""
-    from lumbarjax.data import clinical as clinical_lib
+    from lumbarjax.data import clinical as clinical_lib, outcomes as outcomes_lib
     from lumbarjax.data import cohort as cohort_lib
     from lumbarjax.data import index as index_lib
 
@@ -288,7 +88,7 @@ def _patient_records(config, patient_dir: str, clinical: str | None) -> tuple[pd
         table = clinical_lib.read_clinical(table_path, column_map=dict(config.clinical.column_map) or None)
         clin, _problems = clinical_lib.validate_clinical(table, ccfg)
         pid = str(cohort_lib.translate_ids(pd.Series([found[0]]), clin, ccfg).iloc[0])
-        derived = clinical_lib.derive_outcomes(clin, ccfg)
+        derived = outcomes_lib.derive_outcomes(clin, ccfg)
         match = derived[derived[idc].astype(str) == pid]
         if len(match) == 1:
             row, clinical_found = match.reset_index(drop=True), True
@@ -315,16 +115,6 @@ def _patient_records(config, patient_dir: str, clinical: str | None) -> tuple[pd
     return row, inputs, notes
 
 
-def feature_frame(config, records: pd.DataFrame, enc) -> np.ndarray:
-    """(N, F) features of the fold's encoder for ``records``; absent columns count as missing
-    values."""
-    df = records.copy()
-    for c in list(enc.numeric) + list(enc.categorical):
-        if c not in df.columns:
-            df[c] = np.nan
-    return enc.transform(df)
-
-
 def _example(config, cache: pd.DataFrame, clinical: np.ndarray | None) -> dict:
     from lumbarjax.data.pipeline import CachedExamples
     extras = {"clinical": clinical} if clinical is not None else {}
@@ -341,24 +131,25 @@ def _ig(fn, inputs, static, config, baseline=None):
             float(r["value"][0]), float(r["base"][0]))
 
 
-def _predict_outcome(config, workdir, records, cache, ex_mri_present, out_dir, pid, task="outcome"):
+def _predict_outcome(config, workdir, task, records, cache, ex_mri_present, out_dir, pid):
+    """The fold ensemble of ``task``'s heads (binary: probabilities, else VAS mm) + its IG maps."""
     from lumbarjax.explain import overlays
-    from lumbarjax.pipelines.tasks import TASKS
-    folds = load_fold_models(config, workdir, task)
-    mc = config.outcome.model
+    task_cfg = config[task.name]
+    folds = load_fold_models(config, workdir, task.name)
+    mc = task_cfg.model
     binary = tuple(mc.binary_heads)
     heads = binary + tuple(mc.regression_heads)
     model = folds[0].model
-    fwd = _memo(("fwd", id(model)), lambda: jax.jit(lambda v, b: model.apply(v, b, train=False)))
+    fwd = memo(("fwd", id(model)), lambda: jax.jit(lambda v, b: model.apply(v, b, train=False)))
     per_fold, ig_parts = [], []
     ig_head = str(config.explain.head)
-    do_ig = task == "outcome" and ig_head in heads
-    head_fn = _memo(("head_fn", id(model), ig_head), lambda: heatmaps.HeadFn(model, ig_head)) if do_ig else None
+    do_ig = ig_head in heads
+    head_fn = memo(("head_fn", id(model), ig_head), lambda: heatmaps.HeadFn(model, ig_head)) if do_ig else None
     batch0 = None
     for fm in folds:
         batch = _example(config, cache, feature_frame(config, records, fm.encoder))
         batch0 = batch
-        cols = TASKS["outcome"].decode(jax.device_get(fwd(fm.state.variables, batch)), config.outcome)
+        cols = task.decode(jax.device_get(fwd(fm.state.variables, batch)), task_cfg)
         vals = {h: float(cols[f"pred_{h}"][0]) for h in heads}
         per_fold.append({"fold": fm.fold, "step": int(jax.device_get(fm.state.step)), **vals})
         if do_ig:
@@ -428,17 +219,18 @@ def _predict_outcome(config, workdir, records, cache, ex_mri_present, out_dir, p
     return result, figs
 
 
-def _predict_grader(config, workdir, cache, out_dir, pid):
+def _predict_grader(config, workdir, task, cache, out_dir, pid):
+    """The fold ensemble of ``task``'s ordinal grade of the X-ray + its IG maps."""
     from lumbarjax.explain import overlays
     from lumbarjax.models import ordinal
-    folds = load_fold_models(config, workdir, "grader")
-    head = str(config.grader.model.head)
+    folds = load_fold_models(config, workdir, task.name)
+    head = str(config[task.name].model.head)
     _, probs_fn, predict_fn = ordinal.ordinal_fns(head)
     model = folds[0].model
-    fwd = _memo(("fwd_grade", id(model)),
+    fwd = memo(("fwd_grade", id(model)),
                 lambda: jax.jit(lambda v, b: model.apply(v, b, train=False)["grade"]))
     batch = _example(config, cache, None)
-    fn = _memo(("grade_fn", id(model), head), lambda: heatmaps.ExpectedGradeFn(model, head))
+    fn = memo(("grade_fn", id(model), head), lambda: heatmaps.ExpectedGradeFn(model, head))
     probs, per_fold, attrs, deltas, vals, bases = [], [], [], [], [], []
     for fm in folds:
         logits = fwd(fm.state.variables, batch)
@@ -534,41 +326,30 @@ def predict_patient(config, workdir: str, patient_dir: str, *, out_dir: str | No
                         "confidence interval for this patient's outcome"),
         "notes": notes,
     }
-    figs = []
-    if "outcome" in config.tasks:
-        if not (mri_present or config.outcome.model.xray.enabled and xray_present) \
-                and config.outcome.model.mri.enabled:
-            notes.append("outcome: no MRI; the outcome model runs with the MRI masked")
-        pred["outcome"], f = _predict_outcome(config, workdir, records, cache, float(mri_present),
-                                              out_dir, pid)
-        figs += f
-    if "grader" in config.tasks:
-        if xray_present:
-            pred["grader"], f = _predict_grader(config, workdir, cache, out_dir, pid)
+    figs, sections = [], []
+    tasks = [get_task(name) for name in config.tasks]
+    for kind, predictor in PREDICTORS.items():   # the table's order: the page's and the JSON's
+        for task in (t for t in tasks if t.patient_prediction == kind):
+            result, f = predictor.predict(config, workdir, task, records, cache, out_dir, pid, notes,
+                                          mri_present=mri_present, xray_present=xray_present)
+            if result is not None:
+                pred[task.name] = result
+                sections.append((predictor, task.name))
             figs += f
-            if config.levels.enabled:  # the level-by-level scale of the run (train.xray_levels)
-                from lumbarjax.pipelines.xray_levels import predict_levels
-                try:
-                    pred["grader"]["levels"] = predict_levels(config.levels, os.path.join(workdir, "levels"),
-                                                              records["xray_paths"].iloc[0])
-                except (CohortError, DicomError) as e:
-                    notes.append(f"grader levels: not predicted ({e})")
-        else:
-            notes.append("grader: no X-ray, no grade predicted")
     json_path = os.path.join(out_dir, "prediction.json")
     from lumbarjax.eval.metrics import to_jsonable
     atomic.write_json(json_path, to_jsonable(pred))
     html_path = os.path.join(out_dir, "prediction.html")
-    atomic.write_text(html_path, _prediction_html(pred, figs))
+    atomic.write_text(html_path, _prediction_html(pred, figs, sections))
     logging.info("prediction for %s: %s", pid, html_path)
     return {**pred, "html": html_path, "json": json_path}
 
 
-def _prediction_html(pred: dict, figs: list) -> str:
-    """Self-contained page (CSS inline, PNGs as data: URIs) in the style of the report."""
+def _prediction_html(pred: dict, figs: list, sections: list) -> str:
+    """Self-contained page (CSS inline, PNGs as data: URIs) in the style of the report;
+    ``sections``: ``(predictor, key of its result in pred)`` in the page's order."""
     from lumbarjax.eval import report as report_lib
     e = html.escape
-    f3 = report_lib.fmt_value
     parts = [f"<h1>lumbarjax prediction — patient {e(pred['patient_id'])}</h1>",
              f"<p class='sub'>generated {e(pred['generated'])}; models of the run "
              f"{e(os.path.basename(pred['run'].rstrip(os.sep)))}</p>",
@@ -580,45 +361,8 @@ def _prediction_html(pred: dict, figs: list) -> str:
     parts += ["<h2>Inputs</h2>", report_lib.html_table(["input", "status"], rows)]
     if pred.get("notes"):
         parts.append("<ul>" + "".join(f"<li>{e(n)}</li>" for n in pred["notes"]) + "</ul>")
-    if "outcome" in pred:
-        o = pred["outcome"]
-        rows = []
-        for h, v in o["heads"].items():
-            d = 3 if v["kind"] == "probability" else 1
-            rows.append([e(h), e(v["kind"]), f3(v["mean"], d), f3(v["sd"], d),
-                         f"{f3(v['min'], d)} – {f3(v['max'], d)}",
-                         " ".join(f3(fd[h], d) for fd in o["folds"])])
-        parts += ["<h2>Outcome</h2>",
-                  report_lib.html_table(["head", "unit", "mean of folds", "SD", "min – max",
-                                     "per fold"], rows, "metrics")]
-        hm = o.get("heatmap")
-        if hm:
-            parts.append(f"<p class='muted'>Heat maps: {e(hm['method'])} IG, {hm['steps']} steps, "
-                         f"zero baseline, head {e(hm['head'])}; completeness error "
-                         f"{hm['completeness_delta']:+.2e} (relative {hm['relative_delta']:.1e}).</p>")
-    if "grader" in pred:
-        g = pred["grader"]
-        pm = np.atleast_2d(g["prob_mean"])[0]
-        ps = np.atleast_2d(g["prob_sd"])[0]
-        rows = [[str(k), f3(pm[k]), f3(ps[k])] for k in range(len(pm))]
-        eg = g["expected_grade"]
-        parts += ["<h2>X-ray degeneration grade</h2>",
-                  f"<p>Predicted grade <b>{g['grade']}</b>; expected grade {f3(eg['mean'], 2)} "
-                  f"(SD {f3(eg['sd'], 2)}, range {f3(eg['min'], 2)} – {f3(eg['max'], 2)} across "
-                  f"{eg['n_folds']} folds).</p>",
-                  report_lib.html_table(["grade", "probability (mean of folds)", "SD"], rows, "metrics")]
-        lv = g.get("levels")
-        if lv:
-            ind = lv["indices"]
-            lrows = [[e(name), str(lv["grade_per_level"][name]), f3(ind[f"dhi_{name}"]),
-                      f3(ind[f"disc_height_mm_{name}"], 1), f3(ind[f"listhesis_mm_{name}"], 1)]
-                     for name in lv["grade_per_level"]]
-            parts += [f"<h3>Level by level (rule {e(lv['rule'])})</h3>",
-                      f"<p>Patient grade <b>{lv['grade']}</b>; scale (sum over L1–S1) "
-                      f"{f3(lv['scale']['mean'], 1)} (SD {f3(lv['scale']['sd'], 1)} across "
-                      f"{len(lv['folds'])} fold graders).</p>",
-                      report_lib.html_table(["level", "grade (median of folds)", "disc height index",
-                                             "disc height (mm)", "listhesis (mm)"], lrows, "metrics")]
+    for predictor, key in sections:
+        parts += predictor.html(pred[key])
     if figs:
         parts.append("<h2>Heat maps</h2><div class='gallery'>")
         for path, caption in figs:
@@ -634,96 +378,86 @@ def _prediction_html(pred: dict, figs: list) -> str:
             f"<style>{report_lib.CSS}</style></head><body><main>{body}</main></body></html>")
 
 
-# -- report of a finished run -----------------------------------------------------------------
+# -- what each task predicts for one patient: patient_prediction -> Predictor ----------------------
 
-def _read_oof(path: str) -> pd.DataFrame | None:
-    if not os.path.exists(path):
-        return None
-    return pd.read_csv(path, dtype={"patient_id": str})
+def _heads_entry(config, workdir, task, records, cache, out_dir, pid, notes, *, mri_present, xray_present):
+    mc = config[task.name].model
+    if not (mri_present or mc.xray.enabled and xray_present) and mc.mri.enabled:
+        notes.append(f"{task.name}: no MRI; the outcome model runs with the MRI masked")
+    return _predict_outcome(config, workdir, task, records, cache, float(mri_present), out_dir, pid)
 
 
-def report_from_workdir(config, workdir: str) -> tuple[str, str]:
-    """Re-draw ``report.html`` and ``metrics.json`` of a finished run from its artefacts.
-
-    Reads ``cohort_summary.json``, ``exclusions.csv``, ``<task>/oof.csv``,
-    ``outcome_clinical_only/oof.csv``, ``outcome/selected_oof.csv`` + ``selection.json``,
-    ``baseline_<head>.csv``, ``ablation.json``, ``levels/levels_metrics.json``,
-    ``xray_pretrain/xray_pretrain_summary.json``, ``mri_levels/mri_levels.json``,
-    ``mri_score_heatmaps/summary.json`` and the saved IG maps
-    (``heatmaps/*_ig.npz``) and calls :func:`lumbarjax.jobs.workflow.stage_report` — the very code of
-    the run — so the numbers (same bootstrap seed) equal the run's. The timings of the run are
-    carried over from its old ``metrics.json``. Overwrites both files in ``workdir``.
-
-    Raises:
-      CohortError: ``cohort_summary.json`` or every OOF table is missing (not a finished run).
-    """
-    from lumbarjax.jobs import workflow
-
-    check_run_config(config, workdir)
-    path = os.path.join(workdir, "cohort_summary.json")
-    if not os.path.exists(path):
-        raise CohortError(f"{path} not found: {workdir} is not a finished run (--mode=crossval)")
-    with open(path) as f:
-        summary = json.load(f)
-    results: dict[str, Any] = {}
-    for key, sub in (("grader", "grader"), ("outcome", "outcome"),
-                     ("clinical_only", "outcome_clinical_only")):
-        if key == "clinical_only" or key in config.tasks:
-            df = _read_oof(os.path.join(workdir, sub, "oof.csv"))
-            if df is not None:
-                results[key] = df
-    if "grader" not in results and "outcome" not in results:
-        raise CohortError(f"{workdir}: no grader/oof.csv or outcome/oof.csv: nothing to report")
-    baselines = {}
-    for p in sorted(glob.glob(os.path.join(workdir, "baseline_*.csv"))):
-        head = os.path.basename(p)[len("baseline_"):-len(".csv")]
-        baselines[head] = pd.read_csv(p, dtype={"patient_id": str})
-    if baselines:
-        results["baselines"] = baselines
-    hm_dir = os.path.join(workdir, "heatmaps")
-    if os.path.isdir(hm_dir):
-        hm = heatmaps.HeatmapCollector.load(config, hm_dir)
-        hm.items.sort(key=lambda it: (it["fold"], it["row"]))   # the run's order (bootstrap CIs)
-        results["outcome_heatmaps"] = hm
-    xhm_dir = os.path.join(workdir, "grader", "heatmaps")
-    if os.path.isdir(xhm_dir):
-        results["grader_heatmaps"] = heatmaps.XrayHeatmapCollector.load(config, xhm_dir)
-    old = os.path.join(workdir, "metrics.json")
-    if os.path.exists(old):
+def _grade_entry(config, workdir, task, records, cache, out_dir, pid, notes, *, mri_present, xray_present):
+    if not xray_present:
+        notes.append(f"{task.name}: no X-ray, no grade predicted")
+        return None, []
+    result, figs = _predict_grader(config, workdir, task, cache, out_dir, pid)
+    if config.levels.enabled:  # the level-by-level scale of the run (train.xray_levels)
+        from lumbarjax.pipelines.xray_levels import predict_levels
         try:
-            with open(old) as f:
-                results["timing_s"] = (json.load(f).get("extra") or {}).get("timing_s", {})
-        except ValueError:
-            pass
-    sel_oof = _read_oof(os.path.join(workdir, "outcome", "selected_oof.csv"))
-    sel_json = os.path.join(workdir, "outcome", "selection.json")
-    if "outcome" in results and sel_oof is not None and os.path.exists(sel_json):
-        with open(sel_json) as f:
-            results["selected"], results["selection"] = sel_oof, json.load(f)
-    abl = os.path.join(workdir, "ablation.json")
-    if os.path.exists(abl):
-        with open(abl) as f:
-            results["ablation"] = json.load(f)
-    lv_metrics = os.path.join(workdir, "levels", "levels_metrics.json")
-    if config.levels.enabled and os.path.exists(lv_metrics):
-        with open(lv_metrics) as f:
-            results["levels"] = json.load(f)
-    xp_summary = os.path.join(workdir, "xray_pretrain", "xray_pretrain_summary.json")
-    if os.path.exists(xp_summary) and not config.xray_pretrain.backbone_file:
-        with open(xp_summary) as f:
-            results["xray_pretrain"] = json.load(f)
-    for key, rel in (("mri_levels", workflow.MRI_LEVELS_JSON), ("mri_score_heatmaps", workflow.MRI_HEATMAPS_JSON)):
-        if config.pretrain.enabled and os.path.exists(os.path.join(workdir, rel)):
-            with open(os.path.join(workdir, rel)) as f:
-                results[key] = json.load(f)
-    pre_summary = os.path.join(workdir, "pretrain", "pretrain_summary.json")
-    if config.pretrain.enabled and os.path.exists(pre_summary):
-        with open(pre_summary) as f:
-            results["pretrain"] = json.load(f)
-    excl_path = os.path.join(workdir, "exclusions.csv")
-    excl = pd.read_csv(excl_path, dtype={"patient_id": str}) if os.path.exists(excl_path) \
-        else pd.DataFrame(columns=["patient_id", "reason", "detail"])
-    cohort = workflow.Cohort(records=pd.DataFrame(), cache=pd.DataFrame(), exclusions=excl,
-                             summary=summary)
-    root = config.data.cohort_dir or os.path.join(workdir, "demo_cohort")
-    return workflow.stage_report(config, workdir, cohort, results, root)
+            result["levels"] = predict_levels(config.levels, os.path.join(workdir, "levels"),
+                                              records["xray_paths"].iloc[0])
+        except (CohortError, DicomError) as e:
+            notes.append(f"{task.name} levels: not predicted ({e})")
+    return result, figs
+
+
+def _heads_html(o: dict) -> list[str]:
+    from lumbarjax.eval import report as report_lib
+    e, f3 = html.escape, report_lib.fmt_value
+    rows = []
+    for h, v in o["heads"].items():
+        d = 3 if v["kind"] == "probability" else 1
+        rows.append([e(h), e(v["kind"]), f3(v["mean"], d), f3(v["sd"], d),
+                     f"{f3(v['min'], d)} – {f3(v['max'], d)}",
+                     " ".join(f3(fd[h], d) for fd in o["folds"])])
+    parts = ["<h2>Outcome</h2>",
+             report_lib.html_table(["head", "unit", "mean of folds", "SD", "min – max",
+                                    "per fold"], rows, "metrics")]
+    hm = o.get("heatmap")
+    if hm:
+        parts.append(f"<p class='muted'>Heat maps: {e(hm['method'])} IG, {hm['steps']} steps, "
+                     f"zero baseline, head {e(hm['head'])}; completeness error "
+                     f"{hm['completeness_delta']:+.2e} (relative {hm['relative_delta']:.1e}).</p>")
+    return parts
+
+
+def _grade_html(g: dict) -> list[str]:
+    from lumbarjax.eval import report as report_lib
+    e, f3 = html.escape, report_lib.fmt_value
+    pm = np.atleast_2d(g["prob_mean"])[0]
+    ps = np.atleast_2d(g["prob_sd"])[0]
+    rows = [[str(k), f3(pm[k]), f3(ps[k])] for k in range(len(pm))]
+    eg = g["expected_grade"]
+    parts = ["<h2>X-ray degeneration grade</h2>",
+             f"<p>Predicted grade <b>{g['grade']}</b>; expected grade {f3(eg['mean'], 2)} "
+             f"(SD {f3(eg['sd'], 2)}, range {f3(eg['min'], 2)} – {f3(eg['max'], 2)} across "
+             f"{eg['n_folds']} folds).</p>",
+             report_lib.html_table(["grade", "probability (mean of folds)", "SD"], rows, "metrics")]
+    lv = g.get("levels")
+    if lv:
+        ind = lv["indices"]
+        lrows = [[e(name), str(lv["grade_per_level"][name]), f3(ind[f"dhi_{name}"]),
+                  f3(ind[f"disc_height_mm_{name}"], 1), f3(ind[f"listhesis_mm_{name}"], 1)]
+                 for name in lv["grade_per_level"]]
+        parts += [f"<h3>Level by level (rule {e(lv['rule'])})</h3>",
+                  f"<p>Patient grade <b>{lv['grade']}</b>; scale (sum over L1–S1) "
+                  f"{f3(lv['scale']['mean'], 1)} (SD {f3(lv['scale']['sd'], 1)} across "
+                  f"{len(lv['folds'])} fold graders).</p>",
+                  report_lib.html_table(["level", "grade (median of folds)", "disc height index",
+                                         "disc height (mm)", "listhesis (mm)"], lrows, "metrics")]
+    return parts
+
+
+@dataclasses.dataclass(frozen=True)
+class Predictor:
+    """How one kind of task (``task.patient_prediction``) predicts one patient: ``predict(config,
+    workdir, task, records, cache, out_dir, pid, notes, *, mri_present, xray_present)`` ->
+    ``(result | None, [(png, caption)])`` (notes appended in place), and ``html(result)`` -> the
+    page's parts."""
+    predict: Callable
+    html: Callable
+
+
+# The order of this table is the order of prediction.json's and prediction.html's sections.
+PREDICTORS = {"heads": Predictor(_heads_entry, _heads_html), "grade": Predictor(_grade_entry, _grade_html)}

@@ -5,7 +5,7 @@ Every full model is a flax.linen Module called as
 mutable=["batch_stats"] if train else False)`` with the data.pipeline batch dict.
 """
 
-from lumbarjax.models.encoder3d import ARCHS, MRIEncoder
+from lumbarjax.models.encoder3d import ARCHS, ENCODERS, MRIEncoder
 from lumbarjax.models.fusion import (
     ClinicalEncoder,
     OutcomeModel,
@@ -25,7 +25,7 @@ from lumbarjax.models.ordinal import (
 from lumbarjax.models.resnet2d import Grader, ResNet2D, grader_loss
 
 __all__ = [
-    "ARCHS", "MRIEncoder", "ClinicalEncoder", "OutcomeModel", "build_grader", "build_outcome_model",
+    "ARCHS", "ENCODERS", "MRIEncoder", "ClinicalEncoder", "OutcomeModel", "build_grader", "build_outcome_model",
     "outcome_loss",
     "positive_class_weights", "coral_loss", "coral_predict", "coral_probs", "corn_loss",
     "corn_predict", "corn_probs", "Grader", "ResNet2D", "grader_loss",

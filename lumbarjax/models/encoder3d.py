@@ -23,7 +23,8 @@ The default is chosen from the measured table (see MRIEncoder.arch).
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+import types
+from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -37,7 +38,6 @@ from lumbarjax.models.resnet2d import (BasicBlock, PatchifyStem, ResNet2D, globa
                                        space_to_depth)
 
 Dtype = Any
-ARCHS = ("slice2d", "patch3d", "vit", "resnet3d_naive", "lesion2d")
 
 
 class NaiveResNet3D(nn.Module):
@@ -234,11 +234,12 @@ class ViT3D(nn.Module):
 class MRIEncoder(nn.Module):
     """Sagittal MRI volume (B, D, H, W, 1) -> (B, F) float32 features.
 
-    arch: one of ARCHS (default "slice2d", the measured winner — benchmarks/ENCODER_DESIGNS.md).
+    arch: a name in ENCODERS (= ARCHS; default "slice2d", the measured winner —
+      benchmarks/ENCODER_DESIGNS.md).
     width: channels of the first stage (ResNets; "lesion2d" uses (w, w, 2w, 2w)) — ignored by "vit".
-    stage_sizes: blocks per stage; None = the arch's default ((1,1,1) for slice2d, (1,1,1,1) else).
-    patch / depth_patch: in-plane / depth patch of patchify stems (None = arch default:
-      slice2d 4, patch3d 4 x depth 2, vit 16 x depth 2).
+    stage_sizes: blocks per stage; None = the arch's default (its ENCODERS entry).
+    patch / depth_patch: in-plane / depth patch of patchify stems (None = the arch's default,
+      its ENCODERS entry).
     pool: "avg" | "max" | "avgmax" for the ResNets (vit mean-pools tokens).
     """
 
@@ -258,23 +259,54 @@ class MRIEncoder(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         if x.ndim != 5:
             raise ConfigError(f"MRIEncoder: expected (B, D, H, W, C) input, got shape {x.shape}")
-        if self.arch == "slice2d":
-            return SliceEncoder(tuple(self.stage_sizes or (1, 1, 1)), self.width, self.patch or 4, self.norm,
-                                self.pool, self.dtype, name="slice2d")(x, train)
-        if self.arch == "patch3d":
-            return PatchResNet3D(tuple(self.stage_sizes or (1, 1, 1, 1)), self.width, self.patch or 4,
-                                 self.depth_patch or 2, 2, self.norm, self.pool, self.dtype,
-                                 name="patch3d")(x, train)
-        if self.arch == "vit":
-            return ViT3D(self.vit_dim, self.vit_depth, self.vit_heads, self.patch or 16, self.depth_patch or 2,
-                         self.dtype, name="vit")(x, train)
-        if self.arch == "resnet3d_naive":
-            return NaiveResNet3D(tuple(self.stage_sizes or (1, 1, 1, 1)), self.width, self.norm, self.pool,
-                                 self.dtype, name="resnet3d_naive")(x, train)
-        if self.arch == "lesion2d":
-            w = int(self.width)
-            return LesionCNN((w, w, 2 * w, 2 * w), self.patch or 2, self.norm, self.dtype, name="lesion2d")(x, train)
-        raise ConfigError(f"MRIEncoder.arch: unknown architecture {self.arch!r}; expected one of {ARCHS}")
+        if self.arch not in ENCODERS:
+            raise ConfigError(f"MRIEncoder.arch: unknown architecture {self.arch!r}; expected one of {ARCHS}")
+        build, defaults = ENCODERS[self.arch]
+        settings = {f: getattr(self, f) for f in _SETTINGS}
+        # a setting left None (or empty) takes the architecture's default from its ENCODERS entry
+        settings.update({k: settings[k] or v for k, v in defaults.items()})
+        return build(types.SimpleNamespace(**settings), self.arch)(x, train)
+
+
+# -- the encoder registry: name -> (constructor, the architecture's defaults) ------------------
+# Each constructor takes the MRIEncoder's settings (``_SETTINGS``, those left None filled from the
+# entry's defaults) and the module name (= the arch, the params subtree). A new encoder is one
+# new entry.
+
+_SETTINGS = ("width", "stage_sizes", "patch", "depth_patch", "norm", "pool", "vit_dim", "vit_depth",
+             "vit_heads", "dtype")
+
+
+def _slice2d(s, name):
+    return SliceEncoder(tuple(s.stage_sizes), s.width, s.patch, s.norm, s.pool, s.dtype, name=name)
+
+
+def _patch3d(s, name):
+    return PatchResNet3D(tuple(s.stage_sizes), s.width, s.patch, s.depth_patch, 2, s.norm, s.pool, s.dtype,
+                         name=name)
+
+
+def _vit(s, name):
+    return ViT3D(s.vit_dim, s.vit_depth, s.vit_heads, s.patch, s.depth_patch, s.dtype, name=name)
+
+
+def _resnet3d_naive(s, name):
+    return NaiveResNet3D(tuple(s.stage_sizes), s.width, s.norm, s.pool, s.dtype, name=name)
+
+
+def _lesion2d(s, name):
+    w = int(s.width)
+    return LesionCNN((w, w, 2 * w, 2 * w), s.patch, s.norm, s.dtype, name=name)
+
+
+ENCODERS: dict[str, tuple[Callable[[Any, str], nn.Module], dict]] = {
+    "slice2d": (_slice2d, dict(stage_sizes=(1, 1, 1), patch=4)),
+    "patch3d": (_patch3d, dict(stage_sizes=(1, 1, 1, 1), patch=4, depth_patch=2)),
+    "vit": (_vit, dict(patch=16, depth_patch=2)),
+    "resnet3d_naive": (_resnet3d_naive, dict(stage_sizes=(1, 1, 1, 1))),
+    "lesion2d": (_lesion2d, dict(patch=2)),
+}
+ARCHS = tuple(ENCODERS)
 
 
 class StenosisGrader(nn.Module):

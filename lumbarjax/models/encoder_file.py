@@ -61,7 +61,7 @@ def model_card(*, encoder_kwargs: Mapping, preprocessing: Mapping, label_column:
         "input": {"spacing_mm": list(mri["spacing"]), "shape": list(mri["shape"]), "channels": 1,
                   "orientation": ORIENTATION, "resampling": "centre crop/pad on the LPS grid"},
         "intensity_normalisation": {"method": "per-volume percentiles -> [0, 1], clipped",
-                                    "percentiles": list(mri.get("norm_percentiles", (1.0, 99.0))),
+                                    "percentiles": list(mri["norm_percentiles"]),
                                     "preprocess_code_version": CODE_VERSION},
         "labels": {"column": label_column, "num_grades": len(label_names),
                    "names": list(label_names)},
@@ -167,9 +167,9 @@ def check_compatible(card: Mapping, *, encoder_kwargs: Mapping, preprocessing: M
             raise ConfigError(f"{where}: input geometry differs: the file expects {field}={a}, "
                               f"config.{field} is {b}")
     pct = card.get("intensity_normalisation", {}).get("percentiles")
-    if pct is not None and not np.allclose(pct, mri.get("norm_percentiles", (1.0, 99.0))):
+    if pct is not None and not np.allclose(pct, mri["norm_percentiles"]):
         raise ConfigError(f"{where}: intensity normalisation differs: the file expects "
-                          f"mri.norm_percentiles={pct}, config has {mri.get('norm_percentiles')}")
+                          f"mri.norm_percentiles={pct}, config has {mri['norm_percentiles']}")
 
 
 __all__ = ["FORMAT", "XRAY_FORMAT", "card_path_for", "check_compatible", "load_encoder_file", "load_grading_head",

@@ -1,7 +1,7 @@
 """Pretrain the MRI encoder on a labelled stenosis cohort, for transfer to a small outcome cohort.
 
 Why: a small cohort's noisy outcomes are too few for an MRI encoder to discover canal stenosis
-on its own (the measurements are in benchmarks/ENCODER_DESIGNS.md). The field's answer is
+on its own (the measurements are in benchmarks/studies/encoder_designs/ENCODER_DESIGNS.md). The field's answer is
 transfer: a *separate* cohort with radiologist stenosis grades (e.g. the public RSNA 2024 lumbar spine set: spinal canal stenosis
 normal-mild / moderate / severe) teaches the encoder what a narrowed canal looks like; the
 outcome model then starts from (and by default freezes) that encoder.

@@ -26,12 +26,56 @@ import numpy as np
 from lumbarjax import atomic
 from lumbarjax.errors import ConfigError
 from lumbarjax.schema import LEVELS
+from lumbarjax.settings import setting
 from lumbarjax.pipelines.localise import centres_from_rsna, centres_from_spider
 
-FORMATS = ("lumbarjax", "rsna2024", "spider")
 LABEL_NAMES = {"stenosis_grade": ("normal/mild", "moderate", "severe"),
                "pfirrmann_grade": ("Pfirrmann 1", "Pfirrmann 2", "Pfirrmann 3", "Pfirrmann 4",
                                    "Pfirrmann 5")}
+
+
+# -- the public formats: name -> reader -----------------------------------------------------
+# A reader ``(pc, root, *, seed, num_workers) -> (data, labels, label_column, centres)``: the
+# reader's tables (``data.manifest``, ``data.counts``, ``data.write(folder)``), the labels table
+# (``patient_id``, the label column and its per-level columns ``<label>_<LEVEL>``, grades
+# 0..K-1), the label column it provides and the disc-level centres. A new public dataset is one
+# new entry in ``READERS``.
+
+def _read_rsna2024(pc, root: str, *, seed: int, num_workers: int):
+    """The RSNA 2024 training folder; the label is the worst graded level's canal stenosis."""
+    from lumbarjax.data.public import rsna2024
+
+    if not os.path.exists(os.path.join(root, rsna2024.TRAIN_CSV)):
+        if not pc.make_demo:
+            raise ConfigError(f"config.pretrain.cohort_dir={root!r}: no {rsna2024.TRAIN_CSV} "
+                              "(point it at the RSNA 2024 download, or set pretrain.make_demo=True)")
+        from lumbarjax.synthetic.rsna_layout import write_synthetic_pretraining
+
+        write_synthetic_pretraining(root, n_patients=int(pc.demo_patients), seed=seed,
+                                    num_workers=num_workers)
+    data = rsna2024.read_rsna2024(root)
+    labels = rsna2024.level_grades(data.labels)
+    label_col = "stenosis_grade"
+    for lv in LEVELS:  # the per-level labels of pretrain.levels, under the label's own name
+        labels[f"{label_col}_{lv}"] = labels[f"spinal_canal_stenosis_{lv}"]
+    return data, labels, label_col, centres_from_rsna(data.coordinates)
+
+
+def _read_spider(pc, root: str, *, seed: int, num_workers: int):
+    """The SPIDER folder; the label is the worst lumbar level's Pfirrmann grade minus 1."""
+    from lumbarjax.data.public import spider
+
+    data = spider.read_spider(root)
+    wide = spider.level_labels(data.gradings)       # pfirrmann_grade_<LEVEL>, Pfirrmann 1..5
+    label_col = "pfirrmann_grade"
+    level_cols = [f"{label_col}_{lv}" for lv in LEVELS]
+    labels = wide.assign(**{c: wide[c] - 1 for c in level_cols})   # grades 0..4, as the label
+    labels[label_col] = labels[level_cols].max(axis=1, skipna=True)
+    return data, labels, label_col, centres_from_spider(data.centres)
+
+
+READERS = {"rsna2024": _read_rsna2024, "spider": _read_spider}
+FORMATS = ("lumbarjax",) + tuple(READERS)
 
 
 def pretraining_inputs(pc, root: str, out_dir: str, *, seed: int, num_workers: int = 0):
@@ -46,39 +90,13 @@ def pretraining_inputs(pc, root: str, out_dir: str, *, seed: int, num_workers: i
     The reader's tables (manifest, per-level labels, coordinates / centres, exclusions) are
     written to ``<out_dir>/<format>/`` for inspection.
     """
-    fmt = str(pc.get("format", "lumbarjax") or "lumbarjax")
+    fmt = str(setting(pc, "format") or "lumbarjax")
     if fmt not in FORMATS:
         raise ConfigError(f"config.pretrain.format={fmt!r}: expected one of {FORMATS}")
-    if fmt == "lumbarjax":
+    if fmt not in READERS:   # "lumbarjax": the workflow indexes the folder itself
         return None
     os.makedirs(out_dir, exist_ok=True)
-    if fmt == "rsna2024":
-        from lumbarjax.data.public import rsna2024
-
-        if not os.path.exists(os.path.join(root, rsna2024.TRAIN_CSV)):
-            if not pc.make_demo:
-                raise ConfigError(f"config.pretrain.cohort_dir={root!r}: no {rsna2024.TRAIN_CSV} "
-                                  "(point it at the RSNA 2024 download, or set pretrain.make_demo=True)")
-            from lumbarjax.synthetic.rsna_layout import write_synthetic_pretraining
-
-            write_synthetic_pretraining(root, n_patients=int(pc.demo_patients), seed=seed,
-                                        num_workers=num_workers)
-        data = rsna2024.read_rsna2024(root)
-        labels = rsna2024.level_grades(data.labels)
-        label_col = "stenosis_grade"
-        for lv in LEVELS:  # the per-level labels of pretrain.levels, under the label's own name
-            labels[f"{label_col}_{lv}"] = labels[f"spinal_canal_stenosis_{lv}"]
-        centres = centres_from_rsna(data.coordinates)
-    else:
-        from lumbarjax.data.public import spider
-
-        data = spider.read_spider(root)
-        wide = spider.level_labels(data.gradings)       # pfirrmann_grade_<LEVEL>, Pfirrmann 1..5
-        label_col = "pfirrmann_grade"
-        level_cols = [f"{label_col}_{lv}" for lv in LEVELS]
-        labels = wide.assign(**{c: wide[c] - 1 for c in level_cols})   # grades 0..4, as the label
-        labels[label_col] = labels[level_cols].max(axis=1, skipna=True)
-        centres = centres_from_spider(data.centres)
+    data, labels, label_col, centres = READERS[fmt](pc, root, seed=seed, num_workers=num_workers)
     if pc.label_column != label_col:
         raise ConfigError(f"config.pretrain.label_column={pc.label_column!r}: the {fmt} reader "
                           f"provides {label_col!r}")
@@ -102,4 +120,4 @@ def label_names(label_column: str, num_grades: int) -> tuple[str, ...]:
     return names
 
 
-__all__ = ["FORMATS", "label_names", "pretraining_inputs"]
+__all__ = ["FORMATS", "READERS", "label_names", "pretraining_inputs"]

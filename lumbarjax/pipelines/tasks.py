@@ -13,6 +13,15 @@ never branch on the task's name:
   ``selection_metric(cols, labels, task_cfg)`` -> ``{name: float}`` (higher is better)
   ``features`` (outcome only): the clinical feature encoder fitted on the training rows.
 
+and what the jobs do with it (``lumbarjax.jobs``), as attributes instead of checks of its name:
+
+  ``pretrained_encoder``  which pretraining stage gives its encoder ("xray" | "mri" | None)
+  ``predicts_outcome``    its predictions are the patient outcome: the clinical baselines, the
+                          source ablation, the model selection and external validation follow it
+  ``xray_stage1``         its fold models' grades are the outcome's stage-1 X-ray scores
+  ``patient_prediction``  how ``--mode=predict`` predicts one patient with its fold models
+                          ("heads" | "grade" | None: not predicted)
+
 Every method reads its settings from the task's config section (``config.grader``,
 ``config.outcome``, ``config.pretrain``; configs/default.py holds the defaults). To add a task,
 write one such object and add it to ``TASKS``.
@@ -39,9 +48,11 @@ from lumbarjax.models.level_stenosis import LevelStenosisGrader
 from lumbarjax.models.resnet2d import grader_loss
 from lumbarjax.selection import clinical_offset
 from lumbarjax.schema import LEVELS
+from lumbarjax.settings import setting
 
 __all__ = ["TASKS", "GraderTask", "OutcomeTask", "PretrainTask", "OrdinalLoss",
-           "WeightedOutcomeLoss", "find_variant", "grade_columns", "get_task"]
+           "WeightedOutcomeLoss", "all_variants", "find_variant", "grade_columns", "get_task",
+           "outcome_task", "xray_stage1_task"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,6 +124,10 @@ class GraderTask:
     name = "grader"
     has_features = False
     encoder_key = "backbone"   # the params subtree a pretrained X-ray backbone replaces
+    pretrained_encoder = "xray"
+    predicts_outcome = False
+    xray_stage1 = True
+    patient_prediction = "grade"
 
     def variants(self, task_cfg) -> tuple:
         """``(results key, folder under the workdir, clinical_only)`` of each cross-validation."""
@@ -126,6 +141,14 @@ class GraderTask:
         """The ``after_fold`` hook that collects them (``<workdir>/grader/heatmaps``)."""
         from lumbarjax.explain.heatmaps import XrayHeatmapCollector
         return XrayHeatmapCollector(config, os.path.join(workdir, "grader", "heatmaps"))
+
+    def saved_heatmaps(self, config, workdir: str):
+        """The heat maps a finished run's cross-validation saved (``--mode=report``), or None."""
+        folder = os.path.join(workdir, "grader", "heatmaps")
+        if not os.path.isdir(folder):
+            return None
+        from lumbarjax.explain.heatmaps import XrayHeatmapCollector
+        return XrayHeatmapCollector.load(config, folder)
 
     def uses_pretrained_encoder(self, config) -> bool:
         """Whether this task starts from a pretrained X-ray backbone (``config.xray_pretrain``,
@@ -174,6 +197,10 @@ class OutcomeTask:
     name = "outcome"
     has_features = True
     encoder_key = "mri_encoder"   # the params subtree the pretrained MRI encoder replaces
+    pretrained_encoder = "mri"
+    predicts_outcome = True
+    xray_stage1 = False
+    patient_prediction = "heads"
 
     def variants(self, task_cfg) -> tuple:
         twin = (("clinical_only", "outcome_clinical_only", True),) if task_cfg.clinical_only else ()
@@ -185,6 +212,17 @@ class OutcomeTask:
     def heatmaps(self, config, workdir: str):
         from lumbarjax.explain.heatmaps import HeatmapCollector
         return HeatmapCollector(config, os.path.join(workdir, "heatmaps"))
+
+    def saved_heatmaps(self, config, workdir: str):
+        """The heat maps a finished run's cross-validation saved (``--mode=report``), in the
+        run's order (the bootstrap CIs depend on it), or None."""
+        folder = os.path.join(workdir, "heatmaps")
+        if not os.path.isdir(folder):
+            return None
+        from lumbarjax.explain.heatmaps import HeatmapCollector
+        hm = HeatmapCollector.load(config, folder)
+        hm.items.sort(key=lambda it: (it["fold"], it["row"]))
+        return hm
 
     def uses_pretrained_encoder(self, config) -> bool:
         return bool(config.pretrain.enabled and config.outcome.model.mri.enabled)
@@ -253,11 +291,15 @@ class PretrainTask:
     name = "pretrain"
     has_features = False
     head = "corn"
+    pretrained_encoder = None
+    predicts_outcome = False
+    xray_stage1 = False
+    patient_prediction = None
 
     @staticmethod
     def by_level(task_cfg) -> bool:
         """Whether the grade is read level by level (``config.pretrain.levels.enabled``)."""
-        return bool(task_cfg.get("levels") and task_cfg.levels.enabled)
+        return bool(setting(task_cfg, "levels.enabled"))
 
     def label_columns(self, task_cfg) -> list[str]:
         """``[label_column]``, or ``<label_column>_<LEVEL>`` per level when graded by level."""
@@ -313,15 +355,35 @@ class PretrainTask:
 TASKS = {"grader": GraderTask(), "outcome": OutcomeTask(), "pretrain": PretrainTask()}
 
 
+def all_variants(task) -> tuple:
+    """Every ``(results key, folder, clinical_only)`` a cross-validation of ``task`` can write
+    (its optional variants included); ``()`` for a task that is not cross-validated."""
+    if not hasattr(task, "variants"):
+        return ()
+    return task.variants(ml_collections.ConfigDict({"clinical_only": True}))
+
+
 def find_variant(folder: str):
     """``(task, clinical_only)`` of the cross-validation written to ``<workdir>/<folder>``
     (``"grader"``, ``"outcome"``, ``"outcome_clinical_only"``)."""
-    for name in ("grader", "outcome"):
-        for _, sub, clinical_only in TASKS[name].variants(ml_collections.ConfigDict({"clinical_only": True})):
+    for task in TASKS.values():
+        for _, sub, clinical_only in all_variants(task):
             if sub == folder:
-                return TASKS[name], clinical_only
-    raise ConfigError(f"unknown task folder {folder!r}: expected 'grader', 'outcome' or "
-                      "'outcome_clinical_only'")
+                return task, clinical_only
+    known = [sub for task in TASKS.values() for _, sub, _ in all_variants(task)]
+    raise ConfigError(f"unknown task folder {folder!r}: expected one of {known}")
+
+
+def outcome_task(names):
+    """The task among ``names`` (``config.tasks``) whose predictions are the patient outcome
+    (``predicts_outcome``), or None."""
+    return next((t for t in map(get_task, names) if t.predicts_outcome), None)
+
+
+def xray_stage1_task(names):
+    """The task among ``names`` (``config.tasks``) whose fold models give the outcome's stage-1
+    X-ray scores (``xray_stage1``), or None."""
+    return next((t for t in map(get_task, names) if t.xray_stage1), None)
 
 
 def get_task(name: str):

@@ -139,11 +139,11 @@ def run_records(wd: str, regime: str, seed: int):
     (only where an MRI score is) / ``true_g``; returns ``(records, folds, feature sets,
     {head: grid}, ground_truth, clinical)`` (the tables of ``<wd>/demo_cohort``)."""
     from configs import demo
-    from lumbarjax.jobs import workflow
+    from lumbarjax.jobs import cohort_stages, workflow
     from lumbarjax.pipelines import crossval
     c = demo.get_config()
     c.seed, c.data.demo_regime = int(seed), regime
-    cohort = workflow.join_cohort(c, wd, workflow.stage_index(c, wd))
+    cohort = cohort_stages.join_cohort(c, wd, workflow.stage_index(c, wd))
     td = crossval.prepare_task("outcome", c, cohort.records, cohort.cache)
     read = lambda p: pd.read_csv(os.path.join(wd, p), dtype={"patient_id": str})  # noqa: E731
     recs, cols, notes = workflow.stage1_records(c, wd, td, read("grader/oof.csv"), read("mri_scores.csv"))

@@ -131,14 +131,14 @@ def reselect(wd: str, regime: str, seed: int, encoder_file: str | None) -> None:
     sys.path.insert(0, REPO)
     from configs import demo
     from lumbarjax import atomic
-    from lumbarjax.jobs import report, workflow
+    from lumbarjax.jobs import cohort_stages, report, workflow
     from lumbarjax.pipelines import crossval
     c = demo.get_config()
     c.seed, c.data.demo_regime = seed, regime
     if encoder_file:
         c.pretrain.encoder_file = encoder_file
     manifest = workflow.stage_index(c, wd)
-    cohort = workflow.join_cohort(c, wd, manifest)   # leaves the run's cohort summary as it was
+    cohort = cohort_stages.join_cohort(c, wd, manifest)   # leaves the run's cohort summary as it was
     td = crossval.prepare_task("outcome", c, cohort.records, cohort.cache)
     read = lambda p: pd.read_csv(os.path.join(wd, p), dtype={"patient_id": str})  # noqa: E731
     stage1 = workflow.stage1_records(c, wd, td, read("grader/oof.csv"), read("mri_scores.csv"))
