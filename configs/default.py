@@ -7,18 +7,17 @@ anterior-posterior) for a sagittal series; shapes in voxels; VAS 0-100 mm.
 """
 
 from lumbarjax.defaults import (  # noqa: F401  (re-exported)
-    BINARY_HEADS,
     CLINICAL_CATEGORICAL,
     CLINICAL_NUMERIC,
-    LEVELS,
-    REGRESSION_HEADS,
     clinical_config,
     get_config,
+    grader_config,
     grader_model_config,
     levels_config,
     mri_encoder_config,
     optim_config,
+    outcome_config,
     outcome_model_config,
-    task_config,
+    pretrain_task_config,
     train_config,
 )

@@ -142,62 +142,78 @@ def clinical_config() -> ml_collections.ConfigDict:
     return c
 
 
-def task_config(kind: str) -> ml_collections.ConfigDict:
-    """Model, optimiser, training and augmentation settings of one task
-    ('grader' | 'outcome' | 'pretrain')."""
+def _trained(model: ml_collections.ConfigDict | None, best_metric: str) -> ml_collections.ConfigDict:
+    """The settings every trained task has: its model (if any), optimiser, loop and augmentation."""
     t = ml_collections.ConfigDict()
-    if kind == "grader":
-        t.model = grader_model_config()
-    elif kind == "outcome":
-        t.model = outcome_model_config()
+    if model is not None:
+        t.model = model
     t.optim = optim_config()
-    best = {"grader": "qwk", "outcome": "auc_zcq_success", "pretrain": "qwk"}[kind]
-    t.train = train_config(best_metric=best, best_metric_mode="max")
+    t.train = train_config(best_metric=best_metric, best_metric_mode="max")
     t.augment = ml_collections.ConfigDict(dict(flip_lr=0.5, intensity=0.1, shift_px=4,
                                                noise_std=0.02))
-    if kind == "pretrain":
-        return t
-    # Patient-level stratified k-fold; an inner validation split of the training folds picks the
-    # best checkpoint, so the outer fold's out-of-fold predictions never inform training.
-    # refit: retrain on all the fold's training patients, stopped at the step the inner split
-    # chose, before predicting the test fold (costs up to a second training per fold).
-    t.cv = ml_collections.ConfigDict(dict(
-        num_folds=5, stratify_on="xray_grade" if kind == "grader" else "zcq_success",
-        inner_val_fraction=0.2, refit=kind == "outcome"))
-    if kind == "outcome":
-        t.features = ml_collections.ConfigDict(dict(numeric=CLINICAL_NUMERIC,
-                                                    categorical=CLINICAL_CATEGORICAL))
-        t.clinical_only = True  # also cross-validate the same network without images (baseline)
-        # The report's outcome model (lumbarjax.selection.select): per fold and head, a convex
-        # combination of the candidates, its weights fitted on the inner validation split and
-        # shrunk towards equal weights. False: the fusion network alone.
-        t.select_model = True
-        t.stack = ml_collections.ConfigDict(dict(
-            # "linear" (penalised family on clinical + stage-1 scores) | "reference" (clinical
-            # logistic / ridge regression) | "network" (fusion) | "clinical network" (its twin)
-            candidates=("linear", "network"),
-            # image_gate: a fold combines `candidates` only where the stage-1 image scores clearly
-            # help the linear family (inner k-fold split of all the fold's training patients) for
-            # primary_head or for the head itself; elsewhere `clinical_candidates`
-            image_gate=True,
-            clinical_candidates=("reference", "clinical network"),
-            primary_head="zcq_success",
-            shrink=0.7,            # 0 = the fitted weights, 1 = the plain average
-            weight_step=0.05,      # grid of the weights on the simplex
-        ))
-        # Which of the grader's out-of-fold X-ray scores the linear models see (models.stage1):
-        # "summary" (expected grade, level grade, scale) or "full" (+ class probabilities,
-        # per-level grades, disc height indices and listhesis).
-        t.stage1_xray = "summary"
-        # Which MRI scores, when the pretrained encoder grades level by level
-        # (pretrain.levels): "summary" (the worst level's expected grade and class
-        # probabilities) or "full" (+ the expected grade of every level).
-        t.stage1_mri = "summary"
-        # "glm": every outcome network (fusion and clinical-only, each fold and refit) starts as
-        # the clinical logistic / ridge regression fitted on its own training patients, kept as
-        # a fixed offset in the skip path; step 0 competes in the inner validation
-        # (lumbarjax.selection.clinical_offset). "none": heads and skip path start at 0.
-        t.clinical_offset = "glm"
+    return t
+
+
+def _cv(stratify_on: str, refit: bool) -> ml_collections.ConfigDict:
+    """Patient-level stratified k-fold; an inner validation split of the training folds picks the
+    best checkpoint, so the outer fold's out-of-fold predictions never inform training.
+    refit: retrain on all the fold's training patients, stopped at the step the inner split
+    chose, before predicting the test fold (costs up to a second training per fold)."""
+    return ml_collections.ConfigDict(dict(num_folds=5, stratify_on=stratify_on,
+                                          inner_val_fraction=0.2, refit=refit))
+
+
+def pretrain_task_config() -> ml_collections.ConfigDict:
+    """A pretraining task (the MRI encoder's, the X-ray backbone's): no model section (the model
+    is the outcome's / grader's encoder), no cross-validation."""
+    return _trained(None, "qwk")
+
+
+def grader_config() -> ml_collections.ConfigDict:
+    """The X-ray grader task: model, optimiser, loop, augmentation, cross-validation."""
+    t = _trained(grader_model_config(), "qwk")
+    t.cv = _cv("xray_grade", refit=False)
+    return t
+
+
+def outcome_config() -> ml_collections.ConfigDict:
+    """The outcome task: the fusion model's settings, cross-validation, its clinical features and
+    the reported model's selection."""
+    t = _trained(outcome_model_config(), "auc_zcq_success")
+    t.cv = _cv("zcq_success", refit=True)
+    t.features = ml_collections.ConfigDict(dict(numeric=CLINICAL_NUMERIC,
+                                                categorical=CLINICAL_CATEGORICAL))
+    t.clinical_only = True  # also cross-validate the same network without images (baseline)
+    # The report's outcome model (lumbarjax.selection.select): per fold and head, a convex
+    # combination of the candidates, its weights fitted on the inner validation split and
+    # shrunk towards equal weights. False: the fusion network alone.
+    t.select_model = True
+    t.stack = ml_collections.ConfigDict(dict(
+        # "linear" (penalised family on clinical + stage-1 scores) | "reference" (clinical
+        # logistic / ridge regression) | "network" (fusion) | "clinical network" (its twin)
+        candidates=("linear", "network"),
+        # image_gate: a fold combines `candidates` only where the stage-1 image scores clearly
+        # help the linear family (inner k-fold split of all the fold's training patients) for
+        # primary_head or for the head itself; elsewhere `clinical_candidates`
+        image_gate=True,
+        clinical_candidates=("reference", "clinical network"),
+        primary_head="zcq_success",
+        shrink=0.7,            # 0 = the fitted weights, 1 = the plain average
+        weight_step=0.05,      # grid of the weights on the simplex
+    ))
+    # Which of the grader's out-of-fold X-ray scores the linear models see (models.stage1):
+    # "summary" (expected grade, level grade, scale) or "full" (+ class probabilities,
+    # per-level grades, disc height indices and listhesis).
+    t.stage1_xray = "summary"
+    # Which MRI scores, when the pretrained encoder grades level by level
+    # (pretrain.levels): "summary" (the worst level's expected grade and class
+    # probabilities) or "full" (+ the expected grade of every level).
+    t.stage1_mri = "summary"
+    # "glm": every outcome network (fusion and clinical-only, each fold and refit) starts as
+    # the clinical logistic / ridge regression fitted on its own training patients, kept as
+    # a fixed offset in the skip path; step 0 competes in the inner validation
+    # (lumbarjax.selection.clinical_offset). "none": heads and skip path start at 0.
+    t.clinical_offset = "glm"
     return t
 
 
@@ -270,14 +286,14 @@ def get_config() -> ml_collections.ConfigDict:
                                                                 between_slices=(0.5, 20.0)))
     c.xray.plausible_spacing_mm = (0.02, 10.0)
 
-    c.grader = task_config("grader")
-    c.outcome = task_config("outcome")
+    c.grader = grader_config()
+    c.outcome = outcome_config()
 
     # Transfer learning for the outcome model's MRI encoder (lumbarjax.pipelines.pretrain): pretrain it
     # on a separate cohort with radiologist stenosis grades (e.g. RSNA 2024 lumbar spine), then
     # start the outcome model from it with the encoder frozen (outcome.model.freeze_mri). The
     # encoder is config.outcome.model.mri; the augmentation is config.outcome.augment.
-    c.pretrain = task_config("pretrain")
+    c.pretrain = pretrain_task_config()
     del c.pretrain["augment"]
     c.pretrain.train.update(num_steps=600, log_every=50, eval_every=100, checkpoint_every=200)
     c.pretrain.update(dict(
@@ -314,7 +330,7 @@ def get_config() -> ml_collections.ConfigDict:
     # (VinDr-SpineXR as downloaded: root/annotations/<split>.csv + <split>_images/*.dicom), one
     # sigmoid per finding, then fine-tune the whole grader on the cohort's grades in every fold.
     # The augmentation is config.grader.augment.
-    c.xray_pretrain = task_config("pretrain")
+    c.xray_pretrain = pretrain_task_config()
     del c.xray_pretrain["augment"]
     c.xray_pretrain.train.update(num_steps=1000, log_every=50, eval_every=100, checkpoint_every=200,
                                  best_metric="auc_mean", best_metric_mode="max")

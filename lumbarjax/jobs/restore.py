@@ -62,12 +62,11 @@ _MUST_MATCH = ("seed", "mri", "xray", "grader.model", "grader.optim", "grader.tr
 
 
 def _section(cfg, dotted: str):
-    node = cfg
-    for part in dotted.split("."):
-        if node is None or part not in node:
-            return None
-        node = node[part]
-    return _plain(node)
+    """``cfg.<dotted>`` as plain data, None where a saved run's config lacks it (so it differs)."""
+    try:
+        return _plain(setting(cfg, dotted))
+    except ConfigError:
+        return None
 
 
 def check_run_config(config, workdir: str) -> list[str]:
