@@ -57,16 +57,21 @@ def atomic_path(path: str) -> Iterator[str]:
 
 
 def write_bytes(path: str, data: bytes) -> str:
+    """Write ``data`` to ``path`` through a temporary file in the same folder (see
+    :func:`atomic_path`); returns ``path``."""
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         f.write(data)
     return path
 
 
 def write_text(path: str, text: str) -> str:
+    """Write ``text`` UTF-8 encoded to ``path`` atomically (:func:`write_bytes`); returns ``path``."""
     return write_bytes(path, text.encode("utf-8"))
 
 
 def write_json(path: str, obj, **kwargs) -> str:
+    """Write ``obj`` as JSON to ``path`` atomically; ``kwargs`` go to ``json.dumps``
+    (``indent=2`` and ``sort_keys=True`` unless given). Returns ``path``."""
     kwargs.setdefault("indent", 2)
     kwargs.setdefault("sort_keys", True)
     return write_text(path, json.dumps(obj, **kwargs))

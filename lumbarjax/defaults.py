@@ -252,6 +252,12 @@ def levels_config() -> ml_collections.ConfigDict:
 
 
 def get_config() -> ml_collections.ConfigDict:
+    """The full default configuration: a new ConfigDict on each call.
+
+    Top-level keys: seed, mode, tasks, compilation_cache and the sections data, clinical, mri,
+    xray, grader, outcome, pretrain, xray_pretrain, levels, explain and eval. The files under
+    ``configs/`` start from it and override keys.
+    """
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.mode = "crossval"            # index | crossval | report | predict | demo | evaluate (external
@@ -316,7 +322,7 @@ def get_config() -> ml_collections.ConfigDict:
         localise=True,             # with enabled=False: still train the localiser when the cohort has
                                    # level centres (RSNA coordinates, SPIDER masks, synthetic truth); the
                                    # encoder file carries it, the outcome cohort's levels are placed and
-                                   # the MRI score's heat maps summarised at them (workflow.stage_mri_levels)
+                                   # the MRI score's heat maps summarised at them (mri_stages.stage_mri_levels)
         crop_mm=60.0,              # crop height along the spine (mm); the whole AP width
         # lumbarjax.pipelines.localise.train_localiser: warmup at most a tenth of the run, no
         # clipping, weight decay on every parameter

@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 from lumbarjax.errors import ClinicalError
+from lumbarjax.schema import PERFECT_STAGE1
 from lumbarjax.selection import ablation
 from lumbarjax.selection import linear
 
@@ -78,9 +79,9 @@ def test_cross_validation_run_reports_the_ablation(tiny_run):
     skipped = [n for n in abl["notes"] if "not computed" in n]
     assert len(done) + len(skipped) == len(td.heads) and len(done) >= 3, abl["notes"]
     assert "zcq_success" in done
-    names = ["clinical", "+xray", "+mri", "all", ablation.PERFECT_STAGE1]
+    names = ["clinical", "+xray", "+mri", "all", PERFECT_STAGE1]
     assert list(abl["feature_sets"]) == names
-    assert abl["feature_sets"][ablation.PERFECT_STAGE1] == (abl["feature_sets"]["clinical"]
+    assert abl["feature_sets"][PERFECT_STAGE1] == (abl["feature_sets"]["clinical"]
                                                             + ["true_grade", "true_stenosis_severity"])
     assert "xray_expected_grade" in abl["feature_sets"]["+xray"]
     assert "mri_stenosis_expected" in abl["feature_sets"]["+mri"]

@@ -1,4 +1,4 @@
-"""train.clinical_offset: an outcome network that starts as the clinical regression."""
+"""selection.clinical_offset: an outcome network that starts as the clinical regression."""
 
 import jax
 import numpy as np

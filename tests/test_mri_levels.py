@@ -1,5 +1,5 @@
 """The MRI level by level: crops around each disc level, the per-level stenosis grader, its
-localiser in the encoder file, and the per-level stage-1 scores (train.mri_levels)."""
+localiser in the encoder file, and the per-level stage-1 scores (pipelines.mri_levels)."""
 
 import os
 

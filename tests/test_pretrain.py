@@ -1,4 +1,4 @@
-"""Pretraining the MRI encoder on a labelled stenosis cohort and transferring it (train.pretrain)."""
+"""Pretraining the MRI encoder on a labelled stenosis cohort and transferring it (pipelines.pretrain)."""
 
 import glob
 import json

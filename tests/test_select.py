@@ -1,4 +1,4 @@
-"""train.select: the reported outcome model, per fold and head a convex combination of the
+"""selection.select: the reported outcome model, per fold and head a convex combination of the
 candidates whose weights are fitted on the inner validation patients only; the test fold never
 enters a fit or a weight."""
 
@@ -15,7 +15,7 @@ from lumbarjax.eval import metrics as M
 from lumbarjax.selection import linear, stack
 from lumbarjax.selection import select
 
-# two candidates per head keep the test quick; the choice among them is models.linear's
+# two candidates per head keep the test quick; the choice among them is selection.linear's
 GRIDS = {"zcq_success": [linear.Candidate("logreg_l2", 1.0), linear.Candidate("logreg_l2", 0.1)],
          "back_pain_post": [linear.Candidate("ridge", 1.0), linear.Candidate("ridge", 10.0)]}
 HEADS = ["zcq_success", "back_pain_post"]
@@ -23,7 +23,7 @@ HEADS = ["zcq_success", "back_pain_post"]
 
 def _run(tmp_path, n=160, seed=0):
     """A cohort whose zcq_success follows `age` and whose VAS follows `score`, with the outer
-    folds and inner splits written as train.crossval writes them (one run folder per network)."""
+    folds and inner splits written as pipelines.crossval writes them (one run folder per network)."""
     rng = np.random.default_rng(seed)
     age = rng.normal(60, 10, n)
     score = rng.normal(0, 1, n)

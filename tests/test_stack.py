@@ -1,4 +1,4 @@
-"""models.stack: a convex combination of outcome models, weights fitted on held-out patients."""
+"""selection.stack: a convex combination of outcome models, weights fitted on held-out patients."""
 
 import numpy as np
 import pytest

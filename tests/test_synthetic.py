@@ -304,7 +304,9 @@ def _subscale(items):
 
 
 def _zcq_success(df):
-    """DESIGN §2 rule reimplemented here (independently of lumbarjax.data.clinical)."""
+    """The ZCQ success rule (subscale = mean of the answered items, missing when more than one
+    is unanswered; symptom and function drops >= 0.5 and satisfaction <= 2.5), reimplemented
+    here independently of lumbarjax.data.clinical."""
     def sub(prefix, n):
         return _subscale(df[[f"{prefix}_{i}" for i in range(1, n + 1)]].to_numpy(float))
     sym = sub("zcq_sym_pre", 7) - sub("zcq_sym_post", 7)

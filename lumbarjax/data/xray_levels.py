@@ -11,7 +11,7 @@ Coordinates are (row, col) pixels of the *source* film unless said otherwise; ``
   fine enough to keep the endplates: a grade step of the demo changes the disc height by
   ~1.5 mm), axis-aligned, anti-aliased; with the affine that maps crop pixels to the film.
 * :func:`truth_landmarks` / :func:`endplate_landmarks`: per film the 5 disc centres (5, 2) and
-  the level corners (5, 4, 2) = (A_u, P_u, A_l, P_l) per level (see ``eval.xray_indices``).
+  the level corners (5, 4, 2) = (A_u, P_u, A_l, P_l) per level (see ``data.xray_indices``).
 """
 
 from __future__ import annotations
@@ -68,10 +68,17 @@ def crop_level(pixels, spacing, centre_rc, shape: Sequence[int] = (64, 64),
 
 
 def crop_to_source(transform: Mapping, rc) -> np.ndarray:
+    """Crop pixel (row, col) -> source-film pixel (row, col): ``origin + rc * step``.
+
+    ``transform``: the ``{"origin", "step"}`` dict :func:`crop_level` returns; ``rc``: (..., 2)
+    crop pixels (fractional allowed). Returns float64 (..., 2) source pixels.
+    """
     return np.asarray(transform["origin"]) + np.asarray(rc, np.float64) * np.asarray(transform["step"])
 
 
 def source_to_crop(transform: Mapping, rc) -> np.ndarray:
+    """Source-film pixel (row, col) -> crop pixel (row, col), the inverse of
+    :func:`crop_to_source`: ``(rc - origin) / step``. Returns float64 (..., 2)."""
     return (np.asarray(rc, np.float64) - np.asarray(transform["origin"])) / np.asarray(transform["step"])
 
 

@@ -37,6 +37,8 @@ DEFAULT_FEATURES = ("age", "sex", "bmi", "smoker", "symptom_months", "back_pain_
 
 
 def infer_task(label: str, y: pd.Series) -> str:
+    """``"regression"`` for a VAS label (``schema.REGRESSION_HEADS``) or values other than 0/1;
+    ``"binary"`` when every non-missing value of ``y`` is 0 or 1."""
     if label in REGRESSION_LABELS:
         return "regression"
     vals = pd.to_numeric(y, errors="coerce").dropna().unique()
@@ -44,6 +46,8 @@ def infer_task(label: str, y: pd.Series) -> str:
 
 
 def split_features(df: pd.DataFrame, features: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``(numeric, categorical)`` column names of ``features``, by the dtype of ``df``: bool and
+    numeric columns are numeric, any other column (e.g. ``sex`` M/F) is categorical."""
     numeric, categorical = [], []
     for c in features:
         s = df[c]
@@ -67,6 +71,12 @@ def prepare_X(df: pd.DataFrame, numeric: list[str], categorical: list[str]) -> p
 
 
 def preprocessor(numeric: list[str], categorical: list[str], *, scale: bool) -> ColumnTransformer:
+    """The unfitted feature preprocessing of a baseline pipeline.
+
+    Numeric columns: median imputation with a missing-indicator column, then standard scaling
+    when ``scale`` (the linear models; not the gradient-boosting ones). Categorical columns:
+    one-hot, unknown categories ignored. Other columns are dropped.
+    """
     num_steps = [("impute", SimpleImputer(strategy="median", add_indicator=True))]
     if scale:
         num_steps.append(("scale", StandardScaler()))

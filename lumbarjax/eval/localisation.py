@@ -331,7 +331,7 @@ def film_level_summary(attrs: Sequence, transforms: Sequence, ground_truth, *, n
 def centres_px_to_mm(affine, shape, centres_px) -> dict[str, tuple[float, float, float]]:
     """``{level: (x, y, z)}`` LPS mm of (L, 2) (row, col) pixel centres on the mid-sagittal
     slice of a ``(D, H, W)`` volume with voxel -> mm ``affine`` (a localiser's output, e.g.
-    ``train.mri_levels.predict_centres``); levels with a non-finite centre are left out."""
+    ``pipelines.mri_levels.predict_centres``); levels with a non-finite centre are left out."""
     A = np.asarray(affine, np.float64)
     mid = (int(shape[0]) - 1) / 2.0
     out = {}

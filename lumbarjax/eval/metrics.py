@@ -114,10 +114,14 @@ def sens_spec(y, p, threshold: float = 0.5) -> tuple[float, float]:
 
 
 def sensitivity(y, p, threshold: float = 0.5) -> float:
+    """Fraction of the positives (y = 1) with ``p >= threshold``; ``nan`` without positives
+    (:func:`sens_spec`)."""
     return sens_spec(y, p, threshold)[0]
 
 
 def specificity(y, p, threshold: float = 0.5) -> float:
+    """Fraction of the negatives (y = 0) with ``p < threshold``; ``nan`` without negatives
+    (:func:`sens_spec`)."""
     return sens_spec(y, p, threshold)[1]
 
 
@@ -292,6 +296,8 @@ def qwk(y, yhat, num_classes: int) -> float:
 
 
 def accuracy(y, yhat) -> float:
+    """Fraction of patients whose predicted grade equals the true grade (pairs with a missing
+    value left out); ``nan`` when none is left."""
     y, yhat, _ = drop_missing(y, yhat, names=["predictions"])
     return float(np.mean(y == yhat)) if y.size else float("nan")
 

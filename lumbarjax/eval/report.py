@@ -49,6 +49,8 @@ def _check_no_phi(obj, where: str) -> None:
 
 
 def data_uri(png: bytes) -> str:
+    """A PNG or JPEG image (its bytes) as a ``data:image/...;base64,`` URI to embed in the HTML
+    report; any other content raises :class:`~lumbarjax.errors.LumbarjaxError`."""
     mime = "image/png"
     if png[:3] == b"\xff\xd8\xff":
         mime = "image/jpeg"
@@ -232,7 +234,7 @@ NO_IMAGE_GAIN = "the images add nothing measurable for this outcome at this coho
 
 
 def _learnable_ceiling(ablation: Mapping | None, head: str) -> dict | None:
-    """The ablation's perfect-stage-1 row of ``head`` (``eval.ablation.PERFECT_STAGE1``):
+    """The ablation's perfect-stage-1 row of ``head`` (``schema.PERFECT_STAGE1``):
     ``{"value": CI dict, "r2": CI dict or None}``; None without one."""
     from lumbarjax.schema import PERFECT_STAGE1
     for r in (ablation or {}).get("heads", []):
@@ -284,7 +286,7 @@ def summary_rows(outcomes: Mapping, ablation: Mapping | None, bayes: Mapping | N
 
 def _weights_html(selection: Mapping | None) -> str:
     """What the reported model is: the stacking rule and its mean weights per head
-    (``extra["outcome_model_selection"]``, from ``train.select``)."""
+    (``extra["outcome_model_selection"]``, from ``selection.select``)."""
     if not selection or not selection.get("mean_weights"):
         return ""
     rows = [[_e(h)] + [fmt_value(w.get(c), 2) for c in next(iter(selection["mean_weights"].values()))]
@@ -365,7 +367,7 @@ def _ablation_html(ablation: Mapping, level: str) -> str:
 
 
 def _levels_html(grader_oof: pd.DataFrame, summary: Mapping | None, n_patients: int = 20) -> str:
-    """The X-ray scale level by level (``train.xray_levels`` columns of the grader's table):
+    """The X-ray scale level by level (``pipelines.xray_levels`` columns of the grader's table):
     per level the grade counts, the median disc height index (DHI) per grade and, on a synthetic
     cohort, the QWK against the true level grade; the patient-level agreement; then the first
     ``n_patients`` patients' level grades, DHI and |listhesis|."""
@@ -426,7 +428,7 @@ def _pointing_html(loc: Mapping, level: str) -> str:
 
 
 def _mri_levels_html(summary: Mapping, level: str) -> str:
-    """The by-level MRI grader on this cohort (``workflow.stage_mri_levels``): the localiser's
+    """The by-level MRI grader on this cohort (``mri_stages.stage_mri_levels``): the localiser's
     error (held out in pretraining; on this cohort against a synthetic truth), per level the
     predicted grade counts and the QWK against the true grade."""
     pre = summary.get("pretraining") or {}
@@ -469,7 +471,7 @@ def _mri_levels_html(summary: Mapping, level: str) -> str:
 
 
 def _mri_score_heatmaps_html(hm: Mapping, level: str) -> str:
-    """The heat maps of the stage-1 MRI score (``workflow.stage_mri_heatmaps``): what they
+    """The heat maps of the stage-1 MRI score (``mri_stages.stage_mri_heatmaps``): what they
     attribute, their completeness and, on a synthetic cohort, the pointing game."""
     body = (f"<p>{_e(hm.get('definition', ''))}. Completeness |Δ| median "
             f"{fmt_value(hm.get('completeness_abs_median'))}, max {fmt_value(hm.get('completeness_abs_max'))} "

@@ -42,6 +42,11 @@ def fig_to_png(fig: Figure) -> bytes:
 
 
 def fig_roc(curves: dict) -> bytes:
+    """ROC curves, one panel per outcome head, as PNG bytes.
+
+    ``curves``: ``{head: {model name: (y, p, auc)}}`` with ``y`` the 0/1 labels, ``p`` the
+    predicted probabilities (same length) and ``auc`` the value printed in the legend.
+    """
     heads = list(curves)
     fig = Figure(figsize=(4.2 * len(heads), 4.0))
     for i, head in enumerate(heads):
@@ -58,6 +63,12 @@ def fig_roc(curves: dict) -> bytes:
 
 
 def fig_calibration(cals: dict) -> bytes:
+    """Reliability plots, one panel per outcome head, as PNG bytes.
+
+    ``cals``: ``{head: {model name: metrics.calibration(y, p)}}``; each bin is a point at
+    (mean predicted probability, observed frequency) sized by its count, the legend gives the
+    calibration slope. Models with no populated bin are left out.
+    """
     heads = list(cals)
     fig = Figure(figsize=(4.2 * len(heads), 4.0))
     for i, head in enumerate(heads):
@@ -79,6 +90,12 @@ def fig_calibration(cals: dict) -> bytes:
 
 
 def fig_decision(dcs: dict) -> bytes:
+    """Decision curves (net benefit against threshold probability), one panel per outcome head,
+    as PNG bytes.
+
+    ``dcs``: ``{head: {model name: metrics.decision_curve(y, p)}}``, every model of a head on
+    the same thresholds; treat-all and treat-none are drawn from the first model's entry.
+    """
     heads = list(dcs)
     fig = Figure(figsize=(4.2 * len(heads), 3.8))
     for i, head in enumerate(heads):
@@ -99,6 +116,11 @@ def fig_decision(dcs: dict) -> bytes:
 
 
 def fig_confusion(cm: np.ndarray) -> bytes:
+    """The grader's confusion matrix as PNG bytes.
+
+    ``cm``: (K, K) counts, rows the true grade and columns the predicted grade; each cell
+    prints its count, coloured by its fraction of the row.
+    """
     K = cm.shape[0]
     fig = Figure(figsize=(1.0 + 0.75 * K, 0.8 + 0.7 * K))
     ax = fig.add_subplot(1, 1, 1)
@@ -115,6 +137,11 @@ def fig_confusion(cm: np.ndarray) -> bytes:
 
 
 def fig_scatter(pairs: dict) -> bytes:
+    """Predicted against observed VAS, one panel per regression head, as PNG bytes.
+
+    ``pairs``: ``{head: (y, p)}``, (N,) arrays of observed and predicted VAS in mm (0–100);
+    rows whose ``y`` is NaN are left out.
+    """
     heads = list(pairs)
     fig = Figure(figsize=(4.0 * len(heads), 4.0))
     for i, head in enumerate(heads):
@@ -129,6 +156,8 @@ def fig_scatter(pairs: dict) -> bytes:
 
 
 def fig_hist(values: np.ndarray, xlabel: str, title: str) -> bytes:
+    """Histogram of ``values`` (1-D; between 5 and 30 bins, about one per 3 values) as PNG
+    bytes, with the given x-axis label and title."""
     fig = Figure(figsize=(5.5, 3.2))
     ax = fig.add_subplot(1, 1, 1)
     ax.hist(values, bins=min(30, max(5, values.size // 3)), color=COLORS["model"],

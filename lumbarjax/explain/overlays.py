@@ -154,9 +154,10 @@ def save_clinical_bar_png(values, names: Sequence[str], path, top_k: int | None 
                           title: str | None = None, dpi: int = 100) -> str:
     """Horizontal bar chart of clinical-feature attributions, largest ``|attribution|`` on top.
 
+    Bars are red (positive) / blue (negative), as in the image overlays.
+
     Args:
       values: (F,) attributions; names: F feature names; top_k: show only the ``top_k`` largest.
-      Bars are red (positive) / blue (negative), as in the image overlays.
     """
     v = _finite("save_clinical_bar_png values", values, 1)
     names = [str(n) for n in names]

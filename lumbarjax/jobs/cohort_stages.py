@@ -49,6 +49,9 @@ def cohort_dir(config, workdir: str) -> str:
 
 
 def clinical_path(config, root: str) -> str:
+    """The clinical table to read: ``config.data.clinical_file`` when set, else
+    ``clinical.csv`` or (next) ``clinical.xlsx`` in the cohort folder ``root``; a
+    :class:`~lumbarjax.errors.ConfigError` when there is neither."""
     if config.data.clinical_file:
         return config.data.clinical_file
     for f in ("clinical.csv", "clinical.xlsx"):
@@ -82,6 +85,10 @@ def stage_index(config, workdir: str) -> pd.DataFrame:
 
 @dataclasses.dataclass
 class Cohort:
+    """The joined cohort :func:`join_cohort` returns: the included patients, their preprocess
+    cache table (row for row), the excluded patients with the reason, and the summary counts
+    (``cohort.cohort_summary`` plus ``validation_problems`` and ``images_decoded_this_run``)."""
+
     records: pd.DataFrame        # included patients (cohort.build_cohort)
     cache: pd.DataFrame          # preprocess cache table aligned with records
     exclusions: pd.DataFrame     # patient_id, reason, detail

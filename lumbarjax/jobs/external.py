@@ -89,7 +89,7 @@ def ensemble_predictions(config, workdir: str, records: pd.DataFrame, cache: pd.
 def stage1_scores(config, workdir: str, records: pd.DataFrame, cache: pd.DataFrame) -> pd.DataFrame:
     """The stage-1 score columns (``models.stage1``) of new patients from the finished run's
     models: the grader fold ensemble's X-ray grade probabilities (mean over folds; NaN without an
-    X-ray), the level scale (``train.xray_levels.grade_films``: landmark models + every fold's
+    X-ray), the level scale (``pipelines.xray_levels.grade_films``: landmark models + every fold's
     level grader, when the run has them), and the pretrained MRI grader's stenosis scores.
     Returns ``patient_id`` + the ``xray_…`` / ``mri_…`` columns the run's linear models use."""
     from lumbarjax.models import stage1
@@ -130,7 +130,7 @@ def stage1_scores(config, workdir: str, records: pd.DataFrame, cache: pd.DataFra
 
 def selected_predictions(config, workdir: str, records: pd.DataFrame, cache: pd.DataFrame,
                          network_per_fold: list) -> pd.DataFrame | None:
-    """The run's reported outcome model (``train.select``) on new patients: per outer fold and
+    """The run's reported outcome model (``selection.select``) on new patients: per outer fold and
     head, the fold's combination of its candidates with the fold's weights — the fold's fusion
     network (``network_per_fold[k]``) and clinical-only network, and the linear candidates
     refitted exactly as the run fitted them (``select.fit_linear``, deterministic) on that fold's
@@ -261,7 +261,7 @@ def evaluate_cohort(config, workdir: str, cohort_dir: str, *, out_dir: str | Non
         "n_fold_models": pred.attrs["n_fold_models"], "n_patients": int(len(table)),
         "ensemble": "mean of the k outcome fold models' predictions (probabilities / VAS mm)",
         "model": ("the fusion network" if selected is None else
-                  "the reported model (train.select): per fold the combination of the fold's networks and "
+                  "the reported model (selection.select): per fold the combination of the fold's networks and "
                   "linear models (refitted on that fold's training patients) with the fold's weights, "
                   "averaged over the folds; beside it the fusion network, the clinical-only network and "
                   "the clinical logistic (ridge) regression, each the mean of its fold models"),

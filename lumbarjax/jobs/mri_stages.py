@@ -128,7 +128,7 @@ MRI_HEATMAPS_JSON = os.path.join("mri_score_heatmaps", "summary.json")
 
 def stage_mri_heatmaps(config, workdir: str, cohort, grader, centres: np.ndarray | None = None):
     """Integrated-gradients heat maps of the stage-1 MRI score — the expected grade of an
-    encoder file's grader (``train.pretrain.file_grader``; summed over the levels of a by-level
+    encoder file's grader (``pipelines.pretrain.file_grader``; summed over the levels of a by-level
     grader, placed at ``centres``), the
     MRI column the outcome's linear models read — for the first ``config.explain.max_patients``
     patients with an MRI (the grader never saw any of them). With the localiser's ``centres``
@@ -203,7 +203,7 @@ def stage_mri_levels(config, workdir: str, cohort, card: dict, probs: np.ndarray
     """The encoder file's localiser (and, by level, its level grader) on the outcome cohort:
     ``<workdir>/mri_levels/levels.csv`` (per patient the localised centres, px, and by level
     each level's expected grade), the summary ``mri_levels.json``
-    (``train.mri_levels.outcome_cohort_summary``: with a synthetic ground truth the localiser
+    (``pipelines.mri_levels.outcome_cohort_summary``: with a synthetic ground truth the localiser
     error in mm and, by level, the per-level QWK; the pretraining's held-out localiser error and
     QWK, from the encoder file's ``card``); its heat maps: :func:`stage_mri_heatmaps`.
     ``probs``: (N, L, K) by level, (N, K) for a whole-volume grader."""

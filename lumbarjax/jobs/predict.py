@@ -392,7 +392,7 @@ def _grade_entry(config, workdir, task, records, cache, out_dir, pid, notes, *, 
         notes.append(f"{task.name}: no X-ray, no grade predicted")
         return None, []
     result, figs = _predict_grader(config, workdir, task, cache, out_dir, pid)
-    if config.levels.enabled:  # the level-by-level scale of the run (train.xray_levels)
+    if config.levels.enabled:  # the level-by-level scale of the run (pipelines.xray_levels)
         from lumbarjax.pipelines.xray_levels import predict_levels
         try:
             result["levels"] = predict_levels(config.levels, os.path.join(workdir, "levels"),

@@ -23,13 +23,13 @@ import numpy as np
 import pandas as pd
 from absl import logging
 
-from lumbarjax import atomic, timing
-from lumbarjax import synthetic
+from lumbarjax import atomic, synthetic, timing
 from lumbarjax.jobs import mri_stages
 # the cohort stages are stages of this job too (workflow.stage_index, workflow.stage_cohort)
 from lumbarjax.jobs.cohort_stages import Cohort, cohort_dir, dump_json, stage_cohort, stage_index
 from lumbarjax.pipelines import crossval, xray_levels, xray_pretrain
 from lumbarjax.pipelines.tasks import get_task, outcome_task, xray_stage1_task
+from lumbarjax.schema import PERFECT_STAGE1
 from lumbarjax.settings import setting
 from lumbarjax.workers import process_map
 
@@ -185,7 +185,7 @@ def stage_ablation(config, workdir: str, td: crossval.TaskData, stage1: tuple, r
     clinical / + X-ray / + MRI / all three (``stage1`` = :func:`stage1_records`'s result), each
     with the penalised linear family, vs clinical logistic regression (ridge for VAS), with the
     Bayes-optimal values of a synthetic cohort, its learnable ceiling (the perfect-stage-1 row)
-    and ``stage1_vs_truth`` (``eval.ablation.stage1_vs_truth``: the MRI score's r with the true
+    and ``stage1_vs_truth`` (``selection.ablation.stage1_vs_truth``: the MRI score's r with the true
     severity, the X-ray grades' QWK with the true grade). Sets without their source's scores are
     left out and named in ``notes``. Writes and returns ``<workdir>/ablation.json``."""
     from lumbarjax.selection import ablation as ablation_lib
@@ -201,8 +201,8 @@ def stage_ablation(config, workdir: str, td: crossval.TaskData, stage1: tuple, r
                                                seed=int(config.seed), num_grades=int(config.clinical.num_grades))
         records, true_cols = ablation_lib.with_true_latents(records, cols, truth)
         if true_cols:
-            sets[ablation_lib.PERFECT_STAGE1] = [*cols["clinical"], *true_cols]
-            notes.append(f"'{ablation_lib.PERFECT_STAGE1}': the clinical columns + the generator's "
+            sets[PERFECT_STAGE1] = [*cols["clinical"], *true_cols]
+            notes.append(f"'{PERFECT_STAGE1}': the clinical columns + the generator's "
                          f"true {', '.join(true_cols)} in place of the image scores (ground truth, "
                          "evaluation only): the ceiling a perfect stage 1 reaches at this cohort size")
     jobs = [(records, td.folds, h, sets, dict(n_boot=int(config.eval.n_boot), seed=int(config.seed),
@@ -225,7 +225,7 @@ def stage_ablation(config, workdir: str, td: crossval.TaskData, stage1: tuple, r
 
 
 def stage_selection(config, workdir: str, td: crossval.TaskData, oof: Mapping, stage1: tuple):
-    """The outcome model the report leads with (``train.select``): per outer fold and head, the
+    """The outcome model the report leads with (``selection.select``): per outer fold and head, the
     convex combination of ``config.outcome.stack.candidates`` (the penalised linear family on
     [clinical + X-ray + MRI scores], the fusion network, its clinical-only twin, …) whose
     weights are fitted on the inner validation patients (``stage1`` = :func:`stage1_records`'s

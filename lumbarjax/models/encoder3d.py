@@ -2,7 +2,7 @@
 
 D runs across (thick, ~4 mm) sagittal slices, H superior -> inferior, W anterior -> posterior
 (CONTRACTS "Coordinates"). Architectures (``arch``), all measured in
-benchmarks/ENCODER_DESIGNS.md (fwd+bwd+Adam on the 2-core CPU):
+benchmarks/studies/encoder_designs/ENCODER_DESIGNS.md (fwd+bwd+Adam on the 2-core CPU):
 
 * "slice2d"  2.5D: a 2D ResNet (patchify stem) on every slice (slices folded into the batch),
              per-slice feature maps aggregated across D by a learned softmax-over-slices
@@ -16,7 +16,8 @@ benchmarks/ENCODER_DESIGNS.md (fwd+bwd+Adam on the 2-core CPU):
              GroupNorm, two stride-2 stages) with max + mean pooling over slices and positions: a
              local-finding detector (a narrowed canal segment). Trained on ~120 patients'
              outcomes alone it does not find the stenosis reliably (no encoder does); pretrained
-             on a graded cohort it does (benchmarks/ENCODER_DESIGNS.md, train.pretrain).
+             on a graded cohort it does (benchmarks/studies/encoder_designs/ENCODER_DESIGNS.md,
+             pipelines.pretrain).
 
 The default is chosen from the measured table (see MRIEncoder.arch).
 """
@@ -166,8 +167,8 @@ class LesionCNN(nn.Module):
             wg = "im2col" if self.weight_grad[i % len(self.weight_grad)] == "i" else "xla"
             y = Conv2D(int(c), (3, 3), stride, "SAME", wg, self.dtype, name=f"conv{i}")(y)
             # groups of 4 channels, as in the small CNN that generalised (ENCODER_DESIGNS.md), by
-            # lumbarjax's GroupNorm (same parameters as flax's; this train step 1.04-1.25x faster
-            # with it, the ResNets' 0.90-1.08x, so they keep flax's: benchmarks/group_norm.py)
+            # lumbarjax's GroupNorm (same parameters as flax's; faster for this encoder's step but
+            # not for the ResNets', which keep flax's: benchmarks/studies/group_norm/)
             if self.norm == "group" and int(c) % 4 == 0:
                 norm = GroupNorm(num_groups=None, group_size=4, dtype=self.dtype, name=f"norm{i}")
             else:
@@ -193,6 +194,12 @@ def sincos_3d(grid: Sequence[int], dim: int) -> np.ndarray:
 
 
 class TransformerBlock(nn.Module):
+    """Pre-norm transformer block of :class:`ViT3D`: (B, N, dim) tokens -> (B, N, dim).
+
+    ``x + MHSA(LayerNorm(x))`` with ``heads`` heads, then ``x + MLP(LayerNorm(x))`` with a GELU
+    hidden layer of ``dim * mlp_ratio`` units; no dropout.
+    """
+
     dim: int
     heads: int
     mlp_ratio: int = 4
@@ -235,7 +242,7 @@ class MRIEncoder(nn.Module):
     """Sagittal MRI volume (B, D, H, W, 1) -> (B, F) float32 features.
 
     arch: a name in ENCODERS (= ARCHS; default "slice2d", the measured winner —
-      benchmarks/ENCODER_DESIGNS.md).
+      benchmarks/studies/encoder_designs/ENCODER_DESIGNS.md).
     width: channels of the first stage (ResNets; "lesion2d" uses (w, w, 2w, 2w)) — ignored by "vit".
     stage_sizes: blocks per stage; None = the arch's default (its ENCODERS entry).
     patch / depth_patch: in-plane / depth patch of patchify stems (None = the arch's default,

@@ -37,7 +37,7 @@ from lumbarjax import atomic
 from lumbarjax.errors import ConfigError
 
 FORMAT = "lumbarjax-mri-encoder/1"
-# The X-ray grader's pretrained backbone (train.xray_pretrain) uses the same file layout.
+# The X-ray grader's pretrained backbone (pipelines.xray_pretrain) uses the same file layout.
 XRAY_FORMAT = "lumbarjax-xray-backbone/1"
 ORIENTATION = "sagittal: d left-right (slices), h superior->inferior, w anterior->posterior"
 
@@ -79,7 +79,7 @@ def save_encoder_file(path: str, params, card: Mapping, head=None, *, fmt: str =
     that the file can also grade stenosis — the outcome model's MRI stage-1 scores
     (:func:`load_grading_head`). The card then says so. ``localiser``: the disc-level
     localiser's parameters (a by-level file's, or one trained beside a whole-volume grader;
-    ``train.mri_levels``, :func:`load_localiser`; its settings are the card's ``levels.localiser``)."""
+    ``pipelines.mri_levels``, :func:`load_localiser`; its settings are the card's ``levels.localiser``)."""
     path = os.fspath(path)
     card = dict(card)
     if head is not None:
@@ -98,6 +98,8 @@ def save_encoder_file(path: str, params, card: Mapping, head=None, *, fmt: str =
 
 
 def card_path_for(path: str) -> str:
+    """The model-card JSON written beside an encoder file: ``<stem>.card.json`` for
+    ``<stem>.msgpack`` (``path + ".card.json"`` for any other name)."""
     stem = path[:-len(".msgpack")] if path.endswith(".msgpack") else path
     return stem + ".card.json"
 

@@ -34,7 +34,7 @@ def vas_link(raw: jax.Array, sharpness: float = VAS_LINK_SHARPNESS) -> jax.Array
     inside the scale (|link(x) − x| < 0.004, i.e. 0.4 mm, for x in [0.1, 0.9]; link(0.5) = 0.5
     exactly), between 0 and 1 everywhere, smooth and monotone, so every VAS prediction
     of the network lies on the 0–100 scale while a prediction near the middle trains as before
-    (the clinical ridge offset of ``train.clinical_offset`` still starts the head where the ridge
+    (the clinical ridge offset of ``selection.clinical_offset`` still starts the head where the ridge
     predicts)."""
     b = float(sharpness)
 
@@ -171,6 +171,9 @@ class ClinicalEncoder:
 
 # ----------------------------------------------------------------------------- outcome model
 class MLP(nn.Module):
+    """(B, F) -> (B, hidden[-1]): one Dense + ReLU + dropout (rng "dropout", active only when
+    ``train``) per entry of ``hidden``; the input unchanged when ``hidden`` is empty."""
+
     hidden: Sequence[int]
     dropout: float = 0.0
     dtype: Dtype = jnp.float32
@@ -269,10 +272,11 @@ def outcome_loss(outputs: Mapping, batch: Mapping, class_weights: Mapping | None
                  regression_heads: Sequence[str] | None = None):
     """Masked multi-head outcome loss.
 
-    For each head in ``outputs`` with a label in batch["labels"]: mask = batch["label_mask"][head]
-    * batch["valid"]; the head's loss is the masked mean over its valid entries (0, not NaN, when a
-    head has no labels in the batch). Binary heads: BCE with logits, optional positive-class weight
-    class_weights[head] (e.g. n_neg / n_pos of the training fold). Regression heads (VAS 0–100
+    For each head in ``outputs`` with a label in ``batch["labels"]``: mask =
+    ``batch["label_mask"][head] * batch["valid"]``; the head's loss is the masked mean over its
+    valid entries (0, not NaN, when a head has no labels in the batch). Binary heads: BCE with
+    logits, optional positive-class weight ``class_weights[head]`` (e.g. n_neg / n_pos of the
+    training fold). Regression heads (VAS 0–100
     outputs/labels): Huber (delta in VAS/100 units) or MSE on VAS/100, times regression_weight.
     Total = sum of the per-head losses. Labels at masked positions may be NaN.
 

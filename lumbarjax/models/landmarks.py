@@ -7,7 +7,7 @@ Two uses on the lateral lumbar film (lumbarjax.data.xray_levels):
   L1L2 … L5S1 (``num_points=5``);
 * the **endplate refiner**: a crop around one disc at ~0.75 mm/px -> the 4 corners
   (A_u, P_u, A_l, P_l) of the disc's two endplates (``num_points=4``), from which
-  ``eval.xray_indices`` measures the disc height index and listhesis.
+  ``data.xray_indices`` measures the disc height index and listhesis.
 
 Input ``x``: (B, H, W) or (B, H, W, 1) float32, intensities ~[0, 1]. Output: (B, P, 2) point
 coordinates (row, col) in input pixels (0-based pixel centres). The decoder stops at

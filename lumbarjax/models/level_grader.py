@@ -34,6 +34,15 @@ RULES = ("max", "sum")
 
 @dataclasses.dataclass
 class LevelGrader:
+    """A fitted per-level grader (module docstring; :func:`fit_level_grader` fits one).
+
+    ``ref``: (L,) normal disc height index per level; ``cuts``: (K-1,) increasing cut points on
+    the height loss z; ``rule``: "max" or "sum"; ``sum_cuts``: (K-1,) cut points on the scale
+    (rule "sum" only); ``tau``: width of the logistic cut points of :meth:`expected_grade`.
+    The methods take ``dhi`` (N, L) disc height indices, NaN where unmeasured: :meth:`scale`
+    is the (N,) sum of the level grades, :meth:`patient_grade` the (N,) int patient grade.
+    """
+
     ref: np.ndarray          # (L,) normal dhi per level
     cuts: np.ndarray         # (K-1,) on z
     rule: str = "max"

@@ -38,6 +38,8 @@ def soft_argmax(logits: jax.Array) -> jax.Array:
 
 
 def coord_channels(x: jax.Array) -> jax.Array:
+    """(B, H, W, C) -> (B, H, W, C + 2): two channels appended, the row and the column
+    coordinate of each pixel on [-1, 1] (CoordConv), in the dtype of ``x``."""
     b, h, w, _ = x.shape
     rr, cc = jnp.meshgrid(jnp.linspace(-1, 1, h), jnp.linspace(-1, 1, w), indexing="ij")
     coords = jnp.broadcast_to(jnp.stack([rr, cc], -1)[None], (b, h, w, 2)).astype(x.dtype)
@@ -45,6 +47,11 @@ def coord_channels(x: jax.Array) -> jax.Array:
 
 
 class LevelLocaliser(nn.Module):
+    """The disc-level localiser (module docstring): (B, H, W, C) slab, H and W divisible by 16
+    -> ``{"centres": (B, num_levels, 2) float32 (row, col) input pixels, "heatmaps":
+    (B, H/4, W/4, num_levels) logits}``. ``width``: channels of the first stage (then 2x, 4x,
+    8x); group normalisation throughout."""
+
     num_levels: int = len(LEVELS)
     width: int = 16
 

@@ -236,9 +236,9 @@ class Grader(nn.Module):
 def grader_loss(outputs: dict, batch: dict, head: str = "corn", label_key: str = "grade"):
     """Masked ordinal loss of the grader.
 
-    outputs["grade"]: (B, L, K-1) logits. batch["labels"][label_key]: (B,) or (B, L) grades
-    (float or int; NaN allowed where masked); batch["label_mask"][label_key] same shape;
-    batch["valid"] (B,). Returns (loss scalar, aux dict with loss, count, accuracy, mae) — aux
+    ``outputs["grade"]``: (B, L, K-1) logits. ``batch["labels"][label_key]``: (B,) or (B, L) grades
+    (float or int; NaN allowed where masked); ``batch["label_mask"][label_key]`` same shape;
+    ``batch["valid"]`` (B,). Returns (loss scalar, aux dict with loss, count, accuracy, mae) — aux
     metrics are over the valid, labelled entries (0 when there are none).
     """
     loss_fn, _, predict_fn = ordinal.ordinal_fns(head)

@@ -6,7 +6,7 @@ stenosis grade become columns of the outcome records, without leakage.
   ``xray_expected_grade`` = Σ_k k·prob_grade_k and ``xray_prob_grade_k`` when the table has class
   probabilities, else ``xray_pred_grade``, and ``xray_pred_grade_<LEVEL>`` per level when the
   grader predicts levels (columns ``pred_grade_L1L2`` …); with the level-by-level scale
-  (train.xray_levels, whose columns join grader/oof.csv) also ``xray_level_grade``,
+  (pipelines.xray_levels, whose columns join grader/oof.csv) also ``xray_level_grade``,
   ``xray_scale``, ``xray_dhi_<LEVEL>`` (disc height index) and ``xray_listhesis_abs_mm_<LEVEL>``.
   The level grades' cut points are fitted in the grader's training folds and the landmark
   models on a separate landmark cohort, so these columns are out of fold too.
@@ -66,7 +66,7 @@ def xray_scores(grader_oof: pd.DataFrame, detail: str = "full") -> pd.DataFrame:
     for lv in LEVELS:
         if f"pred_grade_{lv}" in grader_oof.columns:
             out[f"xray_pred_grade_{lv}"] = grader_oof[f"pred_grade_{lv}"].to_numpy(float)
-    # the level-by-level X-ray scale (train.xray_levels): patient grade, scale and the measured
+    # the level-by-level X-ray scale (pipelines.xray_levels): patient grade, scale and the measured
     # per-level disc height index and listhesis (magnitude, mm)
     for src, dst in (("level_pred_grade", "xray_level_grade"), ("scale", "xray_scale")):
         if src in grader_oof.columns:
@@ -87,7 +87,7 @@ def mri_scores(patient_ids: Sequence[str], corn_probs: np.ndarray, present: np.n
     probabilities of the stenosis grade (``ordinal.corn_probs`` of the pretrained grader's
     logits); rows with ``present`` False (no MRI) are NaN.
 
-    By level, (N, L, K) probabilities (``train.mri_levels.level_probs``): the summary columns are
+    By level, (N, L, K) probabilities (``pipelines.mri_levels.level_probs``): the summary columns are
     those of the worst level (the highest expected grade), and ``detail="full"`` adds
     ``mri_stenosis_expected_<LEVEL>`` for every level."""
     if detail not in ("full", "summary"):

@@ -16,7 +16,7 @@ Tasks:
 
 Each fold also writes ``fold_<k>/split.json`` (test / inner_train / inner_val patient ids) and
 ``fold_<k>/inner_val.csv`` (the selected checkpoint's predictions of its inner-validation
-patients, for ``train.select``).
+patients, for ``selection.select``).
 
 Out-of-fold CSV columns: ``patient_id, fold``, ``label_<head>`` and ``pred_<head>``
 (probabilities for binary heads, VAS for regression heads); for the grader ``label_grade``,
@@ -127,8 +127,8 @@ def run_fold(td: TaskData, fold: int, config, workdir: str, *, clinical_only: bo
     """Train on the other folds (inner split for selection) and predict fold ``fold``.
 
     encoder_params: pretrained parameters that replace the model's initial
-    ``task.encoder_key`` subtree: the outcome model's ``mri_encoder`` (``train.pretrain``; ignored
-    for the clinical-only model) or the grader's X-ray ``backbone`` (``train.xray_pretrain``).
+    ``task.encoder_key`` subtree: the outcome model's ``mri_encoder`` (``pipelines.pretrain``; ignored
+    for the clinical-only model) or the grader's X-ray ``backbone`` (``pipelines.xray_pretrain``).
     """
     kind = td.kind
     task, task_cfg = get_task(kind), config[kind]
@@ -198,7 +198,7 @@ def run_fold(td: TaskData, fold: int, config, workdir: str, *, clinical_only: bo
                                 train_source=Subset(source, inner_train), eval_fn=eval_fn,
                                 init_params=start(inner_train), row_ids=td.records["patient_id"].to_numpy())
     state = result["state"]
-    # The selected checkpoint's inner-validation predictions: what train.select compares with
+    # The selected checkpoint's inner-validation predictions: what selection.select compares with
     # the penalised linear family fitted on the same inner training patients.
     val = predict(state, model, loader(inner_val))
     val_cols = task.decode(val, task_cfg)

@@ -121,6 +121,8 @@ def load(path_stem: str) -> tuple[LandmarkNet, dict, dict]:
 
 
 def exists(path_stem: str) -> bool:
+    """Whether both files of a saved landmark model (:func:`save`) are there:
+    ``<path_stem>.msgpack`` and ``<path_stem>.json``."""
     return os.path.exists(path_stem + ".msgpack") and os.path.exists(path_stem + ".json")
 
 

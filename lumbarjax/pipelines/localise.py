@@ -111,6 +111,12 @@ def errors_mm(pred: np.ndarray, target: np.ndarray, mask: np.ndarray, spacing) -
 
 
 def summarise(err: np.ndarray) -> dict:
+    """Summary of an (N, L) error table in mm (:func:`errors_mm`; NaN = no target).
+
+    Returns ``{"mean_mm", "median_mm", "within_10mm", "per_level"}`` over the known entries:
+    mean and median error (mm, 2 decimals), the fraction within 10 mm (3 decimals) and, per
+    level name of ``schema.LEVELS`` with at least one known entry, its mean and median.
+    """
     per = {lv: {"mean_mm": round(float(np.nanmean(err[:, j])), 2),
                 "median_mm": round(float(np.nanmedian(err[:, j])), 2)} for j, lv in enumerate(LEVELS)
            if np.isfinite(err[:, j]).any()}

@@ -1,14 +1,14 @@
 """The MRI level by level: disc-level centres in each cached volume, the disc-level localiser
 that finds them on a new cohort, and the per-level stenosis grades of an encoder file.
 
-With ``config.pretrain.levels.enabled`` the pretraining (``train.pretrain``) grades every disc
+With ``config.pretrain.levels.enabled`` the pretraining (``pipelines.pretrain``) grades every disc
 level on a crop around it (``models.level_stenosis``). The centres of the pretraining cohort
 come from its reader (RSNA 2024 canal coordinates, SPIDER disc-mask centres, the synthetic
 ground truth); the outcome cohort has none, so the pretraining also trains a
-``LevelLocaliser`` (``train.localise``) on the same patients, and the encoder file carries it:
+``LevelLocaliser`` (``pipelines.localise``) on the same patients, and the encoder file carries it:
 ``{"localiser": params}`` beside the encoder and the per-level head, its settings and held-out
 error in the card's ``levels`` entry. :func:`level_probs` runs localiser + level grader
-(``train.pretrain.file_grader``) on any cohort.
+(``pipelines.pretrain.file_grader``) on any cohort.
 
 Units: centres are (row, col) pixels of the preprocessed volume (D, H, W) — row along the
 spine (superior -> inferior), col anterior -> posterior; errors in mm.
@@ -103,7 +103,7 @@ def level_source(config, cache: pd.DataFrame, centres: np.ndarray):
 
 def level_probs(config, grader, cache: pd.DataFrame, *, batch_size: int = 16):
     """Per-level stenosis-grade probabilities of every cache row from a by-level encoder file's
-    grader (``train.pretrain.file_grader``): its localiser places the levels, its level grader
+    grader (``pipelines.pretrain.file_grader``): its localiser places the levels, its level grader
     grades them. Returns ``(probs (N, L, K), centres (N, L, 2) px)``, NaN rows where a patient
     has no MRI."""
     from lumbarjax.data.pipeline import make_loader

@@ -100,7 +100,7 @@ def pretrain_encoder(config, workdir: str, records: pd.DataFrame, cache: pd.Data
                      training_data: Mapping | None = None, centres_mm: Mapping | None = None):
     """Train ``StenosisGrader`` on ``records[config.pretrain.label_column]`` — or, with
     ``pretrain.levels.enabled``, ``LevelStenosisGrader`` on ``<label_column>_<LEVEL>`` at the
-    disc-level centres ``centres_mm`` plus the level localiser (``train.mri_levels``); save and
+    disc-level centres ``centres_mm`` plus the level localiser (``pipelines.mri_levels``); save and
     return the encoder.
 
     Args:
@@ -276,7 +276,7 @@ def grader_probs(config, grader: FileGrader, cache: pd.DataFrame, *, batch_size:
     """``(probs, centres)``: (N, K) stenosis-grade probabilities of every row of ``cache`` (a
     preprocess cache table) from a :class:`FileGrader` (CORN decoding), NaN rows where a patient
     has no MRI, and ``centres`` the localised (N, L, 2) px when the file carries a localiser
-    (else None); by level (``train.mri_levels.level_probs``) (N, L, K) probabilities."""
+    (else None); by level (``pipelines.mri_levels.level_probs``) (N, L, K) probabilities."""
     from lumbarjax.models.ordinal import corn_probs
 
     if grader.by_level:
@@ -301,7 +301,7 @@ def stenosis_probs(config, path: str, cache: pd.DataFrame, *, batch_size: int = 
     grader in the encoder file ``path`` (:func:`grader_probs`; (N, L, K) from a by-level file),
     None when the file holds no grading head.
 
-    The pretraining patients are never the outcome patients (``workflow.stage_pretrain``
+    The pretraining patients are never the outcome patients (``mri_stages.stage_pretrain``
     checks), so these scores are out of sample for every outcome patient and fold."""
     if encoder_file.load_grading_head(path) is None:
         return None
@@ -311,7 +311,7 @@ def stenosis_probs(config, path: str, cache: pd.DataFrame, *, batch_size: int = 
 def with_encoder(encoder_params, key: str = "mri_encoder") -> callable:
     """``init_params`` hook for ``train_and_evaluate``: put ``encoder_params`` into params[key]
     ("mri_encoder": the outcome model's pretrained MRI encoder; "backbone": the grader's
-    pretrained X-ray backbone, ``train.xray_pretrain``)."""
+    pretrained X-ray backbone, ``pipelines.xray_pretrain``)."""
     section = {"mri_encoder": "config.outcome.model.mri", "backbone": "config.grader.model"}.get(key, key)
 
     def init(params):

@@ -1,7 +1,7 @@
 """The tasks lumbarjax trains: one small object per task, kept in the plain dict ``TASKS``.
 
 A task owns everything that differs between tasks, so that cross-validation
-(``train.crossval``), pretraining (``train.pretrain``), prediction (``predict``) and the workflow
+(``pipelines.crossval``), pretraining (``pipelines.pretrain``), prediction (``predict``) and the workflow
 never branch on the task's name:
 
   ``labels(records, cache, task_cfg)``   -> ``(usable (N,) bool, {head: labels}, heads)``
@@ -152,13 +152,13 @@ class GraderTask:
 
     def uses_pretrained_encoder(self, config) -> bool:
         """Whether this task starts from a pretrained X-ray backbone (``config.xray_pretrain``,
-        ``train.xray_pretrain``)."""
+        ``pipelines.xray_pretrain``)."""
         return bool(config.xray_pretrain.enabled or config.xray_pretrain.backbone_file)
 
     def after_crossval(self, config, workdir: str, td, oof: pd.DataFrame, cohort_root: str):
         """Work that follows this task's cross-validation on the same patients and folds:
         with ``config.levels.enabled`` the level-by-level X-ray pipeline, whose out-of-fold
-        columns are merged into the grader's table (``train.xray_levels``). Returns
+        columns are merged into the grader's table (``pipelines.xray_levels``). Returns
         ``(oof, {results key: extra results})``."""
         if not config.levels.enabled:
             return oof, {}
@@ -284,7 +284,7 @@ class OutcomeTask:
 
 class PretrainTask:
     """Sagittal MRI -> ordinal stenosis grade (CORN) of a separate graded cohort: pretrains the
-    outcome model's MRI encoder (``train.pretrain``). Reads ``config.pretrain`` for the labels
+    outcome model's MRI encoder (``pipelines.pretrain``). Reads ``config.pretrain`` for the labels
     and ``config.outcome.model.mri`` for the encoder, so the parameters drop in. With
     ``pretrain.levels.enabled`` one grade per disc level, each read on a crop around the level
     (``models.level_stenosis``; the batch then carries ``mri_centres``)."""

@@ -9,10 +9,10 @@ Stages (settings in ``config.levels``, defaults in configs/default.py ``levels_c
    the *finder* (whole film at ``view_shape`` -> 5 disc centres) and the *refiner* (a
    ``crop_shape`` crop at ``crop_mm_per_px`` around each disc, centre jittered by up to
    ``centre_jitter_mm`` -> the 4 corners A_u, P_u, A_l, P_l). Saved with a model card
-   (``train.landmarks.save``).
+   (``pipelines.landmarks.save``).
 2. **Measurement** (:func:`measure`): finder -> crops -> refiner -> corners in film pixels ->
    (``edge_refine``) each corner moved along the disc normal onto the film's endplate edge
-   (``data.xray_levels.refine_corners``) -> ``eval.xray_indices.level_indices`` in mm (pixel
+   (``data.xray_levels.refine_corners``) -> ``data.xray_indices.level_indices`` in mm (pixel
    spacing from the DICOM).
 3. **Level grader** (``models.level_grader``): cut points on the relative disc height loss,
    fitted on each training fold's patient grades under ``rule`` ("max" | "sum"), applied to the

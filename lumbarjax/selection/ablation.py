@@ -17,7 +17,6 @@ import numpy as np
 import pandas as pd
 
 from lumbarjax.errors import ClinicalError, CohortError
-from lumbarjax.schema import PERFECT_STAGE1
 from lumbarjax.eval import metrics as metrics_lib
 from lumbarjax.eval.baselines import clinical_baselines
 from lumbarjax.selection.linear import crossval_penalised
@@ -45,7 +44,7 @@ def with_true_latents(records: pd.DataFrame, cols: Mapping[str, Sequence[str]],
     (``truth`` = ground_truth.csv): the degeneration grade the X-ray shows (``true_grade``) and
     the stenosis severity the MRI shows (``true_stenosis_severity``), each only where that
     source has a score (a perfect stage 1 sees no more patients than the real one). The
-    ablation's :data:`PERFECT_STAGE1` row: what the same linear family reaches on the same
+    ablation's ``schema.PERFECT_STAGE1`` row: what the same linear family reaches on the same
     patients and folds if the image models were perfect — the learnable ceiling beside the
     Bayes-optimal AUC. Evaluation only: the outcome models never see these columns."""
     truth = truth.assign(patient_id=truth["patient_id"].astype(str)).set_index("patient_id")

@@ -83,7 +83,7 @@ def image_evidence(records: pd.DataFrame, head: str, task: str, rows: np.ndarray
     family on all ``features`` against the clinical reference model on ``reference_features``,
     both scored on the same inner k-fold split of ``rows`` (every training patient of the fold,
     ~125 in the demo, not only the ~25 inner validation ones). ``clear``: the family is clearly
-    better (``models.linear.clearly_better``: about one standard error). ``fits`` caches the two
+    better (``selection.linear.clearly_better``: about one standard error). ``fits`` caches the two
     fits (candidate -> PenalisedFit) for the caller."""
     fits = {} if fits is None else fits
     try:
@@ -186,7 +186,7 @@ def stack_models(records: pd.DataFrame, folds: np.ndarray, heads: Sequence[str],
         ``candidates``.
       primary_head: the outcome whose evidence opens the gate for every head (default the first
         binary head).
-      shrink / weight_step: ``models.stack.fit_weights``' settings.
+      shrink / weight_step: ``selection.stack.fit_weights``' settings.
       grid_for: optional ``head -> linear candidates`` (default ``linear.candidates``).
       reference_features: the clinical columns of the reference model (default ``features``).
       num_workers: processes that combine the heads side by side (``workers.process_map``; the

@@ -14,7 +14,7 @@ the "forecast combination puzzle", Claeskens et al. 2016).
 * :func:`combine` — Σ_c w_c·p_c: a probability for binary heads (a convex combination of
   probabilities), a VAS on the 0–100 mm scale for VAS heads (every candidate's is).
 
-Pure numpy; the caller (``train.select``) chooses the held-out patients and the candidates.
+Pure numpy; the caller (``selection.select``) chooses the held-out patients and the candidates.
 """
 
 from __future__ import annotations

@@ -65,6 +65,14 @@ class Anatomy:
 
 
 def make_anatomy(rng: np.random.Generator, truth: dict) -> Anatomy:
+    """Draw one patient's :class:`Anatomy` (mm, centred between the L1 body and the L5S1 disc).
+
+    ``truth``: the patient's latents — ``grade_<LEVEL>`` per level of ``schema.LEVELS`` (disc
+    heights shrink by DISC_HEIGHT_LOSS_PER_GRADE per grade; T12L1 gets the L1L2 grade minus 1,
+    at least 0), ``stenosis_level`` / ``stenosis_severity`` and the optional
+    ``stenosis_level_2`` / ``stenosis_severity_2`` (empty level = none). ``rng`` draws the
+    patient's size (x0.9–1.1), lordosis, sacral slope, canal size and soft-tissue depths.
+    """
     f = rng.uniform(0.9, 1.1)  # patient size
     lord = rng.uniform(0.6, 1.3)
     hh = np.array([23, 24, 25, 26, 26, 25], float) * f / 2
@@ -226,6 +234,8 @@ def canal_shapes(an: Anatomy):
 
 
 def post_element_shapes(an: Anatomy):
+    """Posterior elements: one rounded-rectangle shape ``("r", centre, angle, half_h, half_w,
+    radius)`` behind the canal of each body T12, L1..L5 (6 shapes, anatomy mm)."""
     out = []
     for k in range(6):
         t = an.body_t[k]

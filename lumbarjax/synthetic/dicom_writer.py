@@ -41,6 +41,12 @@ _SOP = {"CR": "1.2.840.10008.5.1.4.1.1.1", "DX": "1.2.840.10008.5.1.4.1.1.1.1", 
 
 def base_dataset(phi: dict, modality: str, study_uid: str, series_uid: str, series_number: int,
              series_description: str, study_description: str) -> Dataset:
+    """The elements shared by every instance of a series (no file meta, no pixel data).
+
+    Patient, study and series identification from ``phi`` (:func:`make_phi`) and the given
+    UIDs / numbers / descriptions; ``modality`` ("CR", "DX" or "MR") sets the SOP class. The
+    series' writer (:class:`SeriesWriter`) adds the per-instance elements.
+    """
     ds = Dataset()
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.SOPClassUID = _SOP[modality]
@@ -78,6 +84,8 @@ def element(tag: int, vr: str, value: bytes) -> bytes:
 
 
 def text_value(value, pad=b" ") -> bytes:
+    """A text element value as ASCII bytes, padded to even length with ``pad`` (a space;
+    ``b"\\0"`` for UIDs); a sequence of strings is joined by backslashes (multi-valued)."""
     b = (value if isinstance(value, str) else "\\".join(value)).encode("ascii")
     return b + pad if len(b) % 2 else b
 
@@ -151,6 +159,13 @@ def window_of(vals: np.ndarray) -> tuple[float, float]:
 
 
 def make_phi(rng: np.random.Generator, pid: str, truth: dict) -> dict:
+    """Fictitious identifying data of one patient, written into the DICOM headers.
+
+    ``pid``: the export's (pseudonymous) PatientID; ``truth["_female"]`` and ``truth["_age"]``
+    (years) set sex, age and a birth date consistent with a random study date. Returns
+    ``patient_id, name, sex, age, birth_date, study_date, study_time, accession, institution,
+    referrer, mrn, address`` (DICOM string formats: dates YYYYMMDD, names FAMILY^GIVEN).
+    """
     female = truth["_female"]
     first = (_FIRST_F if female else _FIRST_M)[int(rng.integers(10))]
     study = _dt.date(2018, 1, 1) + _dt.timedelta(days=int(rng.integers(0, 5 * 365)))
@@ -169,6 +184,7 @@ def make_phi(rng: np.random.Generator, pid: str, truth: dict) -> dict:
 
 
 def hexname(rng, n=8):
+    """``n`` random upper-case hexadecimal digits drawn from ``rng`` (a file or folder name)."""
     return "".join("0123456789ABCDEF"[int(k)] for k in rng.integers(0, 16, n))
 
 

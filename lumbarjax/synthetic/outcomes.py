@@ -131,6 +131,7 @@ CLINICAL_COLUMNS = (
 
 
 def sigmoid(x):
+    """Logistic function ``1 / (1 + exp(-x))`` elementwise, as float64."""
     return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=float)))
 
 

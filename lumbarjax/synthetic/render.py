@@ -44,6 +44,14 @@ def smooth_field(rng, shape, n_ctrl=5):
 
 @dataclass
 class XrayGeom:
+    """Geometry of a lateral film: ``rows`` x ``cols`` pixels of ``spacing`` mm (anatomy scale),
+    the anatomy rotated by ``angle`` (rad) in the image plane and its origin offset by ``shift``
+    (2,) mm (row, col) from the image centre.
+
+    :meth:`rc_to_uv` maps pixel (row, col) to anatomy (u, v) mm (:class:`Anatomy`);
+    :meth:`uv_to_rc` is its inverse. Both take scalars or arrays of the same shape.
+    """
+
     rows: int
     cols: int
     spacing: float  # mm / pixel (anatomy scale)
@@ -216,6 +224,12 @@ def mr_noise(rng, img: np.ndarray, sigma: float) -> np.ndarray:
 
 @dataclass
 class MriPlacement:
+    """Where the anatomy sits in the MRI's patient coordinates (LPS, mm).
+
+    :meth:`lps` maps anatomy (u, v) mm and a lateral offset ``lat`` mm to the (3,) LPS point
+    ``(x_mid + lat, y_ref + v, z_ref - u)``: v (posterior) runs along +y, u (inferior) along -z.
+    """
+
     x_mid: float  # LPS x of the spine midline
     y_ref: float  # LPS y of anatomy v = 0
     z_ref: float  # LPS z of anatomy u = 0

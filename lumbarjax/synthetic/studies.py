@@ -89,6 +89,14 @@ def write_xray_study(seed, i, an, truth, phi, pdir, xray_size, files) -> dict:
 
 
 def write_mri_study(seed, i, an, truth, phi, pdir, mri_size, files) -> dict:
+    """MRI study of patient ``i`` below ``pdir``; returns ground-truth updates.
+
+    Series: sagittal T2 (12–16 slices), sometimes a sagittal T1, axial T2 through L3L4..L5S1
+    and a 3-plane localizer, each in its own ``SE<number>`` folder of one ``ST<number>``
+    study folder. ``mri_size``: (H, W) of the sagittal images; ``files`` gets each path
+    written, in order. Returns ``t2_series_uid``, the LPS mm centre of each disc
+    (``disc_<LEVEL>_{x,y,z}_mm``) and of the canal at the stenosis (``stenosis_{x,y,z}_mm``).
+    """
     rng = stream(seed, i, 3)
     H, W = mri_size
     fov = rng.uniform(230.0, 250.0)

@@ -460,7 +460,7 @@ def train_and_evaluate(
     try:
         if tc["eval_at_start"] and do_eval and latest is None and step == 0 < stop_at:
             # the initial parameters compete too (e.g. the clinical regression the outcome
-            # network starts from, train.clinical_offset): checkpointed as step 0
+            # network starts from, selection.clinical_offset): checkpointed as step 0
             eval_metrics = evaluate(state)
             if _is_better(eval_metrics[best_metric], None, mode):
                 loop.update(best_value=eval_metrics[best_metric], best_step=0, best_metrics=eval_metrics)

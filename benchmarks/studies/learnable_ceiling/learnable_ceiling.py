@@ -37,8 +37,8 @@ the outcome model loses learning the effects from ~125 training patients; for MA
 
 Each set goes through the outcome chain's linear models on 5 stratified patient folds
 (``data.cohort.make_folds``, as the outcome task): the clinical reference model (logistic
-regression C = 1, ``models.linear.REFERENCE``) and the penalised family with its inner penalty
-choice (``models.linear.fit_penalised``). The generator is sampled without images
+regression C = 1, ``selection.linear.REFERENCE``) and the penalised family with its inner penalty
+choice (``selection.linear.fit_penalised``). The generator is sampled without images
 (``synthetic.sample_patients``), so seeds are cheap; the demo's own cohort is seed 0.
 
     PYTHONPATH=$PWD python benchmarks/studies/learnable_ceiling/learnable_ceiling.py --seeds 0-19 --out benchmarks/studies/learnable_ceiling/LEARNABLE_CEILING.md

@@ -1,5 +1,5 @@
 """The whole chain per generator regime and seed: the demo job (`configs/demo.py`: grader +
-levels, pretrained MRI encoder, outcome CV, the reported model of ``train.select``, baselines,
+levels, pretrained MRI encoder, outcome CV, the reported model of ``selection.select``, baselines,
 ablation) on the cohort of each ``--regimes`` × ``--seeds``, and one table per outcome head
 (AUC for the binary heads; MAE in VAS mm and R² for the VAS heads), out of fold:
 
@@ -124,7 +124,7 @@ def run_one(root: str, regime: str, seed: int, encoder_file: str | None, extra: 
 
 def reselect(wd: str, regime: str, seed: int, encoder_file: str | None) -> None:
     """Redo what a finished run computes without training — the clinical baselines, the source
-    ablation and the reported model (``train.select``) — with this checkout's code, and re-draw
+    ablation and the reported model (``selection.select``) — with this checkout's code, and re-draw
     its report (``report.report_from_workdir``). They only read the run's saved artefacts (fold
     splits, the networks' inner-validation and out-of-fold predictions, stage-1 scores), so the
     result equals a fresh run of the same config with this code and the run's networks."""
@@ -312,7 +312,7 @@ def main(argv=None):
               "`reported`: the model the report leads with; learnable ceiling: the same linear family "
               "given the true latents (the ablation's last row); `significantly worse than`: the comparators "
               "whose paired bootstrap 95 % CI of the difference excludes 0 in their favour; `folds with images`: "
-              "the outer folds whose combination used the image candidates (the gate of `train.select`), "
+              "the outer folds whose combination used the image candidates (the gate of `selection.select`), "
               "0/5 = a clinical-only model, so no claim about the images.")
     text = markdown(rows, header)
     print(text)

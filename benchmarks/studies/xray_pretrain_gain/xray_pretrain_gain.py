@@ -2,7 +2,7 @@
 
 The demo cohort's grader cross-validation (configs/demo.py: 5 folds, 800 steps, the same folds
 for both arms) from scratch and from a backbone pretrained on a separate synthetic cohort written
-in the VinDr-SpineXR layout (``data.public.vindr_layout``: disc space narrowing / osteophyte
+in the VinDr-SpineXR layout (``synthetic.vindr_layout``: disc space narrowing / osteophyte
 boxes from the generator's level grades, 2 readers who each miss 15 % of findings), read back
 through the VinDr reader exactly as a download would be. Out-of-fold QWK with bootstrap CIs and
 the paired difference; the JSON goes to ``--out``.

@@ -1,1 +1,2 @@
-"""Readers for public lumbar-spine datasets as downloaded (layouts in DESIGN.md section 7)."""
+"""Readers for public lumbar-spine datasets as downloaded (each layout in its reader module's
+docstring; what the readers return in docs/CONTRACTS.md, ``data.public``)."""

@@ -1,6 +1,7 @@
 """Read the RSNA 2024 Lumbar Spine Degenerative Classification training set as downloaded.
 
-Layout (Kaggle, DESIGN.md section 7), below ``root``::
+Layout (as the Kaggle competition ``rsna-2024-lumbar-spine-degenerative-classification``
+ships it), below ``root``::
 
     train.csv                        study_id + 25 columns {condition}_{level}, values
                                      "Normal/Mild" | "Moderate" | "Severe" | blank

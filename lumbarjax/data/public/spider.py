@@ -1,6 +1,6 @@
 """Read the SPIDER lumbar spine MRI dataset (Zenodo 10159290, CC BY 4.0) as downloaded.
 
-Layout (DESIGN.md section 7), below ``root``::
+Layout (as published on Zenodo, record 10159290), below ``root``::
 
     images/<id>_t1.mha, <id>_t2.mha, <id>_t2_SPACE.mha    sagittal MR series (MetaImage)
     masks/<same names>                                     0 background, 1-25 vertebrae counted
@@ -85,6 +85,16 @@ def disc_level(ivd_label: int) -> str:
 
 @dataclass
 class SpiderDataset:
+    """What :func:`read_spider` returns (tables described in the module docstring).
+
+    root: the SPIDER folder (absolute). manifest: one ``mri_t2_sag`` row per patient
+    (``lumbarjax.data.index`` columns). series: every scan (``SERIES_COLUMNS``). gradings: the
+    long table per graded disc. overview: ``overview.csv`` as read. centres: the disc and
+    vertebra centres of each mask (``CENTRE_COLUMNS``; empty with ``centres=False``).
+    exclusions: ``patient_id, file, reason, detail`` of everything left out. counts: patients,
+    series, with_t2_sag, graded_discs and the exclusions per reason.
+    """
+
     root: str
     manifest: pd.DataFrame
     series: pd.DataFrame
