@@ -124,3 +124,20 @@ def test_architecture_md_draws_the_package_graph_the_code_has():
         assert not extra, f"{pkg} imports {sorted(extra)}, not drawn: " + str(
             [edges[(pkg, e)][:2] for e in sorted(extra)])
         assert not missing, f"{pkg} is drawn depending on {sorted(missing)}, which it does not import"
+
+
+TASK_NAME_BRANCH = re.compile(
+    r"""(==|!=)\s*["'](grader|outcome|pretrain|outcome_clinical_only)["']"""
+    r"""|["'](grader|outcome|pretrain|outcome_clinical_only)["']\s*(==|!=|in\b|not in\b)"""
+    r"""|\bin\s*[(\[{]\s*["'](grader|outcome|pretrain)["']""")
+
+
+def test_no_module_branches_on_a_task_name_but_the_task_registry():
+    """A task's behaviour lives in its object in pipelines/tasks.py (TASKS); the rest of the
+    library asks the task (hooks and attributes), never compares its name."""
+    sites = [f"{p.relative_to(ROOT)}:{i}: {line.strip()}"
+             for p in sorted(PKG.rglob("*.py")) if p.relative_to(PKG).as_posix() != "pipelines/tasks.py"
+             for i, line in enumerate(p.read_text().splitlines(), 1) if TASK_NAME_BRANCH.search(line)]
+    assert not sites, "task-name branches outside pipelines/tasks.py:\n" + "\n".join(sites)
+    assert TASK_NAME_BRANCH.search('if task.name == "grader":')
+    assert TASK_NAME_BRANCH.search('if "outcome" in config.tasks:')

@@ -256,3 +256,21 @@ def test_no_citation_of_a_missing_design_document():
                 if re.search(r"\bDESIGN(\.md| §)", line):
                     hits.append(f"{_rel(path)}:{n}: {line.strip()[:100]}")
     assert not hits, "cites DESIGN.md, which is not in the repository:\n" + "\n".join(hits)
+
+
+def test_benchmarks_readme_lists_every_entry():
+    """benchmarks/README.md names every file and folder of benchmarks/, every study folder and
+    every archived probe, so nothing there is undocumented."""
+    bench = os.path.join(REPO, "benchmarks")
+    with open(os.path.join(bench, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    tracked = subprocess.run(["git", "ls-files", "benchmarks"], cwd=REPO, capture_output=True,
+                             text=True).stdout.split()
+    entries = set()
+    for path in tracked or [os.path.relpath(p, REPO) for p in glob.glob(os.path.join(bench, "*"))]:
+        parts = path.split("/")[1:]
+        if parts[0] in ("README.md", "results", "history"):
+            continue           # the README itself; dated JSONs and history, linked from RESULTS.md
+        entries.add(parts[1] if parts[0] in ("studies", "archive") and len(parts) > 1 else parts[0])
+    missing = sorted(e for e in entries if e not in readme)
+    assert not missing, f"benchmarks/README.md does not name {missing}"
