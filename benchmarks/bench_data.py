@@ -50,6 +50,18 @@ def records_from_manifest(manifest: pd.DataFrame, root: str) -> pd.DataFrame:
     return pd.DataFrame(list(recs.values()))
 
 
+def preprocess_config(args):
+    """configs/default.py's config with this run's geometry (``--mri-spacing``, ``--mri-shape``,
+    ``--xray-shape``): the library reads every setting it needs and has no fallback defaults."""
+    from lumbarjax.defaults import get_config
+
+    cfg = get_config()
+    cfg.mri.spacing = tuple(float(v) for v in args.mri_spacing)
+    cfg.mri.shape = tuple(int(v) for v in args.mri_shape)
+    cfg.xray.shape = tuple(int(v) for v in args.xray_shape)
+    return cfg
+
+
 def _count_files(root: str) -> int:
     return sum(len(fs) for _, _, fs in os.walk(root))
 
@@ -65,9 +77,10 @@ def run(args) -> dict:
         make_cohort(root, args.patients, seed=args.seed)
         print(f"wrote demo cohort ({args.patients} patients) in {time.perf_counter() - t:.1f} s")
     shutil.rmtree(cache, ignore_errors=True)
-    config = {"mri": {"spacing": args.mri_spacing, "shape": args.mri_shape},
-              "xray": {"shape": args.xray_shape}}
-    results: dict = {"patients": args.patients, "config": config, "augment": AUGMENT,
+    config = preprocess_config(args)
+    results: dict = {"patients": args.patients, "augment": AUGMENT,
+                     "config": {"mri": {"spacing": args.mri_spacing, "shape": args.mri_shape},
+                                "xray": {"shape": args.xray_shape}},
                      "batch_size": args.batch_size, "machine": platform.node(),
                      "cpus": os.cpu_count(), "num_workers": args.num_workers}
 
@@ -172,8 +185,7 @@ def scale_one(args) -> dict:
               flush=True)
     rss_before = _peak_rss_mb()["self_mb"]
     shutil.rmtree(cache, ignore_errors=True)
-    config = {"mri": {"spacing": args.mri_spacing, "shape": args.mri_shape},
-              "xray": {"shape": args.xray_shape}}
+    config = preprocess_config(args)
     with ChildMemory() as children:
         t = time.perf_counter()
         manifest = index_cohort(root, num_workers=args.num_workers)

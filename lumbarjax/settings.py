@@ -15,7 +15,7 @@ import ml_collections
 
 from lumbarjax.errors import ConfigError
 
-__all__ = ["setting", "setting_or_default", "defaults"]
+__all__ = ["setting", "defaults"]
 
 
 def setting(config: Any, dotted: str):
@@ -40,14 +40,3 @@ def defaults() -> ml_collections.FrozenConfigDict:
     from lumbarjax.defaults import get_config
     return ml_collections.FrozenConfigDict(get_config())
 
-
-def setting_or_default(config: Any, dotted: str):
-    """``setting(config, dotted)``; where ``config`` is a partial config without the key (a
-    data-layer function called directly, by a test or a script, with only the settings it cares
-    about) the value in the one source of defaults, :func:`defaults`. For the few settings a
-    partial config may leave out (normalisation percentiles, the film's aspect, the plausible
-    spacing); the application config always has them all."""
-    try:
-        return setting(config, dotted)
-    except ConfigError:
-        return setting(defaults(), dotted)

@@ -16,6 +16,7 @@ import time
 import pandas as pd
 
 from lumbarjax.data import preprocess as pp
+from tests.configs_for_tests import preprocess_config
 
 STALL = os.environ["LJ_RESUME_STALL"]
 _decode = pp._PROCESSORS["mri"]
@@ -33,5 +34,5 @@ pp._PROCESSORS["mri"] = _stalling
 if __name__ == "__main__":
     records = pd.read_csv(sys.argv[1], dtype=str, keep_default_na=False)
     pp.MIN_PATIENTS_FOR_WORKERS = 0
-    config = {"mri": {"spacing": (4.0, 2.0, 2.0), "shape": (4, 16, 16)}, "xray": {"shape": (16, 16)}}
+    config = preprocess_config((4.0, 2.0, 2.0), (4, 16, 16), (16, 16))
     pp.preprocess_cohort(records, config, sys.argv[2], num_workers=int(sys.argv[3]))

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 import pydicom
 
+from configs_for_tests import preprocess_config
 from dicom_factory import (
     BASIC_TEXT_SR_SOP,
     new_uid,
@@ -41,7 +42,7 @@ from lumbarjax.errors import ClinicalError, CohortError, DicomError, NiftiError
 
 NON_FINITE = "non-finite image"
 SPACING = "implausible spacing"
-PREPROCESS = {"mri": {"spacing": (4.0, 2.0, 2.0), "shape": (4, 8, 8)}, "xray": {"shape": (16, 16)}}
+PREPROCESS = preprocess_config((4.0, 2.0, 2.0), (4, 8, 8), (16, 16))
 
 
 @dataclasses.dataclass(frozen=True)

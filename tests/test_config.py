@@ -50,6 +50,10 @@ def test_spacing_limits_match_the_data_layer():
     assert tuple(c.mri.plausible_spacing_mm.in_plane) == tuple(limits["in_plane"])
     assert tuple(c.mri.plausible_spacing_mm.between_slices) == tuple(limits["between_slices"])
     assert tuple(c.xray.plausible_spacing_mm) == tuple(limits["xray"])
+    # a config is read strictly: no fallback to the defaults for a key it lacks
+    del c.xray["plausible_spacing_mm"]
+    with pytest.raises(ConfigError, match="xray.plausible_spacing_mm"):
+        sanity.spacing_limits(c)
 
 
 def test_every_task_section_is_complete_and_pretrain_has_the_same_loop_and_optimiser():

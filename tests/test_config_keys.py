@@ -4,7 +4,7 @@ default of its own.
 
 Scope (static, by reading the source; pragmatic rather than complete):
 
-* Reads: every ``setting(<x>, "a.b")`` / ``setting_or_default(<x>, "a.b")`` literal in
+* Reads: every ``setting(<x>, "a.b")`` literal in
   lumbarjax/, and every attribute chain on a config variable (``config.a.b``, ``cfg.x``,
   ``task_cfg.train.num_steps`` …: the names in ``CONFIG_NAMES``) in lumbarjax/ and launch.py.
   A read must resolve from the root of ``get_config()`` or from one of its sections (the
@@ -116,7 +116,7 @@ def config_reads(files=None) -> list[tuple[str, int, tuple[str, ...]]]:
         for node in ast.walk(tree):
             if isinstance(node, ast.Call) and isinstance(node.func, (ast.Name, ast.Attribute)):
                 name = node.func.id if isinstance(node.func, ast.Name) else node.func.attr
-                if name in ("setting", "setting_or_default") and len(node.args) >= 2 \
+                if name == "setting" and len(node.args) >= 2 \
                         and isinstance(node.args[1], ast.Constant) and isinstance(node.args[1].value, str):
                     reads.append((str(path), node.lineno, tuple(node.args[1].value.split("."))))
             elif isinstance(node, ast.Attribute) and not isinstance(parents.get(node), ast.Attribute):

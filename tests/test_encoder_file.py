@@ -8,10 +8,10 @@ import pytest
 from lumbarjax.data.preprocess import preprocessing_config
 from lumbarjax.errors import ConfigError
 from lumbarjax.models import encoder_file as ef
+from tests.configs_for_tests import preprocess_config
 
 KW = {"arch": "lesion2d", "width": 8, "stage_sizes": [1, 1]}
-PRE = preprocessing_config({"mri": {"spacing": (4.0, 2.0, 2.0), "shape": (8, 32, 32)},
-                            "xray": {"shape": (32, 32)}})
+PRE = preprocessing_config(preprocess_config((4.0, 2.0, 2.0), (8, 32, 32), (32, 32)))
 
 
 def _card(**over):
@@ -42,10 +42,10 @@ def test_round_trip_keeps_weights_and_card(tmp_path):
 @pytest.mark.parametrize("kw, pre, message", [
     ({**KW, "arch": "slice2d"}, PRE, "architecture differs: the file has 'lesion2d'"),
     ({**KW, "width": 16}, PRE, "encoder field 'width' differs: the file has 8"),
-    (KW, preprocessing_config({"mri": {"spacing": (4.0, 2.0, 2.0), "shape": (8, 64, 64)},
-                               "xray": {"shape": (32, 32)}}), "expects mri.shape=[8, 32, 32]"),
-    (KW, preprocessing_config({"mri": {"spacing": (3.0, 2.0, 2.0), "shape": (8, 32, 32)},
-                               "xray": {"shape": (32, 32)}}), "expects mri.spacing=[4.0, 2.0, 2.0]"),
+    (KW, preprocessing_config(preprocess_config((4.0, 2.0, 2.0), (8, 64, 64), (32, 32))),
+     "expects mri.shape=[8, 32, 32]"),
+    (KW, preprocessing_config(preprocess_config((3.0, 2.0, 2.0), (8, 32, 32), (32, 32))),
+     "expects mri.spacing=[4.0, 2.0, 2.0]"),
 ])
 def test_mismatch_names_the_field(kw, pre, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):

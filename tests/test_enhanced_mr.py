@@ -15,6 +15,7 @@ import pandas as pd
 import pydicom
 import pytest
 
+from configs_for_tests import preprocess_config
 from dicom_factory import write_enhanced_mr, write_mr_series, write_xray_dcm
 from lumbarjax.data import dicom, index, preprocess
 from lumbarjax.errors import DicomError
@@ -87,7 +88,7 @@ def test_the_manifest_names_the_frames_of_one_file(export):
 
 
 def test_preprocessing_gives_the_classic_array_and_grid(export, tmp_path):
-    cfg = {"mri": {"spacing": (4.0, 1.0, 1.0), "shape": (8, 12, 12)}, "xray": {"shape": (16, 16)}}
+    cfg = preprocess_config((4.0, 1.0, 1.0), (8, 12, 12), (16, 16))
     rows = [{"patient_id": "classic", "mri_paths": ";".join(export["classic"])}]
     rows += [{"patient_id": k, "mri_paths": export["files"][k]} for k in KINDS]
     records = pd.DataFrame([{**r, "mri_source": "dicom", "xray_paths": "", "xray_source": ""}

@@ -11,6 +11,7 @@ import pytest
 from lumbarjax.data import preprocess as pp
 from lumbarjax.data.pipeline import CachedExamples, make_loader
 from lumbarjax.errors import ConfigError
+from tests.configs_for_tests import preprocess_config
 
 
 def _affine(spacing=(4.0, 0.7, 0.7), origin=(-30.0, -100.0, 50.0)):
@@ -103,7 +104,7 @@ def test_normalize_intensity_robust():
         pp.normalize_intensity(z, 50, 10)
 
 
-CFG = {"mri": {"spacing": (4.0, 2.0, 2.0), "shape": (4, 16, 16)}, "xray": {"shape": (24, 16)}}
+CFG = preprocess_config((4.0, 2.0, 2.0), (4, 16, 16), (24, 16))
 
 
 @pytest.fixture
@@ -185,7 +186,7 @@ def test_cache_hit_decodes_nothing_and_invalidates(fake_cohort):
     pd.testing.assert_frame_equal(first, second)
     # a config change (MRI shape) re-decodes the MRIs only, into new files
     calls.update(mri=0, xray=0)
-    cfg2 = {"mri": {"spacing": (4.0, 2.0, 2.0), "shape": (4, 8, 8)}, "xray": {"shape": (24, 16)}}
+    cfg2 = preprocess_config((4.0, 2.0, 2.0), (4, 8, 8), (24, 16))
     third = pp.preprocess_cohort(records, cfg2, str(cache))
     assert calls == {"mri": 3, "xray": 0}
     assert third.loc[0, "mri_file"] != first.loc[0, "mri_file"]
@@ -208,16 +209,25 @@ def test_preprocess_config_errors_name_keys(fake_cohort):
     sub = pp.preprocessing_config(CFG)
     assert sub["mri"]["norm_percentiles"] == [1.0, 99.0]
     assert sub["xray"]["keep_physical_aspect"] is True
+    # no fallback defaults: every setting the cache depends on must be in the config
+    full = CFG.to_dict()
+    for dotted in ("mri.norm_percentiles", "xray.norm_percentiles", "xray.keep_physical_aspect",
+                   "mri.plausible_spacing_mm", "xray.plausible_spacing_mm"):
+        section, key = dotted.split(".")
+        partial = {**full, section: {k: v for k, v in full[section].items() if k != key}}
+        with pytest.raises(ConfigError, match=dotted):
+            pp.preprocessing_config(partial)
 
 
 def test_preprocessing_config_accepts_configdict():
     import ml_collections as mc
 
-    c = mc.ConfigDict({"mri": {"spacing": (4.0, 1.0, 1.0), "shape": (16, 64, 64)},
-                       "xray": {"shape": (128, 96), "norm_percentiles": (0.5, 99.5)}})
+    c = preprocess_config((4.0, 1.0, 1.0), (16, 64, 64), (128, 96),
+                          xray_norm_percentiles=(0.5, 99.5))
     sub = pp.preprocessing_config(c)
     assert sub["mri"]["shape"] == [16, 64, 64] and sub["xray"]["norm_percentiles"] == [0.5, 99.5]
     assert pp.preprocessing_config(mc.FrozenConfigDict(c)) == sub
+    assert pp.preprocessing_config(c.to_dict()) == sub  # a plain dict as well
 
 
 def _write_sagittal_series(folder, dot_ijk, n_slices=6, rows=40, cols=32):
@@ -274,8 +284,7 @@ def test_preprocess_real_dicom_series_keeps_geometry(tmp_path):
     records = pd.DataFrame([{"patient_id": "P9", "mri_paths": ";".join(paths),
                              "mri_source": "dicom", "xray_paths": "", "xray_source": ""}])
     # full-range scaling: the 3x3 dot is far less than 1% of the voxels
-    cfg = {"mri": {"spacing": (4.0, 1.6, 1.6), "shape": (8, 24, 24),
-                   "norm_percentiles": (0, 100)}, "xray": {"shape": (8, 8)}}
+    cfg = preprocess_config((4.0, 1.6, 1.6), (8, 24, 24), (8, 8), mri_norm_percentiles=(0, 100))
     df = pp.preprocess_cohort(records, cfg, str(tmp_path / "cache"))
     assert df.loc[0, "errors"] == "", df.loc[0, "errors"]
     vol = np.load(df.loc[0, "mri_file"])

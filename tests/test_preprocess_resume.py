@@ -18,12 +18,13 @@ import pandas as pd
 import pytest
 
 from lumbarjax.data import preprocess as pp
+from tests.configs_for_tests import preprocess_config
 from tests.dicom_factory import write_mr_series
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
 N, STUCK = 10, 6
-CONFIG = {"mri": {"spacing": (4.0, 2.0, 2.0), "shape": (4, 16, 16)}, "xray": {"shape": (16, 16)}}
+CONFIG = preprocess_config((4.0, 2.0, 2.0), (4, 16, 16), (16, 16))  # = the child's
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHILD = os.path.join(REPO, "tests", "_preprocess_resume_child.py")
 

@@ -12,6 +12,7 @@ from lumbarjax.data.index import read_manifest, write_manifest
 from lumbarjax.data.metaimage import read_metaimage
 from lumbarjax.data.public import spider
 from lumbarjax.errors import CohortError, NiftiError
+from tests.configs_for_tests import preprocess_config
 from tests.public_fixtures import (
     ROWS_PER_VERTEBRA,
     SPIDER_ORIGIN,
@@ -142,7 +143,7 @@ def test_mha_manifest_rows_preprocess_like_any_mri(spider_root, tmp_path):
     records = pd.DataFrame({"patient_id": m["patient_id"], "xray_paths": "", "xray_source": "",
                             "mri_paths": [";".join(resolve_paths(r, root)) for _, r in m.iterrows()],
                             "mri_source": m["source"]})
-    cfg = {"mri": {"spacing": (3.5, 1.4, 1.2), "shape": (4, 16, 16)}, "xray": {"shape": (32, 32)}}
+    cfg = preprocess_config((3.5, 1.4, 1.2), (4, 16, 16), (32, 32))
     cache = preprocess_cohort(records, cfg, str(tmp_path / "cache"))
     assert not cache["excluded"].any()
     arr = np.load(cache.loc[0, "mri_file"])

@@ -29,7 +29,7 @@ from scipy import ndimage
 from lumbarjax import atomic
 from lumbarjax.data import sanity
 from lumbarjax.errors import CohortError, ConfigError, LumbarjaxError, NiftiError
-from lumbarjax.settings import setting, setting_or_default
+from lumbarjax.settings import setting
 from lumbarjax.workers import spawn_pool
 
 __all__ = [
@@ -218,24 +218,24 @@ def preprocessing_config(config) -> dict:
     """The config subset the cache depends on (JSON-able).
 
     Keys read (configs/default.py): ``mri.spacing`` (3 mm), ``mri.shape`` (3), ``xray.shape``
-    (2) — a missing one is a ConfigError naming it — and ``mri.norm_percentiles``,
-    ``xray.norm_percentiles``, ``xray.keep_physical_aspect`` and the plausible input spacing
-    ``mri.plausible_spacing_mm`` / ``xray.plausible_spacing_mm`` (see
-    ``lumbarjax.data.sanity.spacing_limits``; under ``"limits"``, outside the cache key: they
-    decide which inputs are refused, not what a cached array holds), which a partial config may
-    leave to ``configs/default.py`` (``settings.setting_or_default``).
+    (2), ``mri.norm_percentiles``, ``xray.norm_percentiles``, ``xray.keep_physical_aspect`` and
+    the plausible input spacing ``mri.plausible_spacing_mm`` / ``xray.plausible_spacing_mm``
+    (see ``lumbarjax.data.sanity.spacing_limits``; under ``"limits"``, outside the cache key:
+    they decide which inputs are refused, not what a cached array holds). Every one is read with
+    ``settings.setting``: a missing key is a ConfigError naming it (start a config from
+    ``lumbarjax.defaults.get_config()`` and change what differs).
     """
     try:
         sub = {
             "mri": {
                 "spacing": [float(v) for v in setting(config, "mri.spacing")],
                 "shape": [int(v) for v in setting(config, "mri.shape")],
-                "norm_percentiles": [float(v) for v in setting_or_default(config, "mri.norm_percentiles")],
+                "norm_percentiles": [float(v) for v in setting(config, "mri.norm_percentiles")],
             },
             "xray": {
                 "shape": [int(v) for v in setting(config, "xray.shape")],
-                "norm_percentiles": [float(v) for v in setting_or_default(config, "xray.norm_percentiles")],
-                "keep_physical_aspect": bool(setting_or_default(config, "xray.keep_physical_aspect")),
+                "norm_percentiles": [float(v) for v in setting(config, "xray.norm_percentiles")],
+                "keep_physical_aspect": bool(setting(config, "xray.keep_physical_aspect")),
             },
         }
     except TypeError as e:
@@ -401,8 +401,8 @@ def preprocess_cohort(records: pd.DataFrame, config, cache_dir: str, *, progress
     Args:
       records: ``build_cohort`` records: ``patient_id, xray_paths, xray_source, mri_paths,
         mri_source`` (";"-joined absolute paths, "" when missing; source "dicom"|"nifti").
-      config: ConfigDict / dict with ``mri.spacing``, ``mri.shape``, ``xray.shape`` (see
-        ``preprocessing_config``).
+      config: ConfigDict / dict with every setting ``preprocessing_config`` reads (``mri.*``,
+        ``xray.*``: ``lumbarjax.defaults.get_config()`` with what differs changed).
       cache_dir: folder for ``mri/<sha256>.npy`` and ``xray/<sha256>.npy`` (+ ``.json`` meta,
         written last, each file atomically: an entry is complete or absent after a crash).
         The key hashes the sorted input paths, their sizes and mtimes, the config subset and

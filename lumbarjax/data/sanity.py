@@ -18,7 +18,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from lumbarjax.settings import defaults, setting_or_default
+from lumbarjax.settings import defaults, setting
 
 REASON_NON_FINITE = "non-finite image"
 REASON_SPACING = "implausible spacing"
@@ -30,7 +30,7 @@ _LIMIT_KEYS = {"in_plane": "mri.plausible_spacing_mm.in_plane",
 
 @functools.lru_cache(maxsize=1)
 def _default_limits() -> tuple:
-    return tuple((k, tuple(float(v) for v in setting_or_default(defaults(), key)))
+    return tuple((k, tuple(float(v) for v in setting(defaults(), key)))
                  for k, key in _LIMIT_KEYS.items())
 
 
@@ -42,11 +42,12 @@ def default_limits() -> dict:
 
 def spacing_limits(config=None) -> dict:
     """The limits of ``config.mri.plausible_spacing_mm`` (``in_plane`` / ``between_slices``)
-    and ``config.xray.plausible_spacing_mm`` ((lo, hi)); configs/default.py's where ``config``
-    is None or a partial config without them."""
+    and ``config.xray.plausible_spacing_mm`` ((lo, hi)), read with ``settings.setting``: a
+    config without one is a ConfigError naming it. ``config=None`` is the explicit "use the
+    defaults" call: :func:`default_limits` (configs/default.py's)."""
     if config is None:
         return default_limits()
-    return {k: tuple(float(v) for v in setting_or_default(config, key)) for k, key in _LIMIT_KEYS.items()}
+    return {k: tuple(float(v) for v in setting(config, key)) for k, key in _LIMIT_KEYS.items()}
 
 
 def _fail(error_cls, message: str, reason: str) -> Exception:

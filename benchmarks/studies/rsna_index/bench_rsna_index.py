@@ -95,12 +95,14 @@ def run_one(root: str, workers: int, preprocess: int) -> dict:
         import pandas as pd
 
         from lumbarjax.data.preprocess import preprocess_cohort
+        from lumbarjax.defaults import get_config
 
         m = data.manifest.head(preprocess)
         rec = pd.DataFrame({"patient_id": m["patient_id"], "xray_paths": "", "xray_source": "",
                             "mri_paths": [";".join(resolve_paths(r, root)) for _, r in m.iterrows()],
                             "mri_source": "dicom"})
-        cfg = {"mri": {"spacing": (4.0, 2.0, 2.0), "shape": (16, 32, 32)}, "xray": {"shape": (32, 32)}}
+        cfg = get_config()  # every setting (no fallback defaults in the library); this geometry
+        cfg.mri.spacing, cfg.mri.shape, cfg.xray.shape = (4.0, 2.0, 2.0), (16, 32, 32), (32, 32)
         cache = os.path.join(root, "..", f"rsna_bench_cache_{workers}_{time.time_ns()}")
         t0 = time.perf_counter()
         preprocess_cohort(rec, cfg, cache, num_workers=workers if workers > 1 else 0)
