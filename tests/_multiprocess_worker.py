@@ -62,7 +62,7 @@ def tiny_config():
 def tiny_data(seed: int = 0):
     """``(extras, labels)`` of N_TRAIN + N_VAL synthetic patients: MRI, X-ray (some missing),
     5 clinical features, an X-ray grade and the 5 outcome heads (some labels missing)."""
-    from configs.default import BINARY_HEADS, REGRESSION_HEADS
+    from lumbarjax.schema import BINARY_HEADS, REGRESSION_HEADS
     rng = np.random.default_rng(seed)
     n = N_TRAIN + N_VAL
     grade = rng.integers(0, 5, n).astype(np.float32)
