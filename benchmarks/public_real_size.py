@@ -230,7 +230,6 @@ def rsna_plan(seed: int, i: int) -> dict:
 
 def _write_rsna_study(job) -> tuple[dict, list, list, int]:
     """Write one study (all three series) and return its table rows and file count."""
-    import pydicom  # noqa: F401
     from pydicom.dataset import Dataset, FileMetaDataset
 
     from lumbarjax.synthetic import rsna_layout
@@ -292,8 +291,11 @@ def _write_rsna_study(job) -> tuple[dict, list, list, int]:
 def _written_before(marker: str, info: dict) -> dict | None:
     """The summary a finished earlier write of the same stand-in left in ``marker``; else None
     (and the folder is cleared for a fresh write)."""
-    if os.path.exists(marker) and json.load(open(marker)).get("info") == info:
-        return json.load(open(marker))
+    if os.path.exists(marker):
+        with open(marker) as f:
+            done = json.load(f)
+        if done.get("info") == info:
+            return done
     shutil.rmtree(os.path.dirname(marker), ignore_errors=True)
     return None
 

@@ -168,12 +168,18 @@ def check_compatible(card: Mapping, *, encoder_kwargs: Mapping, preprocessing: M
         if not (a is not None and len(a) == len(b) and np.allclose(a, b)):
             raise ConfigError(f"{where}: input geometry differs: the file expects {field}={a}, "
                               f"config.{field} is {b}")
+    check_norm_percentiles(card, mri["norm_percentiles"], "mri.norm_percentiles", where)
+
+
+def check_norm_percentiles(card: Mapping, want, key: str, where: str) -> None:
+    """ConfigError when the percentiles of the card's intensity normalisation differ from
+    ``want`` (the config's ``key``, e.g. ``mri.norm_percentiles``); a card without them passes."""
     pct = card.get("intensity_normalisation", {}).get("percentiles")
-    if pct is not None and not np.allclose(pct, mri["norm_percentiles"]):
+    if pct is not None and not np.allclose(pct, want):
         raise ConfigError(f"{where}: intensity normalisation differs: the file expects "
-                          f"mri.norm_percentiles={pct}, config has {mri['norm_percentiles']}")
+                          f"{key}={pct}, config has {want}")
 
 
-__all__ = ["FORMAT", "XRAY_FORMAT", "card_path_for", "check_compatible", "load_encoder_file", "load_grading_head",
+__all__ = ["FORMAT", "XRAY_FORMAT", "card_path_for", "check_compatible", "check_norm_percentiles", "load_encoder_file", "load_grading_head",
            "load_localiser", "load_parts", "model_card",
            "save_encoder_file"]

@@ -139,10 +139,7 @@ def check_backbone(card, config, path: str) -> None:
     if bool(inp.get("keep_physical_aspect", True)) != bool(xray["keep_physical_aspect"]):
         raise ConfigError(f"{where}: the file was trained with xray.keep_physical_aspect="
                           f"{inp.get('keep_physical_aspect')}, config has {xray['keep_physical_aspect']}")
-    pct = card.get("intensity_normalisation", {}).get("percentiles")
-    if pct is not None and not np.allclose(pct, xray["norm_percentiles"]):
-        raise ConfigError(f"{where}: intensity normalisation differs: the file expects "
-                          f"xray.norm_percentiles={pct}, config has {xray['norm_percentiles']}")
+    encoder_file.check_norm_percentiles(card, xray["norm_percentiles"], "xray.norm_percentiles", where)
 
 
 def load_backbone(config, path: str):
